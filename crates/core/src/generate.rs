@@ -1,0 +1,267 @@
+//! Batched generation with a KV cache: left-padded prompts, greedy or sampled (temperature, top-k,
+//! top-p, seeded), stopping on EOS ids, stop strings or a token budget. Finished rows leave the batch,
+//! so a long straggler does not make every row pay for its steps.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::error::{Error, Result};
+use crate::model::{causal_padding_mask, positions_tensor, KvCache, Llama};
+use crate::tokenizer::Tokenizer;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerationConfig {
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Nucleus sampling: smallest set with probability mass >= top_p (1.0 = off).
+    pub top_p: f32,
+    pub seed: u64,
+    /// Generation stops at any of these; the EOS token is included in the output.
+    pub eos_ids: Vec<u32>,
+    /// Generation stops once the decoded new text contains one of these.
+    pub stop_strings: Vec<String>,
+    /// Token used for left padding (never attended to).
+    pub pad_id: u32,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 128,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            eos_ids: vec![],
+            stop_strings: vec![],
+            pad_id: 0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Eos,
+    StopString,
+    Length,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generated {
+    pub new_ids: Vec<u32>,
+    pub finish: FinishReason,
+}
+
+/// Generates continuations of `prompts` (token ids, no padding) in one batch.
+pub fn generate<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    cfg: &GenerationConfig,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<Vec<Generated>> {
+    if prompts.is_empty() {
+        return Ok(vec![]);
+    }
+    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+        return Err(Error::Generate(format!("prompt {i} is empty; at least one token is needed")));
+    }
+    if !cfg.stop_strings.is_empty() && tokenizer.is_none() {
+        return Err(Error::Generate("stop strings need a tokenizer".into()));
+    }
+    let vocab = model.vocab_size();
+    if let Some(bad) = prompts.iter().flatten().find(|&&t| t as usize >= vocab) {
+        return Err(Error::Generate(format!("token id {bad} is outside the vocabulary ({vocab})")));
+    }
+    let device = model.model.embed_tokens.device();
+    let b = prompts.len();
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+
+    // Left padding; positions count real tokens only (transformers: cumsum(mask) - 1, pads at 1).
+    let mut valid: Vec<Vec<bool>> = Vec::with_capacity(b);
+    let mut ids = Vec::with_capacity(b * width);
+    let mut pos_rows = Vec::with_capacity(b);
+    for p in prompts {
+        let pad = width - p.len();
+        valid.push((0..width).map(|j| j >= pad).collect());
+        ids.extend(std::iter::repeat_n(cfg.pad_id as i64, pad).chain(p.iter().map(|&t| t as i64)));
+        pos_rows.push((0..width).map(|j| if j < pad { 1 } else { (j - pad) as i64 }).collect::<Vec<_>>());
+    }
+    let padded = valid.iter().any(|r| !r[0]);
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, width]), &device);
+    let mask = (padded || model.sliding_window.is_some_and(|w| width > w))
+        .then(|| causal_padding_mask::<B>(&valid, width, model.sliding_window, &device));
+    let ctx = model.context(positions_tensor::<B>(&pos_rows, &device), mask);
+    let mut cache = KvCache::new(model.num_layers());
+    let hidden = model.forward_hidden(input, &ctx, Some(&mut cache), None);
+    let mut last = hidden.slice([0..b, width - 1..width]);
+
+    let mut out: Vec<Generated> = (0..b)
+        .map(|_| Generated {
+            new_ids: vec![],
+            finish: FinishReason::Length,
+        })
+        .collect();
+    // `active[i]` = original row of batch row i.
+    let mut active: Vec<usize> = (0..b).collect();
+    let mut next_pos: Vec<i64> = pos_rows.iter().map(|r| r[width - 1] + 1).collect();
+    for step in 0..cfg.max_new_tokens {
+        let logits = model.logits(last);
+        let n = active.len();
+        let logits = logits
+            .reshape([n, vocab])
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| Error::Generate(format!("reading logits: {e:?}")))?;
+        let mut keep = Vec::with_capacity(n);
+        let mut tokens = Vec::with_capacity(n);
+        for (i, &row) in active.iter().enumerate() {
+            let tok = pick(&logits[i * vocab..(i + 1) * vocab], cfg, &mut rng);
+            let g = &mut out[row];
+            g.new_ids.push(tok);
+            let done = if cfg.eos_ids.contains(&tok) {
+                g.finish = FinishReason::Eos;
+                true
+            } else if let (Some(t), false) = (tokenizer, cfg.stop_strings.is_empty()) {
+                let text = t.decode(&g.new_ids, false)?;
+                let hit = cfg.stop_strings.iter().any(|s| text.contains(s.as_str()));
+                if hit {
+                    g.finish = FinishReason::StopString;
+                }
+                hit
+            } else {
+                false
+            };
+            if !done {
+                keep.push(i);
+                tokens.push(tok as i64);
+            }
+        }
+        if keep.is_empty() || step + 1 == cfg.max_new_tokens {
+            break;
+        }
+        if keep.len() < n {
+            let rows = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(keep.iter().map(|&i| i as i64).collect::<Vec<_>>(), [keep.len()]),
+                &device,
+            );
+            cache.select_rows(rows);
+            valid = keep.iter().map(|&i| valid[i].clone()).collect();
+            next_pos = keep.iter().map(|&i| next_pos[i]).collect();
+            active = keep.iter().map(|&i| active[i]).collect();
+        }
+        let n = active.len();
+        for row in valid.iter_mut() {
+            row.push(true);
+        }
+        let still_padded = valid.iter().any(|r| !r[0]);
+        let kv = valid[0].len();
+        let mask = (still_padded || model.sliding_window.is_some_and(|w| kv > w))
+            .then(|| causal_padding_mask::<B>(&valid, 1, model.sliding_window, &device));
+        let pos: Vec<Vec<i64>> = next_pos.iter().map(|&p| vec![p]).collect();
+        let ctx = model.context(positions_tensor::<B>(&pos, &device), mask);
+        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [n, 1]), &device);
+        last = model.forward_hidden(input, &ctx, Some(&mut cache), None);
+        for p in next_pos.iter_mut() {
+            *p += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Chooses the next token from one row of logits.
+fn pick(logits: &[f32], cfg: &GenerationConfig, rng: &mut StdRng) -> u32 {
+    if cfg.temperature <= 0.0 {
+        return argmax(logits);
+    }
+    let mut cand: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l / cfg.temperature))
+        .collect();
+    cand.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if cfg.top_k > 0 && cfg.top_k < cand.len() {
+        cand.truncate(cfg.top_k);
+    }
+    let max = cand[0].1;
+    let mut probs: Vec<f32> = cand.iter().map(|&(_, l)| (l - max).exp()).collect();
+    let sum: f32 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= sum);
+    if cfg.top_p < 1.0 {
+        let mut mass = 0.0;
+        let mut cut = probs.len();
+        for (i, p) in probs.iter().enumerate() {
+            mass += p;
+            if mass >= cfg.top_p {
+                cut = i + 1;
+                break;
+            }
+        }
+        probs.truncate(cut);
+        let s: f32 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= s);
+    }
+    let r: f32 = rng.random();
+    let mut acc = 0.0;
+    for (i, p) in probs.iter().enumerate() {
+        acc += p;
+        if r < acc {
+            return cand[i].0;
+        }
+    }
+    cand[probs.len() - 1].0
+}
+
+/// Index of the largest logit; the first one on ties, as torch.argmax.
+pub fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_first_on_ties() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_sampling_is_seeded() {
+        let logits: Vec<f32> = (0..50).map(|i| ((i * 7) % 13) as f32 * 0.3).collect();
+        let mut rng = StdRng::seed_from_u64(1);
+        let cfg = GenerationConfig {
+            temperature: 1.0,
+            top_k: 1,
+            ..Default::default()
+        };
+        assert_eq!(pick(&logits, &cfg, &mut rng), argmax(&logits));
+        let cfg = GenerationConfig {
+            temperature: 1.0,
+            top_p: 0.9,
+            ..Default::default()
+        };
+        let a: Vec<u32> = {
+            let mut r = StdRng::seed_from_u64(7);
+            (0..20).map(|_| pick(&logits, &cfg, &mut r)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut r = StdRng::seed_from_u64(7);
+            (0..20).map(|_| pick(&logits, &cfg, &mut r)).collect()
+        };
+        assert_eq!(a, b);
+        assert!(a.iter().collect::<std::collections::HashSet<_>>().len() > 1);
+    }
+}

@@ -1,0 +1,48 @@
+//! Attention masks (true = masked), built on the host: they are small and their logic is easier to
+//! check in plain Rust than in tensor ops.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Tensor, TensorData};
+
+/// Mask `[batch, 1, q_len, kv_len]` for the last `q_len` positions of rows whose key positions are
+/// `valid[b][..kv_len]` (false = padding). Causal, optional sliding window. A padding query attends only to
+/// itself so its softmax row is never empty (an all-masked row would give NaN that leaks through V).
+pub fn causal_padding_mask<B: Backend>(
+    valid: &[Vec<bool>],
+    q_len: usize,
+    window: Option<usize>,
+    device: &B::Device,
+) -> Tensor<B, 4, Bool> {
+    let b = valid.len();
+    let kv = valid.first().map_or(0, |r| r.len());
+    let offset = kv - q_len;
+    let mut data = Vec::with_capacity(b * q_len * kv);
+    for row in valid {
+        for i in 0..q_len {
+            let q = offset + i;
+            for (k, &ok) in row.iter().enumerate() {
+                let future = k > q;
+                let outside = window.is_some_and(|w| q >= k + w);
+                let pad = if row[q] { !ok } else { k != q };
+                data.push(future || outside || pad);
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(data, [b, 1, q_len, kv]), device)
+}
+
+/// Block-diagonal causal mask for packed sequences: position i may attend to j only if j <= i and both
+/// carry the same segment id. `segments` is `[batch][seq]`.
+pub fn segment_mask<B: Backend>(segments: &[Vec<u32>], device: &B::Device) -> Tensor<B, 4, Bool> {
+    let b = segments.len();
+    let s = segments.first().map_or(0, |r| r.len());
+    let mut data = Vec::with_capacity(b * s * s);
+    for row in segments {
+        for i in 0..s {
+            for j in 0..s {
+                data.push(j > i || row[j] != row[i]);
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(data, [b, 1, s, s]), device)
+}

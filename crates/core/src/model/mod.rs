@@ -1,0 +1,303 @@
+//! The Llama-family decoder (Llama 2/3, SmolLM, Qwen2, Mistral). Field names follow HF's module tree
+//! (`model.layers.N.self_attn.q_proj.weight`), so Burn's parameter paths are the checkpoint's names.
+
+mod linear;
+mod mask;
+mod norm;
+mod rope;
+
+pub use linear::Linear;
+pub use mask::{causal_padding_mask, segment_mask};
+pub use norm::RmsNorm;
+pub use rope::RopeTables;
+
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{activation, Bool, Distribution, Int, Tensor, TensorData};
+
+use crate::config::ModelConfig;
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Keys and values of past positions, one entry per layer, `[batch, kv_heads, past, head_dim]`.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![None; num_layers],
+        }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        match self.layers.first() {
+            Some(Some((k, _))) => k.dims()[2],
+            _ => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps only the given batch rows (generation drops finished sequences).
+    pub fn select_rows(&mut self, rows: Tensor<B, 1, Int>) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.clone().select(0, rows.clone());
+            *v = v.clone().select(0, rows.clone());
+        }
+    }
+
+    fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let slot = &mut self.layers[layer];
+        let (k, v) = match slot.take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        *slot = Some((k.clone(), v.clone()));
+        (k, v)
+    }
+}
+
+/// What every layer of one forward pass shares: rotary tables and the attention mask.
+#[derive(Clone, Debug)]
+pub struct Context<B: Backend> {
+    pub rope: RopeTables<B>,
+    /// `[batch, 1, seq, past + seq]`, true = masked. `None` means plain causal attention.
+    pub mask: Option<Tensor<B, 4, Bool>>,
+}
+
+impl<B: Backend> Attention<B> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: &Context<B>,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> Tensor<B, 3> {
+        let [b, s, _] = x.dims();
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
+        let q = ctx.rope.apply(heads(self.q_proj.forward(x.clone()), nh));
+        let k = ctx.rope.apply(heads(self.k_proj.forward(x.clone()), nkv));
+        let v = heads(self.v_proj.forward(x), nkv);
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, k, v),
+            None => (k, v),
+        };
+        let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv));
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: ctx.mask.is_none(),
+        };
+        let mask = ctx.mask.clone().map(|m| {
+            let [mb, _, q, t] = m.dims();
+            m.expand([mb, nh, q, t])
+        });
+        let y = attention(q, k, v, mask, None, options);
+        self.o_proj.forward(y.swap_dims(1, 2).reshape([b, s, nh * hd]))
+    }
+}
+
+/// Grouped-query attention: each KV head serves `n_rep` query heads.
+fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, nkv, t, hd] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, nkv, n_rep, t, hd])
+        .reshape([b, nkv * n_rep, t, hd])
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate = activation::silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    pub self_attn: Attention<B>,
+    pub mlp: Mlp<B>,
+    pub input_layernorm: RmsNorm<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: &Context<B>,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> Tensor<B, 3> {
+        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), ctx, cache);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaModel<B: Backend> {
+    pub embed_tokens: Param<Tensor<B, 2>>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+}
+
+/// A causal language model: the decoder plus its head (`lm_head`, or the embedding when tied).
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    pub model: LlamaModel<B>,
+    pub lm_head: Option<Linear<B>>,
+    /// RoPE inverse frequencies (f32, as transformers computes them).
+    pub inv_freq: Vec<f32>,
+    pub sliding_window: Option<usize>,
+}
+
+/// Hidden states of each layer, for activation analysis (refusal directions).
+pub type ResidualTap<'a, B> = &'a mut dyn FnMut(usize, &Tensor<B, 3>);
+
+impl<B: Backend> Llama<B> {
+    /// A randomly initialised model (tests, tiny models): normal(0, std) weights, unit norms.
+    pub fn init(cfg: &ModelConfig, std: f64, device: &B::Device) -> Self {
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let lin = |i, o, b| Linear::init(i, o, b, std, device);
+        let norm = |d| RmsNorm::new(Tensor::ones([d], device), cfg.rms_norm_eps);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|_| DecoderLayer {
+                self_attn: Attention {
+                    q_proj: lin(h, cfg.num_attention_heads * hd, cfg.attention_bias),
+                    k_proj: lin(h, cfg.num_key_value_heads * hd, cfg.attention_bias),
+                    v_proj: lin(h, cfg.num_key_value_heads * hd, cfg.attention_bias),
+                    o_proj: lin(cfg.num_attention_heads * hd, h, cfg.o_bias),
+                    num_heads: cfg.num_attention_heads,
+                    num_kv_heads: cfg.num_key_value_heads,
+                    head_dim: hd,
+                },
+                mlp: Mlp {
+                    gate_proj: lin(h, cfg.intermediate_size, cfg.mlp_bias),
+                    up_proj: lin(h, cfg.intermediate_size, cfg.mlp_bias),
+                    down_proj: lin(cfg.intermediate_size, h, cfg.mlp_bias),
+                },
+                input_layernorm: norm(h),
+                post_attention_layernorm: norm(h),
+            })
+            .collect();
+        let embed = Tensor::random([cfg.vocab_size, h], Distribution::Normal(0.0, std), device);
+        Self {
+            model: LlamaModel {
+                embed_tokens: Param::from_tensor(embed),
+                layers,
+                norm: norm(h),
+            },
+            lm_head: (!cfg.tie_word_embeddings).then(|| lin(h, cfg.vocab_size, false)),
+            inv_freq: inv_freq(cfg),
+            sliding_window: cfg.sliding_window,
+        }
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.model.embed_tokens.dims()[0]
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.model.embed_tokens.dims()[1]
+    }
+
+    /// Shared per-pass state for `positions` `[batch, seq]` and an optional mask.
+    pub fn context(&self, positions: Tensor<B, 2, Int>, mask: Option<Tensor<B, 4, Bool>>) -> Context<B> {
+        Context {
+            rope: RopeTables::new(&self.inv_freq, positions),
+            mask,
+        }
+    }
+
+    /// Final-normed hidden states `[batch, seq, hidden]`. With a cache, `input_ids` are the new positions
+    /// and keys/values are appended. `tap` sees the residual stream entering each layer (index 0..L) and
+    /// the output of the last layer (index L), before the final norm.
+    pub fn forward_hidden(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        ctx: &Context<B>,
+        mut cache: Option<&mut KvCache<B>>,
+        mut tap: Option<ResidualTap<'_, B>>,
+    ) -> Tensor<B, 3> {
+        let mut x = burn::tensor::module::embedding(self.model.embed_tokens.val(), input_ids);
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            if let Some(tap) = tap.as_mut() {
+                tap(i, &x);
+            }
+            x = layer.forward(x, ctx, cache.as_deref_mut().map(|c| (c, i)));
+        }
+        if let Some(tap) = tap.as_mut() {
+            tap(self.model.layers.len(), &x);
+        }
+        self.model.norm.forward(x)
+    }
+
+    /// Logits `[batch, seq, vocab]` from final hidden states.
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => {
+                let [b, s, h] = hidden.dims();
+                let w = self.model.embed_tokens.val();
+                let v = w.dims()[0];
+                hidden.reshape([b * s, h]).matmul(w.transpose()).reshape([b, s, v])
+            }
+        }
+    }
+
+    /// Logits for unpadded sequences: positions 0..seq, causal attention, no cache.
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [b, s] = input_ids.dims();
+        let device = input_ids.device();
+        let positions = Tensor::<B, 1, Int>::arange(0..s as i64, &device)
+            .unsqueeze_dim::<2>(0)
+            .expand([b, s]);
+        let mask = self
+            .sliding_window
+            .filter(|&w| s > w)
+            .map(|w| causal_padding_mask::<B>(&vec![vec![true; s]; b], s, Some(w), &device));
+        let ctx = self.context(positions, mask);
+        self.logits(self.forward_hidden(input_ids, &ctx, None, None))
+    }
+}
+
+pub fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
+    cfg.rope_inv_freq().into_iter().map(|f| f as f32).collect()
+}
+
+/// Positions `[batch, seq]` from explicit per-row values.
+pub fn positions_tensor<B: Backend>(rows: &[Vec<i64>], device: &B::Device) -> Tensor<B, 2, Int> {
+    let b = rows.len();
+    let s = rows.first().map_or(0, |r| r.len());
+    let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+    Tensor::from_data(TensorData::new(flat, [b, s]), device)
+}

@@ -1,0 +1,207 @@
+//! A GGUF file as a model: llama.cpp tensor names mapped to HF names, the Q/K row permutation that
+//! llama.cpp's converter applies undone, and the config rebuilt from metadata.
+
+use std::path::Path;
+
+use super::gguf::{GgufFile, GgufValue};
+use super::{HfNames, HostTensor, WeightSource};
+use crate::config::{Family, ModelConfig, RopeScaling};
+use crate::error::{Error, Result};
+
+/// llama.cpp's name for a HF tensor name (`model.layers.3.self_attn.q_proj.weight` → `blk.3.attn_q.weight`).
+pub fn gguf_name(hf: &str) -> Option<String> {
+    match hf {
+        HfNames::EMBED => return Some("token_embd.weight".into()),
+        HfNames::NORM => return Some("output_norm.weight".into()),
+        HfNames::LM_HEAD => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let short = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{short}.{suffix}"))
+}
+
+/// Rows of a Q or K projection as llama.cpp stores them (pairs interleaved per head) → HF's
+/// rotate_half order. The inverse of convert_hf_to_gguf's `permute`.
+pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+    permute_impl(data, rows, cols, n_head, false)
+}
+
+/// HF order → llama.cpp order (for writing GGUF files).
+pub fn permute_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+    permute_impl(data, rows, cols, n_head, true)
+}
+
+fn permute_impl(data: &[f32], rows: usize, cols: usize, n_head: usize, to_gguf: bool) -> Vec<f32> {
+    let hd = rows / n_head;
+    let half = hd / 2;
+    let mut out = vec![0.0; data.len()];
+    for h in 0..n_head {
+        for j in 0..half {
+            for p in 0..2 {
+                let hf = h * hd + p * half + j;
+                let gg = h * hd + 2 * j + p;
+                let (dst, src) = if to_gguf { (gg, hf) } else { (hf, gg) };
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+pub struct GgufWeights {
+    pub file: GgufFile,
+    cfg: ModelConfig,
+}
+
+impl GgufWeights {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let file = GgufFile::open(path)?;
+        let cfg = config_from_gguf(&file)?;
+        Ok(Self { file, cfg })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+}
+
+impl WeightSource for GgufWeights {
+    fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    fn contains(&self, hf_name: &str) -> bool {
+        gguf_name(hf_name).is_some_and(|n| self.file.tensor_info(&n).is_some())
+    }
+
+    fn tensor(&self, hf_name: &str) -> Result<Option<HostTensor>> {
+        let Some(name) = gguf_name(hf_name) else {
+            return Ok(None);
+        };
+        let Some(info) = self.file.tensor_info(&name) else {
+            return Ok(None);
+        };
+        let shape = info.shape();
+        let mut data = self.file.tensor_f32(&name)?;
+        // transformers reverse-permutes Q/K for llama-architecture files (Mistral GGUFs say "llama" too).
+        if self.cfg.family != Family::Qwen2 {
+            let n_head = if hf_name.contains("q_proj") {
+                Some(self.cfg.num_attention_heads)
+            } else if hf_name.contains("k_proj") {
+                Some(self.cfg.num_key_value_heads)
+            } else {
+                None
+            };
+            if let Some(n_head) = n_head {
+                let rows = shape[0];
+                let cols = if shape.len() == 2 { shape[1] } else { 1 };
+                data = unpermute_rows(&data, rows, cols, n_head);
+            }
+        }
+        Ok(Some(HostTensor { shape, data }))
+    }
+}
+
+/// Rebuilds the HF config from GGUF metadata (`{arch}.*` keys) and tensor shapes.
+pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
+    let path = f.path().to_path_buf();
+    let err = |msg: String| Error::Config {
+        path: path.clone(),
+        msg,
+    };
+    let arch = f
+        .get("general.architecture")
+        .and_then(GgufValue::as_str)
+        .ok_or_else(|| err("missing metadata `general.architecture`".into()))?
+        .to_string();
+    let family = match arch.as_str() {
+        "llama" => Family::Llama,
+        "qwen2" => Family::Qwen2,
+        other => {
+            return Err(Error::Unsupported(format!(
+                "{}: GGUF architecture `{other}`; burnish supports llama (incl. Mistral, SmolLM) and qwen2",
+                path.display()
+            )))
+        }
+    };
+    let key = |k: &str| format!("{arch}.{k}");
+    let uint = |k: &str| f.get(&key(k)).and_then(GgufValue::as_u64).map(|v| v as usize);
+    let need = |k: &str| uint(k).ok_or_else(|| err(format!("missing metadata `{}`", key(k))));
+    let float = |k: &str| f.get(&key(k)).and_then(GgufValue::as_f64);
+    let hidden_size = need("embedding_length")?;
+    let heads = need("attention.head_count")?;
+    let embd = f
+        .tensor_info("token_embd.weight")
+        .ok_or_else(|| Error::MissingTensor {
+            path: path.clone(),
+            name: "token_embd.weight".into(),
+        })?;
+    let vocab_size = embd.shape()[0];
+    if f.tensor_info("rope_freqs.weight").is_some() {
+        return Err(Error::Unsupported(format!(
+            "{}: per-frequency RoPE factors (`rope_freqs.weight`, Llama 3.1 GGUF) are not supported yet; \
+             load the HF directory instead",
+            path.display()
+        )));
+    }
+    let rope_scaling = match f.get(&key("rope.scaling.type")).and_then(GgufValue::as_str) {
+        None | Some("none") => None,
+        Some("linear") => Some(RopeScaling::Linear {
+            factor: float("rope.scaling.factor").ok_or_else(|| err("missing rope.scaling.factor".into()))?,
+        }),
+        Some(other) => {
+            return Err(Error::Unsupported(format!(
+                "{}: rope scaling `{other}`",
+                path.display()
+            )))
+        }
+    };
+    let tok_id = |k: &str| {
+        f.get(&format!("tokenizer.ggml.{k}"))
+            .and_then(GgufValue::as_u64)
+            .map(|v| v as u32)
+    };
+    let attention_bias = f.tensor_info("blk.0.attn_q.bias").is_some();
+    let cfg = ModelConfig {
+        family,
+        vocab_size,
+        hidden_size,
+        intermediate_size: need("feed_forward_length")?,
+        num_hidden_layers: need("block_count")?,
+        num_attention_heads: heads,
+        num_key_value_heads: uint("attention.head_count_kv").unwrap_or(heads),
+        head_dim: uint("attention.key_length")
+            .or_else(|| uint("rope.dimension_count"))
+            .unwrap_or(hidden_size / heads.max(1)),
+        rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+        rope_theta: float("rope.freq_base").unwrap_or(10000.0),
+        rope_scaling,
+        max_position_embeddings: uint("context_length").unwrap_or(2048),
+        tie_word_embeddings: f.tensor_info("output.weight").is_none(),
+        attention_bias,
+        o_bias: f.tensor_info("blk.0.attn_output.bias").is_some(),
+        mlp_bias: f.tensor_info("blk.0.ffn_up.bias").is_some(),
+        sliding_window: None,
+        bos_token_id: tok_id("bos_token_id"),
+        eos_token_ids: tok_id("eos_token_id").into_iter().collect(),
+        pad_token_id: tok_id("padding_token_id"),
+        torch_dtype: None,
+    };
+    cfg.validate().map_err(err)?;
+    Ok(cfg)
+}

@@ -1,0 +1,1 @@
+pub use burnish_core as core;

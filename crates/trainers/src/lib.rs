@@ -1,0 +1,1 @@
+pub use burnish_data as data;

@@ -1,0 +1,211 @@
+//! Model commands: generate, tokenize, inspect.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use burnish_core::backend::{BackendKind, Cpu};
+use burnish_core::burn::tensor::backend::Backend;
+use burnish_core::weights::gguf::GgufFile;
+use burnish_core::weights::SafetensorsDir;
+use burnish_core::{generate as run_generate, GenerationConfig, Message, ModelPath, Pretrained, TokenizerBundle};
+use clap::Args;
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// HF model directory or .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long)]
+    system: Option<String>,
+    /// Use the prompt as-is, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    /// A Jinja chat template file, for models without one (or to override it).
+    #[arg(long)]
+    chat_template: Option<PathBuf>,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop once the reply contains this text (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Print {"prompt_ids", "new_ids", "text"} as JSON.
+    #[arg(long)]
+    json: bool,
+    /// cpu, wgpu or cuda (the latter two need the cargo feature).
+    #[arg(long, default_value = "cpu")]
+    backend: BackendKind,
+}
+
+pub fn generate(a: GenerateArgs) -> Result<()> {
+    match a.backend {
+        BackendKind::Cpu => generate_on::<Cpu>(a, &Default::default()),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => generate_on::<burnish_core::backend::Wgpu>(a, &Default::default()),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => generate_on::<burnish_core::backend::Cuda>(a, &Default::default()),
+        #[allow(unreachable_patterns)]
+        other => anyhow::bail!("backend {other:?} is not compiled in"),
+    }
+}
+
+fn generate_on<B: Backend>(a: GenerateArgs, device: &B::Device) -> Result<()> {
+    let mut p = Pretrained::<B>::load(&a.model, device)?;
+    if let Some(path) = &a.chat_template {
+        let src = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        p.set_template(&src)?;
+    }
+    let prompt_ids = if a.raw {
+        p.tokenizer.encode(&a.prompt, true)?
+    } else {
+        let mut msgs = Vec::new();
+        if let Some(s) = &a.system {
+            msgs.push(Message::system(s.clone()));
+        }
+        msgs.push(Message::user(a.prompt.clone()));
+        let text = p.render_chat(&msgs, true)?;
+        p.tokenizer.encode(&text, false)?
+    };
+    let cfg = GenerationConfig {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+        eos_ids: p.eos_ids(),
+        stop_strings: a.stop.clone(),
+        pad_id: p.pad_id(),
+    };
+    let out = run_generate(&p.model, std::slice::from_ref(&prompt_ids), &cfg, Some(&p.tokenizer))?;
+    let new_ids = &out[0].new_ids;
+    let text = p.tokenizer.decode(new_ids, true)?;
+    if a.json {
+        let j = serde_json::json!({"prompt_ids": prompt_ids, "new_ids": new_ids, "text": text});
+        println!("{j}");
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct TokenizeArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Print a JSON array.
+    #[arg(long)]
+    json: bool,
+    text: String,
+}
+
+pub fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let b = TokenizerBundle::load(&a.model)?;
+    let ids = b.tokenizer.encode(&a.text, false)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&ids)?);
+    } else {
+        for id in ids {
+            let tok = b.tokenizer.id_to_token(id).unwrap_or_default();
+            println!("{id}\t{tok:?}");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn inspect(a: InspectArgs) -> Result<()> {
+    let b = TokenizerBundle::load(&a.model)?;
+    let c = &b.config;
+    let (files, dtype) = match ModelPath::detect(&a.model)? {
+        ModelPath::HfDir(dir) => {
+            let w = SafetensorsDir::open(&dir)?;
+            let dtype = w.dtype("model.embed_tokens.weight").unwrap_or_else(|| "?".into());
+            let files: Vec<String> = w
+                .files()
+                .map(|f| {
+                    let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+                    format!("{} ({:.1} MB)", f.display(), size as f64 / 1e6)
+                })
+                .collect();
+            (files, dtype)
+        }
+        ModelPath::Gguf(path) => {
+            let f = GgufFile::open(&path)?;
+            let mut counts = std::collections::BTreeMap::<String, usize>::new();
+            for t in f.tensors() {
+                *counts.entry(format!("{:?}", t.dtype)).or_default() += 1;
+            }
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let files = vec![format!(
+                "{} (GGUF v{}, {:.1} MB, {} tensors)",
+                path.display(),
+                f.version(),
+                size as f64 / 1e6,
+                f.tensors().len()
+            )];
+            let dtype = counts.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(", ");
+            (files, dtype)
+        }
+    };
+    let tok = &b.tokenizer;
+    let template = b.template.as_ref().map(|t| t.source().len());
+    if a.json {
+        let j = serde_json::json!({
+            "config": c, "parameters": c.num_parameters(), "dtype": dtype, "files": files,
+            "tokenizer": {"vocab_size": tok.vocab_size(), "bos": tok.bos_token, "eos": tok.eos_token, "pad": tok.pad_token},
+            "chat_template_chars": template,
+        });
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(());
+    }
+    println!("architecture   {} ({:?})", c.family.hf_architecture(), c.family);
+    println!("parameters     {:.1} M", c.num_parameters() as f64 / 1e6);
+    println!(
+        "shape          {} layers, hidden {}, intermediate {}, heads {}/{} (head_dim {}), vocab {}",
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        c.vocab_size
+    );
+    println!(
+        "rope           theta {}, scaling {:?}; context {}",
+        c.rope_theta, c.rope_scaling, c.max_position_embeddings
+    );
+    println!("embeddings     {}", if c.tie_word_embeddings { "tied" } else { "untied" });
+    println!("dtype on disk  {dtype}");
+    println!(
+        "tokenizer      {} tokens; bos {:?}, eos {:?}, pad {:?}",
+        tok.vocab_size(),
+        tok.bos_token,
+        tok.eos_token,
+        tok.pad_token
+    );
+    match template {
+        Some(n) => println!("chat template  yes ({n} chars)"),
+        None => println!("chat template  none"),
+    }
+    for f in files {
+        println!("file           {f}");
+    }
+    Ok(())
+}

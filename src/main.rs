@@ -1,0 +1,41 @@
+//! The `burnish` command line.
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(name = "burnish", version, about = "Fine-tune language models on Burn: SFT, DPO, RLHF, abliteration")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate a reply (chat template applied unless --raw).
+    Generate(cli::model::GenerateArgs),
+    /// Token ids of a text (no special tokens added).
+    Tokenize(cli::model::TokenizeArgs),
+    /// Architecture, parameter count, dtype, tokenizer, template and files of a model.
+    Inspect(cli::model::InspectArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Generate(a) => cli::model::generate(a),
+        Cmd::Tokenize(a) => cli::model::tokenize(a),
+        Cmd::Inspect(a) => cli::model::inspect(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
