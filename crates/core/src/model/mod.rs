@@ -99,7 +99,23 @@ impl<B: Backend> Attention<B> {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),
         };
-        let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv));
+        let rep = nh / nkv;
+        let t = k.dims()[2];
+        if s == 1 && rep > 1 {
+            // One new position (decoding): fold the query heads of each KV group into the query axis,
+            // [b, nh, 1, hd] → [b, nkv, rep, hd], instead of copying K and V `rep` times. With a single
+            // query every cached key is in its past, so only the padding/window mask applies.
+            let q = q.reshape([b, nkv, rep, hd]);
+            let mask = ctx.mask.clone().map(|m| m.expand([b, nkv, rep, t]));
+            let options = AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: false,
+            };
+            let y = attention(q, k, v, mask, None, options);
+            return self.o_proj.forward(y.reshape([b, 1, nh * hd]));
+        }
+        let (k, v) = (repeat_kv(k, rep), repeat_kv(v, rep));
         let options = AttentionModuleOptions {
             scale: None,
             softcap: None,

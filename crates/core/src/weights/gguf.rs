@@ -19,7 +19,8 @@ mod value;
 mod writer;
 
 pub use quant::{
-    dequantize, dequantize_into, f32_to_bf16_bits, f32_to_f16_bits, quantize_q8_0, GgmlType,
+    dequantize, dequantize_into, f16_bits_to_f32, f32_to_bf16_bits, f32_to_f16_bits, quantize_q8_0,
+    GgmlType,
 };
 pub use value::GgufValue;
 pub use writer::GgufWriter;
@@ -237,6 +238,31 @@ impl GgufFile {
 
     /// The tensor dequantized to f32, row-major in [`GgufTensorInfo::shape`] order.
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let (info, bytes) = self.dequantizable(name)?;
+        dequantize(info.dtype, bytes, info.n_elements()).map_err(|msg| {
+            Error::corrupt(&self.path, FORMAT, format!("tensor `{}`: {msg}", info.name))
+        })
+    }
+
+    /// Like [`tensor_f32`](Self::tensor_f32) into a caller's buffer of exactly
+    /// [`n_elements`](GgufTensorInfo::n_elements) floats (reusing a buffer saves the page faults of a
+    /// fresh allocation, which dominate the cost for large tensors).
+    pub fn tensor_f32_into(&self, name: &str, out: &mut [f32]) -> Result<()> {
+        let (info, bytes) = self.dequantizable(name)?;
+        if out.len() != info.n_elements() {
+            return Err(Error::Shape {
+                path: self.path.clone(),
+                name: info.name.clone(),
+                expected: vec![out.len()],
+                actual: info.shape(),
+            });
+        }
+        dequantize_into(info.dtype, bytes, out).map_err(|msg| {
+            Error::corrupt(&self.path, FORMAT, format!("tensor `{}`: {msg}", info.name))
+        })
+    }
+
+    fn dequantizable(&self, name: &str) -> Result<(&GgufTensorInfo, &[u8])> {
         let info = self.info_or_missing(name)?;
         if !info.dtype.can_dequantize() {
             return Err(Error::DType {
@@ -245,10 +271,7 @@ impl GgufFile {
                 dtype: info.dtype.name(),
             });
         }
-        let bytes = self.bytes_of(info)?;
-        dequantize(info.dtype, bytes, info.n_elements()).map_err(|msg| {
-            Error::corrupt(&self.path, FORMAT, format!("tensor `{}`: {msg}", info.name))
-        })
+        Ok((info, self.bytes_of(info)?))
     }
 }
 

@@ -316,9 +316,31 @@ fn kernel(dtype: GgmlType) -> Option<Kernel> {
     })
 }
 
+/// f16 bits → f32, exact, branch-free enough to vectorize. NaN payloads are kept as they are (numpy's
+/// `astype(float32)`; x86 F16C would also set the quiet bit of a signalling NaN).
+#[inline(always)]
+pub fn f16_bits_to_f32(h: u16) -> f32 {
+    let h = h as u32;
+    let sign = (h & 0x8000) << 16;
+    let em = h & 0x7fff;
+    // All three cases computed unconditionally and selected, so loops vectorize.
+    // Normal: rebias the exponent from 15 to 127.
+    let normal = (em << 13) + ((127 - 15) << 23);
+    // Inf / NaN: exponent all ones, mantissa (payload) kept.
+    let inf_nan = normal + ((127 - 15) << 23);
+    // Zero / subnormal: mantissa * 2^-24, exact in f32.
+    let subnormal = ((em as i32 as f32) * f32::from_bits(0x3380_0000)).to_bits();
+    let is_inf_nan = ((em >= 0x7c00) as u32).wrapping_neg();
+    let is_subnormal = ((em < 0x0400) as u32).wrapping_neg();
+    let bits = (inf_nan & is_inf_nan)
+        | (subnormal & is_subnormal)
+        | (normal & !(is_inf_nan | is_subnormal));
+    f32::from_bits(sign | bits)
+}
+
 #[inline(always)]
 fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+    f16_bits_to_f32(u16::from_le_bytes([b[i], b[i + 1]]))
 }
 
 fn deq_f32(bytes: &[u8], out: &mut [f32]) {
@@ -329,7 +351,7 @@ fn deq_f32(bytes: &[u8], out: &mut [f32]) {
 
 fn deq_f16(bytes: &[u8], out: &mut [f32]) {
     for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        *o = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+        *o = f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]));
     }
 }
 
@@ -721,6 +743,20 @@ mod tests {
 
     fn f16b(x: f32) -> [u8; 2] {
         f16::from_f32(x).to_bits().to_le_bytes()
+    }
+
+    #[test]
+    fn f16_conversion_is_exact() {
+        for h in 0..=u16::MAX {
+            let want = f16::from_bits(h).to_f32();
+            let got = f16_bits_to_f32(h);
+            if want.is_nan() {
+                assert!(got.is_nan());
+                assert_eq!(got.to_bits() & 0x803f_ffff, ((h as u32 & 0x8000) << 16) | ((h as u32 & 0x1ff) << 13));
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{h:#06x}");
+            }
+        }
     }
 
     #[test]
