@@ -94,6 +94,8 @@ struct RawConfig {
     rms_norm_eps: Option<f64>,
     rope_theta: Option<f64>,
     rope_scaling: Option<serde_json::Value>,
+    /// transformers >= 4.56 may write `rope_parameters` (theta + scaling together) instead.
+    rope_parameters: Option<serde_json::Value>,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
@@ -157,9 +159,19 @@ impl ModelConfig {
                 )));
             }
         }
-        let rope_scaling = match &raw.rope_scaling {
+        let params = raw.rope_parameters.as_ref().filter(|p| p.is_object());
+        let rope_theta = params
+            .and_then(|p| p.get("rope_theta")?.as_f64())
+            .or(raw.rope_theta)
+            .unwrap_or(10000.0);
+        let scaling = match params {
+            Some(p) if p.get("rope_type").and_then(|t| t.as_str()) != Some("default") => Some(p),
+            Some(_) => None,
+            None => raw.rope_scaling.as_ref(),
+        };
+        let rope_scaling = match scaling {
             None | Some(serde_json::Value::Null) => None,
-            Some(v) => Some(parse_rope_scaling(v).map_err(|m| err(format!("rope_scaling: {m}")))?),
+            Some(v) => parse_rope_scaling(v).map_err(|m| err(format!("rope_scaling: {m}")))?,
         };
         let sliding_window = match (&raw.sliding_window, raw.use_sliding_window, family) {
             // Qwen2 configs carry a window but only use it when `use_sliding_window` is set.
@@ -184,7 +196,7 @@ impl ModelConfig {
             num_key_value_heads: raw.num_key_value_heads.unwrap_or(num_attention_heads),
             head_dim: raw.head_dim.unwrap_or(hidden_size / num_attention_heads.max(1)),
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta: raw.rope_theta.unwrap_or(10000.0),
+            rope_theta,
             rope_scaling,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(family == Family::Qwen2),
@@ -339,7 +351,7 @@ impl ModelConfig {
     }
 }
 
-fn parse_rope_scaling(v: &serde_json::Value) -> std::result::Result<RopeScaling, String> {
+fn parse_rope_scaling(v: &serde_json::Value) -> std::result::Result<Option<RopeScaling>, String> {
     let kind = v
         .get("rope_type")
         .or_else(|| v.get("type"))
@@ -347,14 +359,14 @@ fn parse_rope_scaling(v: &serde_json::Value) -> std::result::Result<RopeScaling,
         .ok_or("missing `rope_type`")?;
     let num = |k: &str| v.get(k).and_then(|x| x.as_f64()).ok_or(format!("missing number `{k}`"));
     match kind {
-        "default" => Err("`default` rope_type with scaling fields is not meaningful; remove rope_scaling".into()),
-        "linear" => Ok(RopeScaling::Linear { factor: num("factor")? }),
-        "llama3" => Ok(RopeScaling::Llama3 {
+        "default" => Ok(None),
+        "linear" => Ok(Some(RopeScaling::Linear { factor: num("factor")? })),
+        "llama3" => Ok(Some(RopeScaling::Llama3 {
             factor: num("factor")?,
             low_freq_factor: num("low_freq_factor")?,
             high_freq_factor: num("high_freq_factor")?,
             original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
-        }),
+        })),
         other => Err(format!("rope_type `{other}` is not supported (supported: llama3, linear)")),
     }
 }

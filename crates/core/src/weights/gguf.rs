@@ -64,9 +64,9 @@ impl GgufTensorInfo {
 
     /// Number of elements (saturating; for a tensor of an opened file it is exact).
     pub fn n_elements(&self) -> usize {
-        self.dims
-            .iter()
-            .fold(1usize, |n, &d| n.saturating_mul(usize::try_from(d).unwrap_or(usize::MAX)))
+        self.dims.iter().fold(1usize, |n, &d| {
+            n.saturating_mul(usize::try_from(d).unwrap_or(usize::MAX))
+        })
     }
 
     /// Size of the tensor's data in bytes; `None` for an unknown type.
@@ -341,9 +341,7 @@ impl<'a> Reader<'a> {
         let bytes = self.take(len as usize)?;
         match std::str::from_utf8(bytes) {
             Ok(s) => Ok(s.to_owned()),
-            Err(e) => Err(format!(
-                "string at offset {start} is not valid UTF-8 ({e})"
-            )),
+            Err(e) => Err(format!("string at offset {start} is not valid UTF-8 ({e})")),
         }
     }
 
@@ -422,9 +420,11 @@ fn parse(buf: &[u8]) -> Result<Parsed, String> {
     match version {
         2 | 3 => {}
         1 => {
-            return Err("GGUF version 1 is not supported (only versions 2 and 3); re-convert the model \
+            return Err(
+                "GGUF version 1 is not supported (only versions 2 and 3); re-convert the model \
                         with a current llama.cpp"
-                .into())
+                    .into(),
+            )
         }
         v if matches!(v.swap_bytes(), 1..=3) => {
             return Err(format!(

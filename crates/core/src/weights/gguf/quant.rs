@@ -199,6 +199,7 @@ impl GgmlType {
 
     /// Bytes needed for `n` elements: `None` if the type is unknown, `n` is not a whole number of blocks,
     /// or the size overflows.
+    #[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87; the MSRV is 1.85
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let (bs, ts) = self.block_layout()?;
         let (bs, ts) = (bs as u64, ts as u64);
@@ -263,6 +264,7 @@ pub fn dequantize_into(dtype: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result
     Ok(())
 }
 
+#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87; the MSRV is 1.85
 fn check_sizes(dtype: GgmlType, n_bytes: usize, n: usize) -> Result<(usize, usize), String> {
     let (bs, ts) = dtype
         .block_layout()
@@ -691,7 +693,11 @@ fn deq_mxfp4(bytes: &[u8], out: &mut [f32]) {
     for (b, y) in bytes.chunks_exact(17).zip(out.chunks_exact_mut(32)) {
         let e = b[0] as u32;
         // ggml_e8m0_to_fp32_half
-        let d = f32::from_bits(if e < 2 { 0x0020_0000 << e } else { (e - 1) << 23 });
+        let d = f32::from_bits(if e < 2 {
+            0x0020_0000 << e
+        } else {
+            (e - 1) << 23
+        });
         let (lo, hi) = y.split_at_mut(16);
         for j in 0..16 {
             let q = b[1 + j];
@@ -752,7 +758,10 @@ mod tests {
             let got = f16_bits_to_f32(h);
             if want.is_nan() {
                 assert!(got.is_nan());
-                assert_eq!(got.to_bits() & 0x803f_ffff, ((h as u32 & 0x8000) << 16) | ((h as u32 & 0x1ff) << 13));
+                assert_eq!(
+                    got.to_bits() & 0x803f_ffff,
+                    ((h as u32 & 0x8000) << 16) | ((h as u32 & 0x1ff) << 13)
+                );
             } else {
                 assert_eq!(got.to_bits(), want.to_bits(), "{h:#06x}");
             }

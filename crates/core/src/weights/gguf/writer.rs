@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 /// known type), then [`write`](GgufWriter::write)s it atomically.
 ///
 /// ```no_run
-/// use burnish_core::weights::gguf::{GgmlType, GgufValue, GgufWriter};
+/// use burnish_core::weights::gguf::{GgmlType, GgufWriter};
 /// let mut w = GgufWriter::new();
 /// w.add_metadata("general.architecture", "llama");
 /// w.add_tensor("token_embd.weight", &[2, 32], &[0.5; 64], GgmlType::Q8_0)?;
@@ -53,7 +53,11 @@ impl GgufWriter {
     }
 
     /// Sets a metadata key (replacing an earlier value for the same key; file order is first insertion).
-    pub fn add_metadata(&mut self, key: impl Into<String>, value: impl Into<GgufValue>) -> &mut Self {
+    pub fn add_metadata(
+        &mut self,
+        key: impl Into<String>,
+        value: impl Into<GgufValue>,
+    ) -> &mut Self {
         let key = key.into();
         let value = value.into();
         match self.metadata.iter_mut().find(|(k, _)| *k == key) {
@@ -185,10 +189,7 @@ impl GgufWriter {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let tmp = dir.join(format!(
-            ".{file_name}.{}.{nanos}.tmp",
-            std::process::id()
-        ));
+        let tmp = dir.join(format!(".{file_name}.{}.{nanos}.tmp", std::process::id()));
         let result = (|| -> io::Result<()> {
             let file = std::fs::File::create(&tmp)?;
             let mut w = io::BufWriter::with_capacity(1 << 20, file);
@@ -208,11 +209,7 @@ impl GgufWriter {
     /// Serializes the whole file to `w` (not atomically; see [`write`](GgufWriter::write)).
     pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
         let bad = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
-        let alignment = match self
-            .metadata
-            .iter()
-            .find(|(k, _)| k == "general.alignment")
-        {
+        let alignment = match self.metadata.iter().find(|(k, _)| k == "general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some((_, GgufValue::U32(a))) if a.is_power_of_two() => u64::from(*a),
             Some((_, v)) => {
