@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "burnish", version, about = "Fine-tune language models on Burn: SFT, DPO, RLHF, abliteration")]
+#[command(
+    name = "burnish",
+    version,
+    about = "Fine-tune language models on Burn: SFT, DPO, RLHF, abliteration"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

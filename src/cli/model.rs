@@ -7,7 +7,9 @@ use burnish_core::backend::{BackendKind, Cpu};
 use burnish_core::burn::tensor::backend::Backend;
 use burnish_core::weights::gguf::GgufFile;
 use burnish_core::weights::SafetensorsDir;
-use burnish_core::{generate as run_generate, GenerationConfig, Message, ModelPath, Pretrained, TokenizerBundle};
+use burnish_core::{
+    generate as run_generate, GenerationConfig, Message, ModelPath, Pretrained, TokenizerBundle,
+};
 use clap::Args;
 
 #[derive(Args)]
@@ -62,7 +64,8 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
 fn generate_on<B: Backend>(a: GenerateArgs, device: &B::Device) -> Result<()> {
     let mut p = Pretrained::<B>::load(&a.model, device)?;
     if let Some(path) = &a.chat_template {
-        let src = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let src =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         p.set_template(&src)?;
     }
     let prompt_ids = if a.raw {
@@ -86,7 +89,12 @@ fn generate_on<B: Backend>(a: GenerateArgs, device: &B::Device) -> Result<()> {
         stop_strings: a.stop.clone(),
         pad_id: p.pad_id(),
     };
-    let out = run_generate(&p.model, std::slice::from_ref(&prompt_ids), &cfg, Some(&p.tokenizer))?;
+    let out = run_generate(
+        &p.model,
+        std::slice::from_ref(&prompt_ids),
+        &cfg,
+        Some(&p.tokenizer),
+    )?;
     let new_ids = &out[0].new_ids;
     let text = p.tokenizer.decode(new_ids, true)?;
     if a.json {
@@ -136,7 +144,9 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     let (files, dtype) = match ModelPath::detect(&a.model)? {
         ModelPath::HfDir(dir) => {
             let w = SafetensorsDir::open(&dir)?;
-            let dtype = w.dtype("model.embed_tokens.weight").unwrap_or_else(|| "?".into());
+            let dtype = w
+                .dtype("model.embed_tokens.weight")
+                .unwrap_or_else(|| "?".into());
             let files: Vec<String> = w
                 .files()
                 .map(|f| {
@@ -160,7 +170,11 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
                 size as f64 / 1e6,
                 f.tensors().len()
             )];
-            let dtype = counts.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(", ");
+            let dtype = counts
+                .iter()
+                .map(|(k, v)| format!("{k}×{v}"))
+                .collect::<Vec<_>>()
+                .join(", ");
             (files, dtype)
         }
     };
@@ -175,7 +189,11 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(());
     }
-    println!("architecture   {} ({:?})", c.family.hf_architecture(), c.family);
+    println!(
+        "architecture   {} ({:?})",
+        c.family.hf_architecture(),
+        c.family
+    );
     println!("parameters     {:.1} M", c.num_parameters() as f64 / 1e6);
     println!(
         "shape          {} layers, hidden {}, intermediate {}, heads {}/{} (head_dim {}), vocab {}",
@@ -191,7 +209,14 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         "rope           theta {}, scaling {:?}; context {}",
         c.rope_theta, c.rope_scaling, c.max_position_embeddings
     );
-    println!("embeddings     {}", if c.tie_word_embeddings { "tied" } else { "untied" });
+    println!(
+        "embeddings     {}",
+        if c.tie_word_embeddings {
+            "tied"
+        } else {
+            "untied"
+        }
+    );
     println!("dtype on disk  {dtype}");
     println!(
         "tokenizer      {} tokens; bos {:?}, eos {:?}, pad {:?}",

@@ -42,7 +42,9 @@ impl std::str::FromStr for BackendKind {
             other => return Err(format!("unknown backend `{other}` (cpu, wgpu, cuda)")),
         };
         if !kind.available() {
-            return Err(format!("backend `{s}` is not compiled in; rebuild with `--features {s}`"));
+            return Err(format!(
+                "backend `{s}` is not compiled in; rebuild with `--features {s}`"
+            ));
         }
         Ok(kind)
     }

@@ -111,8 +111,14 @@ struct RawConfig {
 
 fn ids(v: &Option<serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|n| n as u32).collect(),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|n| vec![n as u32]).unwrap_or_default()
+        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|n| n as u32)
+            .collect(),
         _ => vec![],
     }
 }
@@ -141,7 +147,11 @@ impl ModelConfig {
             "mistral" => Family::Mistral,
             "" => return Err(err("missing `model_type`".into())),
             other => {
-                let arch = raw.architectures.as_ref().and_then(|a| a.first().cloned()).unwrap_or_default();
+                let arch = raw
+                    .architectures
+                    .as_ref()
+                    .and_then(|a| a.first().cloned())
+                    .unwrap_or_default();
                 return Err(Error::Unsupported(format!(
                     "{}: model_type `{other}` ({arch}); burnish supports llama, qwen2 and mistral",
                     path.display()
@@ -194,7 +204,9 @@ impl ModelConfig {
             num_hidden_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
             num_attention_heads,
             num_key_value_heads: raw.num_key_value_heads.unwrap_or(num_attention_heads),
-            head_dim: raw.head_dim.unwrap_or(hidden_size / num_attention_heads.max(1)),
+            head_dim: raw
+                .head_dim
+                .unwrap_or(hidden_size / num_attention_heads.max(1)),
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
@@ -229,16 +241,26 @@ impl ModelConfig {
                 return Err(format!("`{k}` must be positive"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(format!(
                 "`num_attention_heads` ({}) must be a multiple of `num_key_value_heads` ({})",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
-            return Err(format!("`head_dim` ({}) must be even for RoPE", self.head_dim));
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(format!(
+                "`head_dim` ({}) must be even for RoPE",
+                self.head_dim
+            ));
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
+        if self.rms_norm_eps.is_nan()
+            || self.rms_norm_eps <= 0.0
+            || self.rope_theta.is_nan()
+            || self.rope_theta <= 0.0
+        {
             return Err("`rms_norm_eps` and `rope_theta` must be positive".into());
         }
         Ok(())
@@ -295,7 +317,10 @@ impl ModelConfig {
             }
         }
         if let Some(rs) = &self.rope_scaling {
-            o.insert("rope_scaling".into(), serde_json::to_value(rs).expect("serializable"));
+            o.insert(
+                "rope_scaling".into(),
+                serde_json::to_value(rs).expect("serializable"),
+            );
         }
         if let Some(b) = self.bos_token_id {
             o.insert("bos_token_id".into(), b.into());
@@ -341,7 +366,8 @@ impl ModelConfig {
                         } else if wavelen < high_wavelen {
                             f
                         } else {
-                            let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     })
@@ -357,17 +383,25 @@ fn parse_rope_scaling(v: &serde_json::Value) -> std::result::Result<Option<RopeS
         .or_else(|| v.get("type"))
         .and_then(|t| t.as_str())
         .ok_or("missing `rope_type`")?;
-    let num = |k: &str| v.get(k).and_then(|x| x.as_f64()).ok_or(format!("missing number `{k}`"));
+    let num = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_f64())
+            .ok_or(format!("missing number `{k}`"))
+    };
     match kind {
         "default" => Ok(None),
-        "linear" => Ok(Some(RopeScaling::Linear { factor: num("factor")? })),
+        "linear" => Ok(Some(RopeScaling::Linear {
+            factor: num("factor")?,
+        })),
         "llama3" => Ok(Some(RopeScaling::Llama3 {
             factor: num("factor")?,
             low_freq_factor: num("low_freq_factor")?,
             high_freq_factor: num("high_freq_factor")?,
             original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
         })),
-        other => Err(format!("rope_type `{other}` is not supported (supported: llama3, linear)")),
+        other => Err(format!(
+            "rope_type `{other}` is not supported (supported: llama3, linear)"
+        )),
     }
 }
 
@@ -390,7 +424,10 @@ impl ModelPath {
                 });
             }
             Ok(ModelPath::HfDir(path.to_path_buf()))
-        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        } else if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
             Ok(ModelPath::Gguf(path.to_path_buf()))
         } else {
             let mut magic = [0u8; 4];

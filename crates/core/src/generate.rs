@@ -69,14 +69,18 @@ pub fn generate<B: Backend>(
         return Ok(vec![]);
     }
     if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
-        return Err(Error::Generate(format!("prompt {i} is empty; at least one token is needed")));
+        return Err(Error::Generate(format!(
+            "prompt {i} is empty; at least one token is needed"
+        )));
     }
     if !cfg.stop_strings.is_empty() && tokenizer.is_none() {
         return Err(Error::Generate("stop strings need a tokenizer".into()));
     }
     let vocab = model.vocab_size();
     if let Some(bad) = prompts.iter().flatten().find(|&&t| t as usize >= vocab) {
-        return Err(Error::Generate(format!("token id {bad} is outside the vocabulary ({vocab})")));
+        return Err(Error::Generate(format!(
+            "token id {bad} is outside the vocabulary ({vocab})"
+        )));
     }
     let device = model.model.embed_tokens.device();
     let b = prompts.len();
@@ -91,7 +95,11 @@ pub fn generate<B: Backend>(
         let pad = width - p.len();
         valid.push((0..width).map(|j| j >= pad).collect());
         ids.extend(std::iter::repeat_n(cfg.pad_id as i64, pad).chain(p.iter().map(|&t| t as i64)));
-        pos_rows.push((0..width).map(|j| if j < pad { 1 } else { (j - pad) as i64 }).collect::<Vec<_>>());
+        pos_rows.push(
+            (0..width)
+                .map(|j| if j < pad { 1 } else { (j - pad) as i64 })
+                .collect::<Vec<_>>(),
+        );
     }
     let padded = valid.iter().any(|r| !r[0]);
     let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, width]), &device);
@@ -148,7 +156,10 @@ pub fn generate<B: Backend>(
         }
         if keep.len() < n {
             let rows = Tensor::<B, 1, Int>::from_data(
-                TensorData::new(keep.iter().map(|&i| i as i64).collect::<Vec<_>>(), [keep.len()]),
+                TensorData::new(
+                    keep.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                    [keep.len()],
+                ),
                 &device,
             );
             cache.select_rows(rows);

@@ -17,7 +17,10 @@ impl AtomicFile {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
         let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         Ok(Self {
@@ -33,12 +36,16 @@ impl AtomicFile {
 
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
         let tmp = self.tmp.clone();
-        self.writer().write_all(bytes).map_err(|e| Error::io(tmp, e))
+        self.writer()
+            .write_all(bytes)
+            .map_err(|e| Error::io(tmp, e))
     }
 
     pub fn commit(mut self) -> Result<()> {
         let w = self.file.take().expect("open until commit");
-        let f = w.into_inner().map_err(|e| Error::io(&self.tmp, e.into_error()))?;
+        let f = w
+            .into_inner()
+            .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
         f.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
         std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))
     }

@@ -23,6 +23,7 @@ pub struct Pretrained<B: Backend> {
 }
 
 /// Tokenizer, template and config without weights (cheap; used by `tokenize` and data tooling).
+#[derive(Debug)]
 pub struct TokenizerBundle {
     pub config: ModelConfig,
     pub tokenizer: Tokenizer,
@@ -51,7 +52,11 @@ impl TokenizerBundle {
 
     fn from_gguf(w: &GgufWeights) -> Result<Self> {
         let tokenizer = Tokenizer::from_gguf(&w.file)?;
-        let template = match w.file.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+        let template = match w
+            .file
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.as_str())
+        {
             Some(src) => Some(template_for(src, &tokenizer)?),
             None => None,
         };
@@ -65,6 +70,18 @@ impl TokenizerBundle {
     pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         render(self.template.as_ref(), messages, add_generation_prompt)
     }
+
+    /// A tokenizer may have fewer ids than the embedding (padded vocabularies), never more.
+    pub fn check_vocab(&self) -> Result<()> {
+        let tokenizer = self.tokenizer.vocab_size();
+        if tokenizer > self.config.vocab_size {
+            return Err(Error::VocabMismatch {
+                tokenizer,
+                model: self.config.vocab_size,
+            });
+        }
+        Ok(())
+    }
 }
 
 fn template_for(src: &str, tok: &Tokenizer) -> Result<ChatTemplate> {
@@ -77,7 +94,10 @@ fn template_for(src: &str, tok: &Tokenizer) -> Result<ChatTemplate> {
 
 fn render(t: Option<&ChatTemplate>, messages: &[Message], gen: bool) -> Result<String> {
     let t = t.ok_or_else(|| {
-        Error::Template("this model has no chat template; pass one (e.g. --chat-template FILE) or use --raw".into())
+        Error::Template(
+            "this model has no chat template; pass one (e.g. --chat-template FILE) or use --raw"
+                .into(),
+        )
     })?;
     t.render(messages, gen)
 }
@@ -110,12 +130,24 @@ fn hf_template(dir: &Path, tok: &Tokenizer) -> Result<Option<ChatTemplate>> {
     src.map(|s| template_for(&s, tok)).transpose()
 }
 
+impl<B: Backend> std::fmt::Debug for Pretrained<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pretrained")
+            .field("path", &self.path)
+            .field("config", &self.config)
+            .field("tokenizer", &self.tokenizer)
+            .field("template", &self.template)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<B: Backend> Pretrained<B> {
     pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
         let path = ModelPath::detect(path)?;
         let (bundle, model) = match &path {
             ModelPath::HfDir(dir) => {
                 let bundle = TokenizerBundle::load(dir)?;
+                bundle.check_vocab()?;
                 let weights = SafetensorsDir::open(dir)?;
                 let model = load_llama(&bundle.config, &weights, device)?;
                 (bundle, model)
@@ -123,17 +155,11 @@ impl<B: Backend> Pretrained<B> {
             ModelPath::Gguf(file) => {
                 let weights = GgufWeights::open(file)?;
                 let bundle = TokenizerBundle::from_gguf(&weights)?;
+                bundle.check_vocab()?;
                 let model = load_llama(&bundle.config, &weights, device)?;
                 (bundle, model)
             }
         };
-        let tokenizer_vocab = bundle.tokenizer.vocab_size();
-        if tokenizer_vocab > bundle.config.vocab_size {
-            return Err(Error::VocabMismatch {
-                tokenizer: tokenizer_vocab,
-                model: bundle.config.vocab_size,
-            });
-        }
         Ok(Self {
             path,
             config: bundle.config,

@@ -62,9 +62,12 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<Value, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
         env.add_filter("tojson", tojson);
         let cleaned = strip_generation_tags(source);
@@ -94,12 +97,18 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         extra: serde_json::Value,
     ) -> Result<String> {
-        let tmpl = self.env.get_template("chat").map_err(|e| Error::Template(e.to_string()))?;
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| Error::Template(e.to_string()))?;
         let mut ctx = serde_json::Map::new();
         if let serde_json::Value::Object(extra) = extra {
             ctx.extend(extra);
         }
-        ctx.insert("messages".into(), serde_json::to_value(messages).expect("messages serialize"));
+        ctx.insert(
+            "messages".into(),
+            serde_json::to_value(messages).expect("messages serialize"),
+        );
         ctx.insert("add_generation_prompt".into(), add_generation_prompt.into());
         ctx.insert("bos_token".into(), self.bos_token.clone().into());
         ctx.insert("eos_token".into(), self.eos_token.clone().into());
@@ -114,9 +123,12 @@ fn strip_generation_tags(src: &str) -> String {
     let mut out = String::with_capacity(src.len());
     let mut rest = src;
     while let Some(start) = rest.find("{%") {
-        let Some(len) = rest[start..].find("%}") else { break };
+        let Some(len) = rest[start..].find("%}") else {
+            break;
+        };
         let tag = &rest[start..start + len + 2];
-        let inner = tag[2..tag.len() - 2].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        let inner =
+            tag[2..tag.len() - 2].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
         out.push_str(&rest[..start]);
         if inner != "generation" && inner != "endgeneration" {
             out.push_str(tag);
@@ -139,7 +151,13 @@ fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, minijinja::Error> {
     Ok(Value::from_safe_string(out))
 }
 
-fn py_json(v: &serde_json::Value, indent: Option<usize>, sort: bool, depth: usize, out: &mut String) {
+fn py_json(
+    v: &serde_json::Value,
+    indent: Option<usize>,
+    sort: bool,
+    depth: usize,
+    out: &mut String,
+) {
     use serde_json::Value as J;
     let newline = |out: &mut String, depth: usize| {
         if let Some(n) = indent {
@@ -215,7 +233,15 @@ pub(crate) fn strftime(secs: i64, fmt: &str) -> String {
         "November",
         "December",
     ];
-    const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
+    const DAYS: [&str; 7] = [
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+    ];
     let days = secs.div_euclid(86_400);
     let tod = secs.rem_euclid(86_400);
     // Civil-from-days (Howard Hinnant's algorithm).
@@ -300,7 +326,11 @@ mod tests {
         let src = "{{ x | tojson }}|{{ x | tojson(indent=2) }}";
         let t = ChatTemplate::new(src, "", "").unwrap();
         let out = t
-            .render_with(&[], false, serde_json::json!({"x": {"a": [1, "é<"], "b": 2.0}}))
+            .render_with(
+                &[],
+                false,
+                serde_json::json!({"x": {"a": [1, "é<"], "b": 2.0}}),
+            )
             .unwrap();
         assert_eq!(out, "{\"a\": [1, \"é<\"], \"b\": 2.0}|{\n  \"a\": [\n    1,\n    \"é<\"\n  ],\n  \"b\": 2.0\n}");
     }
@@ -308,7 +338,10 @@ mod tests {
     #[test]
     fn strftime_formats() {
         // 2024-07-23 12:34:56 UTC
-        assert_eq!(strftime(1_721_738_096, "%d %b %Y %H:%M:%S %A"), "23 Jul 2024 12:34:56 Tuesday");
+        assert_eq!(
+            strftime(1_721_738_096, "%d %b %Y %H:%M:%S %A"),
+            "23 Jul 2024 12:34:56 Tuesday"
+        );
     }
 
     #[test]

@@ -92,23 +92,34 @@ impl Tokenizer {
         let model = file
             .get("tokenizer.ggml.model")
             .and_then(GgufValue::as_str)
-            .ok_or_else(|| err("missing `tokenizer.ggml.model`; this GGUF has no tokenizer".into()))?
+            .ok_or_else(
+                || err("missing `tokenizer.ggml.model`; this GGUF has no tokenizer".into()),
+            )?
             .to_string();
-        let tokens = get_strs("tokenizer.ggml.tokens").ok_or_else(|| err("missing `tokenizer.ggml.tokens`".into()))?;
+        let tokens = get_strs("tokenizer.ggml.tokens")
+            .ok_or_else(|| err("missing `tokenizer.ggml.tokens`".into()))?;
         let types: Vec<i64> = file
             .get("tokenizer.ggml.token_type")
             .and_then(GgufValue::as_array)
             .map(|a| a.iter().map(|v| v.as_i64().unwrap_or(1)).collect())
             .unwrap_or_default();
         let merges = get_strs("tokenizer.ggml.merges");
-        let pre = file.get("tokenizer.ggml.pre").and_then(GgufValue::as_str).map(String::from);
+        let pre = file
+            .get("tokenizer.ggml.pre")
+            .and_then(GgufValue::as_str)
+            .map(String::from);
         let id_tok = |k: &str| -> Option<String> {
             let id = file.get(&format!("tokenizer.ggml.{k}"))?.as_u64()? as usize;
             tokens.get(id).cloned()
         };
-        let add_bos_meta = file.get("tokenizer.ggml.add_bos_token").and_then(GgufValue::as_bool);
+        let add_bos_meta = file
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(GgufValue::as_bool);
         let (json, add_bos) = match model.as_str() {
-            "gpt2" => (byte_level_json(&tokens, merges.as_deref(), &types, pre.as_deref()), add_bos_meta.unwrap_or(false)),
+            "gpt2" => (
+                byte_level_json(&tokens, merges.as_deref(), &types, pre.as_deref()),
+                add_bos_meta.unwrap_or(false),
+            ),
             "llama" => {
                 let scores: Vec<f64> = file
                     .get("tokenizer.ggml.scores")
@@ -116,9 +127,16 @@ impl Tokenizer {
                     .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect())
                     .unwrap_or_default();
                 let unk = id_tok("unknown_token_id");
-                (sentencepiece_json(&tokens, merges.as_deref(), &scores, &types, unk.as_deref()), add_bos_meta.unwrap_or(true))
+                (
+                    sentencepiece_json(&tokens, merges.as_deref(), &scores, &types, unk.as_deref()),
+                    add_bos_meta.unwrap_or(true),
+                )
             }
-            other => return Err(err(format!("tokenizer model `{other}` is not supported (gpt2, llama)"))),
+            other => {
+                return Err(err(format!(
+                    "tokenizer model `{other}` is not supported (gpt2, llama)"
+                )))
+            }
         };
         let text = serde_json::to_string(&json).expect("json");
         let inner: tokenizers::Tokenizer = text
@@ -227,8 +245,10 @@ fn added_tokens(tokens: &[String], types: &[i64], allowed: impl Fn(&str) -> bool
     for (kind, special) in [(CONTROL, true), (USER_DEFINED, false)] {
         for (id, (tok, &t)) in tokens.iter().zip(types).enumerate() {
             if t == kind && allowed(tok) {
-                out.push(json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": special}));
+                out.push(
+                    json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": special}),
+                );
             }
         }
     }
@@ -239,13 +259,20 @@ fn split_regex(pre: Option<&str>) -> Option<&'static str> {
     const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     match pre? {
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "smaug-bpe" | "dbrx" | "pixtral" => Some(LLAMA3),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "smaug-bpe" | "dbrx" | "pixtral" => {
+            Some(LLAMA3)
+        }
         "qwen2" | "deepseek-r1-qwen" | "megrez" => Some(QWEN2),
         _ => None,
     }
 }
 
-fn byte_level_json(tokens: &[String], merges: Option<&[String]>, types: &[i64], pre: Option<&str>) -> Value {
+fn byte_level_json(
+    tokens: &[String],
+    merges: Option<&[String]>,
+    types: &[i64],
+    pre: Option<&str>,
+) -> Value {
     let table = bytes_to_unicode();
     let alphabet: HashSet<char> = table.iter().copied().collect();
     let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
@@ -291,7 +318,11 @@ fn sentencepiece_json(
     types: &[i64],
     unk: Option<&str>,
 ) -> Value {
-    let vocab_index: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let vocab_index: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
     let merges: Vec<Value> = match merges {
         Some(m) => m.iter().map(|s| json!(s)).collect(),
         None => {
@@ -313,11 +344,16 @@ fn sentencepiece_json(
                     .partial_cmp(&(a.2, a.0.chars().count(), a.1.chars().count()))
                     .unwrap_or(std::cmp::Ordering::Equal)
             });
-            all.into_iter().map(|(l, r, _)| json!(format!("{l} {r}"))).collect()
+            all.into_iter()
+                .map(|(l, r, _)| json!(format!("{l} {r}")))
+                .collect()
         }
     };
-    let vocab: serde_json::Map<String, Value> =
-        tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+    let vocab: serde_json::Map<String, Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
     json!({
         "version": "1.0", "truncation": null, "padding": null,
         "added_tokens": added_tokens(tokens, types, |_| true),

@@ -36,7 +36,10 @@ fn check_padded(model: &Llama<B>, expected: &str) {
     let exp = Expected::open(&fixture(expected));
     let (shape, mask) = exp.i64("attention_mask_padded");
     let (b, s) = (shape[0], shape[1]);
-    let valid: Vec<Vec<bool>> = mask.chunks(s).map(|r| r.iter().map(|&m| m != 0).collect()).collect();
+    let valid: Vec<Vec<bool>> = mask
+        .chunks(s)
+        .map(|r| r.iter().map(|&m| m != 0).collect())
+        .collect();
     let m = causal_padding_mask::<B>(&valid, s, None, &Default::default());
     let ctx = model.context(exp.ids2("position_ids_padded"), Some(m));
     let hidden = model.forward_hidden(exp.ids2("input_ids_padded"), &ctx, None, None);
@@ -51,7 +54,10 @@ fn check_padded(model: &Llama<B>, expected: &str) {
         }
     }
     assert!(worst <= TOL, "{expected}: padded max |Δlogit| = {worst}");
-    assert!(got.iter().all(|x| x.is_finite()), "padding produced non-finite logits");
+    assert!(
+        got.iter().all(|x| x.is_finite()),
+        "padding produced non-finite logits"
+    );
 }
 
 #[test]
@@ -116,8 +122,20 @@ fn gguf_config_matches_hf_config() {
     let hf = ModelConfig::from_file(fixture("tiny-llama/config.json")).unwrap();
     let g = w.config();
     assert_eq!(
-        (g.hidden_size, g.num_hidden_layers, g.num_attention_heads, g.num_key_value_heads, g.head_dim),
-        (hf.hidden_size, hf.num_hidden_layers, hf.num_attention_heads, hf.num_key_value_heads, hf.head_dim)
+        (
+            g.hidden_size,
+            g.num_hidden_layers,
+            g.num_attention_heads,
+            g.num_key_value_heads,
+            g.head_dim
+        ),
+        (
+            hf.hidden_size,
+            hf.num_hidden_layers,
+            hf.num_attention_heads,
+            hf.num_key_value_heads,
+            hf.head_dim
+        )
     );
     assert_eq!(g.tie_word_embeddings, hf.tie_word_embeddings);
     assert_eq!(g.vocab_size, hf.vocab_size);
@@ -131,15 +149,31 @@ fn kv_cache_matches_full_forward() {
     let m = load_dir("tiny-qwen2");
     let dev = Default::default();
     let ids: Vec<i64> = vec![5, 17, 99, 3, 42, 64, 7, 120, 11, 2];
-    let full = to_vec3(m.forward(Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [1, ids.len()]), &dev)));
+    let full = to_vec3(m.forward(Tensor::<B, 2, Int>::from_data(
+        TensorData::new(ids.clone(), [1, ids.len()]),
+        &dev,
+    )));
     let mut cache = KvCache::new(m.num_layers());
     let split = 6;
     let mut got = Vec::new();
-    for (start, end) in [(0, split), (split, split + 1), (split + 1, split + 2), (split + 2, ids.len())] {
-        let chunk = Tensor::<B, 2, Int>::from_data(TensorData::new(ids[start..end].to_vec(), [1, end - start]), &dev);
+    for (start, end) in [
+        (0, split),
+        (split, split + 1),
+        (split + 1, split + 2),
+        (split + 2, ids.len()),
+    ] {
+        let chunk = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(ids[start..end].to_vec(), [1, end - start]),
+            &dev,
+        );
         let pos = Tensor::<B, 1, Int>::arange(start as i64..end as i64, &dev).unsqueeze_dim::<2>(0);
         let ctx = m.context(pos, None);
-        got.extend(to_vec3(m.logits(m.forward_hidden(chunk, &ctx, Some(&mut cache), None))));
+        got.extend(to_vec3(m.logits(m.forward_hidden(
+            chunk,
+            &ctx,
+            Some(&mut cache),
+            None,
+        ))));
     }
     assert_eq!(cache.len(), ids.len());
     let d = max_abs_diff(&got, &full);

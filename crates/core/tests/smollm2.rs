@@ -16,8 +16,13 @@ fn model_path() -> PathBuf {
     if let Ok(p) = std::env::var("BURNISH_SMOLLM2") {
         return p.into();
     }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "{} is missing: run scripts/fetch-smollm2.sh first", p.display());
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-smollm2.sh first",
+        p.display()
+    );
     p
 }
 
@@ -35,7 +40,11 @@ fn reference() -> &'static Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn messages(v: &Value) -> Vec<Message> {
@@ -56,10 +65,19 @@ fn greedy(max_new_tokens: usize) -> GenerationConfig {
 fn special_tokens() {
     let m = model();
     let s = &reference()["special"];
-    assert_eq!(m.tokenizer.bos_id(), Some(s["bos_token_id"].as_u64().unwrap() as u32));
-    assert_eq!(m.tokenizer.eos_id(), Some(s["eos_token_id"].as_u64().unwrap() as u32));
+    assert_eq!(
+        m.tokenizer.bos_id(),
+        Some(s["bos_token_id"].as_u64().unwrap() as u32)
+    );
+    assert_eq!(
+        m.tokenizer.eos_id(),
+        Some(s["eos_token_id"].as_u64().unwrap() as u32)
+    );
     assert_eq!(m.pad_id(), s["pad_token_id"].as_u64().unwrap() as u32);
-    assert_eq!(m.tokenizer.vocab_size(), s["len_tokenizer"].as_u64().unwrap() as usize);
+    assert_eq!(
+        m.tokenizer.vocab_size(),
+        s["len_tokenizer"].as_u64().unwrap() as usize
+    );
 }
 
 #[test]
@@ -82,8 +100,18 @@ fn chat_template_is_identical() {
     for c in reference()["templates"]["cases"].as_array().unwrap() {
         let gen = c["add_generation_prompt"].as_bool().unwrap();
         let text = m.render_chat(&messages(&c["messages"]), gen).unwrap();
-        assert_eq!(text, c["text"].as_str().unwrap(), "template case {}", c["name"]);
-        assert_eq!(m.tokenizer.encode(&text, false).unwrap(), ids(&c["ids"]), "ids of {}", c["name"]);
+        assert_eq!(
+            text,
+            c["text"].as_str().unwrap(),
+            "template case {}",
+            c["name"]
+        );
+        assert_eq!(
+            m.tokenizer.encode(&text, false).unwrap(),
+            ids(&c["ids"]),
+            "ids of {}",
+            c["name"]
+        );
     }
 }
 
@@ -107,7 +135,10 @@ fn first_step_logits_match() {
     let v = m.config.vocab_size;
     let last = &logits[(n - 1) * v..n * v];
     let fl = &r["first_logits"];
-    assert_eq!(burnish_core::generate::argmax(last), fl["argmax"].as_u64().unwrap() as u32);
+    assert_eq!(
+        burnish_core::generate::argmax(last),
+        fl["argmax"].as_u64().unwrap() as u32
+    );
     let mut worst = 0f32;
     for pair in fl["top20"].as_array().unwrap() {
         let id = pair[0].as_u64().unwrap() as usize;
@@ -116,7 +147,10 @@ fn first_step_logits_match() {
     }
     let mean = last.iter().sum::<f32>() / v as f32;
     assert!(worst < 2e-3, "top-20 logits differ by {worst}");
-    assert!((mean - fl["mean"].as_f64().unwrap() as f32).abs() < 2e-3, "mean logit {mean}");
+    assert!(
+        (mean - fl["mean"].as_f64().unwrap() as f32).abs() < 2e-3,
+        "mean logit {mean}"
+    );
 }
 
 #[test]
@@ -128,7 +162,12 @@ fn greedy_generation_is_token_identical() {
         assert_eq!(prompt, ids(&c["prompt_ids"]), "prompt ids of {}", c["name"]);
         let max = c["max_new_tokens"].as_u64().unwrap() as usize;
         let out = generate(&m.model, &[prompt], &greedy(max), Some(&m.tokenizer)).unwrap();
-        assert_eq!(out[0].new_ids, ids(&c["new_ids"]), "generation for {}", c["name"]);
+        assert_eq!(
+            out[0].new_ids,
+            ids(&c["new_ids"]),
+            "generation for {}",
+            c["name"]
+        );
         let decoded = m.tokenizer.decode(&out[0].new_ids, true).unwrap();
         assert_eq!(decoded, c["text_out"].as_str().unwrap());
     }

@@ -63,7 +63,12 @@ impl<B: Backend> KvCache<B> {
         }
     }
 
-    fn append(&mut self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    fn append(
+        &mut self,
+        layer: usize,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let slot = &mut self.layers[layer];
         let (k, v) = match slot.take() {
             Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
@@ -126,7 +131,8 @@ impl<B: Backend> Attention<B> {
             m.expand([mb, nh, q, t])
         });
         let y = attention(q, k, v, mask, None, options);
-        self.o_proj.forward(y.swap_dims(1, 2).reshape([b, s, nh * hd]))
+        self.o_proj
+            .forward(y.swap_dims(1, 2).reshape([b, s, nh * hd]))
     }
 }
 
@@ -170,7 +176,10 @@ impl<B: Backend> DecoderLayer<B> {
         ctx: &Context<B>,
         cache: Option<(&mut KvCache<B>, usize)>,
     ) -> Tensor<B, 3> {
-        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), ctx, cache);
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), ctx, cache);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
@@ -247,7 +256,11 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Shared per-pass state for `positions` `[batch, seq]` and an optional mask.
-    pub fn context(&self, positions: Tensor<B, 2, Int>, mask: Option<Tensor<B, 4, Bool>>) -> Context<B> {
+    pub fn context(
+        &self,
+        positions: Tensor<B, 2, Int>,
+        mask: Option<Tensor<B, 4, Bool>>,
+    ) -> Context<B> {
         Context {
             rope: RopeTables::new(&self.inv_freq, positions),
             mask,
@@ -285,7 +298,10 @@ impl<B: Backend> Llama<B> {
                 let [b, s, h] = hidden.dims();
                 let w = self.model.embed_tokens.val();
                 let v = w.dims()[0];
-                hidden.reshape([b * s, h]).matmul(w.transpose()).reshape([b, s, v])
+                hidden
+                    .reshape([b * s, h])
+                    .matmul(w.transpose())
+                    .reshape([b, s, v])
             }
         }
     }

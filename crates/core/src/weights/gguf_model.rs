@@ -56,7 +56,8 @@ fn permute_impl(data: &[f32], rows: usize, cols: usize, n_head: usize, to_gguf: 
                 let hf = h * hd + p * half + j;
                 let gg = h * hd + 2 * j + p;
                 let (dst, src) = if to_gguf { (gg, hf) } else { (hf, gg) };
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -140,7 +141,11 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         }
     };
     let key = |k: &str| format!("{arch}.{k}");
-    let uint = |k: &str| f.get(&key(k)).and_then(GgufValue::as_u64).map(|v| v as usize);
+    let uint = |k: &str| {
+        f.get(&key(k))
+            .and_then(GgufValue::as_u64)
+            .map(|v| v as usize)
+    };
     let need = |k: &str| uint(k).ok_or_else(|| err(format!("missing metadata `{}`", key(k))));
     let float = |k: &str| f.get(&key(k)).and_then(GgufValue::as_f64);
     let hidden_size = need("embedding_length")?;
@@ -162,7 +167,8 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
     let rope_scaling = match f.get(&key("rope.scaling.type")).and_then(GgufValue::as_str) {
         None | Some("none") => None,
         Some("linear") => Some(RopeScaling::Linear {
-            factor: float("rope.scaling.factor").ok_or_else(|| err("missing rope.scaling.factor".into()))?,
+            factor: float("rope.scaling.factor")
+                .ok_or_else(|| err("missing rope.scaling.factor".into()))?,
         }),
         Some(other) => {
             return Err(Error::Unsupported(format!(

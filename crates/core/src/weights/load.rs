@@ -55,12 +55,18 @@ impl<B: Backend, S: WeightSource + ?Sized> Loader<'_, B, S> {
 
     fn t2(&self, name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>> {
         let t = self.host(name, &shape)?;
-        Ok(Tensor::from_data(TensorData::new(t.data, shape), self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(t.data, shape),
+            self.device,
+        ))
     }
 
     fn t1(&self, name: &str, len: usize) -> Result<Tensor<B, 1>> {
         let t = self.host(name, &[len])?;
-        Ok(Tensor::from_data(TensorData::new(t.data, [len]), self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(t.data, [len]),
+            self.device,
+        ))
     }
 
     fn linear(&self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
@@ -84,7 +90,8 @@ pub fn load_llama<B: Backend, S: WeightSource + ?Sized>(
     let ld = Loader::<B, S> { src, device };
     let (h, hd) = (cfg.hidden_size, cfg.head_dim);
     let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
-    let norm = |name: &str| -> Result<RmsNorm<B>> { Ok(RmsNorm::new(ld.t1(name, h)?, cfg.rms_norm_eps)) };
+    let norm =
+        |name: &str| -> Result<RmsNorm<B>> { Ok(RmsNorm::new(ld.t1(name, h)?, cfg.rms_norm_eps)) };
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     for i in 0..cfg.num_hidden_layers {
         let p = |rest: &str| HfNames::layer(i, rest);
@@ -99,9 +106,19 @@ pub fn load_llama<B: Backend, S: WeightSource + ?Sized>(
                 head_dim: hd,
             },
             mlp: Mlp {
-                gate_proj: ld.linear(&p("mlp.gate_proj"), h, cfg.intermediate_size, cfg.mlp_bias)?,
+                gate_proj: ld.linear(
+                    &p("mlp.gate_proj"),
+                    h,
+                    cfg.intermediate_size,
+                    cfg.mlp_bias,
+                )?,
                 up_proj: ld.linear(&p("mlp.up_proj"), h, cfg.intermediate_size, cfg.mlp_bias)?,
-                down_proj: ld.linear(&p("mlp.down_proj"), cfg.intermediate_size, h, cfg.mlp_bias)?,
+                down_proj: ld.linear(
+                    &p("mlp.down_proj"),
+                    cfg.intermediate_size,
+                    h,
+                    cfg.mlp_bias,
+                )?,
             },
             input_layernorm: norm(&p("input_layernorm.weight"))?,
             post_attention_layernorm: norm(&p("post_attention_layernorm.weight"))?,
@@ -111,7 +128,10 @@ pub fn load_llama<B: Backend, S: WeightSource + ?Sized>(
     let lm_head = if cfg.tie_word_embeddings {
         None
     } else {
-        Some(Linear::new(ld.t2(HfNames::LM_HEAD, [cfg.vocab_size, h])?, None))
+        Some(Linear::new(
+            ld.t2(HfNames::LM_HEAD, [cfg.vocab_size, h])?,
+            None,
+        ))
     };
     Ok(Llama {
         model: LlamaModel {

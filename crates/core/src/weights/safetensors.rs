@@ -24,16 +24,24 @@ impl SafetensorsDir {
         let files: Vec<PathBuf> = if single.exists() {
             vec![single]
         } else if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
-                path: index_path.clone(),
-                source,
-            })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Config {
-                path: index_path.clone(),
-                msg: "missing `weight_map`".into(),
-            })?;
-            let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|source| Error::Json {
+                    path: index_path.clone(),
+                    source,
+                })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::Config {
+                    path: index_path.clone(),
+                    msg: "missing `weight_map`".into(),
+                })?;
+            let mut files: Vec<String> = map
+                .values()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect();
             files.sort();
             files.dedup();
             files.into_iter().map(|f| dir.join(f)).collect()
@@ -89,7 +97,8 @@ impl WeightSource for SafetensorsDir {
             return Ok(None);
         };
         let (path, mmap) = &self.shards[i];
-        let st = SafeTensors::deserialize(mmap).map_err(|e| Error::corrupt(path, "safetensors", e.to_string()))?;
+        let st = SafeTensors::deserialize(mmap)
+            .map_err(|e| Error::corrupt(path, "safetensors", e.to_string()))?;
         let view = st
             .tensor(name)
             .map_err(|e| Error::corrupt(path, "safetensors", e.to_string()))?;

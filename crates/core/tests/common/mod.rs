@@ -10,7 +10,9 @@ use safetensors::{Dtype, SafeTensors};
 pub type B = Cpu;
 
 pub fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
 }
 
 pub struct Expected {
@@ -25,25 +27,40 @@ impl Expected {
 
     fn view(&self, name: &str) -> (Vec<usize>, Dtype, Vec<u8>) {
         let st = SafeTensors::deserialize(&self.bytes).expect("valid fixture");
-        let t = st.tensor(name).unwrap_or_else(|_| panic!("fixture tensor {name}"));
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("fixture tensor {name}"));
         (t.shape().to_vec(), t.dtype(), t.data().to_vec())
     }
 
     pub fn f32(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
         let (shape, dtype, data) = self.view(name);
         assert_eq!(dtype, Dtype::F32, "{name}");
-        (shape, data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+        (
+            shape,
+            data.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        )
     }
 
     pub fn i64(&self, name: &str) -> (Vec<usize>, Vec<i64>) {
         let (shape, dtype, data) = self.view(name);
         assert_eq!(dtype, Dtype::I64, "{name}");
-        (shape, data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect())
+        (
+            shape,
+            data.chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        )
     }
 
     pub fn ids2(&self, name: &str) -> Tensor<B, 2, burnish_core::burn::tensor::Int> {
         let (shape, data) = self.i64(name);
-        Tensor::from_data(TensorData::new(data, [shape[0], shape[1]]), &Default::default())
+        Tensor::from_data(
+            TensorData::new(data, [shape[0], shape[1]]),
+            &Default::default(),
+        )
     }
 }
 
@@ -53,5 +70,8 @@ pub fn to_vec3(t: Tensor<B, 3>) -> Vec<f32> {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

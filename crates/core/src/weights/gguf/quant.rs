@@ -199,11 +199,10 @@ impl GgmlType {
 
     /// Bytes needed for `n` elements: `None` if the type is unknown, `n` is not a whole number of blocks,
     /// or the size overflows.
-    #[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87; the MSRV is 1.85
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let (bs, ts) = self.block_layout()?;
         let (bs, ts) = (bs as u64, ts as u64);
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return None;
         }
         (n / bs).checked_mul(ts)
@@ -264,12 +263,11 @@ pub fn dequantize_into(dtype: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result
     Ok(())
 }
 
-#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87; the MSRV is 1.85
 fn check_sizes(dtype: GgmlType, n_bytes: usize, n: usize) -> Result<(usize, usize), String> {
     let (bs, ts) = dtype
         .block_layout()
         .ok_or_else(|| format!("cannot dequantize {dtype}"))?;
-    if n % bs != 0 {
+    if !n.is_multiple_of(bs) {
         return Err(format!(
             "{n} elements is not a whole number of {dtype} blocks of {bs}"
         ));

@@ -1,0 +1,84 @@
+//! Generation throughput on a real model, printed as JSON for scripts/bench/compare_generate.py.
+//!
+//! cargo bench --bench generate -- MODEL [--new-tokens N] [--batch B]
+//! Single stream: one chat prompt, greedy, EOS ignored so every run makes exactly N tokens.
+//! Batched: B different chat prompts, left-padded, N tokens each.
+
+use std::time::Instant;
+
+use burnish::core::backend::Cpu;
+use burnish::core::{generate, GenerationConfig, Message, Pretrained};
+
+const PROMPTS: [&str; 12] = [
+    "Write a short story about a dragon who learns to code.",
+    "Explain how photosynthesis works.",
+    "What are the main causes of the French Revolution?",
+    "Give me three tips for writing clean Python code.",
+    "Describe the water cycle for a ten-year-old.",
+    "What is the difference between a list and a tuple?",
+    "Summarize the plot of Romeo and Juliet.",
+    "How do vaccines train the immune system?",
+    "Write a haiku about autumn leaves.",
+    "Why is the sky blue?",
+    "List some healthy breakfast ideas.",
+    "Explain what a hash map is and when to use one.",
+];
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let model = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into());
+    let flag = |name: &str, default: usize| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let new_tokens = flag("--new-tokens", 64);
+    let batch = flag("--batch", 1).clamp(1, PROMPTS.len());
+
+    let t0 = Instant::now();
+    let p = Pretrained::<Cpu>::load(&model, &Default::default())?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let prompts: Vec<Vec<u32>> = PROMPTS[..batch]
+        .iter()
+        .map(|q| {
+            let text = p.render_chat(&[Message::user(*q)], true)?;
+            Ok(p.tokenizer.encode(&text, false)?)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let cfg = GenerationConfig {
+        max_new_tokens: new_tokens,
+        eos_ids: vec![], // fixed length, like min_new_tokens = max_new_tokens in transformers
+        pad_id: p.pad_id(),
+        ..Default::default()
+    };
+    // Warm-up (allocator, thread pool), then the timed run.
+    generate(
+        &p.model,
+        &prompts[..1],
+        &GenerationConfig {
+            max_new_tokens: 4,
+            ..cfg.clone()
+        },
+        None,
+    )?;
+    let t1 = Instant::now();
+    let out = generate(&p.model, &prompts, &cfg, None)?;
+    let gen_s = t1.elapsed().as_secs_f64();
+    let tokens: usize = out.iter().map(|g| g.new_ids.len()).sum();
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "burnish", "batch": batch, "new_tokens": new_tokens, "generated": tokens,
+            "load_s": load_s, "generate_s": gen_s, "tokens_per_s": tokens as f64 / gen_s,
+        })
+    );
+    Ok(())
+}

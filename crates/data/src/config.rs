@@ -1,0 +1,281 @@
+//! The `[data]` section of a run file (TOML). Every table rejects unknown keys, naming the key and the
+//! closest valid one, because a misspelt option silently falling back to its default wastes a training run.
+//! `load_run_file` reads `[model].path` and `[data]` and ignores every other section.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::generate::GenerateConfig;
+use crate::read::Format;
+use crate::refusal::RefusalConfig;
+use crate::schema::{Columns, Schema};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Longest tokenized example; longer ones are cut per `truncation` (default 2048).
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    /// Which end of an over-long example is cut: "right" (default) keeps the start, "left" keeps the end.
+    #[serde(default)]
+    pub truncation: Truncation,
+    /// Loss on every assistant turn ("all", default) or only the last one ("last").
+    #[serde(default)]
+    pub assistant_turns: AssistantTurns,
+    /// Pack several examples into each `max_length` sequence (default false).
+    #[serde(default)]
+    pub packing: bool,
+    /// Seed for shuffling, splitting, weighting and refusal-template choice (default 0).
+    #[serde(default)]
+    pub seed: u64,
+    /// Shuffle the mixed data set (default true).
+    #[serde(default = "yes")]
+    pub shuffle: bool,
+    /// Share of each source held out for evaluation, in [0, 1) (default 0).
+    #[serde(default)]
+    pub eval_fraction: f64,
+    pub sources: Vec<SourceConfig>,
+    /// `[data.refusal]`: the refusal detector used by policies and generated data.
+    #[serde(default)]
+    pub refusal: RefusalConfig,
+    /// Responses paired with harmful prompts by `answer = "refusal_template"` (default: a built-in list).
+    #[serde(default)]
+    pub refusal_templates: Option<Vec<String>>,
+    /// `[data.generate]`: sampling settings for `answer = "model"`.
+    #[serde(default)]
+    pub generate: GenerateConfig,
+}
+
+/// One `[[data.sources]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Relative paths are relative to the run file's folder.
+    pub path: PathBuf,
+    /// jsonl, json, csv, tsv or parquet; default: from the extension (a `.gz` suffix is looked through).
+    #[serde(default)]
+    pub format: Option<Format>,
+    /// Default "auto": decided per record from its fields.
+    #[serde(default)]
+    pub schema: Schema,
+    /// Canonical field → column name (or dotted path such as `instances.0.output`).
+    #[serde(default)]
+    pub columns: Columns,
+    #[serde(default)]
+    pub refusal_policy: RefusalPolicy,
+    /// For `refusal_policy = "label"`: "safety" (default) or "uncensor".
+    #[serde(default)]
+    pub label_goal: LabelGoal,
+    /// Whether this source's prompts are harmful; `label` with goal "safety" needs it.
+    #[serde(default)]
+    pub harmful: Option<bool>,
+    /// Turn prompt-only records into SFT examples: "refusal_template" or "model" (uses `[model].path`).
+    #[serde(default)]
+    pub answer: Option<Answer>,
+    /// Mixing weight: 2 repeats every example twice, 0.5 keeps a seeded half (default 1).
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// Read at most this many valid records (the rest of the file is never read).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    #[serde(default)]
+    pub on_error: OnError,
+    /// System message for records that have none.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    /// Category for records that have none.
+    #[serde(default)]
+    pub category: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    #[default]
+    Right,
+    Left,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssistantTurns {
+    #[default]
+    All,
+    Last,
+}
+
+/// What to do with refusals. SFT data: keep, filter or only; preference data: keep or label.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalPolicy {
+    #[default]
+    Keep,
+    /// Drop SFT examples whose assistant response refuses (uncensoring by SFT).
+    Filter,
+    /// Keep only SFT examples whose assistant response refuses (safety SFT).
+    Only,
+    /// Preference pairs: order chosen/rejected by refusal, per `label_goal` and `harmful`.
+    Label,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelGoal {
+    /// Chosen = the refusal for harmful prompts, the compliant answer otherwise.
+    #[default]
+    Safety,
+    /// Chosen = the compliant answer, whatever the prompt.
+    Uncensor,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    /// A refusal from `refusal_templates`, chosen by seed.
+    RefusalTemplate,
+    /// The `[model]`'s own reply (greedy unless `[data.generate]` says otherwise).
+    Model,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    #[default]
+    Fail,
+    Skip,
+}
+
+fn default_max_length() -> usize {
+    2048
+}
+fn yes() -> bool {
+    true
+}
+fn one() -> f64 {
+    1.0
+}
+
+impl DataConfig {
+    /// Parses a TOML document that holds only the `[data]` table's contents.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
+        let cfg: Self = toml::from_str(text).map_err(|e| config_error(path, &e))?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: ranges, and options that only make sense together.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config { path: path.to_path_buf(), msg });
+        if self.max_length < 2 {
+            return bad(format!("[data] max_length = {} is too small", self.max_length));
+        }
+        if !(0.0..1.0).contains(&self.eval_fraction) {
+            return bad(format!("[data] eval_fraction = {} must be in [0, 1)", self.eval_fraction));
+        }
+        if self.sources.is_empty() {
+            return bad("[data] has no [[data.sources]]".into());
+        }
+        if matches!(&self.refusal_templates, Some(t) if t.is_empty()) {
+            return bad("[data] refusal_templates is empty".into());
+        }
+        for (i, s) in self.sources.iter().enumerate() {
+            let name = format!("[[data.sources]] #{} ({})", i + 1, s.path.display());
+            if !(s.weight.is_finite() && s.weight >= 0.0) {
+                return bad(format!("{name}: weight = {} must be a finite number >= 0", s.weight));
+            }
+            if s.refusal_policy == RefusalPolicy::Label && s.label_goal == LabelGoal::Safety && s.harmful.is_none() {
+                return bad(format!(
+                    "{name}: refusal_policy = \"label\" with label_goal = \"safety\" needs `harmful = true|false` \
+                     (is a refusal the right answer to these prompts?)"
+                ));
+            }
+            if s.answer.is_some() && s.refusal_policy == RefusalPolicy::Label {
+                return bad(format!("{name}: `answer` makes SFT examples; refusal_policy = \"label\" is for preference pairs"));
+            }
+        }
+        crate::refusal::RefusalDetector::new(&self.refusal).map(|_| ())
+    }
+}
+
+/// What the `data` commands read from a whole-run file: `[model].path` and `[data]`.
+#[derive(Clone, Debug)]
+pub struct RunFile {
+    pub path: PathBuf,
+    /// The run file's folder; relative source and model paths are resolved against it.
+    pub base_dir: PathBuf,
+    pub model_path: Option<PathBuf>,
+    pub data: DataConfig,
+}
+
+#[derive(Deserialize)]
+struct RawRun {
+    // No deny_unknown_fields here: [method], [train], [output] and the rest belong to other commands.
+    model: Option<RawModel>,
+    data: Option<DataConfig>,
+}
+
+#[derive(Deserialize)]
+struct RawModel {
+    path: Option<PathBuf>,
+}
+
+pub fn load_run_file(path: &Path) -> Result<RunFile> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let raw: RawRun = toml::from_str(&text).map_err(|e| config_error(path, &e))?;
+    let data = raw.data.ok_or_else(|| Error::Config {
+        path: path.to_path_buf(),
+        msg: "no [data] section".into(),
+    })?;
+    data.validate(path)?;
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let model_path = raw.model.and_then(|m| m.path).map(|p| base_dir.join(p));
+    Ok(RunFile {
+        path: path.to_path_buf(),
+        base_dir,
+        model_path,
+        data,
+    })
+}
+
+/// toml's message (with line, column and the offending text) plus a "did you mean" for unknown keys.
+fn config_error(path: &Path, e: &toml::de::Error) -> Error {
+    let mut msg = e.to_string();
+    if let Some(hint) = suggest_key(&msg) {
+        msg = format!("{}\n(did you mean `{hint}`?)", msg.trim_end());
+    }
+    Error::Config {
+        path: path.to_path_buf(),
+        msg,
+    }
+}
+
+/// From serde's "unknown field `x`, expected one of `a`, `b`" (or "expected `a` or `b`"), the valid key
+/// closest to `x` by edit distance, if it is close enough to be a typo.
+fn suggest_key(msg: &str) -> Option<String> {
+    let rest = &msg[msg.find("unknown field `")? + "unknown field `".len()..];
+    let (unknown, rest) = rest.split_once('`')?;
+    let expected = rest.split_once("expected")?.1.lines().next()?;
+    let (dist, best) = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (strsim::levenshtein(unknown, k), k))
+        .min()?;
+    (dist <= 2.max(unknown.len() / 3)).then(|| best.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_the_nearest_key() {
+        let msg = "unknown field `max_lenght`, expected one of `max_length`, `truncation`, `packing`";
+        assert_eq!(suggest_key(msg).as_deref(), Some("max_length"));
+        let msg = "unknown field `zzzzzz`, expected one of `max_length`, `seed`";
+        assert_eq!(suggest_key(msg), None);
+        assert_eq!(suggest_key("unknown field `pth`, expected `path` or `format`").as_deref(), Some("path"));
+    }
+}

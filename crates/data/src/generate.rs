@@ -1,0 +1,3 @@
+use serde::Deserialize;
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct GenerateConfig {}

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Generation speed and peak memory: burnish vs transformers, side by side in one run.
+
+    python scripts/bench/compare_generate.py [--model models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf]
+        [--threads 2] [--new-tokens 64] [--batch 12] [--repeats 3]
+
+Both load the same GGUF (transformers dequantizes it to float32, as burnish does), generate greedily
+with EOS ignored (so both make exactly the same number of tokens) from the same chat prompts, once
+single-stream and once as a left-padded batch. Each measurement runs in a fresh subprocess so the
+peak resident memory (ru_maxrss) covers load + generate of that process alone. Needs torch and
+transformers (pip install torch transformers gguf) and a release build of the bench binary, which the
+script makes with `cargo bench --no-run`.
+"""
+import argparse, json, os, statistics, subprocess, sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+TORCH_CHILD = r"""
+import json, sys, time, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+path, threads, new_tokens, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+prompts = json.loads(sys.argv[5])[:batch]
+torch.set_num_threads(threads)
+t0 = time.time()
+d, f = path.rsplit("/", 1)
+tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
+load_s = time.time() - t0
+tok.padding_side = "left"
+texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False) for p in prompts]
+enc = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+kw = dict(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=tok.pad_token_id)
+with torch.inference_mode():
+    model.generate(input_ids=enc.input_ids[:1], attention_mask=enc.attention_mask[:1], max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    t1 = time.time()
+    out = model.generate(**enc, **kw)
+    gen_s = time.time() - t1
+n = (out.shape[1] - enc.input_ids.shape[1]) * out.shape[0]
+print(json.dumps({"impl": "transformers", "batch": batch, "new_tokens": new_tokens, "generated": n,
+                  "load_s": load_s, "generate_s": gen_s, "tokens_per_s": n / gen_s}))
+"""
+
+PROMPTS = [
+    "Write a short story about a dragon who learns to code.",
+    "Explain how photosynthesis works.",
+    "What are the main causes of the French Revolution?",
+    "Give me three tips for writing clean Python code.",
+    "Describe the water cycle for a ten-year-old.",
+    "What is the difference between a list and a tuple?",
+    "Summarize the plot of Romeo and Juliet.",
+    "How do vaccines train the immune system?",
+    "Write a haiku about autumn leaves.",
+    "Why is the sky blue?",
+    "List some healthy breakfast ideas.",
+    "Explain what a hash map is and when to use one.",
+]
+
+
+def run(cmd, env):
+    """Runs `cmd` under a small wrapper process whose only child is `cmd`, so the wrapper's
+    RUSAGE_CHILDREN peak is exactly that command's peak resident memory."""
+    wrapper = ("import json,resource,subprocess,sys;p=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
+               "sys.stderr.write(p.stderr);r=json.loads(p.stdout.strip().splitlines()[-1]);"
+               "r['peak_rss_mb']=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024;"
+               "print(json.dumps(r));sys.exit(p.returncode)")
+    p = subprocess.run([sys.executable, "-c", wrapper] + cmd, env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"command failed: {' '.join(cmd[:3])}...\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def bench_binary():
+    out = subprocess.run(["cargo", "bench", "--bench", "generate", "--no-run", "--message-format=json"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "generate" and msg.get("executable"):
+            return msg["executable"]
+    sys.exit("could not find the bench binary")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=os.path.join(ROOT, "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=12)
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
+    exe = bench_binary()
+    rows = []
+    for batch in (1, a.batch):
+        for impl in ("transformers", "burnish"):
+            results = []
+            for _ in range(a.repeats):
+                if impl == "burnish":
+                    cmd = [exe, a.model, "--new-tokens", str(a.new_tokens), "--batch", str(batch)]
+                else:
+                    cmd = [sys.executable, "-c", TORCH_CHILD, a.model, str(a.threads), str(a.new_tokens), str(batch), json.dumps(PROMPTS)]
+                results.append(run(cmd, env))
+            tps = statistics.median(r["tokens_per_s"] for r in results)
+            rss = max(r["peak_rss_mb"] for r in results)
+            rows.append({"impl": impl, "batch": batch, "tokens_per_s": tps, "peak_rss_mb": rss, "runs": results})
+            print(f"{impl:13s} batch {batch:2d}: {tps:7.2f} new tokens/s, peak RSS {rss:7.0f} MB", flush=True)
+    print()
+    for batch in (1, a.batch):
+        t = next(r for r in rows if r["impl"] == "transformers" and r["batch"] == batch)
+        b = next(r for r in rows if r["impl"] == "burnish" and r["batch"] == batch)
+        print(f"batch {batch:2d}: speed ratio burnish/transformers = {b['tokens_per_s'] / t['tokens_per_s']:.2f}x, "
+              f"memory ratio = {b['peak_rss_mb'] / t['peak_rss_mb']:.2f}x")
+    print(json.dumps({"threads": a.threads, "new_tokens": a.new_tokens, "rows": [{k: v for k, v in r.items() if k != "runs"} for r in rows]}))
+
+
+if __name__ == "__main__":
+    main()
