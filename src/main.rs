@@ -23,6 +23,8 @@ enum Cmd {
     Tokenize(cli::model::TokenizeArgs),
     /// Architecture, parameter count, dtype, tokenizer, template and files of a model.
     Inspect(cli::model::InspectArgs),
+    /// Merge an adapter and write a HF directory (--out) and/or a GGUF file (--gguf).
+    Export(cli::export::ExportArgs),
 }
 
 fn main() {
@@ -37,6 +39,7 @@ fn main() {
         Cmd::Generate(a) => cli::model::generate(a),
         Cmd::Tokenize(a) => cli::model::tokenize(a),
         Cmd::Inspect(a) => cli::model::inspect(a),
+        Cmd::Export(a) => cli::export::export(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

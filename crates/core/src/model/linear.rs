@@ -1,22 +1,33 @@
 //! Linear layer with the weight in HF's `[out, in]` orientation, so checkpoints, PEFT adapters and weight
 //! edits (ablation) use the same matrices transformers does, with no transposes at the boundaries.
+//! An optional LoRA adapter rides along; the base weight is frozen whenever an adapter is attached.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
+
+use super::lora::Lora;
 
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
     /// `[out_features, in_features]`, as in PyTorch.
     pub weight: Param<Tensor<B, 2>>,
     pub bias: Option<Param<Tensor<B, 1>>>,
+    pub lora: Option<Lora<B>>,
+}
+
+/// A parameter that never receives gradients (base weights under LoRA, loaded checkpoints).
+pub fn frozen<B: Backend, const D: usize>(t: Tensor<B, D>) -> Param<Tensor<B, D>> {
+    Param::initialized(ParamId::new(), t)
 }
 
 impl<B: Backend> Linear<B> {
+    /// A frozen linear layer from checkpoint tensors.
     pub fn new(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
         Self {
-            weight: Param::from_tensor(weight),
-            bias: bias.map(Param::from_tensor),
+            weight: frozen(weight),
+            bias: bias.map(frozen),
+            lora: None,
         }
     }
 
@@ -35,15 +46,23 @@ impl<B: Backend> Linear<B> {
         self.weight.dims()[0]
     }
 
-    /// `x @ W^T + b` over the last dimension of a `[batch, seq, in]` input. The transposed weight is a
-    /// strided view; the CPU backend's gemm reads it in place.
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// `x @ W^T + b` (+ the adapter's update when `adapters` is on) over the last dimension of
+    /// `[batch, seq, in]`. The transposed weight is a strided view; the CPU gemm reads it in place.
+    pub fn forward(&self, x: Tensor<B, 3>, adapters: bool) -> Tensor<B, 3> {
         let [b, s, d] = x.dims();
-        let y = x.reshape([b * s, d]).matmul(self.weight.val().transpose());
-        let y = match &self.bias {
-            Some(bias) => y + bias.val().unsqueeze_dim(0),
-            None => y,
-        };
+        let x2 = x.reshape([b * s, d]);
+        let mut y = x2.clone().matmul(self.weight.val().transpose());
+        if let Some(bias) = &self.bias {
+            y = y + bias.val().unsqueeze_dim(0);
+        }
+        if let Some(lora) = &self.lora {
+            // A merged adapter lives inside `weight`: switching adapters off then means subtracting it.
+            match (adapters, lora.merged) {
+                (true, false) => y = y + lora.delta(x2),
+                (false, true) => y = y - lora.delta_no_dropout(x2),
+                _ => {}
+            }
+        }
         y.reshape([b, s, self.out_features()])
     }
 }

@@ -1,12 +1,15 @@
 //! The Llama-family decoder (Llama 2/3, SmolLM, Qwen2, Mistral). Field names follow HF's module tree
 //! (`model.layers.N.self_attn.q_proj.weight`), so Burn's parameter paths are the checkpoint's names.
 
+mod edit;
 mod linear;
+pub mod lora;
 mod mask;
 mod norm;
 mod rope;
 
-pub use linear::Linear;
+pub use linear::{frozen, Linear};
+pub use lora::{Lora, LoraConfig, LoraInit, TargetModules};
 pub use mask::{causal_padding_mask, segment_mask};
 pub use norm::RmsNorm;
 pub use rope::RopeTables;
@@ -85,6 +88,16 @@ pub struct Context<B: Backend> {
     pub rope: RopeTables<B>,
     /// `[batch, 1, seq, past + seq]`, true = masked. `None` means plain causal attention.
     pub mask: Option<Tensor<B, 4, Bool>>,
+    /// LoRA adapters on (default) or off: off gives the base model from the same weights, which is how
+    /// DPO, PPO and KL measurements get their reference model without a second copy.
+    pub adapters: bool,
+}
+
+impl<B: Backend> Context<B> {
+    pub fn without_adapters(mut self) -> Self {
+        self.adapters = false;
+        self
+    }
 }
 
 impl<B: Backend> Attention<B> {
@@ -97,9 +110,14 @@ impl<B: Backend> Attention<B> {
         let [b, s, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
-        let q = ctx.rope.apply(heads(self.q_proj.forward(x.clone()), nh));
-        let k = ctx.rope.apply(heads(self.k_proj.forward(x.clone()), nkv));
-        let v = heads(self.v_proj.forward(x), nkv);
+        let on = ctx.adapters;
+        let q = ctx
+            .rope
+            .apply(heads(self.q_proj.forward(x.clone(), on), nh));
+        let k = ctx
+            .rope
+            .apply(heads(self.k_proj.forward(x.clone(), on), nkv));
+        let v = heads(self.v_proj.forward(x, on), nkv);
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),
@@ -118,7 +136,7 @@ impl<B: Backend> Attention<B> {
                 is_causal: false,
             };
             let y = attention(q, k, v, mask, None, options);
-            return self.o_proj.forward(y.reshape([b, 1, nh * hd]));
+            return self.o_proj.forward(y.reshape([b, 1, nh * hd]), on);
         }
         let (k, v) = (repeat_kv(k, rep), repeat_kv(v, rep));
         let options = AttentionModuleOptions {
@@ -132,7 +150,7 @@ impl<B: Backend> Attention<B> {
         });
         let y = attention(q, k, v, mask, None, options);
         self.o_proj
-            .forward(y.swap_dims(1, 2).reshape([b, s, nh * hd]))
+            .forward(y.swap_dims(1, 2).reshape([b, s, nh * hd]), on)
     }
 }
 
@@ -155,9 +173,10 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = activation::silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+    pub fn forward(&self, x: Tensor<B, 3>, adapters: bool) -> Tensor<B, 3> {
+        let gate = activation::silu(self.gate_proj.forward(x.clone(), adapters));
+        self.down_proj
+            .forward(gate * self.up_proj.forward(x, adapters), adapters)
     }
 }
 
@@ -180,7 +199,10 @@ impl<B: Backend> DecoderLayer<B> {
             + self
                 .self_attn
                 .forward(self.input_layernorm.forward(x), ctx, cache);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+        h.clone()
+            + self
+                .mlp
+                .forward(self.post_attention_layernorm.forward(h), ctx.adapters)
     }
 }
 
@@ -233,7 +255,7 @@ impl<B: Backend> Llama<B> {
         let embed = Tensor::random([cfg.vocab_size, h], Distribution::Normal(0.0, std), device);
         Self {
             model: LlamaModel {
-                embed_tokens: Param::from_tensor(embed),
+                embed_tokens: frozen(embed),
                 layers,
                 norm: norm(h),
             },
@@ -264,6 +286,7 @@ impl<B: Backend> Llama<B> {
         Context {
             rope: RopeTables::new(&self.inv_freq, positions),
             mask,
+            adapters: true,
         }
     }
 
@@ -293,7 +316,7 @@ impl<B: Backend> Llama<B> {
     /// Logits `[batch, seq, vocab]` from final hidden states.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => head.forward(hidden, false),
             None => {
                 let [b, s, h] = hidden.dims();
                 let w = self.model.embed_tokens.val();

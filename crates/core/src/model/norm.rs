@@ -12,7 +12,7 @@ pub struct RmsNorm<B: Backend> {
 impl<B: Backend> RmsNorm<B> {
     pub fn new(weight: Tensor<B, 1>, eps: f64) -> Self {
         Self {
-            weight: Param::from_tensor(weight),
+            weight: super::frozen(weight),
             eps,
         }
     }

@@ -1,11 +1,12 @@
-use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 use super::{HostTensor, WeightSource};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::model::{inv_freq, Attention, DecoderLayer, Linear, Llama, LlamaModel, Mlp, RmsNorm};
+use crate::model::{
+    frozen, inv_freq, Attention, DecoderLayer, Linear, Llama, LlamaModel, Mlp, RmsNorm,
+};
 
 /// HF checkpoint names, built the same way the module tree is laid out.
 pub struct HfNames;
@@ -135,7 +136,7 @@ pub fn load_llama<B: Backend, S: WeightSource + ?Sized>(
     };
     Ok(Llama {
         model: LlamaModel {
-            embed_tokens: Param::from_tensor(embed),
+            embed_tokens: frozen(embed),
             layers,
             norm: norm(HfNames::NORM)?,
         },

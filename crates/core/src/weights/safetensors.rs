@@ -51,6 +51,21 @@ impl SafetensorsDir {
                 hint: " (nor model.safetensors.index.json)".into(),
             });
         };
+        Self::from_files(dir, files)
+    }
+
+    /// One safetensors file (e.g. a PEFT `adapter_model.safetensors`).
+    pub fn open_file(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::NotFound {
+                path: path.to_path_buf(),
+                hint: String::new(),
+            });
+        }
+        Self::from_files(path.to_path_buf(), vec![path.to_path_buf()])
+    }
+
+    fn from_files(dir: PathBuf, files: Vec<PathBuf>) -> Result<Self> {
         let mut shards = Vec::new();
         let mut index = BTreeMap::new();
         for path in files {

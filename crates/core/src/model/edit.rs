@@ -1,0 +1,208 @@
+//! Reading and replacing weights by HF name (ablation orthogonalises `embed_tokens`, `o_proj`,
+//! `down_proj`), and attaching, merging and unmerging LoRA adapters.
+
+use burn::module::Param;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+use super::lora::{module_path, Lora, LoraConfig, TARGETS};
+use super::{Linear, Llama};
+use crate::error::{Error, Result};
+use crate::weights::HfNames;
+
+fn bad_name(name: &str) -> Error {
+    Error::Unsupported(format!("no weight matrix named `{name}` in this model"))
+}
+
+impl<B: Backend> Llama<B> {
+    /// Layer `i`'s linear `short` (`q_proj`, ..., `down_proj`).
+    pub fn linear(&self, layer: usize, short: &str) -> Option<&Linear<B>> {
+        let l = self.model.layers.get(layer)?;
+        Some(match short {
+            "q_proj" => &l.self_attn.q_proj,
+            "k_proj" => &l.self_attn.k_proj,
+            "v_proj" => &l.self_attn.v_proj,
+            "o_proj" => &l.self_attn.o_proj,
+            "gate_proj" => &l.mlp.gate_proj,
+            "up_proj" => &l.mlp.up_proj,
+            "down_proj" => &l.mlp.down_proj,
+            _ => return None,
+        })
+    }
+
+    pub fn linear_mut(&mut self, layer: usize, short: &str) -> Option<&mut Linear<B>> {
+        let l = self.model.layers.get_mut(layer)?;
+        Some(match short {
+            "q_proj" => &mut l.self_attn.q_proj,
+            "k_proj" => &mut l.self_attn.k_proj,
+            "v_proj" => &mut l.self_attn.v_proj,
+            "o_proj" => &mut l.self_attn.o_proj,
+            "gate_proj" => &mut l.mlp.gate_proj,
+            "up_proj" => &mut l.mlp.up_proj,
+            "down_proj" => &mut l.mlp.down_proj,
+            _ => return None,
+        })
+    }
+
+    /// (layer, short name) of every linear layer, in checkpoint order.
+    pub fn linear_ids(&self) -> Vec<(usize, &'static str)> {
+        (0..self.num_layers())
+            .flat_map(|i| TARGETS.iter().map(move |t| (i, t.0)))
+            .collect()
+    }
+
+    /// Parses `model.layers.{i}.{self_attn|mlp}.{short}.weight`.
+    fn parse_linear(name: &str) -> Option<(usize, &str)> {
+        let rest = name.strip_prefix("model.layers.")?;
+        let (i, rest) = rest.split_once('.')?;
+        let module = rest.strip_suffix(".weight")?;
+        let short = TARGETS.iter().find(|t| t.1 == module)?.0;
+        Some((i.parse().ok()?, short))
+    }
+
+    /// A weight matrix by HF name, in HF orientation (`[out, in]`; embeddings `[vocab, hidden]`). With a
+    /// merged adapter this is the merged weight.
+    pub fn weight(&self, name: &str) -> Option<Tensor<B, 2>> {
+        match name {
+            HfNames::EMBED => Some(self.model.embed_tokens.val()),
+            HfNames::LM_HEAD => self.lm_head.as_ref().map(|h| h.weight.val()),
+            _ => {
+                let (i, short) = Self::parse_linear(name)?;
+                Some(self.linear(i, short)?.weight.val())
+            }
+        }
+    }
+
+    /// Replaces a weight matrix by HF name; the shape must not change. The new weight is frozen.
+    pub fn set_weight(&mut self, name: &str, value: Tensor<B, 2>) -> Result<()> {
+        let current = self.weight(name).ok_or_else(|| bad_name(name))?;
+        if current.dims() != value.dims() {
+            return Err(Error::Shape {
+                path: "set_weight".into(),
+                name: name.to_string(),
+                expected: current.dims().to_vec(),
+                actual: value.dims().to_vec(),
+            });
+        }
+        let slot = match name {
+            HfNames::EMBED => &mut self.model.embed_tokens,
+            HfNames::LM_HEAD => &mut self.lm_head.as_mut().ok_or_else(|| bad_name(name))?.weight,
+            _ => {
+                let (i, short) = Self::parse_linear(name).ok_or_else(|| bad_name(name))?;
+                &mut self
+                    .linear_mut(i, short)
+                    .ok_or_else(|| bad_name(name))?
+                    .weight
+            }
+        };
+        *slot = Param::initialized(slot.id, value);
+        Ok(())
+    }
+
+    /// Every base tensor with its HF name and shape, flattened (for export).
+    pub fn named_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<B, 1>)> {
+        let mut out = Vec::new();
+        let mut push2 = |name: String, t: Tensor<B, 2>| {
+            let dims = t.dims().to_vec();
+            out.push((name, dims, t.flatten(0, 1)));
+        };
+        push2(HfNames::EMBED.to_string(), self.model.embed_tokens.val());
+        let mut ones = Vec::new();
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            for (short, sub) in TARGETS {
+                let lin = self.linear(i, short).expect("known target");
+                push2(
+                    HfNames::layer(i, &format!("{sub}.weight")),
+                    lin.weight.val(),
+                );
+                if let Some(b) = &lin.bias {
+                    ones.push((HfNames::layer(i, &format!("{sub}.bias")), b.val()));
+                }
+            }
+            ones.push((
+                HfNames::layer(i, "input_layernorm.weight"),
+                layer.input_layernorm.weight.val(),
+            ));
+            ones.push((
+                HfNames::layer(i, "post_attention_layernorm.weight"),
+                layer.post_attention_layernorm.weight.val(),
+            ));
+        }
+        ones.push((HfNames::NORM.to_string(), self.model.norm.weight.val()));
+        if let Some(h) = &self.lm_head {
+            push2(HfNames::LM_HEAD.to_string(), h.weight.val());
+        }
+        out.extend(ones.into_iter().map(|(n, t)| {
+            let d = t.dims().to_vec();
+            (n, d, t)
+        }));
+        out
+    }
+
+    /// Attaches fresh adapters (A initialised, B = 0) to the configured modules; replaces existing ones.
+    pub fn attach_lora(&mut self, cfg: &LoraConfig, device: &B::Device) -> Result<()> {
+        cfg.validate(self.num_layers())?;
+        for (i, short) in self.linear_ids() {
+            if cfg.applies(i, short) {
+                let lin = self.linear_mut(i, short).expect("known target");
+                let (d_in, d_out) = (lin.in_features(), lin.out_features());
+                lin.lora = Some(Lora::init(cfg, d_in, d_out, device));
+            }
+        }
+        Ok(())
+    }
+
+    /// Linears that carry an adapter, as (HF module path, adapter).
+    pub fn adapters(&self) -> Vec<(String, &Lora<B>)> {
+        self.linear_ids()
+            .into_iter()
+            .filter_map(|(i, short)| {
+                let l = self.linear(i, short)?.lora.as_ref()?;
+                Some((module_path(i, short), l))
+            })
+            .collect()
+    }
+
+    pub fn has_adapters(&self) -> bool {
+        !self.adapters().is_empty()
+    }
+
+    /// Folds every adapter into its base weight (`W += s·BA`); forward passes then cost nothing extra.
+    pub fn merge_adapters(&mut self) {
+        self.fold(true);
+    }
+
+    /// Undoes `merge_adapters` (`W -= s·BA`).
+    pub fn unmerge_adapters(&mut self) {
+        self.fold(false);
+    }
+
+    fn fold(&mut self, merge: bool) {
+        for (i, short) in self.linear_ids() {
+            let lin = self.linear_mut(i, short).expect("known target");
+            let Some(lora) = lin.lora.as_mut() else {
+                continue;
+            };
+            if lora.merged == merge {
+                continue;
+            }
+            let delta = lora.delta_weight().detach();
+            let w = lin.weight.val();
+            let w = if merge { w + delta } else { w - delta };
+            lin.weight = Param::initialized(lin.weight.id, w);
+            lora.merged = merge;
+        }
+    }
+
+    /// Removes all adapters, merging them first when `merge` is set (export of a merged model).
+    pub fn drop_adapters(&mut self, merge: bool) {
+        if merge {
+            self.merge_adapters();
+        } else {
+            self.unmerge_adapters();
+        }
+        for (i, short) in self.linear_ids() {
+            self.linear_mut(i, short).expect("known target").lora = None;
+        }
+    }
+}
