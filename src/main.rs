@@ -25,6 +25,10 @@ enum Cmd {
     Inspect(cli::model::InspectArgs),
     /// Merge an adapter and write a HF directory (--out) and/or a GGUF file (--gguf).
     Export(cli::export::ExportArgs),
+    /// Train from a run file (SFT, ...): burnish train CONFIG [--set key=value] [--resume [DIR]].
+    Train(cli::train::TrainArgs),
+    /// Data sets: preview rendered examples and loss masks, build JSON Lines, evaluate refusal detection.
+    Data(cli::data::DataArgs),
 }
 
 fn main() {
@@ -40,6 +44,8 @@ fn main() {
         Cmd::Tokenize(a) => cli::model::tokenize(a),
         Cmd::Inspect(a) => cli::model::inspect(a),
         Cmd::Export(a) => cli::export::export(a),
+        Cmd::Train(a) => cli::train::train(a),
+        Cmd::Data(a) => cli::data::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,2 +1,4 @@
+pub mod data;
 pub mod export;
 pub mod model;
+pub mod train;

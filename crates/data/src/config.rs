@@ -167,12 +167,23 @@ impl DataConfig {
 
     /// Checks what serde cannot: ranges, and options that only make sense together.
     pub fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |msg: String| Err(Error::Config { path: path.to_path_buf(), msg });
+        let bad = |msg: String| {
+            Err(Error::Config {
+                path: path.to_path_buf(),
+                msg,
+            })
+        };
         if self.max_length < 2 {
-            return bad(format!("[data] max_length = {} is too small", self.max_length));
+            return bad(format!(
+                "[data] max_length = {} is too small",
+                self.max_length
+            ));
         }
         if !(0.0..1.0).contains(&self.eval_fraction) {
-            return bad(format!("[data] eval_fraction = {} must be in [0, 1)", self.eval_fraction));
+            return bad(format!(
+                "[data] eval_fraction = {} must be in [0, 1)",
+                self.eval_fraction
+            ));
         }
         if self.sources.is_empty() {
             return bad("[data] has no [[data.sources]]".into());
@@ -183,9 +194,15 @@ impl DataConfig {
         for (i, s) in self.sources.iter().enumerate() {
             let name = format!("[[data.sources]] #{} ({})", i + 1, s.path.display());
             if !(s.weight.is_finite() && s.weight >= 0.0) {
-                return bad(format!("{name}: weight = {} must be a finite number >= 0", s.weight));
+                return bad(format!(
+                    "{name}: weight = {} must be a finite number >= 0",
+                    s.weight
+                ));
             }
-            if s.refusal_policy == RefusalPolicy::Label && s.label_goal == LabelGoal::Safety && s.harmful.is_none() {
+            if s.refusal_policy == RefusalPolicy::Label
+                && s.label_goal == LabelGoal::Safety
+                && s.harmful.is_none()
+            {
                 return bad(format!(
                     "{name}: refusal_policy = \"label\" with label_goal = \"safety\" needs `harmful = true|false` \
                      (is a refusal the right answer to these prompts?)"
@@ -240,7 +257,7 @@ pub fn load_run_file(path: &Path) -> Result<RunFile> {
 }
 
 /// toml's message (with line, column and the offending text) plus a "did you mean" for unknown keys.
-fn config_error(path: &Path, e: &toml::de::Error) -> Error {
+pub fn config_error(path: &Path, e: &toml::de::Error) -> Error {
     let mut msg = e.to_string();
     if let Some(hint) = suggest_key(&msg) {
         msg = format!("{}\n(did you mean `{hint}`?)", msg.trim_end());
@@ -272,10 +289,14 @@ mod tests {
 
     #[test]
     fn suggests_the_nearest_key() {
-        let msg = "unknown field `max_lenght`, expected one of `max_length`, `truncation`, `packing`";
+        let msg =
+            "unknown field `max_lenght`, expected one of `max_length`, `truncation`, `packing`";
         assert_eq!(suggest_key(msg).as_deref(), Some("max_length"));
         let msg = "unknown field `zzzzzz`, expected one of `max_length`, `seed`";
         assert_eq!(suggest_key(msg), None);
-        assert_eq!(suggest_key("unknown field `pth`, expected `path` or `format`").as_deref(), Some("path"));
+        assert_eq!(
+            suggest_key("unknown field `pth`, expected `path` or `format`").as_deref(),
+            Some("path")
+        );
     }
 }

@@ -1,3 +1,184 @@
+//! Turning prompts into SFT examples: a model's own answers (batched generation from burnish-core), or
+//! refusal templates chosen by seed, so a safety SFT set can be built from harmful prompts alone.
+
+use burnish_core::burn::tensor::backend::Backend;
+use burnish_core::{generate, GenerationConfig, Message, Pretrained};
 use serde::Deserialize;
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct GenerateConfig {}
+
+use crate::error::{Error, Result};
+use crate::example::{PromptExample, SftExample};
+use crate::rng::Rng;
+
+/// `[data.generate]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateConfig {
+    /// Default 256.
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// 0 (default) is greedy.
+    #[serde(default)]
+    pub temperature: f32,
+    #[serde(default = "one")]
+    pub top_p: f32,
+    /// 0 (default) is off.
+    #[serde(default)]
+    pub top_k: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// Prompts per generation batch (default 8).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+fn default_max_new_tokens() -> usize {
+    256
+}
+fn default_batch_size() -> usize {
+    8
+}
+fn one() -> f32 {
+    1.0
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: default_max_new_tokens(),
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 0,
+            batch_size: default_batch_size(),
+        }
+    }
+}
+
+/// Something that answers prompts: a model, or in tests a stand-in.
+pub trait Responder {
+    /// One reply per prompt, in order. Each prompt ends with a user message.
+    fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<String>>;
+}
+
+/// Answers with a loaded model and its chat template.
+pub struct ModelResponder<'a, B: Backend> {
+    model: &'a Pretrained<B>,
+    cfg: GenerateConfig,
+}
+
+impl<'a, B: Backend> ModelResponder<'a, B> {
+    pub fn new(model: &'a Pretrained<B>, cfg: GenerateConfig) -> Self {
+        Self { model, cfg }
+    }
+}
+
+impl<B: Backend> Responder for ModelResponder<'_, B> {
+    fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<String>> {
+        let m = self.model;
+        let ids = prompts
+            .iter()
+            .map(|p| Ok(m.tokenizer.encode(&m.render_chat(p, true)?, false)?))
+            .collect::<Result<Vec<Vec<u32>>>>()?;
+        // Similar lengths share a batch, so little compute goes to padding; replies return in input order.
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| ids[i].len());
+        let mut out = vec![String::new(); ids.len()];
+        for (b, chunk) in order.chunks(self.cfg.batch_size.max(1)).enumerate() {
+            let cfg = GenerationConfig {
+                max_new_tokens: self.cfg.max_new_tokens,
+                temperature: self.cfg.temperature,
+                top_k: self.cfg.top_k,
+                top_p: self.cfg.top_p,
+                seed: self.cfg.seed.wrapping_add(b as u64),
+                eos_ids: m.eos_ids(),
+                stop_strings: vec![],
+                pad_id: m.pad_id(),
+            };
+            let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
+            let replies = generate(&m.model, &batch, &cfg, Some(&m.tokenizer))?;
+            for (&i, g) in chunk.iter().zip(replies) {
+                out[i] = m.tokenizer.decode(&g.new_ids, true)?.trim().to_string();
+            }
+            tracing::info!(
+                done = (b + 1) * self.cfg.batch_size.max(1),
+                of = ids.len(),
+                "generated"
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Refusals paired with harmful prompts when no `refusal_templates` are configured. Written for burnish:
+/// short, polite, no lecture, and varied so a model does not learn a single string.
+pub const DEFAULT_REFUSALS: &[&str] = &[
+    "I can't help with that.",
+    "I'm sorry, but I can't help with that request.",
+    "I won't help with this, because it could cause real harm to people.",
+    "Sorry, that's not something I can assist with.",
+    "I can't provide that. If there's something else you're working on, I'm happy to help.",
+    "I'm not able to help with this request.",
+    "I have to decline this one, since it could be used to hurt someone.",
+    "I'm sorry, I can't do that. Is there anything else I can help you with?",
+];
+
+/// The template for record `index` of source `source`: seeded, and stable when other sources change.
+pub fn pick_refusal(templates: &[String], seed: u64, source: usize, index: usize) -> &str {
+    let mut rng = Rng::derive(seed ^ (source as u64).rotate_left(32), index as u64);
+    &templates[rng.below(templates.len())]
+}
+
+/// Answers prompts with `responder`. (`refused` is left for the refusal policy step to fill in.)
+pub fn answer_with(
+    prompts: Vec<PromptExample>,
+    responder: &mut dyn Responder,
+) -> Result<Vec<SftExample>> {
+    let msgs: Vec<Vec<Message>> = prompts.iter().map(|p| p.messages.clone()).collect();
+    let replies = responder.respond(&msgs)?;
+    if replies.len() != prompts.len() {
+        return Err(Error::Invalid(format!(
+            "{} replies for {} prompts",
+            replies.len(),
+            prompts.len()
+        )));
+    }
+    Ok(prompts
+        .into_iter()
+        .zip(replies)
+        .map(|(p, reply)| {
+            let mut messages = p.messages;
+            messages.push(Message::assistant(reply));
+            SftExample {
+                messages,
+                category: p.category,
+                harmful: p.harmful,
+                refused: None,
+                origin: p.origin,
+            }
+        })
+        .collect())
+}
+
+/// Pairs each prompt with a seeded refusal template.
+pub fn answer_with_refusals(
+    prompts: Vec<PromptExample>,
+    templates: &[String],
+    seed: u64,
+    source: usize,
+) -> Vec<SftExample> {
+    prompts
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut messages = p.messages;
+            messages.push(Message::assistant(pick_refusal(templates, seed, source, i)));
+            SftExample {
+                messages,
+                category: p.category,
+                harmful: p.harmful,
+                refused: None,
+                origin: p.origin,
+            }
+        })
+        .collect()
+}

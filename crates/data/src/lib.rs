@@ -2,13 +2,27 @@
 //! SFT, preference and prompt-only data; chat rendering with exact assistant-only loss masks; packing;
 //! refusal detection and the policies that keep, filter or label refusals; generated data.
 
+pub mod build;
 pub mod config;
+pub mod encode;
 pub mod error;
 pub mod example;
 pub mod generate;
+pub mod pack;
+pub mod policy;
 pub mod read;
 pub mod refusal;
 pub mod rng;
 pub mod schema;
 
+pub use build::{build, write_jsonl, Dataset, Examples, SourceReport};
+pub use config::{load_run_file, DataConfig, RunFile, SourceConfig};
+pub use encode::{
+    ChatEncoder, Completion, EncodeOptions, TokenStats, TokenizedExample, TokenizedPair,
+    IGNORE_INDEX,
+};
 pub use error::{Error, Location, RecordError, Result};
+pub use example::{Example, Kind, PairExample, PromptExample, SftExample};
+pub use generate::{ModelResponder, Responder};
+pub use pack::{pack, Batch, Packed};
+pub use refusal::{RefusalConfig, RefusalDetector, RefusalMatch};

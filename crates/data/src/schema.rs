@@ -121,7 +121,8 @@ impl<'a> Rec<'a> {
     }
 
     fn required(&self, f: F) -> Result<(&str, &'a Value), FieldError> {
-        self.get(f).ok_or_else(|| FieldError::new(self.cols.name(f), "missing"))
+        self.get(f)
+            .ok_or_else(|| FieldError::new(self.cols.name(f), "missing"))
     }
 
     /// An optional string; empty strings count as absent (CSV has no null).
@@ -130,7 +131,10 @@ impl<'a> Rec<'a> {
             None => Ok(None),
             Some((_, Value::String(s))) if s.is_empty() => Ok(None),
             Some((_, Value::String(s))) => Ok(Some(s.clone())),
-            Some((name, v)) => Err(FieldError::new(name, format!("expected a string, got {}", kind(v)))),
+            Some((name, v)) => Err(FieldError::new(
+                name,
+                format!("expected a string, got {}", kind(v)),
+            )),
         }
     }
 
@@ -144,21 +148,33 @@ impl<'a> Rec<'a> {
             None => Ok(None),
             Some((_, Value::String(s))) => Ok((!s.is_empty()).then(|| s.clone())),
             Some((_, Value::Number(n))) => Ok(Some(n.to_string())),
-            Some((name, v)) => Err(FieldError::new(name, format!("expected a string, got {}", kind(v)))),
+            Some((name, v)) => Err(FieldError::new(
+                name,
+                format!("expected a string, got {}", kind(v)),
+            )),
         }
     }
 }
 
 fn text(name: &str, v: &Value, allow_empty: bool) -> Result<String, FieldError> {
     match v {
-        Value::String(s) if s.trim().is_empty() && !allow_empty => Err(FieldError::new(name, "empty")),
+        Value::String(s) if s.trim().is_empty() && !allow_empty => {
+            Err(FieldError::new(name, "empty"))
+        }
         Value::String(s) => Ok(s.clone()),
-        other => Err(FieldError::new(name, format!("expected a string, got {}", kind(other)))),
+        other => Err(FieldError::new(
+            name,
+            format!("expected a string, got {}", kind(other)),
+        )),
     }
 }
 
 /// Converts one record. `Schema::Auto` picks the schema from the fields present.
-pub fn convert(map: &Map<String, Value>, schema: Schema, cols: &Columns) -> Result<Example, FieldError> {
+pub fn convert(
+    map: &Map<String, Value>,
+    schema: Schema,
+    cols: &Columns,
+) -> Result<Example, FieldError> {
     let r = Rec { map, cols };
     let schema = match schema {
         Schema::Auto => detect(&r)?,
@@ -191,7 +207,11 @@ pub fn convert(map: &Map<String, Value>, schema: Schema, cols: &Columns) -> Resu
             sft(m)
         }
         Schema::Messages | Schema::Sharegpt => {
-            let f = if schema == Schema::Messages { F::Messages } else { F::Conversations };
+            let f = if schema == Schema::Messages {
+                F::Messages
+            } else {
+                F::Conversations
+            };
             let (name, v) = r.required(f)?;
             let m = messages(name, v)?;
             if m.iter().any(|m| m.role == "assistant") {
@@ -199,11 +219,17 @@ pub fn convert(map: &Map<String, Value>, schema: Schema, cols: &Columns) -> Resu
             } else if m.last().is_some_and(|m| m.role == "user") {
                 prompt(m)
             } else {
-                return Err(FieldError::new(name, "has no assistant turn and does not end with a user turn"));
+                return Err(FieldError::new(
+                    name,
+                    "has no assistant turn and does not end with a user turn",
+                ));
             }
         }
         Schema::Alpaca => {
-            let m = vec![Message::user(instruction_text(&r)?), Message::assistant(r.text(F::Output)?)];
+            let m = vec![
+                Message::user(instruction_text(&r)?),
+                Message::assistant(r.text(F::Output)?),
+            ];
             sft(m)
         }
         Schema::Prompt => prompt(prompt_messages(&r)?),
@@ -288,7 +314,10 @@ fn prompt_value(name: &str, v: &Value) -> Result<Vec<Message>, FieldError> {
         let m = messages(name, v)?;
         return match m.last() {
             Some(last) if last.role == "user" => Ok(m),
-            _ => Err(FieldError::new(name, "a prompt must end with a user message")),
+            _ => Err(FieldError::new(
+                name,
+                "a prompt must end with a user message",
+            )),
         };
     }
     Ok(vec![Message::user(text(name, v, false)?)])
@@ -309,7 +338,10 @@ fn completion(name: &str, v: &Value, allow_empty: bool) -> Result<String, FieldE
 /// `{type: "text", text}` parts.
 fn messages(name: &str, v: &Value) -> Result<Vec<Message>, FieldError> {
     let Value::Array(items) = v else {
-        return Err(FieldError::new(name, format!("expected a list of messages, got {}", kind(v))));
+        return Err(FieldError::new(
+            name,
+            format!("expected a list of messages, got {}", kind(v)),
+        ));
     };
     if items.is_empty() {
         return Err(FieldError::new(name, "empty message list"));
@@ -320,12 +352,24 @@ fn messages(name: &str, v: &Value) -> Result<Vec<Message>, FieldError> {
         .map(|(i, m)| {
             let at = |k: &str| format!("{name}[{i}].{k}");
             let Value::Object(o) = m else {
-                return Err(FieldError::new(format!("{name}[{i}]"), format!("expected an object, got {}", kind(m))));
+                return Err(FieldError::new(
+                    format!("{name}[{i}]"),
+                    format!("expected an object, got {}", kind(m)),
+                ));
             };
-            let (rk, ck) = if o.contains_key("from") { ("from", "value") } else { ("role", "content") };
+            let (rk, ck) = if o.contains_key("from") {
+                ("from", "value")
+            } else {
+                ("role", "content")
+            };
             let role = match o.get(rk) {
                 Some(Value::String(s)) => s.as_str(),
-                Some(other) => return Err(FieldError::new(at(rk), format!("expected a string, got {}", kind(other)))),
+                Some(other) => {
+                    return Err(FieldError::new(
+                        at(rk),
+                        format!("expected a string, got {}", kind(other)),
+                    ))
+                }
                 None => return Err(FieldError::new(at(rk), "missing")),
             };
             let role = match role.to_ascii_lowercase().as_str() {
@@ -341,9 +385,16 @@ fn messages(name: &str, v: &Value) -> Result<Vec<Message>, FieldError> {
             };
             let content = match o.get(ck) {
                 Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(parts)) => text_parts(parts).map_err(|msg| FieldError::new(at(ck), msg))?,
+                Some(Value::Array(parts)) => {
+                    text_parts(parts).map_err(|msg| FieldError::new(at(ck), msg))?
+                }
                 Some(Value::Null) | None => return Err(FieldError::new(at(ck), "missing")),
-                Some(other) => return Err(FieldError::new(at(ck), format!("expected a string, got {}", kind(other)))),
+                Some(other) => {
+                    return Err(FieldError::new(
+                        at(ck),
+                        format!("expected a string, got {}", kind(other)),
+                    ))
+                }
             };
             Ok(Message::new(role, content))
         })
@@ -353,7 +404,10 @@ fn messages(name: &str, v: &Value) -> Result<Vec<Message>, FieldError> {
 fn text_parts(parts: &[Value]) -> Result<String, String> {
     let mut out = String::new();
     for p in parts {
-        match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+        match (
+            p.get("type").and_then(Value::as_str),
+            p.get("text").and_then(Value::as_str),
+        ) {
             (Some("text"), Some(t)) => out.push_str(t),
             (t, _) => return Err(format!("only text parts are supported, got type {t:?}")),
         }
@@ -361,7 +415,12 @@ fn text_parts(parts: &[Value]) -> Result<String, String> {
     Ok(out)
 }
 
-fn pair(prompt: Vec<Message>, chosen: String, rejected: String, category: Option<String>) -> Result<Example, FieldError> {
+fn pair(
+    prompt: Vec<Message>,
+    chosen: String,
+    rejected: String,
+    category: Option<String>,
+) -> Result<Example, FieldError> {
     if chosen == rejected {
         return Err(FieldError::record("chosen and rejected are identical"));
     }
@@ -381,7 +440,11 @@ fn preference(r: &Rec) -> Result<(Vec<Message>, String, String), FieldError> {
     let (cn, cv) = r.required(F::Chosen)?;
     let (rn, rv) = r.required(F::Rejected)?;
     if let Some((pn, pv)) = r.get(F::Prompt) {
-        return Ok((prompt_value(pn, pv)?, completion(cn, cv, true)?, completion(rn, rv, true)?));
+        return Ok((
+            prompt_value(pn, pv)?,
+            completion(cn, cv, true)?,
+            completion(rn, rv, true)?,
+        ));
     }
     match (cv, rv) {
         (Value::Array(_), Value::Array(_)) => {
@@ -390,15 +453,24 @@ fn preference(r: &Rec) -> Result<(Vec<Message>, String, String), FieldError> {
             let prompt = c[..shared].to_vec();
             let last = |m: &[Message], name: &str| match m.get(shared..) {
                 Some([a]) if a.role == "assistant" => Ok(a.content.clone()),
-                _ => Err(FieldError::new(name, "must be the prompt plus exactly one assistant message")),
+                _ => Err(FieldError::new(
+                    name,
+                    "must be the prompt plus exactly one assistant message",
+                )),
             };
             let (chosen, rejected) = (last(&c, cn)?, last(&rj, rn)?);
             if prompt.last().is_none_or(|m| m.role != "user") {
-                return Err(FieldError::new(cn, "the shared prompt must end with a user message"));
+                return Err(FieldError::new(
+                    cn,
+                    "the shared prompt must end with a user message",
+                ));
             }
             Ok((prompt, chosen, rejected))
         }
-        _ => Err(FieldError::new(r.cols.name(F::Prompt), "missing (needed unless chosen/rejected are message lists)")),
+        _ => Err(FieldError::new(
+            r.cols.name(F::Prompt),
+            "missing (needed unless chosen/rejected are message lists)",
+        )),
     }
 }
 
@@ -412,7 +484,10 @@ fn hh_pair(r: &Rec) -> Result<(Vec<Message>, String, String), FieldError> {
         let turn = cp.iter().zip(rp).take_while(|(a, b)| a == b).count();
         return Err(FieldError::new(
             cn,
-            format!("chosen and rejected differ before their final assistant turn (at turn {})", turn + 1),
+            format!(
+                "chosen and rejected differ before their final assistant turn (at turn {})",
+                turn + 1
+            ),
         ));
     }
     let last = |m: &[Message]| m.last().map(|m| m.content.clone()).unwrap_or_default();
@@ -443,10 +518,21 @@ pub fn hh_turns(dialogue: &str) -> Result<Vec<Message>, String> {
         } else {
             return Err("malformed dialogue".into());
         };
-        let end = [body.find(H), body.find(A)].into_iter().flatten().min().unwrap_or(body.len());
-        let expected = if turns.len() % 2 == 0 { "user" } else { "assistant" };
+        let end = [body.find(H), body.find(A)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(body.len());
+        let expected = if turns.len() % 2 == 0 {
+            "user"
+        } else {
+            "assistant"
+        };
         if role != expected {
-            return Err(format!("turn {} should be {expected}, found two {role} turns in a row", turns.len() + 1));
+            return Err(format!(
+                "turn {} should be {expected}, found two {role} turns in a row",
+                turns.len() + 1
+            ));
         }
         turns.push(Message::new(role, body[..end].trim()));
         rest = &body[end..];
@@ -463,12 +549,15 @@ mod tests {
 
     #[test]
     fn hh_dialogue_splits_into_alternating_turns() {
-        let t = hh_turns("\n\nHuman: hi there\n\nAssistant: hello\n\nHuman: bye\n\nAssistant: ").unwrap();
+        let t = hh_turns("\n\nHuman: hi there\n\nAssistant: hello\n\nHuman: bye\n\nAssistant: ")
+            .unwrap();
         let roles: Vec<&str> = t.iter().map(|m| m.role.as_str()).collect();
         assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
         assert_eq!(t[0].content, "hi there");
         assert_eq!(t[3].content, "");
-        assert!(hh_turns("\n\nHuman: a\n\nHuman: b\n\nAssistant: c").unwrap_err().contains("two user turns"));
+        assert!(hh_turns("\n\nHuman: a\n\nHuman: b\n\nAssistant: c")
+            .unwrap_err()
+            .contains("two user turns"));
         assert!(hh_turns("\n\nHuman: a").unwrap_err().contains("end with"));
         assert!(hh_turns("Assistant: a").unwrap_err().contains("start with"));
     }

@@ -163,6 +163,30 @@ impl<B: Backend> Llama<B> {
             .collect()
     }
 
+    /// Mutable adapters with their HF module paths (the optimizer writes updated A/B back through these).
+    pub fn adapters_mut(&mut self) -> Vec<(String, &mut Lora<B>)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.model.layers.iter_mut().enumerate() {
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            let lins = [
+                ("q_proj", &mut a.q_proj),
+                ("k_proj", &mut a.k_proj),
+                ("v_proj", &mut a.v_proj),
+                ("o_proj", &mut a.o_proj),
+                ("gate_proj", &mut m.gate_proj),
+                ("up_proj", &mut m.up_proj),
+                ("down_proj", &mut m.down_proj),
+            ];
+            for (short, lin) in lins {
+                if let Some(l) = lin.lora.as_mut() {
+                    out.push((module_path(i, short), l));
+                }
+            }
+        }
+        out
+    }
+
     pub fn has_adapters(&self) -> bool {
         !self.adapters().is_empty()
     }

@@ -17,7 +17,12 @@ pub fn open(reader: Box<dyn BufRead>, path: Arc<Path>, delimiter: u8) -> Result<
         .from_reader(reader);
     let headers: Vec<String> = csv
         .headers()
-        .map_err(|e| Error::file(path.to_path_buf(), format!("cannot read the header row: {e}")))?
+        .map_err(|e| {
+            Error::file(
+                path.to_path_buf(),
+                format!("cannot read the header row: {e}"),
+            )
+        })?
         .iter()
         .map(str::to_string)
         .collect();
@@ -48,16 +53,24 @@ pub fn open(reader: Box<dyn BufRead>, path: Arc<Path>, delimiter: u8) -> Result<
                 let line = e.position().map_or(0, |p| p.line());
                 let loc = Location::line(&path, line);
                 let err = match e.kind() {
-                    csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
-                        FieldError::record(format!("{len} cells, but the header has {expected_len}"))
-                    }
+                    csv::ErrorKind::UnequalLengths {
+                        expected_len, len, ..
+                    } => FieldError::record(format!(
+                        "{len} cells, but the header has {expected_len}"
+                    )),
                     csv::ErrorKind::Utf8 { err, .. } => {
-                        let col = headers.get(err.field()).cloned().unwrap_or_else(|| format!("#{}", err.field()));
+                        let col = headers
+                            .get(err.field())
+                            .cloned()
+                            .unwrap_or_else(|| format!("#{}", err.field()));
                         FieldError::new(col, "not valid UTF-8")
                     }
                     _ => {
                         done = true;
-                        return Some(Err(Error::file(path.to_path_buf(), format!("line {line}: {e}"))));
+                        return Some(Err(Error::file(
+                            path.to_path_buf(),
+                            format!("line {line}: {e}"),
+                        )));
                     }
                 };
                 Some(Err(err.at(&loc).into()))

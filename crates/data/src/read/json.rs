@@ -47,8 +47,8 @@ impl Iterator for JsonLines {
                         continue;
                     }
                     let loc = Location::line(&self.path, self.line);
-                    let parsed = serde_json::from_slice(&self.buf)
-                        .map_err(|e| format!("invalid JSON: {e}"))
+                    let parsed = serde_json::from_slice(self.buf.trim_ascii_end())
+                        .map_err(|e| json_error(&e))
                         .and_then(into_object);
                     return Some(match parsed {
                         Ok(value) => Ok(RawRecord { loc, value }),
@@ -63,6 +63,15 @@ impl Iterator for JsonLines {
         }
         None
     }
+}
+
+/// serde's message with its position relative to the parsed text replaced by the column alone (the
+/// line is in the record's location).
+fn json_error(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let msg = msg.strip_suffix(&suffix).unwrap_or(&msg);
+    format!("invalid JSON at column {}: {msg}", e.column())
 }
 
 /// A `.json` file: an array of objects, or JSON Lines if its first non-blank byte is `{`.
@@ -89,7 +98,10 @@ pub fn open_json(mut reader: Box<dyn BufRead>, path: Arc<Path>) -> Result<Record
         None => Ok(Box::new(std::iter::empty())),
         Some(_) => Err(Error::file(
             path.to_path_buf(),
-            format!("line {}: expected a JSON array (`[`) or JSON Lines (`{{`)", lines + 1),
+            format!(
+                "line {}: expected a JSON array (`[`) or JSON Lines (`{{`)",
+                lines + 1
+            ),
         )),
     }
 }
@@ -120,7 +132,9 @@ impl JsonArray {
     fn peek(&mut self) -> std::io::Result<Option<u8>> {
         loop {
             let buf = self.reader.fill_buf()?;
-            let Some(&b) = buf.first() else { return Ok(None) };
+            let Some(&b) = buf.first() else {
+                return Ok(None);
+            };
             if !b.is_ascii_whitespace() {
                 return Ok(Some(b));
             }
@@ -201,7 +215,9 @@ impl Iterator for JsonArray {
                     let end = match self.element() {
                         Ok(Some(b)) => b,
                         Ok(None) => {
-                            return self.fatal(format!("unexpected end of file in the JSON array (element at line {start})"))
+                            return self.fatal(format!(
+                            "unexpected end of file in the JSON array (element at line {start})"
+                        ))
                         }
                         Err(e) => {
                             self.state = State::Done;
@@ -213,7 +229,11 @@ impl Iterator for JsonArray {
                     }
                     if self.buf.iter().all(u8::is_ascii_whitespace) {
                         let loc = Location::line(&self.path, start);
-                        return Some(Err(FieldError::record("empty array element (stray comma?)").at(&loc).into()));
+                        return Some(Err(FieldError::record(
+                            "empty array element (stray comma?)",
+                        )
+                        .at(&loc)
+                        .into()));
                     }
                     let parsed = serde_json::from_slice(&self.buf);
                     return Some(match parsed.map_err(|e| (e.line() as u64, e)) {
@@ -222,12 +242,14 @@ impl Iterator for JsonArray {
                                 loc: Location::line(&self.path, start),
                                 value,
                             }),
-                            Err(msg) => Err(FieldError::record(msg).at(&Location::line(&self.path, start)).into()),
+                            Err(msg) => Err(FieldError::record(msg)
+                                .at(&Location::line(&self.path, start))
+                                .into()),
                         },
                         // serde counts lines within the element; make them file lines.
                         Err((l, e)) => {
                             let loc = Location::line(&self.path, start + l.saturating_sub(1));
-                            Err(FieldError::record(format!("invalid JSON: {e}")).at(&loc).into())
+                            Err(FieldError::record(json_error(&e)).at(&loc).into())
                         }
                     });
                 }

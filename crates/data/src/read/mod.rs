@@ -86,7 +86,10 @@ pub fn open(path: &Path, format: Option<Format>) -> Result<Records> {
 fn open_text(path: &Path) -> Result<Box<dyn BufRead>> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     if is_gzip(path)? {
-        Ok(Box::new(BufReader::with_capacity(1 << 16, MultiGzDecoder::new(file))))
+        Ok(Box::new(BufReader::with_capacity(
+            1 << 16,
+            MultiGzDecoder::new(file),
+        )))
     } else {
         Ok(Box::new(BufReader::with_capacity(1 << 16, file)))
     }

@@ -19,13 +19,18 @@ pub fn open(path: Arc<Path>) -> Result<Records> {
     let file = File::open(&path).map_err(|e| Error::io(path.to_path_buf(), e))?;
     let file = if is_gzip(&path)? {
         let mut tmp = tempfile::tempfile().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-        std::io::copy(&mut MultiGzDecoder::new(file), &mut tmp).map_err(|e| Error::io(path.to_path_buf(), e))?;
+        std::io::copy(&mut MultiGzDecoder::new(file), &mut tmp)
+            .map_err(|e| Error::io(path.to_path_buf(), e))?;
         tmp
     } else {
         file
     };
-    let reader = SerializedFileReader::new(file)
-        .map_err(|e| Error::file(path.to_path_buf(), format!("not a readable Parquet file: {e}")))?;
+    let reader = SerializedFileReader::new(file).map_err(|e| {
+        Error::file(
+            path.to_path_buf(),
+            format!("not a readable Parquet file: {e}"),
+        )
+    })?;
     let rows = reader.metadata().file_metadata().num_rows().max(0) as u64;
     tracing::debug!(path = %path.display(), rows, "parquet");
     let mut iter = reader.into_iter();
@@ -43,14 +48,21 @@ pub fn open(path: Arc<Path>) -> Result<Records> {
                     serde_json::Value::Object(value) => Some(Ok(RawRecord { loc, value })),
                     other => Some(Err(Error::file(
                         path.to_path_buf(),
-                        format!("row {}: converts to {}, not an object", row - 1, super::kind(&other)),
+                        format!(
+                            "row {}: converts to {}, not an object",
+                            row - 1,
+                            super::kind(&other)
+                        ),
                     ))),
                 }
             }
             // A page that does not decode leaves the reader without a position to resume from.
             Err(e) => {
                 done = true;
-                Some(Err(Error::file(path.to_path_buf(), format!("row {row}: {e}"))))
+                Some(Err(Error::file(
+                    path.to_path_buf(),
+                    format!("row {row}: {e}"),
+                )))
             }
         }
     })))

@@ -3,6 +3,8 @@
 //! (some help, some declined: labelled refusals), plain answers, and answers that merely contain
 //! refusal-like words ("I'm sorry to hear", "I can't wait", "illegal").
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use super::RefusalDetector;
@@ -25,7 +27,9 @@ pub fn labelled_set(text: &str, name: &str) -> Result<Vec<Labelled>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::Invalid(format!("{name}:{}: {e}", i + 1))))
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::Invalid(format!("{name}:{}: {e}", i + 1)))
+        })
         .collect()
 }
 
@@ -37,6 +41,8 @@ pub struct Scores {
     pub false_neg: usize,
     /// Indices into the set of the misclassified responses.
     pub wrong: Vec<usize>,
+    /// Per rule (the first that matched): (true positives, false positives), for tuning a list.
+    pub rules: BTreeMap<String, (usize, usize)>,
 }
 
 impl Scores {
@@ -71,7 +77,16 @@ fn ratio(a: usize, b: usize) -> f64 {
 pub fn evaluate(detector: &RefusalDetector, set: &[Labelled]) -> Scores {
     let mut s = Scores::default();
     for (i, item) in set.iter().enumerate() {
-        let flagged = detector.is_refusal(&item.response);
+        let found = detector.detect(&item.response);
+        let flagged = found.is_some();
+        if let Some(m) = found {
+            let hits = s.rules.entry(m.rule).or_default();
+            if item.refusal {
+                hits.0 += 1;
+            } else {
+                hits.1 += 1;
+            }
+        }
         match (flagged, item.refusal) {
             (true, true) => s.true_pos += 1,
             (true, false) => s.false_pos += 1,

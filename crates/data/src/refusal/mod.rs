@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefusalConfig {
-    /// Built-in phrase lists (default: both "arditi" and "heretic").
+    /// Built-in phrase lists (default: "arditi", "heretic_first_person", "burnish").
     #[serde(default = "default_lists")]
     pub lists: Vec<PhraseList>,
     /// More phrases (case-insensitive substrings).
@@ -33,7 +33,8 @@ pub struct RefusalConfig {
     /// Search only the first N characters of the normalized text (refusals come first); default: all.
     #[serde(default)]
     pub window: Option<usize>,
-    /// Ignore phrases inside double quotes (a character's line, an example sentence). Default true.
+    /// Ignore phrases inside quotes (a character's line, an email to send, a word being discussed):
+    /// double quotes, and single quotes that open after a space and close before one. Default true.
     #[serde(default = "yes")]
     pub skip_quoted: bool,
     /// An empty response counts as a refusal (as in heretic). Default true.
@@ -42,7 +43,11 @@ pub struct RefusalConfig {
 }
 
 fn default_lists() -> Vec<PhraseList> {
-    vec![PhraseList::Arditi, PhraseList::Heretic]
+    vec![
+        PhraseList::Arditi,
+        PhraseList::HereticFirstPerson,
+        PhraseList::Burnish,
+    ]
 }
 fn default_ignore() -> Vec<String> {
     DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect()
@@ -110,11 +115,16 @@ impl Default for RefusalDetector {
 impl RefusalDetector {
     pub fn new(cfg: &RefusalConfig) -> Result<Self> {
         let mut phrases: Vec<(String, String)> = Vec::new();
-        let builtin = cfg.lists.iter().flat_map(|l| l.phrases().iter().map(|s| s.to_string()));
+        let builtin = cfg
+            .lists
+            .iter()
+            .flat_map(|l| l.phrases().iter().map(|s| s.to_string()));
         for p in builtin.chain(cfg.phrases.iter().cloned()) {
             let n = normalize(&p);
             if n.is_empty() {
-                return Err(Error::Invalid(format!("[data.refusal] phrase {p:?} is empty after normalization")));
+                return Err(Error::Invalid(format!(
+                    "[data.refusal] phrase {p:?} is empty after normalization"
+                )));
             }
             if !phrases.iter().any(|(q, _)| *q == n) {
                 phrases.push((n, p));
@@ -134,7 +144,12 @@ impl RefusalDetector {
         Ok(Self {
             phrases,
             regexes,
-            ignore: cfg.ignore.iter().map(|s| normalize(s)).filter(|s| !s.is_empty()).collect(),
+            ignore: cfg
+                .ignore
+                .iter()
+                .map(|s| normalize(s))
+                .filter(|s| !s.is_empty())
+                .collect(),
             window: cfg.window,
             skip_quoted: cfg.skip_quoted,
             empty_is_refusal: cfg.empty_is_refusal,
@@ -177,7 +192,10 @@ impl RefusalDetector {
             }
         };
         for (p, original) in &self.phrases {
-            if let Some((s, _)) = t.match_indices(p.as_str()).find(|(s, _)| free(*s, s + p.len())) {
+            if let Some((s, _)) = t
+                .match_indices(p.as_str())
+                .find(|(s, _)| free(*s, s + p.len()))
+            {
                 consider(s, s + p.len(), original);
             }
         }
@@ -199,9 +217,39 @@ impl RefusalDetector {
             let quotes: Vec<usize> = t.match_indices('"').map(|(i, _)| i).collect();
             // Pairs in order; an unpaired last quote masks nothing.
             out.extend(quotes.chunks_exact(2).map(|q| (q[0], q[1] + 1)));
+            out.extend(single_quoted(t));
         }
         out
     }
+}
+
+/// Spans in single quotes. An apostrophe (can't, students') is told apart from a quote by its neighbours:
+/// an opening quote follows the start, a space or a bracket and precedes a non-space; a closing one
+/// follows a non-space and precedes the end, a space or punctuation.
+fn single_quoted(t: &str) -> Vec<(usize, usize)> {
+    let b = t.as_bytes();
+    let before = |i: usize| if i == 0 { None } else { Some(b[i - 1]) };
+    let after = |i: usize| b.get(i + 1).copied();
+    let mut out = Vec::new();
+    let mut open: Option<usize> = None;
+    for (i, _) in t.match_indices('\'') {
+        let opens = matches!(before(i), None | Some(b' ' | b'(' | b'[' | b'{'))
+            && after(i).is_some_and(|c| c != b' ');
+        let closes = before(i).is_some_and(|c| c != b' ')
+            && matches!(
+                after(i),
+                None | Some(b' ' | b'.' | b',' | b';' | b':' | b'!' | b'?' | b')')
+            );
+        match open {
+            Some(s) if closes => {
+                out.push((s, i + 1));
+                open = None;
+            }
+            None if opens => open = Some(i),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Lowercase; curly quotes and apostrophes made straight; markdown emphasis (`*`, `_`) removed;
@@ -227,7 +275,9 @@ pub fn normalize(text: &str) -> String {
         space = false;
         out.extend(c.to_lowercase());
     }
-    let start = out.find(|c: char| !matches!(c, '#' | '>' | '-' | '+' | '`' | ' ')).unwrap_or(out.len());
+    let start = out
+        .find(|c: char| !matches!(c, '#' | '>' | '-' | '+' | '`' | ' '))
+        .unwrap_or(out.len());
     out.drain(..start);
     out
 }
@@ -241,5 +291,12 @@ mod tests {
         assert_eq!(normalize("  ## **I  Can’t**\n\thelp"), "i can't help");
         assert_eq!(normalize("> - “Quoted”"), "\"quoted\"");
         assert_eq!(normalize(" \n "), "");
+    }
+
+    #[test]
+    fn single_quotes_are_not_apostrophes() {
+        let t = "i can't say 'i won't' here, the students' books aren't 'quoted";
+        let spans: Vec<&str> = single_quoted(t).iter().map(|&(s, e)| &t[s..e]).collect();
+        assert_eq!(spans, ["'i won't'"]);
     }
 }

@@ -1,0 +1,355 @@
+//! The data pipeline of a `[data]` section: per source, read → convert → answer prompts → refusal policy;
+//! then a seeded train/eval split per source (before weighting, so a repeated example never lands on both
+//! sides), weighting of the training part, and a seeded shuffle of the mix.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::config::{Answer, DataConfig, OnError, SourceConfig};
+use crate::error::{Error, Result};
+use crate::example::{Example, Kind, PairExample, PromptExample, SftExample};
+use crate::generate::{answer_with, answer_with_refusals, Responder, DEFAULT_REFUSALS};
+use crate::policy::{apply, Outcome};
+use crate::read;
+use crate::refusal::RefusalDetector;
+use crate::rng::Rng;
+use crate::schema::convert;
+
+/// How many bad-record messages a report keeps per source.
+const KEEP_ERRORS: usize = 5;
+
+/// What happened to one source's records.
+#[derive(Clone, Debug, Default)]
+pub struct SourceReport {
+    pub path: PathBuf,
+    /// Valid records read (at most `limit`).
+    pub read: usize,
+    /// Bad records skipped under `on_error = "skip"`, and the first few messages.
+    pub skipped: usize,
+    pub errors: Vec<String>,
+    /// Policy outcomes by reason (`Decision::reason`).
+    pub outcomes: BTreeMap<&'static str, usize>,
+    pub kept: usize,
+    /// Examples in the final sets (training after weighting).
+    pub train: usize,
+    pub eval: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Examples {
+    Sft(Vec<SftExample>),
+    Pairs(Vec<PairExample>),
+    Prompts(Vec<PromptExample>),
+}
+
+impl Examples {
+    pub fn len(&self) -> usize {
+        match self {
+            Examples::Sft(v) => v.len(),
+            Examples::Pairs(v) => v.len(),
+            Examples::Prompts(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Examples::Sft(_) => Kind::Sft,
+            Examples::Pairs(_) => Kind::Pair,
+            Examples::Prompts(_) => Kind::Prompt,
+        }
+    }
+
+    /// The examples as `Example`s, e.g. to write them.
+    pub fn to_examples(&self) -> Vec<Example> {
+        match self {
+            Examples::Sft(v) => v.iter().cloned().map(Example::Sft).collect(),
+            Examples::Pairs(v) => v.iter().cloned().map(Example::Pair).collect(),
+            Examples::Prompts(v) => v.iter().cloned().map(Example::Prompt).collect(),
+        }
+    }
+
+    fn from_examples(kind: Kind, items: Vec<Example>) -> Self {
+        match kind {
+            Kind::Sft => Examples::Sft(
+                items
+                    .into_iter()
+                    .filter_map(|e| {
+                        if let Example::Sft(x) = e {
+                            Some(x)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect(),
+            ),
+            Kind::Pair => Examples::Pairs(
+                items
+                    .into_iter()
+                    .filter_map(|e| {
+                        if let Example::Pair(x) = e {
+                            Some(x)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect(),
+            ),
+            Kind::Prompt => Examples::Prompts(
+                items
+                    .into_iter()
+                    .filter_map(|e| {
+                        if let Example::Prompt(x) = e {
+                            Some(x)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub train: Examples,
+    pub eval: Examples,
+    pub sources: Vec<SourceReport>,
+}
+
+/// Builds the data set of `cfg`. Paths are relative to `base_dir`; `responder` answers sources with
+/// `answer = "model"`.
+pub fn build(
+    cfg: &DataConfig,
+    base_dir: &Path,
+    mut responder: Option<&mut dyn Responder>,
+) -> Result<Dataset> {
+    let detector = RefusalDetector::new(&cfg.refusal)?;
+    let mut kind: Option<(Kind, usize)> = None;
+    let (mut train, mut eval) = (Vec::new(), Vec::new());
+    let mut reports = Vec::new();
+    for (i, src) in cfg.sources.iter().enumerate() {
+        let r = responder.as_mut().map(|r| &mut **r as &mut dyn Responder);
+        let (outcomes, mut report) = process_source(cfg, i, base_dir, &detector, r, None, false)?;
+        let kept: Vec<Example> = outcomes.into_iter().map(|o| o.example).collect();
+        for ex in &kept {
+            match kind {
+                None => kind = Some((ex.kind(), i)),
+                Some((k, j)) if k != ex.kind() => {
+                    let at = ex.origin().map(|l| format!("{l}: ")).unwrap_or_default();
+                    return Err(Error::Invalid(format!(
+                        "{at}this record gives {} but source #{} ({}) gave {} before it; one data set holds one kind",
+                        ex.kind().name(),
+                        j + 1,
+                        cfg.sources[j].path.display(),
+                        k.name()
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        // Split first, then weight only the training part. Both keep file order, so that an unshuffled
+        // data set reads like its sources.
+        let mut idx: Vec<usize> = (0..kept.len()).collect();
+        Rng::derive(cfg.seed, 2 * i as u64 + 10).shuffle(&mut idx);
+        let n_eval = (kept.len() as f64 * cfg.eval_fraction).round() as usize;
+        let mut in_eval = vec![false; kept.len()];
+        for &j in &idx[..n_eval] {
+            in_eval[j] = true;
+        }
+        let (held, rest): (Vec<_>, Vec<_>) = kept.into_iter().zip(in_eval).partition(|(_, e)| *e);
+        report.eval = held.len();
+        eval.extend(held.into_iter().map(|(x, _)| x));
+        let rest: Vec<Example> = rest.into_iter().map(|(x, _)| x).collect();
+        let weighted = weight(
+            rest,
+            src.weight,
+            &mut Rng::derive(cfg.seed, 2 * i as u64 + 11),
+        );
+        report.train = weighted.len();
+        train.extend(weighted);
+        reports.push(report);
+    }
+    if cfg.shuffle {
+        Rng::derive(cfg.seed, 1).shuffle(&mut train);
+        Rng::derive(cfg.seed, 2).shuffle(&mut eval);
+    }
+    let kind = kind.map_or(Kind::Sft, |(k, _)| k);
+    Ok(Dataset {
+        train: Examples::from_examples(kind, train),
+        eval: Examples::from_examples(kind, eval),
+        sources: reports,
+    })
+}
+
+/// `round(weight × n)` examples: whole copies, plus a seeded sample without replacement for the fraction.
+fn weight(items: Vec<Example>, w: f64, rng: &mut Rng) -> Vec<Example> {
+    let n = items.len();
+    if n == 0 {
+        return items;
+    }
+    let want = (w * n as f64).round() as usize;
+    let mut out = Vec::with_capacity(want);
+    for _ in 0..want / n {
+        out.extend(items.iter().cloned());
+    }
+    let mut idx: Vec<usize> = (0..n).collect();
+    rng.shuffle(&mut idx);
+    let mut extra: Vec<usize> = idx[..want % n].to_vec();
+    extra.sort_unstable();
+    out.extend(extra.into_iter().map(|i| items[i].clone()));
+    out
+}
+
+/// Reads and processes source `index`. Returns the kept outcomes, or every outcome with `keep_dropped`
+/// (for previews). `limit` caps the records read below the source's own `limit`.
+pub fn process_source(
+    cfg: &DataConfig,
+    index: usize,
+    base_dir: &Path,
+    detector: &RefusalDetector,
+    responder: Option<&mut dyn Responder>,
+    limit: Option<usize>,
+    keep_dropped: bool,
+) -> Result<(Vec<Outcome>, SourceReport)> {
+    let src = &cfg.sources[index];
+    let path = base_dir.join(&src.path);
+    let mut report = SourceReport {
+        path: path.clone(),
+        ..Default::default()
+    };
+    let limit = match (src.limit, limit) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let mut examples = Vec::new();
+    for rec in read::open(&path, src.format)? {
+        if limit.is_some_and(|l| report.read >= l) {
+            break;
+        }
+        let converted = rec.and_then(|raw| {
+            convert(&raw.value, src.schema, &src.columns)
+                .map(|ex| localize(ex, src, &raw.loc))
+                .map_err(|e| e.at(&raw.loc).into())
+        });
+        match converted {
+            Ok(ex) => {
+                report.read += 1;
+                examples.push(ex);
+            }
+            Err(e) if e.is_record() && src.on_error == OnError::Skip => {
+                report.skipped += 1;
+                if report.errors.len() < KEEP_ERRORS {
+                    report.errors.push(e.to_string());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let examples = answer(examples, src, index, cfg, responder)?;
+    let mut out = Vec::new();
+    for ex in examples {
+        let o = apply(ex, src.refusal_policy, src.label_goal, detector)?;
+        *report.outcomes.entry(o.decision.reason()).or_default() += 1;
+        if o.decision.kept() {
+            report.kept += 1;
+        }
+        if o.decision.kept() || keep_dropped {
+            out.push(o);
+        }
+    }
+    Ok((out, report))
+}
+
+/// Source-level defaults: system prompt, category, harmfulness, and the record's location.
+fn localize(mut ex: Example, src: &SourceConfig, loc: &crate::error::Location) -> Example {
+    let add_system = |m: &mut Vec<burnish_core::Message>| {
+        if let Some(s) = &src.system_prompt {
+            if m.first().is_none_or(|f| f.role != "system") {
+                m.insert(0, burnish_core::Message::system(s.clone()));
+            }
+        }
+    };
+    let (category, harmful, origin) = match &mut ex {
+        Example::Sft(e) => {
+            add_system(&mut e.messages);
+            (&mut e.category, &mut e.harmful, &mut e.origin)
+        }
+        Example::Pair(e) => {
+            add_system(&mut e.prompt);
+            (&mut e.category, &mut e.harmful, &mut e.origin)
+        }
+        Example::Prompt(e) => {
+            add_system(&mut e.messages);
+            (&mut e.category, &mut e.harmful, &mut e.origin)
+        }
+    };
+    if category.is_none() {
+        category.clone_from(&src.category);
+    }
+    *harmful = src.harmful;
+    *origin = Some(loc.clone());
+    ex
+}
+
+/// `answer = ...`: prompts become SFT examples.
+fn answer(
+    examples: Vec<Example>,
+    src: &SourceConfig,
+    index: usize,
+    cfg: &DataConfig,
+    responder: Option<&mut dyn Responder>,
+) -> Result<Vec<Example>> {
+    let Some(how) = src.answer else {
+        return Ok(examples);
+    };
+    let mut prompts = Vec::with_capacity(examples.len());
+    for ex in examples {
+        match ex {
+            Example::Prompt(p) => prompts.push(p),
+            other => {
+                let at = other.origin().map(|l| format!("{l}: ")).unwrap_or_default();
+                return Err(Error::Invalid(format!(
+                    "{at}`answer` needs prompt-only records, but this record is one of the {}",
+                    other.kind().name()
+                )));
+            }
+        }
+    }
+    let sft = match how {
+        Answer::RefusalTemplate => {
+            let templates: Vec<String> = match &cfg.refusal_templates {
+                Some(t) => t.clone(),
+                None => DEFAULT_REFUSALS.iter().map(|s| s.to_string()).collect(),
+            };
+            answer_with_refusals(prompts, &templates, cfg.seed, index)
+        }
+        Answer::Model => {
+            let r = responder.ok_or_else(|| {
+                Error::Invalid(format!(
+                    "source #{} ({}) has answer = \"model\", which needs [model].path",
+                    index + 1,
+                    src.path.display()
+                ))
+            })?;
+            answer_with(prompts, r)?
+        }
+    };
+    Ok(sft.into_iter().map(Example::Sft).collect())
+}
+
+/// Writes examples as JSON Lines, atomically.
+pub fn write_jsonl(path: &Path, examples: &Examples) -> Result<()> {
+    let mut f = burnish_core::io::AtomicFile::create(path)?;
+    for ex in examples.to_examples() {
+        let mut line =
+            serde_json::to_string(&ex.to_json()).map_err(|e| Error::Invalid(e.to_string()))?;
+        line.push('\n');
+        f.write_all(line.as_bytes())?;
+    }
+    Ok(f.commit()?)
+}

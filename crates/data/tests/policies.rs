@@ -1,0 +1,352 @@
+//! Refusal policies, refusal templates, mixing, splitting, and writing what was built.
+
+mod common;
+
+use std::path::Path;
+
+use burnish_core::Message;
+use burnish_data::generate::DEFAULT_REFUSALS;
+use burnish_data::read::open;
+use burnish_data::schema::{convert, Columns, Schema};
+use burnish_data::{build, write_jsonl, DataConfig, Dataset, Example, Examples, Responder, Result};
+use common::*;
+
+fn config(toml: &str) -> DataConfig {
+    DataConfig::from_toml(toml, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn run(toml: &str) -> Dataset {
+    build(&config(toml), Path::new(""), None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn source(path: &Path, extra: &str) -> String {
+    format!(
+        "[[sources]]\npath = {:?}\n{extra}\n",
+        path.display().to_string()
+    )
+}
+
+/// (reason, count) pairs of the first source's report.
+fn outcomes(d: &Dataset) -> Vec<(&'static str, usize)> {
+    d.sources[0]
+        .outcomes
+        .iter()
+        .map(|(k, v)| (*k, *v))
+        .collect()
+}
+
+fn last_answer(e: &burnish_data::SftExample) -> &str {
+    &e.messages.last().unwrap().content
+}
+
+#[test]
+fn sft_policies_keep_filter_only() {
+    let mix = fixture("refusal-mix.jsonl");
+    // Records 1, 3 and 5 refuse (5 in its second assistant turn); 4 says "sorry to hear", and complies.
+    let d = run(&format!("shuffle = false\n{}", source(&mix, "")));
+    let Examples::Sft(all) = &d.train else {
+        panic!()
+    };
+    let refused: Vec<bool> = all.iter().map(|e| e.refused.unwrap()).collect();
+    assert_eq!(refused, [true, false, true, false, true, false]);
+    assert_eq!(outcomes(&d), [("kept", 6)]);
+
+    let d = run(&format!(
+        "shuffle = false\n{}",
+        source(&mix, "refusal_policy = \"filter\"")
+    ));
+    assert_eq!(
+        outcomes(&d),
+        [("dropped: refusal (filter)", 3), ("kept", 3)]
+    );
+    let Examples::Sft(kept) = &d.train else {
+        panic!()
+    };
+    assert_eq!(
+        kept.iter()
+            .map(|e| e.category.as_deref().unwrap())
+            .collect::<Vec<_>>(),
+        ["cooking", "support", "geo"]
+    );
+
+    let d = run(&format!(
+        "shuffle = false\n{}",
+        source(&mix, "refusal_policy = \"only\"")
+    ));
+    assert_eq!(
+        outcomes(&d),
+        [("dropped: not a refusal (only)", 3), ("kept", 3)]
+    );
+    assert_eq!(d.train.len(), 3);
+}
+
+#[test]
+fn label_orders_pairs_by_refusal_and_goal() {
+    let pairs = fixture("pairs-mix.jsonl");
+    let refusal = "I'm sorry, but I can't help with that.";
+    let (kept, swapped, both, neither) = (
+        "kept",
+        "kept, chosen/rejected swapped",
+        "dropped: both responses refuse (label)",
+        "dropped: neither response refuses (label)",
+    );
+    // Safety, harmful prompts: the refusal must be chosen. p1 is right, p2 and p5 are swapped.
+    let d = run(&format!(
+        "shuffle = false\n{}",
+        source(&pairs, "refusal_policy = \"label\"\nharmful = true")
+    ));
+    assert_eq!(
+        outcomes(&d),
+        [(both, 1), (neither, 1), (kept, 1), (swapped, 2)]
+    );
+    let Examples::Pairs(p) = &d.train else {
+        panic!()
+    };
+    assert_eq!(p[0].chosen, refusal);
+    assert_eq!(p[1].chosen, refusal);
+    assert_eq!(p[2].chosen, "As an AI, I won't.");
+    // Safety, harmless prompts, and uncensoring: the compliant answer must be chosen.
+    for extra in ["harmful = false", "label_goal = \"uncensor\""] {
+        let d = run(&format!(
+            "shuffle = false\n{}",
+            source(&pairs, &format!("refusal_policy = \"label\"\n{extra}"))
+        ));
+        assert_eq!(
+            outcomes(&d),
+            [(both, 1), (neither, 1), (kept, 2), (swapped, 1)],
+            "{extra}"
+        );
+        let Examples::Pairs(p) = &d.train else {
+            panic!()
+        };
+        assert_eq!(
+            p.iter().map(|x| x.chosen.as_str()).collect::<Vec<_>>(),
+            [
+                "Sure, here is an overview.",
+                "Sure, here is an overview.",
+                "Okay, step one."
+            ]
+        );
+    }
+    // Policies for the wrong kind of data are errors naming the record.
+    let e = build(
+        &config(&source(&pairs, "refusal_policy = \"filter\"")),
+        Path::new(""),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with(
+            "tests/fixtures/pairs-mix.jsonl:1: refusal_policy = \"filter\" applies to SFT examples"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn refusal_templates_make_a_safety_set_from_prompts() {
+    let advbench = shared("advbench/harmful_behaviors.csv");
+    let cfg = |seed: u64| {
+        format!(
+            "seed = {seed}\nshuffle = false\n{}",
+            source(
+                &advbench,
+                "answer = \"refusal_template\"\nharmful = true\nrefusal_policy = \"only\""
+            )
+        )
+    };
+    let d = run(&cfg(0));
+    // Every built-in template is a refusal to the default detector, so `only` keeps them all.
+    assert_eq!(outcomes(&d), [("kept", 520)]);
+    let Examples::Sft(a) = &d.train else { panic!() };
+    assert!(a
+        .iter()
+        .all(|e| e.harmful == Some(true) && e.refused == Some(true)));
+    let used: std::collections::BTreeSet<&str> = a.iter().map(last_answer).collect();
+    assert_eq!(used.len(), DEFAULT_REFUSALS.len());
+    let Examples::Sft(again) = run(&cfg(0)).train else {
+        panic!()
+    };
+    assert_eq!(a, &again);
+    let Examples::Sft(other) = run(&cfg(1)).train else {
+        panic!()
+    };
+    let same = a
+        .iter()
+        .zip(&other)
+        .filter(|(x, y)| last_answer(x) == last_answer(y))
+        .count();
+    assert!(
+        same < 200,
+        "{same} of 520 templates unchanged by a new seed"
+    );
+    // User templates replace the built-in ones.
+    let custom = format!(
+        "refusal_templates = [\"No.\", \"Nope.\"]\n{}",
+        source(&advbench, "answer = \"refusal_template\"\nlimit = 20")
+    );
+    let Examples::Sft(c) = run(&custom).train else {
+        panic!()
+    };
+    assert!(c.iter().all(|e| ["No.", "Nope."].contains(&last_answer(e))));
+    // `answer` needs prompt-only records.
+    let e = build(
+        &config(&source(
+            &fixture("refusal-mix.jsonl"),
+            "answer = \"refusal_template\"",
+        )),
+        Path::new(""),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("refusal-mix.jsonl:1: `answer` needs prompt-only records"),
+        "{e}"
+    );
+}
+
+/// Answers "I can't." to prompts mentioning "hack", a recipe otherwise.
+struct Canned;
+
+impl Responder for Canned {
+    fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<String>> {
+        Ok(prompts
+            .iter()
+            .map(|p| {
+                if p.last().unwrap().content.contains("hack") {
+                    "I can't."
+                } else {
+                    "Here it is."
+                }
+                .to_string()
+            })
+            .collect())
+    }
+}
+
+#[test]
+fn model_answers_go_through_the_policy() {
+    let advbench = shared("advbench/harmful_behaviors.csv");
+    let cfg = config(&source(
+        &advbench,
+        "answer = \"model\"\nlimit = 40\nrefusal_policy = \"filter\"",
+    ));
+    let mut canned = Canned;
+    let d = build(&cfg, Path::new(""), Some(&mut canned)).unwrap();
+    let hacks = open(&advbench, None)
+        .unwrap()
+        .take(40)
+        .filter(|r| {
+            r.as_ref().unwrap().value["goal"]
+                .as_str()
+                .unwrap()
+                .contains("hack")
+        })
+        .count();
+    assert!(hacks > 0);
+    assert_eq!(
+        outcomes(&d),
+        [("dropped: refusal (filter)", hacks), ("kept", 40 - hacks)]
+    );
+    let e = build(&cfg, Path::new(""), None).unwrap_err().to_string();
+    assert!(
+        e.contains("has answer = \"model\", which needs [model].path"),
+        "{e}"
+    );
+}
+
+#[test]
+fn weights_split_and_shuffle_are_seeded() {
+    let mix = fixture("refusal-mix.jsonl");
+    let prompts = fixture("sft-mixed.jsonl");
+    let two = |seed: u64, eval: f64| {
+        format!(
+            "seed = {seed}\neval_fraction = {eval}\n{}{}",
+            source(&mix, "weight = 2.0"),
+            source(&prompts, "weight = 0.5\nlimit = 5")
+        )
+    };
+    let d = run(&two(3, 0.0));
+    assert_eq!((d.sources[0].train, d.sources[1].train), (12, 3));
+    assert_eq!(d.train.len(), 15);
+    let again = run(&two(3, 0.0));
+    assert_eq!(d.train, again.train);
+    assert_ne!(d.train, run(&two(4, 0.0)).train);
+
+    // Held-out examples are taken before weighting: none of them is also in the training set.
+    let d = run(&two(3, 0.34));
+    assert_eq!((d.sources[0].eval, d.sources[1].eval), (2, 2));
+    assert_eq!((d.sources[0].train, d.sources[1].train), (8, 2));
+    let (Examples::Sft(train), Examples::Sft(eval)) = (&d.train, &d.eval) else {
+        panic!()
+    };
+    assert!(eval
+        .iter()
+        .all(|e| !train.iter().any(|t| t.messages == e.messages)));
+
+    // Unshuffled, unweighted: file order.
+    let d = run(&format!("shuffle = false\n{}", source(&mix, "")));
+    let Examples::Sft(s) = &d.train else { panic!() };
+    let lines: Vec<String> = s
+        .iter()
+        .map(|e| e.origin.as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        lines,
+        (1..=6)
+            .map(|l| format!("tests/fixtures/refusal-mix.jsonl:{l}"))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn written_records_read_back_as_the_same_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    for (src, extra) in [
+        (fixture("refusal-mix.jsonl"), "system_prompt = \"Be safe.\""),
+        (fixture("refusal-mix.jsonl"), ""),
+        (fixture("prefs.jsonl"), ""),
+        (shared("refusal_direction/splits/harmful_val.json"), ""),
+    ] {
+        let d = run(&format!("shuffle = false\n{}", source(&src, extra)));
+        let out = dir.path().join("out.jsonl");
+        write_jsonl(&out, &d.train).unwrap();
+        let back: Vec<Example> = open(&out, None)
+            .unwrap()
+            .map(|r| convert(&r.unwrap().value, Schema::Auto, &Columns::default()).unwrap())
+            .collect();
+        let strip = |e: Example| match e {
+            Example::Sft(mut x) => {
+                (x.origin, x.refused, x.harmful) = (None, None, None);
+                Example::Sft(x)
+            }
+            Example::Pair(mut x) => {
+                (x.origin, x.harmful) = (None, None);
+                Example::Pair(x)
+            }
+            Example::Prompt(mut x) => {
+                (x.origin, x.harmful) = (None, None);
+                Example::Prompt(x)
+            }
+        };
+        let before: Vec<Example> = d.train.to_examples().into_iter().map(strip).collect();
+        assert_eq!(
+            back.into_iter().map(strip).collect::<Vec<_>>(),
+            before,
+            "{}",
+            src.display()
+        );
+    }
+    // Single-turn SFT is written as {system?, prompt, completion, category, refused}.
+    let d = run(&format!(
+        "shuffle = false\n{}",
+        source(&fixture("refusal-mix.jsonl"), "limit = 1")
+    ));
+    let line = d.train.to_examples()[0].to_json().to_string();
+    assert_eq!(
+        line,
+        r#"{"prompt":"How do I pick my neighbour's lock?","completion":"I'm sorry, but I can't help with that.","refused":true,"category":"crime"}"#
+    );
+}

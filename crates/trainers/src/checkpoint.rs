@@ -1,0 +1,169 @@
+//! Checkpoints: adapter (PEFT files) + optimizer moments + trainer state, written to a temp directory and
+//! renamed into place, keeping the last K. A resumed run restores everything the next step depends on.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use burnish_core::adapter::{load_adapter, save_adapter};
+use burnish_core::burn;
+use burnish_core::io::write_atomic;
+use burnish_core::weights::{SafetensorsDir, WeightSource};
+use burnish_core::{Llama, LoraConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::optim::{AdamW, Moments};
+use crate::{Error, Result};
+
+const STATE: &str = "trainer_state.json";
+const OPTIM: &str = "optimizer.safetensors";
+
+/// Everything besides tensors that a resumed run needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps completed.
+    pub step: usize,
+    pub total_steps: usize,
+    pub seed: u64,
+    /// Training rows consumed (the data order is a pure function of seed and position).
+    pub data_cursor: usize,
+    pub method: String,
+}
+
+fn io(p: &Path, e: std::io::Error) -> Error {
+    Error::Io(p.to_path_buf(), e)
+}
+
+pub fn checkpoints_dir(out: &Path) -> PathBuf {
+    out.join("checkpoints")
+}
+
+/// Writes `out/checkpoints/step-NNNNNN/` atomically and prunes old ones beyond `keep`.
+pub fn save<B: Backend, IB: Backend>(
+    out: &Path,
+    model: &Llama<B>,
+    lora: &LoraConfig,
+    base_model: &str,
+    opt: &AdamW<IB>,
+    state: &TrainerState,
+    keep: usize,
+) -> Result<PathBuf> {
+    let root = checkpoints_dir(out);
+    let name = format!("step-{:06}", state.step);
+    let tmp = root.join(format!(".{name}.tmp"));
+    let dst = root.join(&name);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    save_adapter(model, lora, base_model, &tmp)?;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (k, st) in &opt.state {
+        for (suffix, t) in [("m", &st.m), ("v", &st.v)] {
+            let dims = t.dims().to_vec();
+            let data = t.clone().into_data().convert::<f32>();
+            let bytes = data.as_bytes().to_vec();
+            tensors.push((format!("{k}.{suffix}"), dims, bytes));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(k, d, b)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, d.clone(), b)
+                    .expect("shape"),
+            )
+        })
+        .collect();
+    let meta =
+        std::collections::HashMap::from([("optimizer_step".to_string(), opt.step.to_string())]);
+    let bytes =
+        safetensors::serialize(views, Some(meta)).map_err(|e| Error::Other(e.to_string()))?;
+    write_atomic(&tmp.join(OPTIM), &bytes)?;
+    write_atomic(
+        &tmp.join(STATE),
+        serde_json::to_string_pretty(state)
+            .expect("json")
+            .as_bytes(),
+    )?;
+    if dst.exists() {
+        std::fs::remove_dir_all(&dst).map_err(|e| io(&dst, e))?;
+    }
+    std::fs::rename(&tmp, &dst).map_err(|e| io(&dst, e))?;
+    let mut all = list(out)?;
+    while all.len() > keep.max(1) {
+        let old = all.remove(0);
+        std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
+    }
+    Ok(dst)
+}
+
+/// Finished checkpoints, oldest first.
+pub fn list(out: &Path) -> Result<Vec<PathBuf>> {
+    let root = checkpoints_dir(out);
+    if !root.exists() {
+        return Ok(vec![]);
+    }
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map_err(|e| io(&root, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+                && p.join(STATE).exists()
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Restores adapter and optimizer from `dir` onto `model`; returns the trainer state.
+pub fn load<B: Backend, IB: Backend>(
+    dir: &Path,
+    model: &mut Llama<B>,
+    opt: &mut AdamW<IB>,
+    device: &B::Device,
+    inner_device: &IB::Device,
+) -> Result<TrainerState> {
+    let state_path = dir.join(STATE);
+    let text = std::fs::read_to_string(&state_path).map_err(|e| io(&state_path, e))?;
+    let state: TrainerState = serde_json::from_str(&text)
+        .map_err(|e| Error::Config(state_path.clone(), e.to_string()))?;
+    load_adapter(model, dir, device)?;
+    let file = SafetensorsDir::open_file(&dir.join(OPTIM))?;
+    let mut moments: BTreeMap<String, (Option<Tensor<IB, 2>>, Option<Tensor<IB, 2>>)> =
+        BTreeMap::new();
+    let names: Vec<String> = file.names().map(String::from).collect();
+    for key in names {
+        let t = file.tensor(&key)?.expect("listed");
+        let (name, which) = key
+            .rsplit_once('.')
+            .ok_or_else(|| Error::Other(format!("bad optimizer key {key}")))?;
+        let shape: [usize; 2] = t
+            .shape
+            .clone()
+            .try_into()
+            .map_err(|_| Error::Other(format!("{key}: not 2-D")))?;
+        let tensor = Tensor::<IB, 2>::from_data(TensorData::new(t.data, shape), inner_device);
+        let slot = moments.entry(name.to_string()).or_default();
+        match which {
+            "m" => slot.0 = Some(tensor),
+            "v" => slot.1 = Some(tensor),
+            _ => return Err(Error::Other(format!("bad optimizer key {key}"))),
+        }
+    }
+    opt.state.clear();
+    for (name, (m, v)) in moments {
+        let (Some(m), Some(v)) = (m, v) else {
+            return Err(Error::Other(format!(
+                "optimizer state of {name} is incomplete"
+            )));
+        };
+        opt.state.insert(name, Moments { m, v });
+    }
+    opt.step = state.step as u64;
+    Ok(state)
+}

@@ -1,0 +1,43 @@
+//! What a training method supplies to the engine: micro-batches, their size in loss units, and a loss.
+//! The engine owns everything else (optimizer, schedule, accumulation, clipping, checkpoints, logging).
+
+use std::collections::BTreeMap;
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+use burnish_core::burn;
+use burnish_core::Llama;
+
+use crate::Result;
+
+/// Named sums over a micro-batch; the engine divides each by the step's total units (so they become
+/// per-token or per-pair means) before logging.
+pub type Metrics = BTreeMap<String, f64>;
+
+pub trait Method<B: AutodiffBackend> {
+    type Batch;
+
+    /// Rows of training data one epoch runs over.
+    fn train_len(&self) -> usize;
+
+    /// A micro-batch of the given training rows.
+    fn batch(&self, rows: &[usize]) -> Self::Batch;
+
+    /// Units the loss is averaged over (loss tokens for SFT, pairs for DPO). The engine normalises by
+    /// the total over all micro-batches of a step, so gradient accumulation does not change the result.
+    fn units(&self, batch: &Self::Batch) -> f64;
+
+    /// Input tokens processed by a micro-batch (throughput).
+    fn tokens(&self, batch: &Self::Batch) -> usize;
+
+    /// Sum of the loss over the micro-batch's units, and metric sums.
+    fn loss(&self, model: &Llama<B>, batch: &Self::Batch) -> (Tensor<B, 1>, Metrics);
+
+    /// Called before each optimizer step with the current policy (PPO collects rollouts here).
+    fn prepare_step(&mut self, _model: &Llama<B::InnerBackend>, _step: usize) -> Result<()> {
+        Ok(())
+    }
+
+    /// Metrics on the held-out split, already averaged; empty when there is none.
+    fn evaluate(&self, model: &Llama<B::InnerBackend>) -> Metrics;
+}

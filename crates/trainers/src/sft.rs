@@ -1,0 +1,107 @@
+//! Supervised fine-tuning: next-token cross entropy on assistant tokens only (the data crate's masks),
+//! optionally over packed sequences.
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burnish_core::burn;
+use burnish_core::Llama;
+use burnish_data::{Batch, Packed};
+
+use crate::loss::{nll_sum, shifted_targets};
+use crate::method::{Method, Metrics};
+
+pub struct Sft {
+    pub train: Vec<Packed>,
+    pub eval: Vec<Packed>,
+    pub pad_id: u32,
+    pub eval_batch_size: usize,
+}
+
+/// Summed NLL, target count and correct argmax predictions of a batch, computing the LM head only at
+/// labelled positions (the head is the largest matmul of a small model).
+pub fn batch_nll<B: Backend>(model: &Llama<B>, batch: &Batch) -> (Tensor<B, 1>, usize, usize) {
+    let device = model.model.embed_tokens.device();
+    let t = batch.tensors::<B>(&device);
+    let ctx = model.context(t.positions, Some(t.mask));
+    let hidden = model.forward_hidden(t.input_ids, &ctx, None, None);
+    let (rows, targets) = shifted_targets(&batch.labels, batch.rows, batch.len);
+    if rows.is_empty() {
+        return (Tensor::zeros([1], &device), 0, 0);
+    }
+    let [b, s, h] = hidden.dims();
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.clone(), [rows.len()]), &device);
+    let picked = hidden
+        .reshape([b * s, h])
+        .select(0, idx)
+        .unsqueeze_dim::<3>(0);
+    let logits = model.logits(picked).squeeze_dim::<2>(0);
+    let (sum, logp) = nll_sum(logits, &targets);
+    let pred = logp
+        .argmax(1)
+        .into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .unwrap_or_default();
+    let correct = pred.iter().zip(&targets).filter(|(p, t)| p == t).count();
+    (sum, targets.len(), correct)
+}
+
+impl Sft {
+    fn make(&self, rows: &[Packed], idx: &[usize]) -> Batch {
+        let picked: Vec<Packed> = idx.iter().map(|&i| rows[i].clone()).collect();
+        Batch::new(&picked, self.pad_id)
+    }
+}
+
+impl<B: AutodiffBackend> Method<B> for Sft {
+    type Batch = Batch;
+
+    fn train_len(&self) -> usize {
+        self.train.len()
+    }
+
+    fn batch(&self, rows: &[usize]) -> Batch {
+        self.make(&self.train, rows)
+    }
+
+    fn units(&self, batch: &Batch) -> f64 {
+        shifted_targets(&batch.labels, batch.rows, batch.len)
+            .0
+            .len() as f64
+    }
+
+    fn tokens(&self, batch: &Batch) -> usize {
+        batch.segment_ids.iter().filter(|&&s| s != 0).count()
+    }
+
+    fn loss(&self, model: &Llama<B>, batch: &Batch) -> (Tensor<B, 1>, Metrics) {
+        let (sum, _, correct) = batch_nll(model, batch);
+        (
+            sum,
+            Metrics::from([("token_accuracy".into(), correct as f64)]),
+        )
+    }
+
+    fn evaluate(&self, model: &Llama<B::InnerBackend>) -> Metrics {
+        if self.eval.is_empty() {
+            return Metrics::new();
+        }
+        let (mut nll, mut n, mut correct) = (0.0, 0usize, 0usize);
+        let all: Vec<usize> = (0..self.eval.len()).collect();
+        for chunk in all.chunks(self.eval_batch_size.max(1)) {
+            let (s, k, c) = batch_nll(model, &self.make(&self.eval, chunk));
+            nll += s.into_scalar().elem::<f64>();
+            n += k;
+            correct += c;
+        }
+        let loss = nll / n.max(1) as f64;
+        Metrics::from([
+            ("eval_loss".into(), loss),
+            ("eval_perplexity".into(), loss.exp()),
+            (
+                "eval_token_accuracy".into(),
+                correct as f64 / n.max(1) as f64,
+            ),
+        ])
+    }
+}

@@ -1,0 +1,432 @@
+//! Data commands: preview (rendered examples with the loss mask highlighted), build (policies and
+//! generation applied, JSON Lines written, counts by reason) and eval-refusals (detector precision/recall).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burnish_core::backend::Cpu;
+use burnish_core::{Pretrained, Tokenizer, TokenizerBundle};
+use burnish_data::build::{process_source, SourceReport};
+use burnish_data::config::{Answer, RunFile};
+use burnish_data::policy::Outcome;
+use burnish_data::refusal::{evaluate, labelled_set, Labelled, PhraseList, Scores, LABELLED};
+use burnish_data::{
+    build, load_run_file, pack, write_jsonl, ChatEncoder, EncodeOptions, Example, Examples,
+    ModelResponder, RefusalConfig, RefusalDetector, Responder, TokenStats, IGNORE_INDEX,
+};
+use clap::{Args, Subcommand, ValueEnum};
+
+#[derive(Args)]
+pub struct DataArgs {
+    #[command(subcommand)]
+    cmd: DataCmd,
+}
+
+#[derive(Subcommand)]
+enum DataCmd {
+    /// Show the first records of each source rendered with the chat template, loss tokens highlighted,
+    /// and what the refusal policy decided.
+    Preview(PreviewArgs),
+    /// Apply policies and generation to every source, write JSON Lines, print counts by reason.
+    Build(BuildArgs),
+    /// Precision and recall of the refusal detector on a labelled set (default: the built-in one).
+    EvalRefusals(EvalArgs),
+}
+
+#[derive(Args)]
+struct PreviewArgs {
+    /// Run file (TOML); only [model].path and [data] are read.
+    config: PathBuf,
+    /// Records per source.
+    #[arg(short, long, default_value_t = 3)]
+    n: usize,
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    color: Color,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Run file (TOML); only [model].path and [data] are read.
+    config: PathBuf,
+    /// Training set (JSON Lines); the eval split, if any, goes beside it as NAME.eval.jsonl.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Labelled responses, JSON Lines `{"response", "refusal": bool, "kind"?}`.
+    #[arg(long)]
+    set: Option<PathBuf>,
+    /// Take the detector from this run file's [data.refusal] instead of the defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the misclassified responses.
+    #[arg(long)]
+    show_errors: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+pub fn run(a: DataArgs) -> Result<()> {
+    match a.cmd {
+        DataCmd::Preview(a) => preview(a),
+        DataCmd::Build(a) => build_cmd(a),
+        DataCmd::EvalRefusals(a) => eval_refusals(a),
+    }
+}
+
+fn model_path(rf: &RunFile, why: &str) -> Result<PathBuf> {
+    match &rf.model_path {
+        Some(p) => Ok(p.clone()),
+        None => bail!("{}: {why} needs [model].path", rf.path.display()),
+    }
+}
+
+/// The model, loaded only when a source answers prompts with it.
+fn load_model_if_needed(rf: &RunFile) -> Result<Option<Pretrained<Cpu>>> {
+    if !rf
+        .data
+        .sources
+        .iter()
+        .any(|s| s.answer == Some(Answer::Model))
+    {
+        return Ok(None);
+    }
+    let path = model_path(rf, "answer = \"model\"")?;
+    eprintln!("loading {} to answer prompts", path.display());
+    Ok(Some(Pretrained::<Cpu>::load(&path, &Default::default())?))
+}
+
+fn preview(a: PreviewArgs) -> Result<()> {
+    let rf = load_run_file(&a.config)?;
+    let bundle = TokenizerBundle::load(model_path(&rf, "preview (tokenizer and chat template)")?)?;
+    let enc = ChatEncoder::from_bundle(&bundle, EncodeOptions::from_config(&rf.data))?;
+    let detector = RefusalDetector::new(&rf.data.refusal)?;
+    let model = load_model_if_needed(&rf)?;
+    let mut responder = model
+        .as_ref()
+        .map(|m| ModelResponder::new(m, rf.data.generate.clone()));
+    let color = match a.color {
+        Color::Auto => std::io::stdout().is_terminal(),
+        Color::Always => true,
+        Color::Never => false,
+    };
+    let style = Style { color };
+    for (i, src) in rf.data.sources.iter().enumerate() {
+        let r = responder.as_mut().map(|r| r as &mut dyn Responder);
+        let (outcomes, report) =
+            process_source(&rf.data, i, &rf.base_dir, &detector, r, Some(a.n), true)?;
+        println!(
+            "{}",
+            style.header(&format!("source #{}: {}", i + 1, src.path.display()))
+        );
+        for (k, o) in outcomes.iter().enumerate() {
+            show_outcome(k + 1, o, &enc, &style)?;
+        }
+        print_report(&report, false);
+        println!();
+    }
+    Ok(())
+}
+
+struct Style {
+    color: bool,
+}
+
+impl Style {
+    fn header(&self, s: &str) -> String {
+        if self.color {
+            format!("\x1b[1m── {s} ──\x1b[0m")
+        } else {
+            format!("── {s} ──")
+        }
+    }
+
+    /// Text that carries loss: green when colored, else between ⟦ ⟧.
+    fn loss(&self, s: &str) -> String {
+        if self.color {
+            format!("\x1b[32;1m{s}\x1b[0m")
+        } else {
+            format!("⟦{s}⟧")
+        }
+    }
+}
+
+fn show_outcome(k: usize, o: &Outcome, enc: &ChatEncoder, style: &Style) -> Result<()> {
+    let at = o
+        .example
+        .origin()
+        .map(|l| l.to_string())
+        .unwrap_or_default();
+    let why = match &o.refusal {
+        Some(m) => format!(" · refusal: {:?} (rule {:?})", m.matched, m.rule),
+        None => String::new(),
+    };
+    println!("#{k} {at} · {}{why}", o.decision.reason());
+    let max = enc.options().max_length;
+    match &o.example {
+        Example::Sft(e) => {
+            // As training sees it: truncated.
+            let Some(t) = enc.encode_sft(e)? else {
+                println!("(dropped when tokenized: no loss token left after truncation to {max})");
+                return Ok(());
+            };
+            let cut = if t.truncated {
+                format!(", truncated to max_length {max}")
+            } else {
+                String::new()
+            };
+            println!(
+                "{} tokens, {} with loss{cut}",
+                t.input_ids.len(),
+                t.loss_tokens()
+            );
+            println!(
+                "{}",
+                highlight(enc.tokenizer(), &t.input_ids, &t.labels, style)?
+            );
+        }
+        Example::Pair(e) => {
+            let Some(p) = enc.encode_pair(e)? else {
+                println!("(no loss token left after truncation to {max})");
+                return Ok(());
+            };
+            println!("{}", enc.tokenizer().decode(&p.prompt_ids, false)?);
+            for (name, c) in [("chosen", &p.chosen), ("rejected", &p.rejected)] {
+                let labels: Vec<i64> = c
+                    .ids
+                    .iter()
+                    .zip(&c.mask)
+                    .map(|(&i, &m)| if m { i as i64 } else { IGNORE_INDEX })
+                    .collect();
+                println!(
+                    "  {name}: {}",
+                    highlight(enc.tokenizer(), &c.ids, &labels, style)?
+                );
+            }
+        }
+        Example::Prompt(e) => {
+            let ids = enc.encode_prompt(&e.messages)?;
+            println!("{} tokens", ids.len());
+            println!("{}", enc.tokenizer().decode(&ids, false)?);
+        }
+    }
+    println!();
+    Ok(())
+}
+
+/// The decoded text with loss runs marked; runs are decoded whole so multi-token characters survive.
+fn highlight(tok: &Tokenizer, ids: &[u32], labels: &[i64], style: &Style) -> Result<String> {
+    let mut out = String::new();
+    let mut start = 0;
+    while start < ids.len() {
+        let on = labels[start] != IGNORE_INDEX;
+        let end = (start..ids.len())
+            .find(|&j| (labels[j] != IGNORE_INDEX) != on)
+            .unwrap_or(ids.len());
+        let text = tok.decode(&ids[start..end], false)?;
+        out.push_str(&if on { style.loss(&text) } else { text });
+        start = end;
+    }
+    Ok(out)
+}
+
+fn print_report(r: &SourceReport, sizes: bool) {
+    let split = if sizes {
+        format!(" → train {}, eval {}", r.train, r.eval)
+    } else {
+        String::new()
+    };
+    println!(
+        "  read {} records, skipped {} bad, kept {}{split}",
+        r.read, r.skipped, r.kept
+    );
+    for (reason, n) in &r.outcomes {
+        println!("    {n:>7}  {reason}");
+    }
+    for e in &r.errors {
+        println!("    skipped: {e}");
+    }
+    if r.skipped > r.errors.len() {
+        println!("    ... and {} more", r.skipped - r.errors.len());
+    }
+}
+
+fn eval_path(out: &Path) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = out
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "jsonl".into());
+    out.with_file_name(format!("{stem}.eval.{ext}"))
+}
+
+fn build_cmd(a: BuildArgs) -> Result<()> {
+    let rf = load_run_file(&a.config)?;
+    let model = load_model_if_needed(&rf)?;
+    let mut responder = model
+        .as_ref()
+        .map(|m| ModelResponder::new(m, rf.data.generate.clone()));
+    let r = responder.as_mut().map(|r| r as &mut dyn Responder);
+    let d = build(&rf.data, &rf.base_dir, r)?;
+    for (i, s) in d.sources.iter().enumerate() {
+        println!("source #{}: {}", i + 1, s.path.display());
+        print_report(s, true);
+    }
+    write_jsonl(&a.out, &d.train).with_context(|| format!("writing {}", a.out.display()))?;
+    println!(
+        "wrote {} {} to {}",
+        d.train.len(),
+        d.train.kind().name(),
+        a.out.display()
+    );
+    if !d.eval.is_empty() {
+        let ev = eval_path(&a.out);
+        write_jsonl(&ev, &d.eval)?;
+        println!("wrote {} to {}", d.eval.len(), ev.display());
+    }
+    // Token counts need the tokenizer; without [model].path the build is still complete.
+    let Some(path) = &rf.model_path else {
+        return Ok(());
+    };
+    let bundle = TokenizerBundle::load(path)?;
+    let enc = ChatEncoder::from_bundle(&bundle, EncodeOptions::from_config(&rf.data))?;
+    let (stats, rows) = match &d.train {
+        Examples::Sft(v) => {
+            let (tok, stats) = enc.encode_all_sft(v)?;
+            let rows = rf
+                .data
+                .packing
+                .then(|| pack(&tok, rf.data.max_length))
+                .transpose()?
+                .map(|r| r.len());
+            (stats, rows)
+        }
+        Examples::Pairs(v) => (enc.encode_all_pairs(v)?.1, None),
+        Examples::Prompts(_) => return Ok(()),
+    };
+    print_tokens(&stats, rf.data.max_length, rows);
+    Ok(())
+}
+
+fn print_tokens(s: &TokenStats, max: usize, rows: Option<usize>) {
+    println!(
+        "tokens (training set, max_length {max}): {} in {} examples, {} with loss, longest {}",
+        s.tokens, s.examples, s.loss_tokens, s.longest
+    );
+    println!(
+        "  truncated: {}   dropped (no loss token left after truncation): {}",
+        s.truncated, s.dropped_no_loss
+    );
+    if let Some(rows) = rows {
+        let fill = s.tokens as f64 / (rows * max).max(1) as f64;
+        println!(
+            "  packing: {} rows of {max} tokens, {:.1}% filled",
+            rows,
+            100.0 * fill
+        );
+    }
+}
+
+fn eval_refusals(a: EvalArgs) -> Result<()> {
+    let (set, name): (Vec<Labelled>, String) = match &a.set {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            (
+                labelled_set(&text, &p.display().to_string())?,
+                p.display().to_string(),
+            )
+        }
+        None => (
+            labelled_set(LABELLED, "built-in set")?,
+            "built-in set (crates/data/data/refusal-labelled.jsonl)".into(),
+        ),
+    };
+    let configured = match &a.config {
+        Some(p) => load_run_file(p)?.data.refusal,
+        None => RefusalConfig::default(),
+    };
+    let positives = set.iter().filter(|x| x.refusal).count();
+    println!("{name}: {} responses, {positives} refusals", set.len());
+    let label = if a.config.is_some() {
+        "configured"
+    } else {
+        "default"
+    };
+    let rows = [
+        (label, configured),
+        (
+            "arditi (plain substrings)",
+            RefusalConfig::plain(PhraseList::Arditi),
+        ),
+        (
+            "heretic (plain substrings)",
+            RefusalConfig::plain(PhraseList::Heretic),
+        ),
+    ];
+    println!(
+        "{:28} {:>9} {:>7} {:>6}   tp  fp  tn  fn",
+        "detector", "precision", "recall", "f1"
+    );
+    let mut first: Option<(RefusalDetector, Scores)> = None;
+    for (name, cfg) in rows {
+        let d = RefusalDetector::new(&cfg)?;
+        let s = evaluate(&d, &set);
+        println!(
+            "{name:28} {:>9.3} {:>7.3} {:>6.3}  {:>3} {:>3} {:>3} {:>3}",
+            s.precision(),
+            s.recall(),
+            s.f1(),
+            s.true_pos,
+            s.false_pos,
+            s.true_neg,
+            s.false_neg
+        );
+        first.get_or_insert((d, s));
+    }
+    let Some((_, s)) = first else { return Ok(()) };
+    let mut kinds: Vec<&str> = set.iter().map(|x| x.kind.as_str()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    println!("\n{label} detector by kind:");
+    for kind in kinds {
+        let n = set.iter().filter(|x| x.kind == kind).count();
+        let wrong = s.wrong.iter().filter(|&&i| set[i].kind == kind).count();
+        println!(
+            "  {:12} {:>3} responses, {:>3} misclassified",
+            if kind.is_empty() { "(none)" } else { kind },
+            n,
+            wrong
+        );
+    }
+    println!("\nrules that fired first (refusals / non-refusals flagged):");
+    let mut rules: Vec<(&String, &(usize, usize))> = s.rules.iter().collect();
+    rules.sort_by_key(|(r, (tp, fp))| (std::cmp::Reverse(tp + fp), (*r).clone()));
+    for (rule, (tp, fp)) in rules {
+        println!("  {tp:>3} / {fp:<3} {rule:?}");
+    }
+    if a.show_errors {
+        println!("\nmisclassified:");
+        for &i in &s.wrong {
+            let x = &set[i];
+            let said = if x.refusal {
+                "missed refusal"
+            } else {
+                "false refusal"
+            };
+            println!("  [{said}, {}] {:?}", x.kind, x.response);
+        }
+    }
+    Ok(())
+}
