@@ -72,44 +72,20 @@ impl Examples {
         }
     }
 
+    /// `items` are all of `kind` (checked by `build`).
     fn from_examples(kind: Kind, items: Vec<Example>) -> Self {
+        let (mut sft, mut pairs, mut prompts) = (Vec::new(), Vec::new(), Vec::new());
+        for e in items {
+            match e {
+                Example::Sft(x) => sft.push(x),
+                Example::Pair(x) => pairs.push(x),
+                Example::Prompt(x) => prompts.push(x),
+            }
+        }
         match kind {
-            Kind::Sft => Examples::Sft(
-                items
-                    .into_iter()
-                    .filter_map(|e| {
-                        if let Example::Sft(x) = e {
-                            Some(x)
-                        } else {
-                            None
-                        }
-                    })
-                    .collect(),
-            ),
-            Kind::Pair => Examples::Pairs(
-                items
-                    .into_iter()
-                    .filter_map(|e| {
-                        if let Example::Pair(x) = e {
-                            Some(x)
-                        } else {
-                            None
-                        }
-                    })
-                    .collect(),
-            ),
-            Kind::Prompt => Examples::Prompts(
-                items
-                    .into_iter()
-                    .filter_map(|e| {
-                        if let Example::Prompt(x) = e {
-                            Some(x)
-                        } else {
-                            None
-                        }
-                    })
-                    .collect(),
-            ),
+            Kind::Sft => Examples::Sft(sft),
+            Kind::Pair => Examples::Pairs(pairs),
+            Kind::Prompt => Examples::Prompts(prompts),
         }
     }
 }
@@ -226,7 +202,19 @@ pub fn process_source(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let mut examples = Vec::new();
+    // Without `answer`, each example meets its policy as soon as it is read, so dropped ones are never
+    // held; prompts to answer are gathered first (the model answers them in batches).
+    let mut pending = Vec::new();
+    let mut out = Vec::new();
+    let mut decide = |ex: Example, report: &mut SourceReport| -> Result<()> {
+        let o = apply(ex, src.refusal_policy, src.label_goal, detector)?;
+        *report.outcomes.entry(o.decision.reason()).or_default() += 1;
+        report.kept += usize::from(o.decision.kept());
+        if o.decision.kept() || keep_dropped {
+            out.push(o);
+        }
+        Ok(())
+    };
     for rec in read::open(&path, src.format)? {
         if limit.is_some_and(|l| report.read >= l) {
             break;
@@ -239,7 +227,11 @@ pub fn process_source(
         match converted {
             Ok(ex) => {
                 report.read += 1;
-                examples.push(ex);
+                if src.answer.is_some() {
+                    pending.push(ex);
+                } else {
+                    decide(ex, &mut report)?;
+                }
             }
             Err(e) if e.is_record() && src.on_error == OnError::Skip => {
                 report.skipped += 1;
@@ -250,17 +242,8 @@ pub fn process_source(
             Err(e) => return Err(e),
         }
     }
-    let examples = answer(examples, src, index, cfg, responder)?;
-    let mut out = Vec::new();
-    for ex in examples {
-        let o = apply(ex, src.refusal_policy, src.label_goal, detector)?;
-        *report.outcomes.entry(o.decision.reason()).or_default() += 1;
-        if o.decision.kept() {
-            report.kept += 1;
-        }
-        if o.decision.kept() || keep_dropped {
-            out.push(o);
-        }
+    for ex in answer(pending, src, index, cfg, responder)? {
+        decide(ex, &mut report)?;
     }
     Ok((out, report))
 }

@@ -26,6 +26,9 @@ use crate::config::{AssistantTurns, DataConfig, Truncation};
 use crate::error::{Error, Location, RecordError, Result};
 use crate::example::{PairExample, SftExample};
 
+/// Byte ranges of tokens in the text they came from.
+type Offsets = Vec<(usize, usize)>;
+
 /// The label of tokens that carry no loss (PyTorch's `ignore_index`).
 pub const IGNORE_INDEX: i64 = -100;
 
@@ -227,11 +230,7 @@ impl ChatEncoder {
     }
 
     /// Ids and byte offsets of `piece`; `behind_special` tokenizes it as it would follow a special token.
-    fn encode_piece(
-        &self,
-        piece: &str,
-        behind_special: bool,
-    ) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    fn encode_piece(&self, piece: &str, behind_special: bool) -> Result<(Vec<u32>, Offsets)> {
         let encode = |text: &str| {
             self.tokenizer
                 .inner()

@@ -99,12 +99,9 @@ impl FieldError {
 pub enum Error {
     #[error(transparent)]
     Core(#[from] burnish_core::Error),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // Not `source`: the message already includes it, and anyhow's `{:#}` would print it twice.
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     /// The file as a whole cannot be read (wrong format, truncated, corrupt).
     #[error("{path}: {msg}")]
     File { path: PathBuf, msg: String },
@@ -120,10 +117,10 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, err: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err,
         }
     }
 

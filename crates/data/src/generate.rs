@@ -100,7 +100,7 @@ impl<B: Backend> Responder for ModelResponder<'_, B> {
                 out[i] = m.tokenizer.decode(&g.new_ids, true)?.trim().to_string();
             }
             tracing::info!(
-                done = (b + 1) * self.cfg.batch_size.max(1),
+                done = ((b + 1) * self.cfg.batch_size.max(1)).min(ids.len()),
                 of = ids.len(),
                 "generated"
             );

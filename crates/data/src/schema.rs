@@ -523,7 +523,7 @@ pub fn hh_turns(dialogue: &str) -> Result<Vec<Message>, String> {
             .flatten()
             .min()
             .unwrap_or(body.len());
-        let expected = if turns.len() % 2 == 0 {
+        let expected = if turns.len().is_multiple_of(2) {
             "user"
         } else {
             "assistant"

@@ -176,12 +176,14 @@ fn packed_logits_equal_unpacked_logits() {
         )));
         let span = start * vocab..(start + n) * vocab;
         let diff = max_diff(&packed[span.clone()], &alone);
+        println!("segment {seg}: max |packed - alone| = {diff:e}");
         assert!(
             diff < 1e-3,
             "segment {seg}: packed and unpacked logits differ by {diff}"
         );
         if seg > 1 {
             let leak = max_diff(&leaky[span], &alone);
+            println!("segment {seg}: max |causal - alone| = {leak}");
             assert!(
                 leak > 0.1,
                 "segment {seg}: plain causal attention changed logits by only {leak}"

@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::optim::{AdamW, Moments};
 use crate::{Error, Result};
 
+/// First and second moment of one parameter, as read back (either may be missing in a bad file).
+type Pair<B> = (Option<Tensor<B, 2>>, Option<Tensor<B, 2>>);
+
 const STATE: &str = "trainer_state.json";
 const OPTIM: &str = "optimizer.safetensors";
 
@@ -134,8 +137,7 @@ pub fn load<B: Backend, IB: Backend>(
         .map_err(|e| Error::Config(state_path.clone(), e.to_string()))?;
     load_adapter(model, dir, device)?;
     let file = SafetensorsDir::open_file(&dir.join(OPTIM))?;
-    let mut moments: BTreeMap<String, (Option<Tensor<IB, 2>>, Option<Tensor<IB, 2>>)> =
-        BTreeMap::new();
+    let mut moments: BTreeMap<String, Pair<IB>> = BTreeMap::new();
     let names: Vec<String> = file.names().map(String::from).collect();
     for key in names {
         let t = file.tensor(&key)?.expect("listed");

@@ -210,7 +210,7 @@ impl Run {
                     .into(),
             );
         }
-        if !(t.learning_rate > 0.0) || !t.learning_rate.is_finite() {
+        if t.learning_rate.is_nan() || t.learning_rate <= 0.0 || !t.learning_rate.is_finite() {
             return bad(format!(
                 "`train.learning_rate` = {} must be positive",
                 t.learning_rate

@@ -47,6 +47,9 @@ pub fn loss_and_lr(path: &Path, history: &[serde_json::Value]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::Io(path.to_path_buf(), e))
 }
 
+/// A curve: points, colour, legend label.
+type Line<'a> = (&'a [(f64, f64)], RGBColor, &'a str);
+
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
 fn draw(path: &Path, loss: &[(f64, f64)], eval: &[(f64, f64)], lr: &[(f64, f64)]) -> DrawResult {
@@ -57,7 +60,7 @@ fn draw(path: &Path, loss: &[(f64, f64)], eval: &[(f64, f64)], lr: &[(f64, f64)]
     let x_max = loss.iter().map(|p| p.0).fold(1.0, f64::max);
     let panel = |area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
                  title: &str,
-                 lines: &[(&[(f64, f64)], RGBColor, &str)]|
+                 lines: &[Line]|
      -> DrawResult {
         let ys = lines.iter().flat_map(|l| l.0.iter().map(|p| p.1));
         let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
@@ -92,7 +95,7 @@ fn draw(path: &Path, loss: &[(f64, f64)], eval: &[(f64, f64)], lr: &[(f64, f64)]
         }
         Ok(())
     };
-    let mut loss_lines: Vec<(&[(f64, f64)], RGBColor, &str)> = vec![(loss, BLUE, "train loss")];
+    let mut loss_lines: Vec<Line> = vec![(loss, BLUE, "train loss")];
     if !eval.is_empty() {
         loss_lines.push((eval, RED, "eval loss"));
     }

@@ -1,0 +1,115 @@
+//! Shared helpers for the root package's end-to-end tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use burnish::core::weights::gguf::GgufFile;
+use burnish::core::Tokenizer;
+
+pub fn core_fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/core/tests/fixtures")
+        .join(rel)
+}
+
+pub fn shared_data(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(rel)
+}
+
+pub const TINY_TEMPLATE: &str = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<eos>\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
+
+/// A complete tiny chat model: tiny-llama's random weights, the tiny GGUF's byte-level tokenizer and a
+/// simple chat template.
+pub fn tiny_chat_model(dir: &Path) -> PathBuf {
+    let m = dir.join("tiny-chat");
+    std::fs::create_dir_all(&m).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(core_fixture("tiny-llama").join(f), m.join(f)).unwrap();
+    }
+    let g = GgufFile::open(core_fixture("tiny-llama-gguf/model-f32.gguf")).unwrap();
+    Tokenizer::from_gguf(&g)
+        .unwrap()
+        .save(&m.join("tokenizer.json"))
+        .unwrap();
+    let tc = serde_json::json!({"chat_template": TINY_TEMPLATE, "eos_token": "<|eos|>", "pad_token": "<|pad|>", "bos_token": "<|bos|>"});
+    std::fs::write(m.join("tokenizer_config.json"), tc.to_string()).unwrap();
+    m
+}
+
+/// A small SFT JSONL: short prompt/completion pairs over the tiny tokenizer's alphabet.
+pub fn tiny_sft_data(dir: &Path, n: usize) -> PathBuf {
+    let p = dir.join("sft.jsonl");
+    let words = [
+        "the", "cat", "is", "on", "a", "mat", "and", "dog", "runs", "home",
+    ];
+    let mut lines = String::new();
+    for i in 0..n {
+        let prompt = format!("say {} {}", words[i % 10], words[(i * 3 + 1) % 10]);
+        let completion = format!(
+            "{} {} {}",
+            words[(i * 7) % 10],
+            words[(i + 2) % 10],
+            words[(i * 5 + 3) % 10]
+        );
+        lines
+            .push_str(&serde_json::json!({"prompt": prompt, "completion": completion}).to_string());
+        lines.push('\n');
+    }
+    std::fs::write(&p, lines).unwrap();
+    p
+}
+
+/// A run file for the tiny model; `extra` is appended (TOML).
+pub fn tiny_run(dir: &Path, extra: &str) -> PathBuf {
+    let model = tiny_chat_model(dir);
+    let data = tiny_sft_data(dir, 24);
+    let text = format!(
+        r#"[model]
+path = "{}"
+
+[lora]
+r = 4
+lora_alpha = 8
+target_modules = "all-linear"
+
+[data]
+max_length = 64
+shuffle = false
+
+[[data.sources]]
+path = "{}"
+
+[train]
+learning_rate = 1e-2
+batch_size = 4
+max_steps = 8
+seed = 3
+
+[output]
+dir = "out"
+{extra}
+"#,
+        model.display(),
+        data.display()
+    );
+    let p = dir.join("run.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+pub fn metrics(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+pub fn losses(out: &Path) -> Vec<(u64, f64)> {
+    metrics(out)
+        .iter()
+        .map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap()))
+        .collect()
+}

@@ -1,0 +1,319 @@
+//! The training engine and `burnish train` end to end on a tiny model (and a few real SmolLM2 steps).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use burnish::trainers::config::Run;
+use common::*;
+
+fn burnish() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_burnish"))
+}
+
+fn train_cli(run: &Path, args: &[&str]) -> std::process::Output {
+    let out = burnish().arg("train").arg(run).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "train failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn loss_falls_and_outputs_are_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_run(tmp.path(), "");
+    train_cli(&run, &[]);
+    let out = tmp.path().join("out");
+    let l = losses(&out);
+    assert_eq!(l.len(), 8);
+    let first: f64 = l[..2].iter().map(|x| x.1).sum::<f64>() / 2.0;
+    let last: f64 = l[6..].iter().map(|x| x.1).sum::<f64>() / 2.0;
+    assert!(last < first * 0.8, "loss should fall: {l:?}");
+    for row in metrics(&out) {
+        for k in [
+            "step",
+            "epoch",
+            "loss",
+            "lr",
+            "grad_norm",
+            "tokens_per_s",
+            "token_accuracy",
+        ] {
+            assert!(
+                row.get(k).is_some_and(|v| v.is_number()),
+                "metrics.jsonl lacks {k}: {row}"
+            );
+        }
+    }
+    for f in [
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "loss.png",
+        "run.json",
+    ] {
+        assert!(out.join(f).exists(), "missing {f}");
+    }
+    let run_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run_json["outcome"], "finished");
+    assert_eq!(run_json["config"]["train"]["max_steps"], 8);
+}
+
+/// The same data per optimizer step split 1×4, 2×2 or 4×1 gives the same losses and the same adapter.
+#[test]
+fn gradient_accumulation_is_invariant() {
+    let mut results = Vec::new();
+    for (bs, acc) in [(4, 1), (2, 2), (1, 4)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tiny_run(tmp.path(), "");
+        let sets = [
+            format!("train.batch_size={bs}"),
+            format!("train.gradient_accumulation_steps={acc}"),
+            "train.max_steps=4".into(),
+        ];
+        let r = Run::load(&run, &sets).unwrap();
+        burnish::trainers::train::train(&r, None).unwrap();
+        let out = tmp.path().join("out");
+        let adapter = std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&adapter).unwrap();
+        let mut w: Vec<f32> = Vec::new();
+        let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
+        names.sort();
+        for n in names {
+            w.extend(
+                st.tensor(&n)
+                    .unwrap()
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
+            );
+        }
+        results.push((losses(&out), w));
+    }
+    let (l0, w0) = &results[0];
+    for (l, w) in &results[1..] {
+        for (a, b) in l0.iter().zip(l) {
+            assert!(
+                (a.1 - b.1).abs() < 1e-4 * a.1.abs().max(1.0),
+                "losses differ: {l0:?} vs {l:?}"
+            );
+        }
+        let d = w0
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-4, "adapter weights differ by {d}");
+    }
+}
+
+/// Kill -9 mid-run, resume from the last checkpoint: the per-step losses equal an uninterrupted run's.
+#[test]
+fn resume_after_sigkill_reproduces_losses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_run(tmp.path(), "");
+    let sets = [
+        "--set",
+        "train.max_steps=24",
+        "--set",
+        "train.save_steps=3",
+        "--set",
+        "train.save_total_limit=10",
+    ];
+    let full_dir = tmp.path().join("full");
+    train_cli(
+        &run,
+        &[
+            &sets[..],
+            &["--set", &format!("output.dir=\"{}\"", full_dir.display())],
+        ]
+        .concat(),
+    );
+    let reference = losses(&full_dir);
+    assert_eq!(reference.len(), 24);
+
+    let cut_dir = tmp.path().join("cut");
+    let mut child = burnish()
+        .arg("train")
+        .arg(&run)
+        .args(sets)
+        .args(["--set", &format!("output.dir=\"{}\"", cut_dir.display())])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill as soon as a checkpoint past the first exists (or the run ends first on a fast machine).
+    let ckpts = cut_dir.join("checkpoints");
+    loop {
+        let n = std::fs::read_dir(&ckpts)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+            .unwrap_or(0);
+        if n >= 2 || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    // Resume from an early checkpoint so the resumed part is long whatever the kill timing was.
+    let first = ckpts.join("step-000003");
+    train_cli(
+        &run,
+        &[
+            &sets[..],
+            &[
+                "--set",
+                &format!("output.dir=\"{}\"", cut_dir.display()),
+                "--resume",
+                first.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    let resumed = losses(&cut_dir);
+    assert_eq!(resumed.len(), 24, "metrics.jsonl holds each step once");
+    for (a, b) in reference.iter().zip(&resumed) {
+        assert_eq!(a, b, "step {} differs after resume", a.0);
+    }
+    // `--resume` without a directory picks the latest checkpoint: the finished run has nothing left to do.
+    train_cli(
+        &run,
+        &[
+            &sets[..],
+            &[
+                "--set",
+                &format!("output.dir=\"{}\"", cut_dir.display()),
+                "--resume",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(losses(&cut_dir), reference);
+}
+
+#[test]
+fn nan_guard_stops_and_keeps_last_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_run(tmp.path(), "");
+    let out = burnish()
+        .args([
+            "train",
+            run.to_str().unwrap(),
+            "--set",
+            "train.learning_rate=1e30",
+            "--set",
+            "train.max_grad_norm=0",
+            "--set",
+            "train.save_steps=1",
+            "--set",
+            "train.schedule=\"constant\"",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("training stopped") && err.contains("last good checkpoint"),
+        "{err}"
+    );
+    let ckpts: Vec<_> = std::fs::read_dir(tmp.path().join("out/checkpoints"))
+        .unwrap()
+        .collect();
+    assert!(!ckpts.is_empty());
+}
+
+#[test]
+fn config_errors_are_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_run(tmp.path(), "");
+    let text = std::fs::read_to_string(&run).unwrap();
+    let check = |body: String, needles: &[&str]| {
+        let p = tmp.path().join("bad.toml");
+        std::fs::write(&p, body).unwrap();
+        let e = Run::load(&p, &[]).unwrap_err().to_string();
+        for n in needles {
+            assert!(e.contains(n), "error {e:?} should mention {n:?}");
+        }
+    };
+    check(
+        text.replace("learning_rate = 1e-2", "lerning_rate = 1e-2"),
+        &["lerning_rate", "learning_rate"],
+    );
+    check(
+        text.replace("batch_size = 4", "batch_size = \"four\""),
+        &["batch_size"],
+    );
+    check(text.replace("[output]", "[outptu]"), &["outptu"]);
+    check(
+        text.replace("tiny-chat", "no-such-model"),
+        &["model.path", "no-such-model"],
+    );
+    let e = Run::load(&run, &["train.learning_rate=-1".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("learning_rate"), "{e}");
+    let r = Run::load(
+        &run,
+        &["train.learning_rate=5e-4".into(), "lora.r=2".into()],
+    )
+    .unwrap();
+    assert_eq!((r.config.train.learning_rate, r.config.lora.r), (5e-4, 2));
+    let missing = burnish()
+        .args(["train", "/nonexistent/run.toml"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/run.toml"));
+}
+
+/// A few real steps on SmolLM2 (assistant-only loss on AdvBench prompts with refusal-style answers).
+#[test]
+fn smollm2_sft_smoke() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(model.exists(), "run scripts/fetch-smollm2.sh first");
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("smol.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"[model]
+path = "{}"
+[lora]
+r = 4
+target_modules = ["q_proj", "v_proj"]
+[data]
+max_length = 96
+[[data.sources]]
+path = "{}"
+columns = {{ prompt = "goal", completion = "target" }}
+limit = 8
+[train]
+batch_size = 2
+max_steps = 2
+[output]
+dir = "out"
+"#,
+            model.display(),
+            shared_data("advbench/harmful_behaviors.csv").display()
+        ),
+    )
+    .unwrap();
+    train_cli(&p, &[]);
+    let out = tmp.path().join("out");
+    assert_eq!(losses(&out).len(), 2);
+    for f in [
+        "adapter/adapter_model.safetensors",
+        "metrics.jsonl",
+        "loss.png",
+        "run.json",
+    ] {
+        assert!(out.join(f).exists(), "missing {f}");
+    }
+}
