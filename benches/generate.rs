@@ -4,6 +4,8 @@
 //! Single stream: one chat prompt, greedy, EOS ignored so every run makes exactly N tokens.
 //! Batched: B different chat prompts, left-padded, N tokens each.
 
+mod common;
+
 use std::time::Instant;
 
 use burnish::core::backend::Cpu;
@@ -25,21 +27,9 @@ const PROMPTS: [&str; 12] = [
 ];
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    let model = args
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into());
-    let flag = |name: &str, default: usize| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
+    let args = common::Args::parse();
+    let model = args.model();
+    let flag = |name: &str, default: usize| args.flag(name, default);
     let new_tokens = flag("--new-tokens", 64);
     let batch = flag("--batch", 1).clamp(1, PROMPTS.len());
 

@@ -3,6 +3,8 @@
 //! cargo bench --bench sft_step -- MODEL [--batch 4] [--seq 256] [--steps 3] [--rank 16]
 //! One step = forward + backward + AdamW on LoRA (all linear layers), loss on every token, fp32.
 
+mod common;
+
 use std::time::Instant;
 
 use burnish::core::backend::{Autodiff, Cpu};
@@ -14,21 +16,9 @@ use burnish::trainers::engine::{train, EngineConfig};
 use burnish::trainers::sft::Sft;
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    let model = args
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into());
-    let flag = |name: &str, default: usize| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
+    let args = common::Args::parse();
+    let model = args.model();
+    let flag = |name: &str, default: usize| args.flag(name, default);
     let (batch, seq, steps, rank) = (
         flag("--batch", 4),
         flag("--seq", 256),

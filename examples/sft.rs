@@ -38,26 +38,57 @@ fn main() -> anyhow::Result<()> {
     // 1. Data: answer harmless prompts with the model itself, pair harmful ones with refusals.
     let dataset = {
         let model = Pretrained::<Cpu>::load(MODEL, &Default::default())?;
-        build(&data, ".".as_ref(), Some(&mut ModelResponder::new(&model, data.generate.clone())))?
+        build(
+            &data,
+            ".".as_ref(),
+            Some(&mut ModelResponder::new(&model, data.generate.clone())),
+        )?
     };
-    let Examples::Sft(examples) = &dataset.train else { anyhow::bail!("expected SFT data") };
-    let encoder = ChatEncoder::from_bundle(&TokenizerBundle::load(MODEL)?, EncodeOptions::from_config(&data))?;
+    let Examples::Sft(examples) = &dataset.train else {
+        anyhow::bail!("expected SFT data")
+    };
+    let encoder = ChatEncoder::from_bundle(
+        &TokenizerBundle::load(MODEL)?,
+        EncodeOptions::from_config(&data),
+    )?;
     let (rows, _) = encoder.encode_all_sft(examples)?;
     // 2. Model with LoRA adapters on every linear layer, on the autodiff CPU backend.
     let device = Default::default();
     let base = Pretrained::<Autodiff<Cpu>>::load(MODEL, &device)?;
-    let lora = LoraConfig { r: 16, lora_alpha: 32.0, target_modules: TargetModules::Preset("all-linear".into()), ..Default::default() };
+    let lora = LoraConfig {
+        r: 16,
+        lora_alpha: 32.0,
+        target_modules: TargetModules::Preset("all-linear".into()),
+        ..Default::default()
+    };
     let mut model = base.model;
     model.attach_lora(&lora, &device)?;
     // 3. Train.
-    let mut sft = Sft { train: rows.iter().map(Packed::single).collect(), eval: vec![], pad_id: base_pad(&base.tokenizer), eval_batch_size: 8 };
-    let train_cfg = TrainConfig { learning_rate: 5e-4, batch_size: 8, ..Default::default() };
+    let mut sft = Sft {
+        train: rows.iter().map(Packed::single).collect(),
+        eval: vec![],
+        pad_id: base_pad(&base.tokenizer),
+        eval_batch_size: 8,
+    };
+    let train_cfg = TrainConfig {
+        learning_rate: 5e-4,
+        batch_size: 8,
+        ..Default::default()
+    };
     let cfg = EngineConfig {
-        train: train_cfg, lora: lora.clone(), out_dir: "runs/example-sft".into(), base_model: MODEL.into(),
-        method: "sft".into(), eval_steps: 0, resume: None,
+        train: train_cfg,
+        lora: lora.clone(),
+        out_dir: "runs/example-sft".into(),
+        base_model: MODEL.into(),
+        method: "sft".into(),
+        eval_steps: 0,
+        resume: None,
     };
     let (model, summary) = train(&mut sft, model, &cfg)?;
-    println!("final loss {:.3} after {} steps", summary.final_metrics["loss"], summary.steps);
+    println!(
+        "final loss {:.3} after {} steps",
+        summary.final_metrics["loss"], summary.steps
+    );
     // 4. Save a PEFT adapter.
     save_adapter(&model, &lora, MODEL, "runs/example-sft/adapter".as_ref())?;
     Ok(())

@@ -13,7 +13,8 @@ script makes with `cargo bench --no-run`.
 """
 import argparse, json, os, statistics, subprocess, sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, bench_binary, run  # noqa: E402
 
 TORCH_CHILD = r"""
 import json, sys, time, torch
@@ -56,29 +57,6 @@ PROMPTS = [
 ]
 
 
-def run(cmd, env):
-    """Runs `cmd` under a small wrapper process whose only child is `cmd`, so the wrapper's
-    RUSAGE_CHILDREN peak is exactly that command's peak resident memory."""
-    wrapper = ("import json,resource,subprocess,sys;p=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
-               "sys.stderr.write(p.stderr);r=json.loads(p.stdout.strip().splitlines()[-1]);"
-               "r['peak_rss_mb']=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024;"
-               "print(json.dumps(r));sys.exit(p.returncode)")
-    p = subprocess.run([sys.executable, "-c", wrapper] + cmd, env=env, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"command failed: {' '.join(cmd[:3])}...\n{p.stderr[-2000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def bench_binary():
-    out = subprocess.run(["cargo", "bench", "--bench", "generate", "--no-run", "--message-format=json"],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    for line in out.splitlines():
-        msg = json.loads(line)
-        if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "generate" and msg.get("executable"):
-            return msg["executable"]
-    sys.exit("could not find the bench binary")
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=os.path.join(ROOT, "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -88,7 +66,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
-    exe = bench_binary()
+    exe = bench_binary("generate")
     rows = []
     for batch in (1, a.batch):
         for impl in ("transformers", "burnish"):

@@ -10,7 +10,8 @@ remaining steps is reported. Each side runs in a fresh process so ru_maxrss is i
 """
 import argparse, json, os, subprocess, sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, bench_binary, run  # noqa: E402
 
 TORCH_CHILD = r"""
 import json, sys, time, torch
@@ -40,27 +41,6 @@ print(json.dumps({"impl": "pytorch+peft", "batch": batch, "seq": seq, "rank": ra
 """
 
 
-def run(cmd, env):
-    wrapper = ("import json,resource,subprocess,sys;p=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
-               "sys.stderr.write(p.stderr[-3000:]);r=json.loads(p.stdout.strip().splitlines()[-1]);"
-               "r['peak_rss_mb']=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024;"
-               "print(json.dumps(r));sys.exit(p.returncode)")
-    p = subprocess.run([sys.executable, "-c", wrapper] + cmd, env=env, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"command failed: {' '.join(cmd[:3])}...\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def bench_binary():
-    out = subprocess.run(["cargo", "bench", "--bench", "sft_step", "--no-run", "--message-format=json"],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    for line in out.splitlines():
-        msg = json.loads(line)
-        if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "sft_step" and msg.get("executable"):
-            return msg["executable"]
-    sys.exit("could not find the bench binary")
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=os.path.join(ROOT, "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -71,7 +51,7 @@ def main():
     ap.add_argument("--rank", type=int, default=16)
     a = ap.parse_args()
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
-    exe = bench_binary()
+    exe = bench_binary("sft_step")
     dims = [str(a.batch), str(a.seq), str(a.steps), str(a.rank)]
     torch_r = run([sys.executable, "-c", TORCH_CHILD, a.model, str(a.threads)] + dims, env)
     ours = run([exe, a.model, "--batch", dims[0], "--seq", dims[1], "--steps", dims[2], "--rank", dims[3]], env)

@@ -7,7 +7,7 @@ use burnish_core::burn;
 use burnish_core::Llama;
 use burnish_data::{Batch, Packed};
 
-use crate::loss::{nll_sum, shifted_targets};
+use crate::loss::{shifted_targets, token_nll};
 use crate::method::{Method, Metrics};
 
 pub struct Sft {
@@ -35,14 +35,7 @@ pub fn batch_nll<B: Backend>(model: &Llama<B>, batch: &Batch) -> (Tensor<B, 1>, 
         .select(0, idx)
         .unsqueeze_dim::<3>(0);
     let logits = model.logits(picked).squeeze_dim::<2>(0);
-    let (sum, logp) = nll_sum(logits, &targets);
-    let pred = logp
-        .argmax(1)
-        .into_data()
-        .convert::<i64>()
-        .to_vec::<i64>()
-        .unwrap_or_default();
-    let correct = pred.iter().zip(&targets).filter(|(p, t)| p == t).count();
+    let (sum, correct) = token_nll(logits, &targets);
     (sum, targets.len(), correct)
 }
 

@@ -1,0 +1,33 @@
+//! Argument parsing shared by the JSON-printing benches.
+
+/// Positional arguments and `--name value` flags, without cargo's `--bench` marker.
+pub struct Args(Vec<String>);
+
+impl Args {
+    pub fn parse() -> Self {
+        Self(
+            std::env::args()
+                .skip(1)
+                .filter(|a| a != "--bench")
+                .collect(),
+        )
+    }
+
+    /// The model path: the first argument, or the fetched SmolLM2.
+    pub fn model(&self) -> String {
+        self.0
+            .first()
+            .filter(|a| !a.starts_with("--"))
+            .cloned()
+            .unwrap_or_else(|| "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into())
+    }
+
+    pub fn flag(&self, name: &str, default: usize) -> usize {
+        self.0
+            .iter()
+            .position(|a| a == name)
+            .and_then(|i| self.0.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+}
