@@ -10,7 +10,7 @@ use std::time::Instant;
 use burnish::core::backend::{Autodiff, Cpu};
 use burnish::core::model::{LoraConfig, TargetModules};
 use burnish::core::Pretrained;
-use burnish::data::{Batch, Packed};
+use burnish::data::Packed;
 use burnish::trainers::config::TrainConfig;
 use burnish::trainers::engine::{train, EngineConfig};
 use burnish::trainers::sft::Sft;
@@ -51,7 +51,6 @@ fn main() -> anyhow::Result<()> {
             }
         })
         .collect();
-    let _ = Batch::new(&rows[..1], 0);
     let mut sft = Sft {
         train: rows,
         eval: vec![],

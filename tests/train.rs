@@ -317,3 +317,44 @@ dir = "out"
         assert!(out.join(f).exists(), "missing {f}");
     }
 }
+
+/// Ctrl-C (SIGINT) mid-run: a checkpoint is written, the process exits cleanly, and --resume finishes.
+#[test]
+fn ctrl_c_checkpoints_and_exits_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_run(tmp.path(), "");
+    let child = burnish()
+        .args([
+            "train",
+            run.to_str().unwrap(),
+            "--set",
+            "train.max_steps=400",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics_path = tmp.path().join("out/metrics.jsonl");
+    while std::fs::read_to_string(&metrics_path).map_or(true, |t| t.lines().count() < 2) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit status {:?}: {err}", out.status);
+    assert!(err.contains("--resume"), "{err}");
+    let run_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("out/run.json")).unwrap())
+            .unwrap();
+    let outcome = run_json["outcome"].as_str().unwrap().to_string();
+    assert!(outcome.starts_with("interrupted at step"), "{outcome}");
+    let step: usize = outcome.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(tmp
+        .path()
+        .join(format!("out/checkpoints/step-{step:06}"))
+        .exists());
+    assert!(step < 400);
+}
