@@ -11,35 +11,23 @@ use std::time::Instant;
 use burnish::core::backend::Cpu;
 use burnish::core::{generate, GenerationConfig, Message, Pretrained};
 
-const PROMPTS: [&str; 12] = [
-    "Write a short story about a dragon who learns to code.",
-    "Explain how photosynthesis works.",
-    "What are the main causes of the French Revolution?",
-    "Give me three tips for writing clean Python code.",
-    "Describe the water cycle for a ten-year-old.",
-    "What is the difference between a list and a tuple?",
-    "Summarize the plot of Romeo and Juliet.",
-    "How do vaccines train the immune system?",
-    "Write a haiku about autumn leaves.",
-    "Why is the sky blue?",
-    "List some healthy breakfast ideas.",
-    "Explain what a hash map is and when to use one.",
-];
-
 fn main() -> anyhow::Result<()> {
     let args = common::Args::parse();
     let model = args.model();
     let flag = |name: &str, default: usize| args.flag(name, default);
     let new_tokens = flag("--new-tokens", 64);
-    let batch = flag("--batch", 1).clamp(1, PROMPTS.len());
+    // The same prompts as the PyTorch side (scripts/bench/prompts.json).
+    let prompts_file = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench/prompts.json");
+    let all: Vec<String> = serde_json::from_str(&std::fs::read_to_string(prompts_file)?)?;
+    let batch = flag("--batch", 1).clamp(1, all.len());
 
     let t0 = Instant::now();
     let p = Pretrained::<Cpu>::load(&model, &Default::default())?;
     let load_s = t0.elapsed().as_secs_f64();
-    let prompts: Vec<Vec<u32>> = PROMPTS[..batch]
+    let prompts: Vec<Vec<u32>> = all[..batch]
         .iter()
         .map(|q| {
-            let text = p.render_chat(&[Message::user(*q)], true)?;
+            let text = p.render_chat(&[Message::user(q.clone())], true)?;
             Ok(p.tokenizer.encode(&text, false)?)
         })
         .collect::<anyhow::Result<_>>()?;

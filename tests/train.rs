@@ -357,4 +357,6 @@ fn ctrl_c_checkpoints_and_exits_cleanly() {
         .join(format!("out/checkpoints/step-{step:06}"))
         .exists());
     assert!(step < 400);
+    train_cli(&run, &["--set", "train.max_steps=400", "--resume"]);
+    assert_eq!(losses(&tmp.path().join("out")).len(), 400);
 }

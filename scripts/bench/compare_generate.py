@@ -41,20 +41,7 @@ print(json.dumps({"impl": "transformers", "batch": batch, "new_tokens": new_toke
                   "load_s": load_s, "generate_s": gen_s, "tokens_per_s": n / gen_s}))
 """
 
-PROMPTS = [
-    "Write a short story about a dragon who learns to code.",
-    "Explain how photosynthesis works.",
-    "What are the main causes of the French Revolution?",
-    "Give me three tips for writing clean Python code.",
-    "Describe the water cycle for a ten-year-old.",
-    "What is the difference between a list and a tuple?",
-    "Summarize the plot of Romeo and Juliet.",
-    "How do vaccines train the immune system?",
-    "Write a haiku about autumn leaves.",
-    "Why is the sky blue?",
-    "List some healthy breakfast ideas.",
-    "Explain what a hash map is and when to use one.",
-]
+PROMPTS = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts.json")))
 
 
 def main():
