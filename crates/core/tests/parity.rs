@@ -179,3 +179,30 @@ fn kv_cache_matches_full_forward() {
     let d = max_abs_diff(&got, &full);
     assert!(d <= TOL, "cache vs full: {d}");
 }
+
+/// SentencePiece-style GGUF tokenizer (no merges in the file: recovered from scores, as transformers
+/// does), BOS added with special tokens (fixture: scripts/reference/make_spm_tokenizer_fixture.py).
+#[test]
+fn gguf_sentencepiece_tokenizer_matches_transformers() {
+    let g = burnish_core::weights::gguf::GgufFile::open(fixture("spm/spm.gguf")).unwrap();
+    let tok = burnish_core::Tokenizer::from_gguf(&g).unwrap();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("spm/expected.json")).unwrap())
+            .unwrap();
+    for c in cases.as_array().unwrap() {
+        let text = c["text"].as_str().unwrap();
+        let ids: Vec<u32> = serde_json::from_value(c["ids"].clone()).unwrap();
+        let with_bos: Vec<u32> = serde_json::from_value(c["ids_special"].clone()).unwrap();
+        assert_eq!(tok.encode(text, false).unwrap(), ids, "{text:?}");
+        assert_eq!(
+            tok.encode(text, true).unwrap(),
+            with_bos,
+            "{text:?} with BOS"
+        );
+        assert_eq!(
+            tok.decode(&ids, false).unwrap(),
+            c["decoded"].as_str().unwrap(),
+            "decode {text:?}"
+        );
+    }
+}
