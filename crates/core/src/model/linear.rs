@@ -16,6 +16,9 @@ pub struct Linear<B: Backend> {
     pub lora: Option<Lora<B>>,
 }
 
+/// Up to this many rows (decoding steps), matmuls are computed as `W·xᵀ`; see `Linear::forward`.
+pub(crate) const FEW_ROWS: usize = 32;
+
 /// A parameter that never receives gradients (base weights under LoRA, loaded checkpoints).
 pub fn frozen<B: Backend, const D: usize>(t: Tensor<B, D>) -> Param<Tensor<B, D>> {
     Param::initialized(ParamId::new(), t)
@@ -51,7 +54,13 @@ impl<B: Backend> Linear<B> {
     pub fn forward(&self, x: Tensor<B, 3>, adapters: bool) -> Tensor<B, 3> {
         let [b, s, d] = x.dims();
         let x2 = x.reshape([b * s, d]);
-        let mut y = x2.clone().matmul(self.weight.val().transpose());
+        // For a few rows (decoding), W·xᵀ reads W row-major, which the CPU gemm handles much faster than
+        // x·Wᵀ with W as a column-major right-hand side; the transpose back is of a small [out, rows] result.
+        let mut y = if b * s <= FEW_ROWS {
+            self.weight.val().matmul(x2.clone().transpose()).transpose()
+        } else {
+            x2.clone().matmul(self.weight.val().transpose())
+        };
         if let Some(bias) = &self.bias {
             y = y + bias.val().unsqueeze_dim(0);
         }

@@ -321,10 +321,14 @@ impl<B: Backend> Llama<B> {
                 let [b, s, h] = hidden.dims();
                 let w = self.model.embed_tokens.val();
                 let v = w.dims()[0];
-                hidden
-                    .reshape([b * s, h])
-                    .matmul(w.transpose())
-                    .reshape([b, s, v])
+                let x = hidden.reshape([b * s, h]);
+                // Same layout choice as `Linear::forward`: few rows read the embedding row-major.
+                let y = if b * s <= linear::FEW_ROWS {
+                    w.matmul(x.transpose()).transpose()
+                } else {
+                    x.matmul(w.transpose())
+                };
+                y.reshape([b, s, v])
             }
         }
     }
