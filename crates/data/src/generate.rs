@@ -145,18 +145,21 @@ pub fn answer_with(
     Ok(prompts
         .into_iter()
         .zip(replies)
-        .map(|(p, reply)| {
-            let mut messages = p.messages;
-            messages.push(Message::assistant(reply));
-            SftExample {
-                messages,
-                category: p.category,
-                harmful: p.harmful,
-                refused: None,
-                origin: p.origin,
-            }
-        })
+        .map(|(p, reply)| answered(p, reply))
         .collect())
+}
+
+/// A prompt with its reply appended as the assistant turn.
+fn answered(p: PromptExample, reply: impl Into<String>) -> SftExample {
+    let mut messages = p.messages;
+    messages.push(Message::assistant(reply));
+    SftExample {
+        messages,
+        category: p.category,
+        harmful: p.harmful,
+        refused: None,
+        origin: p.origin,
+    }
 }
 
 /// Pairs each prompt with a seeded refusal template.
@@ -169,16 +172,6 @@ pub fn answer_with_refusals(
     prompts
         .into_iter()
         .enumerate()
-        .map(|(i, p)| {
-            let mut messages = p.messages;
-            messages.push(Message::assistant(pick_refusal(templates, seed, source, i)));
-            SftExample {
-                messages,
-                category: p.category,
-                harmful: p.harmful,
-                refused: None,
-                origin: p.origin,
-            }
-        })
+        .map(|(i, p)| answered(p, pick_refusal(templates, seed, source, i)))
         .collect()
 }
