@@ -15,7 +15,7 @@ use crate::model::lora::{
     module_path, peft_key, Lora, LoraConfig, LoraInit, TargetModules, TARGETS,
 };
 use crate::model::Llama;
-use crate::weights::{SafetensorsDir, WeightSource};
+use crate::weights::{write_safetensors, SafetensorsDir, WeightSource};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -157,19 +157,12 @@ pub fn save_adapter<B: Backend>(
             tensors.push((peft_key(&module, which), dims, bytes));
         }
     }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(k, dims, bytes)| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, dims.clone(), bytes)
-                    .expect("shape matches data");
-            (k.clone(), view)
-        })
-        .collect();
-    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes =
-        safetensors::serialize(views, Some(meta)).map_err(|e| Error::Unsupported(e.to_string()))?;
-    write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
+    write_safetensors(
+        &dir.join(WEIGHTS_FILE),
+        safetensors::Dtype::F32,
+        &tensors,
+        &[("format", "pt")],
+    )?;
     let config = serde_json::to_string_pretty(&peft_config_json(cfg, base_model)).expect("json");
     write_atomic(&dir.join(CONFIG_FILE), config.as_bytes())
 }

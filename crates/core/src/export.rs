@@ -13,7 +13,7 @@ use crate::model::Llama;
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 use crate::weights::gguf::{GgmlType, GgufFile, GgufWriter};
-use crate::weights::{gguf_name, permute_rows};
+use crate::weights::{gguf_name, permute_rows, write_safetensors};
 
 /// On-disk dtype of an exported HF checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
@@ -109,19 +109,13 @@ pub fn export_hf<B: Backend>(
         };
         tensors.push((name, shape, bytes));
     }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, s, b)| {
-            let v = safetensors::tensor::TensorView::new(st_dtype, s.clone(), b)
-                .expect("shape matches data");
-            (n.clone(), v)
-        })
-        .collect();
-    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes =
-        safetensors::serialize(views, Some(meta)).map_err(|e| Error::Unsupported(e.to_string()))?;
-    write_atomic(&dir.join("model.safetensors"), &bytes)?;
-    drop(bytes);
+    write_safetensors(
+        &dir.join("model.safetensors"),
+        st_dtype,
+        &tensors,
+        &[("format", "pt")],
+    )?;
+    drop(tensors);
 
     let mut cfg = src.config.clone();
     cfg.torch_dtype = Some(torch_dtype.into());

@@ -9,7 +9,7 @@ use burn::tensor::{Tensor, TensorData};
 use burnish_core::adapter::{load_adapter, save_adapter};
 use burnish_core::burn;
 use burnish_core::io::write_atomic;
-use burnish_core::weights::{SafetensorsDir, WeightSource};
+use burnish_core::weights::{write_safetensors, SafetensorsDir, WeightSource};
 use burnish_core::{Llama, LoraConfig};
 use serde::{Deserialize, Serialize};
 
@@ -70,21 +70,13 @@ pub fn save<B: Backend, IB: Backend>(
             tensors.push((format!("{k}.{suffix}"), dims, bytes));
         }
     }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(k, d, b)| {
-            (
-                k.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, d.clone(), b)
-                    .expect("shape"),
-            )
-        })
-        .collect();
-    let meta =
-        std::collections::HashMap::from([("optimizer_step".to_string(), opt.step.to_string())]);
-    let bytes =
-        safetensors::serialize(views, Some(meta)).map_err(|e| Error::Other(e.to_string()))?;
-    write_atomic(&tmp.join(OPTIM), &bytes)?;
+    let step = opt.step.to_string();
+    write_safetensors(
+        &tmp.join(OPTIM),
+        safetensors::Dtype::F32,
+        &tensors,
+        &[("optimizer_step", &step)],
+    )?;
     write_atomic(
         &tmp.join(STATE),
         serde_json::to_string_pretty(state)

@@ -175,12 +175,8 @@ impl Run {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Io(path.to_path_buf(), e))?;
         let text =
             apply_overrides(&text, overrides).map_err(|m| Error::Config(path.to_path_buf(), m))?;
-        let config: RunConfig = toml::from_str(&text).map_err(|e| {
-            Error::Config(
-                path.to_path_buf(),
-                burnish_data::config::config_error(path, &e).to_string(),
-            )
-        })?;
+        let config: RunConfig = toml::from_str(&text)
+            .map_err(|e| Error::Data(burnish_data::config::config_error(path, &e)))?;
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let run = Self {
             path: path.to_path_buf(),
@@ -210,7 +206,7 @@ impl Run {
                     .into(),
             );
         }
-        if t.learning_rate.is_nan() || t.learning_rate <= 0.0 || !t.learning_rate.is_finite() {
+        if !t.learning_rate.is_finite() || t.learning_rate <= 0.0 {
             return bad(format!(
                 "`train.learning_rate` = {} must be positive",
                 t.learning_rate
@@ -241,9 +237,7 @@ impl Run {
         if !model.exists() {
             return bad(format!("`model.path`: {} does not exist", model.display()));
         }
-        c.data
-            .validate(&self.path)
-            .map_err(|e| Error::Config(self.path.clone(), e.to_string()))?;
+        c.data.validate(&self.path)?;
         Ok(())
     }
 }

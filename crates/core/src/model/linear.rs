@@ -16,8 +16,17 @@ pub struct Linear<B: Backend> {
     pub lora: Option<Lora<B>>,
 }
 
-/// Up to this many rows (decoding steps), matmuls are computed as `W·xᵀ`; see `Linear::forward`.
-pub(crate) const FEW_ROWS: usize = 32;
+/// `x · Wᵀ` for `x` `[rows, in]` and `W` `[out, in]`. For a few rows (decoding) it is computed as
+/// `(W · xᵀ)ᵀ`: the CPU gemm reads W row-major, much faster than W as a column-major right-hand side,
+/// and the transpose back is of a small `[out, rows]` result.
+pub(crate) fn matmul_t<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    const FEW_ROWS: usize = 32;
+    if x.dims()[0] <= FEW_ROWS {
+        w.matmul(x.transpose()).transpose()
+    } else {
+        x.matmul(w.transpose())
+    }
+}
 
 /// A parameter that never receives gradients (base weights under LoRA, loaded checkpoints).
 pub fn frozen<B: Backend, const D: usize>(t: Tensor<B, D>) -> Param<Tensor<B, D>> {
@@ -50,17 +59,11 @@ impl<B: Backend> Linear<B> {
     }
 
     /// `x @ W^T + b` (+ the adapter's update when `adapters` is on) over the last dimension of
-    /// `[batch, seq, in]`. The transposed weight is a strided view; the CPU gemm reads it in place.
+    /// `[batch, seq, in]`. The weight is never copied or transposed in memory (see `matmul_t`).
     pub fn forward(&self, x: Tensor<B, 3>, adapters: bool) -> Tensor<B, 3> {
         let [b, s, d] = x.dims();
         let x2 = x.reshape([b * s, d]);
-        // For a few rows (decoding), W·xᵀ reads W row-major, which the CPU gemm handles much faster than
-        // x·Wᵀ with W as a column-major right-hand side; the transpose back is of a small [out, rows] result.
-        let mut y = if b * s <= FEW_ROWS {
-            self.weight.val().matmul(x2.clone().transpose()).transpose()
-        } else {
-            x2.clone().matmul(self.weight.val().transpose())
-        };
+        let mut y = matmul_t(x2.clone(), self.weight.val());
         if let Some(bias) = &self.bias {
             y = y + bias.val().unsqueeze_dim(0);
         }

@@ -321,14 +321,7 @@ impl<B: Backend> Llama<B> {
                 let [b, s, h] = hidden.dims();
                 let w = self.model.embed_tokens.val();
                 let v = w.dims()[0];
-                let x = hidden.reshape([b * s, h]);
-                // Same layout choice as `Linear::forward`: few rows read the embedding row-major.
-                let y = if b * s <= linear::FEW_ROWS {
-                    w.matmul(x.transpose()).transpose()
-                } else {
-                    x.matmul(w.transpose())
-                };
-                y.reshape([b, s, v])
+                linear::matmul_t(hidden.reshape([b * s, h]), w).reshape([b, s, v])
             }
         }
     }

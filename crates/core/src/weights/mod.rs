@@ -8,7 +8,7 @@ mod safetensors;
 
 pub use gguf_model::{config_from_gguf, gguf_name, permute_rows, unpermute_rows, GgufWeights};
 pub use load::{load_llama, HfNames};
-pub use safetensors::SafetensorsDir;
+pub use safetensors::{write_safetensors, SafetensorsDir};
 
 use std::path::Path;
 

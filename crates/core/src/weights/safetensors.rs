@@ -98,6 +98,32 @@ impl SafetensorsDir {
     }
 }
 
+/// Writes `tensors` (name, shape, little-endian bytes, all of `dtype`) as one safetensors file, atomically.
+pub fn write_safetensors(
+    path: &Path,
+    dtype: Dtype,
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    metadata: &[(&str, &str)],
+) -> Result<()> {
+    let views = tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            let view =
+                safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).map_err(|e| {
+                    Error::corrupt(path, "safetensors", format!("tensor `{name}`: {e}"))
+                })?;
+            Ok((name.clone(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::corrupt(path, "safetensors", e.to_string()))?;
+    crate::io::write_atomic(path, &bytes)
+}
+
 impl WeightSource for SafetensorsDir {
     fn path(&self) -> &Path {
         &self.dir
