@@ -91,12 +91,13 @@ fn model_path(rf: &RunFile, why: &str) -> Result<PathBuf> {
 
 /// The model, loaded only when a source answers prompts with it.
 fn load_model_if_needed(rf: &RunFile) -> Result<Option<Pretrained<Cpu>>> {
-    if !rf
+    let must = rf
         .data
         .sources
         .iter()
-        .any(|s| s.answer == Some(Answer::Model))
-    {
+        .any(|s| s.answer == Some(Answer::Model));
+    // `refusal_pair` needs the model only for prompt-only records; without one, build says which.
+    if !rf.data.needs_model() || (!must && rf.model_path.is_none()) {
         return Ok(None);
     }
     let path = model_path(rf, "answer = \"model\"")?;

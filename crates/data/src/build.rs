@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use crate::config::{Answer, DataConfig, OnError, SourceConfig};
 use crate::error::{Error, Result};
 use crate::example::{Example, Kind, PairExample, PromptExample, SftExample};
-use crate::generate::{answer_with, answer_with_refusals, Responder, DEFAULT_REFUSALS};
+use crate::generate::{
+    answer_with, answer_with_refusals, pick_refusal, Responder, DEFAULT_REFUSALS,
+};
 use crate::policy::{apply, Outcome};
 use crate::read;
 use crate::refusal::RefusalDetector;
@@ -279,7 +281,7 @@ fn localize(mut ex: Example, src: &SourceConfig, loc: &crate::error::Location) -
     ex
 }
 
-/// `answer = ...`: prompts become SFT examples.
+/// `answer = ...`: prompts become SFT examples, or (`refusal_pair`) records become answer-vs-refusal pairs.
 fn answer(
     examples: Vec<Example>,
     src: &SourceConfig,
@@ -290,39 +292,105 @@ fn answer(
     let Some(how) = src.answer else {
         return Ok(examples);
     };
+    let templates: Vec<String> = match &cfg.refusal_templates {
+        Some(t) => t.clone(),
+        None => DEFAULT_REFUSALS.iter().map(|s| s.to_string()).collect(),
+    };
+    let needs_model =
+        || {
+            Error::Invalid(format!(
+            "source #{} ({}) has answer = \"{}\" and prompt-only records, which needs [model].path",
+            index + 1,
+            src.path.display(),
+            if how == Answer::Model { "model" } else { "refusal_pair" }
+        ))
+        };
+    if how == Answer::RefusalPair {
+        return refusal_pairs(
+            examples,
+            &templates,
+            cfg.seed,
+            index,
+            responder,
+            needs_model,
+        );
+    }
     let mut prompts = Vec::with_capacity(examples.len());
     for ex in examples {
         match ex {
             Example::Prompt(p) => prompts.push(p),
-            other => {
-                let at = other.origin().map(|l| format!("{l}: ")).unwrap_or_default();
-                return Err(Error::Invalid(format!(
-                    "{at}`answer` needs prompt-only records, but this record is one of the {}",
-                    other.kind().name()
-                )));
-            }
+            other => return Err(wrong_kind(&other, "prompt-only records")),
         }
     }
     let sft = match how {
-        Answer::RefusalTemplate => {
-            let templates: Vec<String> = match &cfg.refusal_templates {
-                Some(t) => t.clone(),
-                None => DEFAULT_REFUSALS.iter().map(|s| s.to_string()).collect(),
-            };
-            answer_with_refusals(prompts, &templates, cfg.seed, index)
-        }
-        Answer::Model => {
-            let r = responder.ok_or_else(|| {
-                Error::Invalid(format!(
-                    "source #{} ({}) has answer = \"model\", which needs [model].path",
-                    index + 1,
-                    src.path.display()
-                ))
-            })?;
-            answer_with(prompts, r)?
-        }
+        Answer::Model => answer_with(prompts, responder.ok_or_else(needs_model)?)?,
+        _ => answer_with_refusals(prompts, &templates, cfg.seed, index),
     };
     Ok(sft.into_iter().map(Example::Sft).collect())
+}
+
+fn wrong_kind(ex: &Example, wants: &str) -> Error {
+    let at = ex.origin().map(|l| format!("{l}: ")).unwrap_or_default();
+    Error::Invalid(format!(
+        "{at}`answer` needs {wants}, but this record is one of the {}",
+        ex.kind().name()
+    ))
+}
+
+/// `answer = "refusal_pair"`: each record's answer (its last assistant turn, or the model's reply to a
+/// prompt-only record) as `chosen` against a seeded refusal template as `rejected`; the `label` policy
+/// then orders each pair for its goal.
+fn refusal_pairs(
+    examples: Vec<Example>,
+    templates: &[String],
+    seed: u64,
+    index: usize,
+    responder: Option<&mut dyn Responder>,
+    needs_model: impl Fn() -> Error,
+) -> Result<Vec<Example>> {
+    let mut answered = Vec::with_capacity(examples.len());
+    let mut prompts = Vec::new();
+    let mut slots = Vec::new();
+    for ex in examples {
+        match ex {
+            Example::Sft(e) if e.messages.last().is_some_and(|m| m.role == "assistant") => {
+                answered.push(Some(e))
+            }
+            Example::Prompt(p) => {
+                slots.push(answered.len());
+                answered.push(None);
+                prompts.push(p);
+            }
+            other => {
+                return Err(wrong_kind(
+                    &other,
+                    "prompt-only records or SFT records ending with an assistant turn",
+                ))
+            }
+        }
+    }
+    if !prompts.is_empty() {
+        let replies = answer_with(prompts, responder.ok_or_else(needs_model)?)?;
+        for (slot, e) in slots.into_iter().zip(replies) {
+            answered[slot] = Some(e);
+        }
+    }
+    Ok(answered
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, mut e)| {
+            let reply = e.messages.pop().map(|m| m.content).unwrap_or_default();
+            Example::Pair(PairExample {
+                prompt: e.messages,
+                chosen: reply,
+                rejected: pick_refusal(templates, seed, index, i).to_string(),
+                category: e.category,
+                harmful: e.harmful,
+                origin: e.origin,
+            })
+        })
+        .collect())
 }
 
 /// Writes examples as JSON Lines, atomically.

@@ -71,7 +71,9 @@ pub struct SourceConfig {
     /// Whether this source's prompts are harmful; `label` with goal "safety" needs it.
     #[serde(default)]
     pub harmful: Option<bool>,
-    /// Turn prompt-only records into SFT examples: "refusal_template" or "model" (uses `[model].path`).
+    /// Answer records: "refusal_template" or "model" (prompt-only records → SFT examples; "model" uses
+    /// `[model].path`), or "refusal_pair" (→ preference pairs of an answer and a refusal template, ordered
+    /// by `refusal_policy = "label"`; the answer is the record's own last assistant turn, or the model's).
     #[serde(default)]
     pub answer: Option<Answer>,
     /// Mixing weight: 2 repeats every example twice, 0.5 keeps a seeded half (default 1).
@@ -137,6 +139,9 @@ pub enum Answer {
     RefusalTemplate,
     /// The `[model]`'s own reply (greedy unless `[data.generate]` says otherwise).
     Model,
+    /// A preference pair: an answer (the record's last assistant turn, or the model's reply to a
+    /// prompt-only record) against a refusal template; `label` decides which is chosen.
+    RefusalPair,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -158,6 +163,13 @@ fn one() -> f64 {
 }
 
 impl DataConfig {
+    /// Whether some source may need the model to answer its prompts.
+    pub fn needs_model(&self) -> bool {
+        self.sources
+            .iter()
+            .any(|s| matches!(s.answer, Some(Answer::Model | Answer::RefusalPair)))
+    }
+
     /// Parses a TOML document that holds only the `[data]` table's contents.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
         let cfg: Self = toml::from_str(text).map_err(|e| config_error(path, &e))?;
@@ -208,8 +220,12 @@ impl DataConfig {
                      (is a refusal the right answer to these prompts?)"
                 ));
             }
-            if s.answer.is_some() && s.refusal_policy == RefusalPolicy::Label {
+            let pairs = s.answer == Some(Answer::RefusalPair);
+            if s.answer.is_some() && !pairs && s.refusal_policy == RefusalPolicy::Label {
                 return bad(format!("{name}: `answer` makes SFT examples; refusal_policy = \"label\" is for preference pairs"));
+            }
+            if pairs && s.refusal_policy != RefusalPolicy::Label {
+                return bad(format!("{name}: answer = \"refusal_pair\" needs refusal_policy = \"label\" (which side of each pair is chosen depends on `label_goal` and `harmful`)"));
             }
         }
         crate::refusal::RefusalDetector::new(&self.refusal).map(|_| ())

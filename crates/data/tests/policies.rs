@@ -252,9 +252,85 @@ fn model_answers_go_through_the_policy() {
     );
     let e = build(&cfg, Path::new(""), None).unwrap_err().to_string();
     assert!(
-        e.contains("has answer = \"model\", which needs [model].path"),
+        e.contains("has answer = \"model\" and prompt-only records, which needs [model].path"),
         "{e}"
     );
+}
+
+#[test]
+fn refusal_pairs_are_labelled_for_the_goal() {
+    let advbench = shared("advbench/harmful_behaviors.csv");
+    let pairs = |extra: &str| {
+        let cfg = config(&source(
+            &advbench,
+            &format!("answer = \"refusal_pair\"\nrefusal_policy = \"label\"\nlimit = 40\n{extra}"),
+        ));
+        build(&cfg, Path::new(""), Some(&mut Canned)).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let hacks = open(&advbench, None)
+        .unwrap()
+        .take(40)
+        .filter(|r| {
+            r.as_ref().unwrap().value["goal"]
+                .as_str()
+                .unwrap()
+                .contains("hack")
+        })
+        .count();
+    let refusals: Vec<String> = DEFAULT_REFUSALS.iter().map(|s| s.to_string()).collect();
+    // Safety on harmful prompts: the template refusal is chosen, the compliant answer rejected; prompts
+    // the model already refused cannot be ordered and are dropped.
+    let d = pairs("harmful = true");
+    assert_eq!(
+        outcomes(&d),
+        [
+            ("dropped: both responses refuse (label)", hacks),
+            ("kept, chosen/rejected swapped", 40 - hacks)
+        ]
+    );
+    let Examples::Pairs(p) = &d.train else {
+        panic!()
+    };
+    assert!(p
+        .iter()
+        .all(|e| refusals.contains(&e.chosen) && e.rejected == "Here it is."));
+    // Harmless prompts (and the uncensor goal) keep the answer as chosen.
+    for extra in ["harmful = false", "label_goal = \"uncensor\""] {
+        let d = pairs(extra);
+        let Examples::Pairs(p) = &d.train else {
+            panic!()
+        };
+        assert_eq!(p.len(), 40 - hacks);
+        assert!(p
+            .iter()
+            .all(|e| e.chosen == "Here it is." && refusals.contains(&e.rejected)));
+    }
+    // Records that already hold an answer need no model.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("answers.jsonl");
+    std::fs::write(
+        &f,
+        "{\"prompt\": \"p\", \"completion\": \"Sure, here you go.\"}\n",
+    )
+    .unwrap();
+    let cfg = config(&source(
+        &f,
+        "answer = \"refusal_pair\"\nrefusal_policy = \"label\"\nlabel_goal = \"uncensor\"",
+    ));
+    let d = build(&cfg, Path::new(""), None).unwrap();
+    let Examples::Pairs(p) = &d.train else {
+        panic!()
+    };
+    assert_eq!(p[0].chosen, "Sure, here you go.");
+    assert_eq!(p[0].prompt, vec![Message::user("p")]);
+    // Without `label` the pair would not be ordered: a config error naming the source.
+    let e = DataConfig::from_toml(
+        &source(&advbench, "answer = \"refusal_pair\""),
+        Path::new("test.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("needs refusal_policy = \"label\""), "{e}");
 }
 
 #[test]

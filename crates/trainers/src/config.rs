@@ -9,6 +9,7 @@ use burnish_core::LoraConfig;
 use burnish_data::DataConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::dpo::DpoConfig;
 use crate::optim::{AdamWConfig, Schedule};
 use crate::{Error, Result};
 
@@ -53,6 +54,7 @@ fn f32_name() -> String {
 #[serde(tag = "name", rename_all = "lowercase", deny_unknown_fields)]
 pub enum MethodConfig {
     Sft(SftConfig),
+    Dpo(DpoConfig),
 }
 
 impl Default for MethodConfig {
@@ -65,6 +67,7 @@ impl MethodConfig {
     pub fn name(&self) -> &'static str {
         match self {
             MethodConfig::Sft(_) => "sft",
+            MethodConfig::Dpo(_) => "dpo",
         }
     }
 }
@@ -236,6 +239,9 @@ impl Run {
         let model = self.resolve(&c.model.path);
         if !model.exists() {
             return bad(format!("`model.path`: {} does not exist", model.display()));
+        }
+        if let MethodConfig::Dpo(d) = &c.method {
+            d.validate().or_else(bad)?;
         }
         c.data.validate(&self.path)?;
         Ok(())

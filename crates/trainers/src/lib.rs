@@ -3,7 +3,9 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dpo;
 pub mod engine;
+pub mod logps;
 pub mod loss;
 pub mod method;
 pub mod optim;

@@ -2,11 +2,12 @@
 //! optionally over packed sequences.
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Tensor};
 use burnish_core::burn;
 use burnish_core::Llama;
 use burnish_data::{Batch, Packed};
 
+use crate::logps::labelled_logits;
 use crate::loss::{shifted_targets, token_nll};
 use crate::method::{Method, Metrics};
 
@@ -17,26 +18,15 @@ pub struct Sft {
     pub eval_batch_size: usize,
 }
 
-/// Summed NLL, target count and correct argmax predictions of a batch, computing the LM head only at
-/// labelled positions (the head is the largest matmul of a small model).
+/// Summed NLL, target count and correct argmax predictions of a batch.
 pub fn batch_nll<B: Backend>(model: &Llama<B>, batch: &Batch) -> (Tensor<B, 1>, usize, usize) {
-    let device = model.model.embed_tokens.device();
-    let t = batch.tensors::<B>(&device);
-    let ctx = model.context(t.positions, Some(t.mask));
-    let hidden = model.forward_hidden(t.input_ids, &ctx, None, None);
-    let (rows, targets) = shifted_targets(&batch.labels, batch.rows, batch.len);
-    if rows.is_empty() {
-        return (Tensor::zeros([1], &device), 0, 0);
+    match labelled_logits(model, batch, true) {
+        Some((logits, targets, _)) => {
+            let (sum, correct) = token_nll(logits, &targets);
+            (sum, targets.len(), correct)
+        }
+        None => (Tensor::zeros([1], &model.model.embed_tokens.device()), 0, 0),
     }
-    let [b, s, h] = hidden.dims();
-    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.clone(), [rows.len()]), &device);
-    let picked = hidden
-        .reshape([b * s, h])
-        .select(0, idx)
-        .unsqueeze_dim::<3>(0);
-    let logits = model.logits(picked).squeeze_dim::<2>(0);
-    let (sum, correct) = token_nll(logits, &targets);
-    (sum, targets.len(), correct)
 }
 
 impl Sft {

@@ -11,10 +11,13 @@ use burnish_core::burn;
 use burnish_core::export::{export_gguf, export_hf, Dtype, ExportSource, GgufQuant};
 use burnish_core::weights::gguf::GgufFile;
 use burnish_core::{ModelPath, Pretrained, TokenizerBundle};
-use burnish_data::{build, pack, ChatEncoder, EncodeOptions, Examples, ModelResponder, Packed};
+use burnish_data::{
+    build, pack, ChatEncoder, EncodeOptions, Examples, ModelResponder, Packed, TokenizedPair,
+};
 use serde_json::json;
 
 use crate::config::{MethodConfig, Run, SaveKind};
+use crate::dpo::Dpo;
 use crate::engine::{train as run_engine, EngineConfig, Outcome, Summary};
 use crate::sft::Sft;
 use crate::{Error, Result};
@@ -64,12 +67,7 @@ fn train_on<B: AutodiffBackend>(
     B::seed(device, c.train.seed);
 
     // Data first: generated answers need the inference model, which is dropped before training.
-    let needs_model = c
-        .data
-        .sources
-        .iter()
-        .any(|s| s.answer == Some(burnish_data::config::Answer::Model));
-    let dataset = if needs_model {
+    let dataset = if c.data.needs_model() {
         let gen = Pretrained::<B::InnerBackend>::load(&model_path, &Default::default())?;
         let mut responder = ModelResponder::new(&gen, c.data.generate.clone());
         build(&c.data, &run.base_dir, Some(&mut responder))?
@@ -90,25 +88,7 @@ fn train_on<B: AutodiffBackend>(
     }
     let bundle = TokenizerBundle::load(&model_path)?;
     let encoder = ChatEncoder::from_bundle(&bundle, EncodeOptions::from_config(&c.data))?;
-    let (train_sft, eval_sft) = match (&dataset.train, &dataset.eval) {
-        (Examples::Sft(t), Examples::Sft(e)) => (t, e),
-        (Examples::Sft(t), _) => (t, &Vec::new()),
-        _ => {
-            return Err(Error::Config(
-                run.path.clone(),
-                format!(
-                    "method `{}` needs SFT data (prompt/completion or messages)",
-                    c.method.name()
-                ),
-            ))
-        }
-    };
-    let (train_rows, stats) = encoder.encode_all_sft(train_sft)?;
-    let (eval_rows, _) = encoder.encode_all_sft(eval_sft)?;
-    eprintln!(
-        "tokens: {} examples, {} tokens, {} truncated, {} dropped (no loss left)",
-        stats.examples, stats.tokens, stats.truncated, stats.dropped_no_loss
-    );
+    let data = encode(run, &encoder, &dataset.train, &dataset.eval)?;
     let mut model_cpu = Pretrained::<B>::load(&model_path, device)?;
     if let Some(adapter) = &c.model.merge_adapter {
         load_adapter(&mut model_cpu.model, &run.resolve(adapter), device)?;
@@ -135,16 +115,26 @@ fn train_on<B: AutodiffBackend>(
         eval_steps: c.eval.steps,
         resume: resume_dir,
     };
-    let (model, summary) = match &c.method {
-        MethodConfig::Sft(_) => {
+    let eval_batch_size = c.eval.batch_size.unwrap_or(c.train.batch_size);
+    let (model, summary) = match (&c.method, data) {
+        (MethodConfig::Sft(_), Encoded::Sft(train, eval)) => {
             let mut sft = Sft {
-                train: packed_rows(train_rows, c.data.packing, c.data.max_length)?,
-                eval: packed_rows(eval_rows, c.data.packing, c.data.max_length)?,
+                train: packed_rows(train, c.data.packing, c.data.max_length)?,
+                eval: packed_rows(eval, c.data.packing, c.data.max_length)?,
                 pad_id,
-                eval_batch_size: c.eval.batch_size.unwrap_or(c.train.batch_size),
+                eval_batch_size,
             };
             run_engine(&mut sft, model, &engine_cfg)?
         }
+        (MethodConfig::Dpo(cfg), Encoded::Pairs(train, eval)) => {
+            let mut dpo = Dpo::new(cfg.clone(), train, eval, pad_id, eval_batch_size);
+            if cfg.precompute_ref_log_probs {
+                let id = model_identity(&model_path, c.model.merge_adapter.as_deref());
+                dpo.precompute_reference(&model.valid(), &out_dir.join("ref_logps.json"), &id)?;
+            }
+            run_engine(&mut dpo, model, &engine_cfg)?
+        }
+        _ => unreachable!("encode() checks the data kind against the method"),
     };
     if summary.outcome == Outcome::Finished {
         write_outputs(run, &out_dir, &model.valid(), &model_path, &bundle)?;
@@ -152,6 +142,77 @@ fn train_on<B: AutodiffBackend>(
     crate::plot::loss_and_lr(&out_dir.join("loss.png"), &summary.history)?;
     write_run_json(run, &out_dir, &summary, started.elapsed().as_secs_f64())?;
     Ok(summary)
+}
+
+enum Encoded {
+    Sft(
+        Vec<burnish_data::TokenizedExample>,
+        Vec<burnish_data::TokenizedExample>,
+    ),
+    Pairs(Vec<TokenizedPair>, Vec<TokenizedPair>),
+}
+
+/// Tokenizes the data set for the method, which decides what kind of examples it needs.
+fn encode(run: &Run, encoder: &ChatEncoder, train: &Examples, eval: &Examples) -> Result<Encoded> {
+    let c = &run.config;
+    let empty_like = |e: &Examples| match e {
+        Examples::Sft(_) => Examples::Sft(vec![]),
+        Examples::Pairs(_) => Examples::Pairs(vec![]),
+        Examples::Prompts(_) => Examples::Prompts(vec![]),
+    };
+    // An empty eval split may come back as any kind.
+    let eval = if eval.is_empty() {
+        &empty_like(train)
+    } else {
+        eval
+    };
+    let report = |s: &burnish_data::TokenStats, what: &str| {
+        eprintln!(
+            "tokens: {} {what}, {} tokens, {} truncated, {} dropped (no loss left)",
+            s.examples, s.tokens, s.truncated, s.dropped_no_loss
+        )
+    };
+    match (&c.method, train, eval) {
+        (MethodConfig::Sft(_), Examples::Sft(t), Examples::Sft(e)) => {
+            let (train, stats) = encoder.encode_all_sft(t)?;
+            report(&stats, "examples");
+            Ok(Encoded::Sft(train, encoder.encode_all_sft(e)?.0))
+        }
+        (MethodConfig::Dpo(_), Examples::Pairs(t), Examples::Pairs(e)) => {
+            let (train, stats) = encoder.encode_all_pairs(t)?;
+            report(&stats, "pairs");
+            Ok(Encoded::Pairs(train, encoder.encode_all_pairs(e)?.0))
+        }
+        (m, t, _) => Err(Error::Config(
+            run.path.clone(),
+            format!(
+                "method `{}` needs {}, but [data] gives {}",
+                m.name(),
+                match m {
+                    MethodConfig::Sft(_) => "SFT examples (prompt/completion or messages)",
+                    MethodConfig::Dpo(_) =>
+                        "preference pairs (chosen/rejected, or answer = \"refusal_pair\")",
+                },
+                t.kind().name()
+            ),
+        )),
+    }
+}
+
+/// What identifies the reference model's weights for the reference log-prob cache.
+fn model_identity(path: &Path, merged: Option<&Path>) -> String {
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| format!("{}:{:?}", m.len(), m.modified().ok()))
+            .unwrap_or_default()
+    };
+    format!(
+        "{}|{}|{:?}|{}",
+        path.display(),
+        stamp(path),
+        merged,
+        merged.map(stamp).unwrap_or_default()
+    )
 }
 
 fn write_outputs<B: Backend>(

@@ -1,0 +1,403 @@
+//! Direct preference optimisation (Rafailov et al. 2023), computed as TRL 1.16 does. Sequence
+//! log-probabilities are summed over completion tokens only (the data crate's masks), chosen and rejected
+//! in one batched forward. The reference is the same weights with the LoRA adapters off, so one model is
+//! in memory; or it is computed once before training and cached on disk (`precompute_ref_log_probs`).
+
+use std::path::Path;
+
+use burn::module::AutodiffModule;
+use burn::tensor::activation::{log_sigmoid, relu};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use burnish_core::burn;
+use burnish_core::Llama;
+use burnish_data::{Batch, Packed, TokenizedExample, TokenizedPair, IGNORE_INDEX};
+use serde::{Deserialize, Serialize};
+
+use crate::logps::sequence_logps;
+use crate::method::{Method, Metrics};
+use crate::{Error, Result};
+
+/// `[method]` with `name = "dpo"`. Names and defaults follow TRL's `DPOConfig`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DpoConfig {
+    /// How far the policy may move from the reference: larger stays closer (default 0.1). For `ipo` it is
+    /// the regulariser τ.
+    pub beta: f64,
+    /// `sigmoid` (default, the DPO paper), `hinge` (SLiC), `ipo` or `robust` (noisy labels).
+    pub loss_type: DpoLoss,
+    /// `robust` only: the assumed share of flipped preference labels, in [0, 0.5) (default 0).
+    pub label_smoothing: f64,
+    /// Compute the reference log-probs once over the data set before training, cached in the output
+    /// directory (`ref_logps.json`), instead of a reference forward per step (default false).
+    pub precompute_ref_log_probs: bool,
+}
+
+impl Default for DpoConfig {
+    fn default() -> Self {
+        Self {
+            beta: 0.1,
+            loss_type: DpoLoss::Sigmoid,
+            label_smoothing: 0.0,
+            precompute_ref_log_probs: false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DpoLoss {
+    #[default]
+    Sigmoid,
+    Hinge,
+    Ipo,
+    Robust,
+}
+
+impl DpoConfig {
+    /// Range checks serde cannot make; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.beta.is_finite() && self.beta > 0.0) {
+            return Err(format!("[method] beta = {} must be > 0", self.beta));
+        }
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            return Err(format!(
+                "[method] label_smoothing = {} must be in [0, 0.5)",
+                self.label_smoothing
+            ));
+        }
+        if self.label_smoothing > 0.0 && self.loss_type != DpoLoss::Robust {
+            return Err(format!(
+                "[method] label_smoothing = {} is only used by loss_type = \"robust\"",
+                self.label_smoothing
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// −log σ(βΔ) per pair, Δ = (log π − log π_ref)(chosen) − (log π − log π_ref)(rejected).
+pub fn sigmoid_loss<B: Backend>(delta: Tensor<B, 1>, beta: f64) -> Tensor<B, 1> {
+    log_sigmoid(delta.mul_scalar(beta)).neg()
+}
+
+/// relu(1 − βΔ) per pair.
+pub fn hinge_loss<B: Backend>(delta: Tensor<B, 1>, beta: f64) -> Tensor<B, 1> {
+    relu(delta.mul_scalar(-beta).add_scalar(1.0))
+}
+
+/// (Δ̄ − 1/(2β))² per pair, with Δ̄ from per-token averaged log-ratios.
+pub fn ipo_loss<B: Backend>(avg_delta: Tensor<B, 1>, beta: f64) -> Tensor<B, 1> {
+    avg_delta.sub_scalar(1.0 / (2.0 * beta)).powi_scalar(2)
+}
+
+/// [−(1−ε)·log σ(βΔ) + ε·log σ(−βΔ)] / (1 − 2ε) per pair: unbiased under a label-flip rate ε.
+pub fn robust_loss<B: Backend>(delta: Tensor<B, 1>, beta: f64, eps: f64) -> Tensor<B, 1> {
+    let x = delta.mul_scalar(beta);
+    (log_sigmoid(x.clone()).mul_scalar(-(1.0 - eps)) + log_sigmoid(x.neg()).mul_scalar(eps))
+        .div_scalar(1.0 - 2.0 * eps)
+}
+
+/// Summed completion log-probs of a batch of pairs under the policy and the reference, `[pairs]` each,
+/// with the completion lengths (for IPO's per-token average).
+pub struct PairLogps<B: Backend> {
+    pub chosen: Tensor<B, 1>,
+    pub rejected: Tensor<B, 1>,
+    pub ref_chosen: Tensor<B, 1>,
+    pub ref_rejected: Tensor<B, 1>,
+    pub chosen_len: Tensor<B, 1>,
+    pub rejected_len: Tensor<B, 1>,
+}
+
+/// The per-pair loss of `cfg.loss_type`, `[pairs]`.
+pub fn dpo_loss<B: Backend>(cfg: &DpoConfig, p: PairLogps<B>) -> Tensor<B, 1> {
+    let chosen = p.chosen - p.ref_chosen;
+    let rejected = p.rejected - p.ref_rejected;
+    match cfg.loss_type {
+        DpoLoss::Sigmoid => sigmoid_loss(chosen - rejected, cfg.beta),
+        DpoLoss::Hinge => hinge_loss(chosen - rejected, cfg.beta),
+        DpoLoss::Robust => robust_loss(chosen - rejected, cfg.beta, cfg.label_smoothing),
+        DpoLoss::Ipo => ipo_loss(
+            chosen / p.chosen_len.clamp_min(1.0) - rejected / p.rejected_len.clamp_min(1.0),
+            cfg.beta,
+        ),
+    }
+}
+
+/// TRL's logged metrics, as sums over pairs (the engine divides by the pair count): implicit rewards
+/// β·(log π − log π_ref), how often chosen out-scores rejected, the margin, and the policy log-probs.
+pub fn reward_metrics(beta: f64, policy: &[f32], reference: &[f32], pairs: usize) -> Metrics {
+    let mut m = Metrics::new();
+    for i in 0..pairs {
+        let (pc, pr) = (policy[i] as f64, policy[pairs + i] as f64);
+        let rc = beta * (pc - reference[i] as f64);
+        let rr = beta * (pr - reference[pairs + i] as f64);
+        *m.entry("rewards/chosen".into()).or_default() += rc;
+        *m.entry("rewards/rejected".into()).or_default() += rr;
+        *m.entry("rewards/accuracies".into()).or_default() += f64::from(u8::from(rc > rr));
+        *m.entry("rewards/margins".into()).or_default() += rc - rr;
+        *m.entry("logps/chosen".into()).or_default() += pc;
+        *m.entry("logps/rejected".into()).or_default() += pr;
+    }
+    m
+}
+
+/// Chosen rows first, then rejected rows, of `pairs.len()` pairs.
+pub struct DpoBatch {
+    seqs: Batch,
+    pairs: usize,
+    /// Precomputed reference log-probs in row order, when `precompute_ref_log_probs` is on.
+    reference: Option<Vec<f32>>,
+}
+
+pub struct Dpo {
+    pub cfg: DpoConfig,
+    pub train: Vec<TokenizedPair>,
+    pub eval: Vec<TokenizedPair>,
+    pub pad_id: u32,
+    pub eval_batch_size: usize,
+    ref_train: Option<Vec<[f32; 2]>>,
+    ref_eval: Option<Vec<[f32; 2]>>,
+}
+
+/// `prompt + completion` as one sequence whose labels are the completion's masked tokens.
+fn sequence(prompt: &[u32], c: &burnish_data::Completion) -> Packed {
+    let mut input_ids = prompt.to_vec();
+    input_ids.extend(&c.ids);
+    let mut labels = vec![IGNORE_INDEX; prompt.len()];
+    labels.extend(
+        c.ids
+            .iter()
+            .zip(&c.mask)
+            .map(|(&t, &m)| if m { t as i64 } else { IGNORE_INDEX }),
+    );
+    Packed::single(&TokenizedExample {
+        input_ids,
+        labels,
+        truncated: false,
+        category: None,
+    })
+}
+
+fn make_batch(pairs: &[&TokenizedPair], refs: Option<Vec<[f32; 2]>>, pad_id: u32) -> DpoBatch {
+    let mut rows: Vec<Packed> = pairs
+        .iter()
+        .map(|p| sequence(&p.prompt_ids, &p.chosen))
+        .collect();
+    rows.extend(pairs.iter().map(|p| sequence(&p.prompt_ids, &p.rejected)));
+    DpoBatch {
+        seqs: Batch::new(&rows, pad_id),
+        pairs: pairs.len(),
+        reference: refs.map(|r| {
+            let (c, rj): (Vec<f32>, Vec<f32>) = r.iter().map(|x| (x[0], x[1])).unzip();
+            c.into_iter().chain(rj).collect()
+        }),
+    }
+}
+
+fn values<B: Backend>(t: &Tensor<B, 1>) -> Vec<f32> {
+    t.clone()
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default()
+}
+
+/// The loss sum and metric sums of one batch on any backend; `reference` is `[2·pairs]` in row order.
+fn pair_loss<B: Backend>(
+    cfg: &DpoConfig,
+    policy: Tensor<B, 1>,
+    reference: Tensor<B, 1>,
+    counts: &[usize],
+    pairs: usize,
+) -> (Tensor<B, 1>, Metrics) {
+    let device = policy.device();
+    let metrics = reward_metrics(cfg.beta, &values(&policy), &values(&reference), pairs);
+    let len = |r: std::ops::Range<usize>| {
+        let v: Vec<f32> = counts[r].iter().map(|&c| c as f32).collect();
+        Tensor::<B, 1>::from_data(TensorData::new(v, [pairs]), &device)
+    };
+    let p = PairLogps {
+        chosen: policy.clone().slice(0..pairs),
+        rejected: policy.slice(pairs..2 * pairs),
+        ref_chosen: reference.clone().slice(0..pairs),
+        ref_rejected: reference.slice(pairs..2 * pairs),
+        chosen_len: len(0..pairs),
+        rejected_len: len(pairs..2 * pairs),
+    };
+    (dpo_loss(cfg, p).sum(), metrics)
+}
+
+impl Dpo {
+    pub fn new(
+        cfg: DpoConfig,
+        train: Vec<TokenizedPair>,
+        eval: Vec<TokenizedPair>,
+        pad_id: u32,
+        eval_batch_size: usize,
+    ) -> Self {
+        Self {
+            cfg,
+            train,
+            eval,
+            pad_id,
+            eval_batch_size: eval_batch_size.max(1),
+            ref_train: None,
+            ref_eval: None,
+        }
+    }
+
+    /// Reference log-probs for every pair, from `cache` when its key matches (same data, same model),
+    /// else computed with the adapters off and written there.
+    pub fn precompute_reference<B: Backend>(
+        &mut self,
+        model: &Llama<B>,
+        cache: &Path,
+        model_id: &str,
+    ) -> Result<()> {
+        let key = format!("{:016x}", fingerprint(model_id, &self.train, &self.eval));
+        if let Ok(text) = std::fs::read_to_string(cache) {
+            if let Ok(c) = serde_json::from_str::<RefCache>(&text) {
+                if c.key == key
+                    && c.train.len() == self.train.len()
+                    && c.eval.len() == self.eval.len()
+                {
+                    eprintln!("dpo: reference log-probs from {}", cache.display());
+                    self.ref_train = Some(c.train);
+                    self.ref_eval = Some(c.eval);
+                    return Ok(());
+                }
+            }
+        }
+        let started = std::time::Instant::now();
+        let train = self.reference_of(model, &self.train);
+        let eval = self.reference_of(model, &self.eval);
+        eprintln!(
+            "dpo: reference log-probs of {} pairs in {:.1}s → {}",
+            train.len() + eval.len(),
+            started.elapsed().as_secs_f64(),
+            cache.display()
+        );
+        let c = RefCache { key, train, eval };
+        burnish_core::io::write_atomic(
+            cache,
+            serde_json::to_string(&c)
+                .map_err(|e| Error::Other(e.to_string()))?
+                .as_bytes(),
+        )?;
+        self.ref_train = Some(c.train);
+        self.ref_eval = Some(c.eval);
+        Ok(())
+    }
+
+    fn reference_of<B: Backend>(&self, model: &Llama<B>, pairs: &[TokenizedPair]) -> Vec<[f32; 2]> {
+        let mut out = Vec::with_capacity(pairs.len());
+        let all: Vec<&TokenizedPair> = pairs.iter().collect();
+        for chunk in all.chunks(self.eval_batch_size) {
+            let b = make_batch(chunk, None, self.pad_id);
+            let v = values(&sequence_logps(model, &b.seqs, false).0);
+            out.extend((0..b.pairs).map(|i| [v[i], v[b.pairs + i]]));
+        }
+        out
+    }
+
+    fn refs(cache: &Option<Vec<[f32; 2]>>, idx: &[usize]) -> Option<Vec<[f32; 2]>> {
+        cache.as_ref().map(|c| idx.iter().map(|&i| c[i]).collect())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct RefCache {
+    key: String,
+    train: Vec<[f32; 2]>,
+    eval: Vec<[f32; 2]>,
+}
+
+/// FNV-1a over the model's identity and every token of the data: a cache hit means the same numbers.
+fn fingerprint(model_id: &str, train: &[TokenizedPair], eval: &[TokenizedPair]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(model_id.as_bytes());
+    for p in train.iter().chain(eval) {
+        for part in [&p.prompt_ids, &p.chosen.ids, &p.rejected.ids] {
+            eat(&(part.len() as u32).to_le_bytes());
+            for t in part.iter() {
+                eat(&t.to_le_bytes());
+            }
+        }
+        for m in [&p.chosen.mask, &p.rejected.mask] {
+            eat(&m.iter().map(|&b| b as u8).collect::<Vec<u8>>());
+        }
+    }
+    eat(&(train.len() as u64).to_le_bytes());
+    h
+}
+
+impl<B: AutodiffBackend> Method<B> for Dpo {
+    type Batch = DpoBatch;
+
+    fn train_len(&self) -> usize {
+        self.train.len()
+    }
+
+    fn batch(&self, rows: &[usize]) -> DpoBatch {
+        let pairs: Vec<&TokenizedPair> = rows.iter().map(|&i| &self.train[i]).collect();
+        make_batch(&pairs, Self::refs(&self.ref_train, rows), self.pad_id)
+    }
+
+    fn units(&self, batch: &DpoBatch) -> f64 {
+        batch.pairs as f64
+    }
+
+    fn tokens(&self, batch: &DpoBatch) -> usize {
+        batch.seqs.segment_ids.iter().filter(|&&s| s != 0).count()
+    }
+
+    fn loss(&self, model: &Llama<B>, batch: &DpoBatch) -> (Tensor<B, 1>, Metrics) {
+        let device = model.model.embed_tokens.device();
+        let (policy, counts) = sequence_logps(model, &batch.seqs, true);
+        let reference = match &batch.reference {
+            Some(r) => Tensor::from_data(TensorData::new(r.clone(), [r.len()]), &device),
+            // The base model's forward carries no graph: it runs on the inner backend.
+            None => Tensor::from_inner(sequence_logps(&model.valid(), &batch.seqs, false).0),
+        };
+        pair_loss(&self.cfg, policy, reference, &counts, batch.pairs)
+    }
+
+    fn evaluate(&self, model: &Llama<B::InnerBackend>) -> Metrics {
+        if self.eval.is_empty() {
+            return Metrics::new();
+        }
+        let mut sums = Metrics::new();
+        let mut loss = 0.0;
+        let idx: Vec<usize> = (0..self.eval.len()).collect();
+        for chunk in idx.chunks(self.eval_batch_size) {
+            let pairs: Vec<&TokenizedPair> = chunk.iter().map(|&i| &self.eval[i]).collect();
+            let b = make_batch(&pairs, Self::refs(&self.ref_eval, chunk), self.pad_id);
+            let (policy, counts) = sequence_logps(model, &b.seqs, true);
+            let reference = match &b.reference {
+                Some(r) => {
+                    Tensor::from_data(TensorData::new(r.clone(), [r.len()]), &policy.device())
+                }
+                None => sequence_logps(model, &b.seqs, false).0,
+            };
+            let (l, m) = pair_loss(&self.cfg, policy, reference, &counts, b.pairs);
+            loss += values(&l)[0] as f64;
+            for (k, v) in m {
+                *sums.entry(k).or_default() += v;
+            }
+        }
+        let n = self.eval.len() as f64;
+        let mut out: Metrics = sums
+            .into_iter()
+            .map(|(k, v)| (format!("eval_{k}"), v / n))
+            .collect();
+        out.insert("eval_loss".into(), loss / n);
+        out
+    }
+}

@@ -1,0 +1,104 @@
+//! Log-probabilities of labelled tokens, shared by SFT (token NLL), DPO (sequence log-probs) and RLHF.
+//! The LM head is applied only at labelled positions: it is the largest matmul of a small model.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use burnish_core::burn;
+use burnish_core::Llama;
+use burnish_data::Batch;
+
+use crate::loss::shifted_targets;
+
+/// Logits `[n, vocab]` at the positions whose next token is labelled, the `n` targets, and the batch row
+/// each comes from. `adapters = false` runs the base model (the reference of DPO and PPO).
+pub fn labelled_logits<B: Backend>(
+    model: &Llama<B>,
+    batch: &Batch,
+    adapters: bool,
+) -> Option<(Tensor<B, 2>, Vec<i64>, Vec<usize>)> {
+    let device = model.model.embed_tokens.device();
+    let (rows, targets) = shifted_targets(&batch.labels, batch.rows, batch.len);
+    if rows.is_empty() {
+        return None;
+    }
+    let t = batch.tensors::<B>(&device);
+    let mut ctx = model.context(t.positions, Some(t.mask));
+    if !adapters {
+        ctx = ctx.without_adapters();
+    }
+    let hidden = model.forward_hidden(t.input_ids, &ctx, None, None);
+    let [b, s, h] = hidden.dims();
+    let owner = rows.iter().map(|&r| r as usize / batch.len).collect();
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.clone(), [rows.len()]), &device);
+    let picked = hidden
+        .reshape([b * s, h])
+        .select(0, idx)
+        .unsqueeze_dim::<3>(0);
+    Some((model.logits(picked).squeeze_dim::<2>(0), targets, owner))
+}
+
+/// Log-probability of each target under `logits` `[n, vocab]`: `[n]`.
+pub fn target_logps<B: Backend>(logits: Tensor<B, 2>, targets: &[i64]) -> Tensor<B, 1> {
+    let n = targets.len();
+    let idx =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), &logits.device());
+    log_softmax(logits, 1).gather(1, idx).squeeze_dim::<1>(1)
+}
+
+/// Sums `values` `[n]` into `rows` buckets by `owner` (a one-hot matmul: differentiable, and tiny next to
+/// the LM head).
+pub fn sum_by_row<B: Backend>(values: Tensor<B, 1>, owner: &[usize], rows: usize) -> Tensor<B, 1> {
+    let n = owner.len();
+    let mut onehot = vec![0f32; rows * n];
+    for (j, &r) in owner.iter().enumerate() {
+        onehot[r * n + j] = 1.0;
+    }
+    let m = Tensor::<B, 2>::from_data(TensorData::new(onehot, [rows, n]), &values.device());
+    m.matmul(values.unsqueeze_dim::<2>(1)).squeeze_dim::<1>(1)
+}
+
+/// Summed log-probability of each row's labelled tokens, `[rows]`, and how many tokens each row has.
+pub fn sequence_logps<B: Backend>(
+    model: &Llama<B>,
+    batch: &Batch,
+    adapters: bool,
+) -> (Tensor<B, 1>, Vec<usize>) {
+    let mut counts = vec![0usize; batch.rows];
+    let Some((logits, targets, owner)) = labelled_logits(model, batch, adapters) else {
+        let device = model.model.embed_tokens.device();
+        return (Tensor::zeros([batch.rows], &device), counts);
+    };
+    for &r in &owner {
+        counts[r] += 1;
+    }
+    let logps = target_logps(logits, &targets);
+    (sum_by_row(logps, &owner, batch.rows), counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burnish_core::backend::Cpu;
+
+    #[test]
+    fn sums_by_owner() {
+        let v = Tensor::<Cpu, 1>::from_floats([1.0, 2.0, 3.0, 4.0], &Default::default());
+        let s = sum_by_row(v, &[0, 2, 2, 0], 3);
+        assert_eq!(s.into_data().to_vec::<f32>().unwrap(), vec![5.0, 0.0, 5.0]);
+    }
+
+    #[test]
+    fn target_logps_are_log_softmax_entries() {
+        let l = Tensor::<Cpu, 2>::from_data(
+            TensorData::new(vec![0.0f32, 3f32.ln(), 0.0, 0.0], [2, 2]),
+            &Default::default(),
+        );
+        let got = target_logps(l, &[1, 0])
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        assert!((got[0] - 0.75f32.ln()).abs() < 1e-6);
+        assert!((got[1] - 0.5f32.ln()).abs() < 1e-6);
+    }
+}

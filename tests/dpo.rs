@@ -1,0 +1,205 @@
+//! DPO end to end on a tiny model: the first step is log 2 (policy = reference), rewards/accuracies rise,
+//! precomputed reference log-probs give the same run, and the reference is exactly the base model.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burnish::core::adapter::load_adapter;
+use burnish::core::backend::Cpu;
+use burnish::data::{Batch, Packed, TokenizedExample};
+use burnish::trainers::logps::sequence_logps;
+use common::*;
+
+/// Pairs with one consistent preference: answers starting "the" over answers starting "a".
+fn pair_data(dir: &Path, n: usize) -> PathBuf {
+    let p = dir.join("pairs.jsonl");
+    let words = ["cat", "mat", "dog", "home", "on", "runs"];
+    let mut lines = String::new();
+    for i in 0..n {
+        let (a, b) = (words[i % 6], words[(i * 5 + 1) % 6]);
+        let row = serde_json::json!({
+            "prompt": format!("say {a} {b}"),
+            "chosen": format!("the {a} is {b}"),
+            "rejected": format!("a {b} and {a}"),
+        });
+        lines.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(&p, lines).unwrap();
+    p
+}
+
+fn dpo_run(dir: &Path, method: &str) -> PathBuf {
+    let model = tiny_chat_model(dir);
+    let data = pair_data(dir, 40);
+    let text = format!(
+        r#"[model]
+path = "{}"
+
+[lora]
+r = 4
+lora_alpha = 8
+target_modules = "all-linear"
+
+[data]
+max_length = 64
+eval_fraction = 0.2
+
+[[data.sources]]
+path = "{}"
+
+[method]
+name = "dpo"
+{method}
+
+[train]
+learning_rate = 1e-2
+batch_size = 4
+max_steps = 8
+seed = 3
+
+[output]
+dir = "out"
+"#,
+        model.display(),
+        data.display()
+    );
+    let p = dir.join("run.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn train(run: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_burnish"))
+        .arg("train")
+        .arg(run)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "train failed: {err}");
+    err
+}
+
+fn column(rows: &[serde_json::Value], k: &str) -> Vec<f64> {
+    rows.iter()
+        .map(|r| r[k].as_f64().unwrap_or_else(|| panic!("no {k} in {r}")))
+        .collect()
+}
+
+#[test]
+fn dpo_learns_the_preference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = dpo_run(tmp.path(), "beta = 0.1");
+    train(&run);
+    let out = tmp.path().join("out");
+    let rows = metrics(&out);
+    assert_eq!(rows.len(), 8);
+    let loss = column(&rows, "loss");
+    // Fresh adapters (B = 0): the policy is the reference, so every pair scores log 2 and no reward wins.
+    assert!((loss[0] - 2f64.ln()).abs() < 1e-4, "{loss:?}");
+    let acc = column(&rows, "rewards/accuracies");
+    assert_eq!(acc[0], 0.0);
+    assert!(acc[6..].iter().sum::<f64>() / 2.0 > 0.7, "{acc:?}");
+    assert!(
+        loss[6..].iter().sum::<f64>() / 2.0 < loss[0] * 0.8,
+        "{loss:?}"
+    );
+    let margins = column(&rows, "rewards/margins");
+    assert!(margins[7] > 0.0, "{margins:?}");
+    for k in [
+        "rewards/chosen",
+        "rewards/rejected",
+        "logps/chosen",
+        "logps/rejected",
+    ] {
+        column(&rows, k);
+    }
+    let run_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let eval = &run_json["eval_metrics"];
+    assert!(
+        eval["eval_rewards/accuracies"].as_f64().unwrap() > 0.5,
+        "{eval}"
+    );
+    assert!(eval["eval_loss"].as_f64().unwrap() < 2f64.ln(), "{eval}");
+    assert!(out.join("adapter/adapter_model.safetensors").exists());
+}
+
+#[test]
+fn precomputed_reference_gives_the_same_run_and_is_cached() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    train(&dpo_run(&a, "loss_type = \"ipo\""));
+    let run_b = dpo_run(&b, "loss_type = \"ipo\"\nprecompute_ref_log_probs = true");
+    let log = train(&run_b);
+    assert!(log.contains("reference log-probs of 40 pairs"), "{log}");
+    let (la, lb) = (
+        column(&metrics(&a.join("out")), "loss"),
+        column(&metrics(&b.join("out")), "loss"),
+    );
+    for (x, y) in la.iter().zip(&lb) {
+        assert!((x - y).abs() < 1e-3 * x.abs().max(1.0), "{la:?} vs {lb:?}");
+    }
+    assert!(b.join("out/ref_logps.json").exists());
+    // A second run over the same data and model reads the cache instead of recomputing.
+    std::fs::remove_dir_all(b.join("out/checkpoint-8")).ok();
+    let log = train(&run_b);
+    assert!(log.contains("reference log-probs from"), "{log}");
+}
+
+#[test]
+fn reference_is_the_base_model() {
+    let dir = core_fixture("tiny-llama");
+    let cfg = burnish::core::ModelConfig::from_file(dir.join("config.json")).unwrap();
+    let base = burnish::core::weights::load_llama::<Cpu, _>(
+        &cfg,
+        &burnish::core::weights::SafetensorsDir::open(&dir).unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    let mut tuned = base.clone();
+    load_adapter(
+        &mut tuned,
+        &core_fixture("lora/all-linear"),
+        &Default::default(),
+    )
+    .unwrap();
+    let rows: Vec<Packed> = [
+        vec![1u32, 5, 9, 17, 33, 2],
+        vec![1, 40, 41, 42, 2, 7, 8, 99, 100],
+    ]
+    .into_iter()
+    .map(|ids| {
+        let labels = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| if i >= 3 { t as i64 } else { -100 })
+            .collect();
+        Packed::single(&TokenizedExample {
+            input_ids: ids,
+            labels,
+            truncated: false,
+            category: None,
+        })
+    })
+    .collect();
+    let batch = Batch::new(&rows, 0);
+    let v = |t: burnish::core::burn::tensor::Tensor<Cpu, 1>| t.into_data().to_vec::<f32>().unwrap();
+    let (want, counts) = sequence_logps(&base, &batch, true);
+    let (reference, _) = sequence_logps(&tuned, &batch, false);
+    let (policy, _) = sequence_logps(&tuned, &batch, true);
+    assert_eq!(counts, vec![3, 6]);
+    let (want, reference, policy) = (v(want), v(reference), v(policy));
+    assert_eq!(
+        want, reference,
+        "adapters off must be the base model bit for bit"
+    );
+    assert!(
+        want.iter().zip(&policy).all(|(a, b)| (a - b).abs() > 1e-4),
+        "{want:?} {policy:?}"
+    );
+}
