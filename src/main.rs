@@ -27,6 +27,8 @@ enum Cmd {
     Export(cli::export::ExportArgs),
     /// Train from a run file (SFT, ...): burnish train CONFIG [--set key=value] [--resume [DIR]].
     Train(cli::train::TrainArgs),
+    /// Safety evaluation: violation and false refusal rates by hazard category, KL to a base model.
+    Eval(cli::eval::EvalArgs),
     /// Data sets: preview rendered examples and loss masks, build JSON Lines, evaluate refusal detection.
     Data(cli::data::DataArgs),
 }
@@ -46,6 +48,7 @@ fn main() {
         Cmd::Export(a) => cli::export::export(a),
         Cmd::Train(a) => cli::train::train(a),
         Cmd::Data(a) => cli::data::run(a),
+        Cmd::Eval(a) => cli::eval::eval(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -169,6 +169,22 @@ impl<B: Backend> Pretrained<B> {
         })
     }
 
+    /// A model with weights from elsewhere (e.g. just trained) and the tokenizer, template and config of
+    /// the checkpoint at `path`.
+    pub fn from_parts(
+        path: impl AsRef<Path>,
+        bundle: TokenizerBundle,
+        model: Llama<B>,
+    ) -> Result<Self> {
+        Ok(Self {
+            path: ModelPath::detect(path)?,
+            config: bundle.config,
+            model,
+            tokenizer: bundle.tokenizer,
+            template: bundle.template,
+        })
+    }
+
     /// Replaces (or supplies) the chat template.
     pub fn set_template(&mut self, source: &str) -> Result<()> {
         self.template = Some(template_for(source, &self.tokenizer)?);

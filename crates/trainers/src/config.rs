@@ -2,6 +2,7 @@
 //! closest valid one); every field has a documented default (docs/config.md, checked by a test).
 //! `--set section.key=value` overrides edit the document before it is parsed, so errors keep their lines.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burnish_core::backend::BackendKind;
@@ -10,6 +11,7 @@ use burnish_data::DataConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::dpo::DpoConfig;
+use crate::eval::SetSpec;
 use crate::optim::{AdamWConfig, Schedule};
 use crate::{Error, Result};
 
@@ -131,13 +133,45 @@ impl Default for TrainConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EvalConfig {
     /// Evaluate on the eval split every N optimizer steps (default 0: only at the end, if there is one).
     pub steps: usize,
     /// Micro-batch size for evaluation (default: `train.batch_size`).
     pub batch_size: Option<usize>,
+    /// `[[eval.sets]]`: prompt sets (`path`, `kind` = harmful | benign | harmless, optional `name`,
+    /// `prompt`, `category` columns) for the safety evaluation that runs after training (in
+    /// `<output.dir>/eval`) and in `burnish eval --config` (default: none).
+    pub sets: Vec<SetSpec>,
+    /// Prompts per set at most (default: all).
+    pub limit: Option<usize>,
+    /// New tokens per response, greedy (default 64).
+    pub max_new_tokens: usize,
+    /// Prompts per generation batch (default 16).
+    pub generation_batch_size: usize,
+    /// KL to the base model (adapters off) on the first harmless set (default true).
+    pub kl: bool,
+    /// A judge model (HF dir or GGUF) that decides refusals instead of phrase matching (default: none).
+    pub judge: Option<PathBuf>,
+    /// Dataset category → Llama 3 hazard category, overriding the built-in table (docs/eval.md).
+    pub hazards: BTreeMap<String, String>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            steps: 0,
+            batch_size: None,
+            sets: Vec::new(),
+            limit: None,
+            max_new_tokens: 64,
+            generation_batch_size: 16,
+            kl: true,
+            judge: None,
+            hazards: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -240,6 +274,8 @@ impl Run {
         if !model.exists() {
             return bad(format!("`model.path`: {} does not exist", model.display()));
         }
+        crate::eval::HazardMap::new(&c.eval.hazards)
+            .map_err(|m| Error::Config(self.path.clone(), format!("[eval.hazards]: {m}")))?;
         if let MethodConfig::Dpo(d) = &c.method {
             d.validate().or_else(bad)?;
         }

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dpo;
 pub mod engine;
+pub mod eval;
 pub mod logps;
 pub mod loss;
 pub mod method;

@@ -104,3 +104,76 @@ fn draw(path: &Path, loss: &[(f64, f64)], eval: &[(f64, f64)], lr: &[(f64, f64)]
     root.present()?;
     Ok(())
 }
+
+/// Horizontal bars of refusal rate per category, grouped by set (one colour per set).
+pub fn refusal_bars(path: &Path, groups: &[(String, Vec<(String, f64)>)]) -> Result<()> {
+    let bars: Vec<(usize, String, f64)> = groups
+        .iter()
+        .enumerate()
+        .flat_map(|(g, (set, cats))| {
+            cats.iter()
+                .map(move |(c, v)| (g, format!("{set}: {c}"), *v))
+        })
+        .collect();
+    if bars.is_empty() {
+        return Ok(());
+    }
+    let tmp = path.with_extension("tmp.png");
+    draw_bars(&tmp, &bars)
+        .map_err(|e| Error::Other(format!("{}: plotting failed: {e}", path.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::Io(path.to_path_buf(), e))
+}
+
+fn draw_bars(path: &Path, bars: &[(usize, String, f64)]) -> DrawResult {
+    let labels = font_available();
+    let height = (70 + 24 * bars.len()) as u32;
+    let root = BitMapBackend::new(path, (1000, height.max(200))).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut b = ChartBuilder::on(&root);
+    b.margin(12);
+    if labels {
+        b.caption("refusal rate by category", ("sans-serif", 20))
+            .x_label_area_size(30);
+    }
+    // Category names sit left of x = 0 inside the plot, so long names need no label area.
+    let left = -0.75;
+    let n = bars.len();
+    let mut chart = b.build_cartesian_2d(left..1.08f64, 0.0..n as f64)?;
+    if labels {
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .disable_y_axis()
+            .x_label_formatter(&|x| {
+                if *x < 0.0 {
+                    String::new()
+                } else {
+                    format!("{:.0}%", x * 100.0)
+                }
+            })
+            .x_desc("refusal rate")
+            .draw()?;
+    }
+    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    chart.draw_series(bars.iter().enumerate().map(|(i, (g, _, v))| {
+        let y = (n - 1 - i) as f64;
+        Rectangle::new(
+            [(0.0, y + 0.15), (*v, y + 0.85)],
+            colors[g % colors.len()].filled(),
+        )
+    }))?;
+    if labels {
+        let font = ("sans-serif", 13).into_font();
+        chart.draw_series(bars.iter().enumerate().map(|(i, (_, name, _))| {
+            let y = (n - 1 - i) as f64 + 0.75;
+            let short: String = name.chars().take(60).collect();
+            Text::new(short, (left + 0.01, y), font.clone())
+        }))?;
+        chart.draw_series(bars.iter().enumerate().map(|(i, (_, _, v))| {
+            let y = (n - 1 - i) as f64 + 0.75;
+            Text::new(format!("{:.0}%", v * 100.0), (v + 0.01, y), font.clone())
+        }))?;
+    }
+    root.present()?;
+    Ok(())
+}

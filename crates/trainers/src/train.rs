@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::config::{MethodConfig, Run, SaveKind};
 use crate::dpo::Dpo;
 use crate::engine::{train as run_engine, EngineConfig, Outcome, Summary};
+use crate::eval::{evaluate_config, summary as eval_summary};
 use crate::sft::Sft;
 use crate::{Error, Result};
 
@@ -138,6 +139,26 @@ fn train_on<B: AutodiffBackend>(
     };
     if summary.outcome == Outcome::Finished {
         write_outputs(run, &out_dir, &model.valid(), &model_path, &bundle)?;
+        if !c.eval.sets.is_empty() {
+            // Safety evaluation of the trained model; KL against the same weights with adapters off.
+            let trained = model.valid();
+            let mut base = trained.clone();
+            base.drop_adapters(false);
+            let pre =
+                Pretrained::from_parts(&model_path, TokenizerBundle::load(&model_path)?, trained)?;
+            let meta = json!({"model": model_path, "run": run.path, "base": "the model before training (adapters off)"});
+            let report = evaluate_config(
+                &pre,
+                Some(&base),
+                &c.eval,
+                &run.base_dir,
+                &c.data.refusal,
+                &out_dir.join("eval"),
+                meta,
+                device,
+            )?;
+            eprint!("{}", eval_summary(&report));
+        }
     }
     crate::plot::loss_and_lr(&out_dir.join("loss.png"), &summary.history)?;
     write_run_json(run, &out_dir, &summary, started.elapsed().as_secs_f64())?;
