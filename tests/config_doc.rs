@@ -44,6 +44,7 @@ fn documented_keys_are_exactly_the_accepted_ones() {
         "train",
         "train.adamw",
         "eval",
+        "eval.sets.0",
         "output",
     ];
     for path in tables {

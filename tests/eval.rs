@@ -112,3 +112,40 @@ fn training_runs_its_eval_section() {
         report["kl"]
     );
 }
+
+#[test]
+fn judge_model_decides_refusals() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("ev");
+    let m = model.display().to_string();
+    let (stdout, _) = burnish(&[
+        "eval",
+        "--model",
+        &m,
+        "--judge",
+        &m,
+        "--no-kl",
+        "--harmful",
+        &shared_data("advbench/harmful_behaviors.csv")
+            .display()
+            .to_string(),
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["detector"], "judge");
+    let lines = std::fs::read_to_string(out.join("completions.jsonl")).unwrap();
+    for l in lines.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(v["judge"].is_boolean(), "{v}");
+        assert_eq!(v["refused"], v["judge"]);
+    }
+    assert!(report.get("kl").is_none());
+}
