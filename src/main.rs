@@ -27,6 +27,8 @@ enum Cmd {
     Export(cli::export::ExportArgs),
     /// Train from a run file (SFT, ...): burnish train CONFIG [--set key=value] [--resume [DIR]].
     Train(cli::train::TrainArgs),
+    /// Refusal-direction ablation (uncensor) or steering (safety) from a run file: burnish ablate CONFIG.
+    Ablate(cli::ablate::AblateArgs),
     /// Safety evaluation: violation and false refusal rates by hazard category, KL to a base model.
     Eval(cli::eval::EvalArgs),
     /// Data sets: preview rendered examples and loss masks, build JSON Lines, evaluate refusal detection.
@@ -49,6 +51,7 @@ fn main() {
         Cmd::Train(a) => cli::train::train(a),
         Cmd::Data(a) => cli::data::run(a),
         Cmd::Eval(a) => cli::eval::eval(a),
+        Cmd::Ablate(a) => cli::ablate::ablate(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -21,6 +21,12 @@ pub struct TrainArgs {
 
 pub fn train(a: TrainArgs) -> Result<()> {
     let run = Run::load(&a.config, &a.set)?;
+    if let burnish_trainers::config::MethodConfig::Ablate(cfg) = &run.config.method {
+        let s = burnish_trainers::ablate::run(&run, cfg)?;
+        eprint!("{}", burnish_trainers::eval::summary(&s.report["after"]));
+        eprintln!("finished in {:.0} s", s.seconds);
+        return Ok(());
+    }
     let summary = burnish_trainers::train::train(&run, a.resume)?;
     let out = run.resolve(&run.config.output.dir);
     match summary.outcome {

@@ -23,3 +23,4 @@ pub use template::{ChatTemplate, Message};
 pub use tokenizer::Tokenizer;
 
 pub use burn;
+pub use safetensors;

@@ -10,6 +10,7 @@ use burnish_core::LoraConfig;
 use burnish_data::DataConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::ablate::AblateConfig;
 use crate::dpo::DpoConfig;
 use crate::eval::SetSpec;
 use crate::optim::{AdamWConfig, Schedule};
@@ -57,6 +58,7 @@ fn f32_name() -> String {
 pub enum MethodConfig {
     Sft(SftConfig),
     Dpo(DpoConfig),
+    Ablate(AblateConfig),
 }
 
 impl Default for MethodConfig {
@@ -70,6 +72,7 @@ impl MethodConfig {
         match self {
             MethodConfig::Sft(_) => "sft",
             MethodConfig::Dpo(_) => "dpo",
+            MethodConfig::Ablate(_) => "ablate",
         }
     }
 }
@@ -276,8 +279,10 @@ impl Run {
         }
         crate::eval::HazardMap::new(&c.eval.hazards)
             .map_err(|m| Error::Config(self.path.clone(), format!("[eval.hazards]: {m}")))?;
-        if let MethodConfig::Dpo(d) = &c.method {
-            d.validate().or_else(bad)?;
+        match &c.method {
+            MethodConfig::Dpo(d) => d.validate().or_else(bad)?,
+            MethodConfig::Ablate(a) => a.validate().or_else(bad)?,
+            MethodConfig::Sft(_) => {}
         }
         c.data.validate(&self.path)?;
         Ok(())

@@ -1,6 +1,7 @@
 //! burnish-trainers: the training engine and the methods that run on it (SFT; DPO, RLHF, ablation and
 //! evaluation build on the same pieces).
 
+pub mod ablate;
 pub mod checkpoint;
 pub mod config;
 pub mod dpo;

@@ -177,3 +177,58 @@ fn draw_bars(path: &Path, bars: &[(usize, String, f64)]) -> DrawResult {
     root.present()?;
     Ok(())
 }
+
+/// Trials as points (x, y), the Pareto front joined by a line, the chosen trial ringed.
+pub fn pareto(
+    path: &Path,
+    points: &[(f64, f64)],
+    front: &[usize],
+    chosen: usize,
+    axes: (&str, &str),
+) -> Result<()> {
+    if points.is_empty() {
+        return Ok(());
+    }
+    let tmp = path.with_extension("tmp.png");
+    draw_pareto(&tmp, points, front, chosen, axes)
+        .map_err(|e| Error::Other(format!("{}: plotting failed: {e}", path.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::Io(path.to_path_buf(), e))
+}
+
+fn draw_pareto(
+    path: &Path,
+    points: &[(f64, f64)],
+    front: &[usize],
+    chosen: usize,
+    axes: (&str, &str),
+) -> DrawResult {
+    let labels = font_available();
+    let root = BitMapBackend::new(path, (800, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let xmax = points.iter().map(|p| p.0).fold(1e-3, f64::max) * 1.1;
+    let ymax = points.iter().map(|p| p.1).fold(1e-3, f64::max) * 1.1;
+    let mut b = ChartBuilder::on(&root);
+    b.margin(15);
+    if labels {
+        b.caption("trials and Pareto front", ("sans-serif", 20))
+            .x_label_area_size(40)
+            .y_label_area_size(60);
+    }
+    let mut chart = b.build_cartesian_2d(0.0..xmax, 0.0..ymax)?;
+    if labels {
+        chart
+            .configure_mesh()
+            .x_desc(axes.0)
+            .y_desc(axes.1)
+            .draw()?;
+    }
+    chart.draw_series(points.iter().map(|p| Circle::new(*p, 4, BLUE.filled())))?;
+    let mut f: Vec<(f64, f64)> = front.iter().map(|&i| points[i]).collect();
+    f.sort_by(|a, b| a.0.total_cmp(&b.0));
+    chart.draw_series(LineSeries::new(f, RED.stroke_width(2)))?;
+    if let Some(p) = points.get(chosen) {
+        chart.draw_series(std::iter::once(Circle::new(*p, 9, GREEN.stroke_width(3))))?;
+    }
+    root.present()?;
+    Ok(())
+}

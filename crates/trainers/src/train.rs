@@ -25,6 +25,12 @@ use crate::{Error, Result};
 
 /// Trains per the run file; `resume` is a checkpoint dir, or `Some(None)` for the latest in the output dir.
 pub fn train(run: &Run, resume: Option<Option<PathBuf>>) -> Result<Summary> {
+    if let MethodConfig::Ablate(_) = run.config.method {
+        return Err(Error::Config(
+            run.path.clone(),
+            "method `ablate` edits weights without training: run it with `burnish ablate`".into(),
+        ));
+    }
     match run.config.model.backend {
         BackendKind::Cpu => train_on::<Autodiff<Cpu>>(run, resume, &Default::default()),
         #[cfg(feature = "wgpu")]
@@ -213,6 +219,7 @@ fn encode(run: &Run, encoder: &ChatEncoder, train: &Examples, eval: &Examples) -
                     MethodConfig::Sft(_) => "SFT examples (prompt/completion or messages)",
                     MethodConfig::Dpo(_) =>
                         "preference pairs (chosen/rejected, or answer = \"refusal_pair\")",
+                    MethodConfig::Ablate(_) => "prompts, and runs with `burnish ablate`",
                 },
                 t.kind().name()
             ),

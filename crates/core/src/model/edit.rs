@@ -99,6 +99,42 @@ impl<B: Backend> Llama<B> {
         Ok(())
     }
 
+    /// Adds `v` `[hidden]` to the residual stream entering layer `layer` (>= 1), at every position: as
+    /// the bias of layer `layer - 1`'s `down_proj`, so generation and export need nothing special.
+    /// Every MLP linear gets a (zero) bias, so the model stays a valid `mlp_bias = true` checkpoint.
+    pub fn add_residual_bias(&mut self, layer: usize, v: Tensor<B, 1>) -> Result<()> {
+        if layer == 0 || layer >= self.num_layers() {
+            return Err(Error::Unsupported(format!(
+                "a residual bias can enter layers 1..{} (through the previous layer's down_proj), not {layer}",
+                self.num_layers()
+            )));
+        }
+        let device = v.device();
+        for i in 0..self.num_layers() {
+            for short in ["gate_proj", "up_proj", "down_proj"] {
+                let lin = self.linear_mut(i, short).expect("known target");
+                if lin.bias.is_none() {
+                    lin.bias = Some(super::linear::frozen(Tensor::zeros(
+                        [lin.out_features()],
+                        &device,
+                    )));
+                }
+            }
+        }
+        let lin = self
+            .linear_mut(layer - 1, "down_proj")
+            .expect("known target");
+        let b = lin.bias.as_ref().expect("just set").val();
+        lin.bias = Some(super::linear::frozen(b + v));
+        Ok(())
+    }
+
+    /// Whether the MLP linears carry biases (`mlp_bias` of the exported config).
+    pub fn has_mlp_bias(&self) -> bool {
+        self.linear(0, "down_proj")
+            .is_some_and(|l| l.bias.is_some())
+    }
+
     /// Every base tensor with its HF name and shape, flattened (for export).
     pub fn named_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<B, 1>)> {
         let mut out = Vec::new();

@@ -1,0 +1,770 @@
+//! Refusal-direction ablation ("abliteration", Arditi et al. 2024; heretic's kernel and search) and its
+//! inverse, activation addition (steering a model to refuse). `method.name = "ablate"`, run by
+//! `burnish ablate CONFIG` or `burnish train CONFIG`:
+//!
+//! 1. mean residual streams on the `[data]` sources' harmful and harmless prompts (train split) at the
+//!    post-instruction positions → candidate directions per (layer, position);
+//! 2. selection on the validation prompts (the first harmful and harmless `[[eval.sets]]`);
+//! 3. a seeded search over the direction's layer and the per-layer kernel (or, steering, layer and
+//!    scale), every trial measured by generation + refusal detector and first-token KL;
+//! 4. the chosen edit applied to the weights, evaluated on the full `[eval]` sets, and exported.
+
+pub mod directions;
+pub mod search;
+pub mod weights;
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::tensor::{Tensor, TensorData};
+use burnish_core::adapter::load_adapter;
+use burnish_core::backend::Cpu;
+use burnish_core::burn;
+use burnish_core::export::{export_gguf, export_hf, Dtype, ExportSource, GgufQuant};
+use burnish_core::weights::gguf::GgufFile;
+use burnish_core::{Llama, Message, ModelPath, Pretrained};
+use burnish_data::{build, Examples, RefusalDetector};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::config::{Run, SaveKind};
+use crate::eval::{evaluate_config, load_sets, SetKind};
+use crate::{Error, Result};
+use directions::{candidates, last_logprobs, mean_activations, mean_kl, refusal_scores, unit};
+use search::{pareto_front, Range, Search, Trial};
+use weights::{ablate, steer, Kernel};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Remove the refusal direction (uncensor).
+    #[default]
+    Ablate,
+    /// Add it at one layer (safety): activation addition, baked in as an MLP bias.
+    Steer,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Positions {
+    /// The last prompt token (the first generated position), as heretic.
+    #[default]
+    Last,
+    /// Every chat-template token after the user message (`<|im_end|>\n<|im_start|>assistant\n`), as Arditi.
+    PostInstruction,
+}
+
+/// `[method]` with `name = "ablate"`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AblateConfig {
+    /// `ablate` (default) or `steer`.
+    pub mode: Mode,
+    /// Where activations are read: `last` (default) or `post_instruction`.
+    pub positions: Positions,
+    /// Remove the harmless mean's component from each direction (default false).
+    pub projected: bool,
+    /// Keep the norm of every write vector when ablating (default false).
+    pub norm_preserving: bool,
+    /// Also orthogonalise `embed_tokens`, at layer 0's strength (default true, as Arditi).
+    pub embeddings: bool,
+    /// Texts whose first token starts a refusal, for the refusal score (default "I", "Sorry", "As").
+    pub refusal_tokens: Vec<String>,
+    /// Selection drops directions whose ablation moves first-token KL above this (default 0.1).
+    pub kl_bound: f64,
+    /// Selection ignores the last layers: only layers below this share are candidates (default 0.8).
+    pub max_layer_fraction: f64,
+    /// Validation prompts per set used by selection and search (default 32).
+    pub val_prompts: usize,
+    /// Prompts per forward / generation batch (default 16).
+    pub batch_size: usize,
+    /// Search trials after selection (default 24; 0 applies the selected direction at full strength).
+    pub trials: usize,
+    /// Random trials before Pareto-local ones (default 8).
+    pub startup_trials: usize,
+    pub seed: u64,
+    /// New tokens per search generation (default 24: refusals show in the first tokens).
+    pub max_new_tokens: usize,
+    /// `ablate`: the chosen trial has the fewest refusals among those with first-token KL ≤ this
+    /// (default 0.2).
+    pub kl_target: f64,
+    /// `steer`: the chosen trial has the most harmful refusals among those refusing at most this share
+    /// of harmless prompts (default 0.1).
+    pub max_false_refusal: f64,
+    /// Evaluate the unedited model on the `[eval]` sets too, for before/after numbers (default true).
+    pub eval_before: bool,
+}
+
+impl Default for AblateConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Ablate,
+            positions: Positions::Last,
+            projected: false,
+            norm_preserving: false,
+            embeddings: true,
+            refusal_tokens: vec!["I".into(), "Sorry".into(), "As".into()],
+            kl_bound: 0.1,
+            max_layer_fraction: 0.8,
+            val_prompts: 32,
+            batch_size: 16,
+            trials: 24,
+            startup_trials: 8,
+            seed: 0,
+            max_new_tokens: 24,
+            kl_target: 0.2,
+            max_false_refusal: 0.1,
+            eval_before: true,
+        }
+    }
+}
+
+impl AblateConfig {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(0.0 < self.max_layer_fraction && self.max_layer_fraction <= 1.0) {
+            return Err("[method] max_layer_fraction must be in (0, 1]".into());
+        }
+        if self.refusal_tokens.is_empty() {
+            return Err("[method] refusal_tokens is empty".into());
+        }
+        if self.val_prompts == 0 || self.batch_size == 0 || self.max_new_tokens == 0 {
+            return Err(
+                "[method] val_prompts, batch_size and max_new_tokens must be at least 1".into(),
+            );
+        }
+        if self.startup_trials > self.trials && self.trials > 0 {
+            return Err("[method] startup_trials must not exceed trials".into());
+        }
+        Ok(())
+    }
+}
+
+/// What an ablation run produced (also in report.json).
+pub struct AblateSummary {
+    pub report: Value,
+    pub seconds: f64,
+}
+
+struct Ctx<'a> {
+    cfg: &'a AblateConfig,
+    model: &'a Pretrained<Cpu>,
+    detector: RefusalDetector,
+    pad: u32,
+    harmful_val: Vec<Vec<u32>>,
+    harmless_val: Vec<Vec<u32>>,
+    refusal_ids: Vec<u32>,
+    base_harmless_lp: Tensor<Cpu, 2>,
+}
+
+impl Ctx<'_> {
+    /// Share of `prompts` (token ids) whose greedy answer the detector flags.
+    fn refusal_rate(&self, m: &Llama<Cpu>, prompts: &[Vec<u32>]) -> Result<f64> {
+        let cfg = burnish_core::GenerationConfig {
+            max_new_tokens: self.cfg.max_new_tokens,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            eos_ids: self.model.eos_ids(),
+            stop_strings: vec![],
+            pad_id: self.pad,
+        };
+        let mut refused = 0;
+        for chunk in prompts.chunks(self.cfg.batch_size) {
+            for g in burnish_core::generate(m, chunk, &cfg, None)? {
+                let text = self.model.tokenizer.decode(&g.new_ids, true)?;
+                refused += usize::from(self.detector.is_refusal(text.trim()));
+            }
+        }
+        Ok(refused as f64 / prompts.len().max(1) as f64)
+    }
+
+    /// Mean first-token KL(unedited ‖ m) on the harmless validation prompts.
+    fn kl(&self, m: &Llama<Cpu>) -> f64 {
+        let lp = last_logprobs(m, &self.harmless_val, self.pad, self.cfg.batch_size);
+        mean_kl(self.base_harmless_lp.clone(), lp)
+    }
+
+    fn score(&self, m: &Llama<Cpu>, prompts: &[Vec<u32>]) -> f64 {
+        let lp = last_logprobs(m, prompts, self.pad, self.cfg.batch_size);
+        let s = refusal_scores(lp, &self.refusal_ids);
+        s.iter().sum::<f64>() / s.len().max(1) as f64
+    }
+}
+
+fn chat_ids(model: &Pretrained<Cpu>, messages: &[Message]) -> Result<Vec<u32>> {
+    let text = model.render_chat(messages, true)?;
+    Ok(model.tokenizer.encode(&text, false)?)
+}
+
+/// How many tokens the chat template puts after the user's message (with the generation prompt).
+fn post_instruction_len(model: &Pretrained<Cpu>) -> Result<usize> {
+    let marker = "burnish-marker";
+    let text = model.render_chat(&[Message::user(marker)], true)?;
+    let tail = text.rsplit(marker).next().unwrap_or("");
+    Ok(model.tokenizer.encode(tail, false)?.len().max(1))
+}
+
+fn tensor(v: &[f32]) -> Tensor<Cpu, 1> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), &Default::default())
+}
+
+/// The direction at a fractional layer index: linear interpolation of the neighbouring layers'.
+fn interpolated(dir_at: &dyn Fn(usize) -> Vec<f64>, index: f64, max: usize) -> Vec<f64> {
+    let i = index.clamp(0.0, (max - 1) as f64);
+    let (lo, hi) = (i.floor() as usize, (i.ceil() as usize).min(max - 1));
+    let f = i - lo as f64;
+    let (a, b) = (dir_at(lo), dir_at(hi));
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| x * (1.0 - f) + y * f)
+        .collect()
+}
+
+/// Runs an ablation (or steering) config end to end; see the module docs.
+pub fn run(run: &Run, cfg: &AblateConfig) -> Result<AblateSummary> {
+    let started = Instant::now();
+    let c = &run.config;
+    let out = run.resolve(&c.output.dir);
+    std::fs::create_dir_all(&out).map_err(|e| Error::Io(out.clone(), e))?;
+    let model_path = run.resolve(&c.model.path);
+    let device = Default::default();
+    let mut model = Pretrained::<Cpu>::load(&model_path, &device)?;
+    if let Some(a) = &c.model.merge_adapter {
+        load_adapter(&mut model.model, &run.resolve(a), &device)?;
+        model.model.drop_adapters(true);
+    }
+    let pad = model.pad_id();
+    let bad = |m: String| Error::Config(run.path.clone(), m);
+
+    // Prompts: [data] (train) for the directions, the first harmful / harmless [eval] sets for validation.
+    let data = build(&c.data, &run.base_dir, None)?;
+    let Examples::Prompts(prompts) = &data.train else {
+        return Err(bad(
+            "method `ablate` needs prompt-only [[data.sources]] (instructions), each with `harmful = true|false`".into(),
+        ));
+    };
+    let (mut harmful, mut harmless) = (Vec::new(), Vec::new());
+    for p in prompts {
+        let ids = chat_ids(&model, &p.messages)?;
+        match p.harmful {
+            Some(true) => harmful.push(ids),
+            Some(false) => harmless.push(ids),
+            None => {
+                return Err(bad(
+                    "every [[data.sources]] of an ablation needs `harmful = true|false`".into(),
+                ))
+            }
+        }
+    }
+    if harmful.is_empty() || harmless.is_empty() {
+        return Err(bad(
+            "ablation needs both harmful and harmless prompts in [data]".into(),
+        ));
+    }
+    let sets = load_sets(&c.eval.sets, &run.base_dir, Some(cfg.val_prompts))?;
+    let val = |kind: SetKind| -> Result<Vec<Vec<u32>>> {
+        let s = sets.iter().find(|s| s.kind == kind).ok_or_else(|| {
+            bad(
+                format!("ablation validates on the first {kind:?} [[eval.sets]]; there is none")
+                    .to_lowercase(),
+            )
+        })?;
+        s.prompts
+            .iter()
+            .map(|p| chat_ids(&model, &[Message::user(p.prompt.clone())]))
+            .collect()
+    };
+    let (harmful_val, harmless_val) = (val(SetKind::Harmful)?, val(SetKind::Harmless)?);
+    let npos = match cfg.positions {
+        Positions::Last => 1,
+        Positions::PostInstruction => post_instruction_len(&model)?,
+    };
+    let layers = model.model.num_layers();
+    let hidden = model.model.model.embed_tokens.dims()[1];
+    let t = Instant::now();
+    let mh = mean_activations(&model.model, &harmful, npos, pad, cfg.batch_size);
+    let ml = mean_activations(&model.model, &harmless, npos, pad, cfg.batch_size);
+    let cands = candidates(&mh, &ml, hidden, cfg.projected);
+    eprintln!(
+        "ablate: activations of {} harmful and {} harmless prompts at {npos} position(s) in {:.1}s",
+        harmful.len(),
+        harmless.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let dir =
+        |l: usize, p: usize| -> Vec<f64> { cands[(l * npos + p) * hidden..][..hidden].to_vec() };
+    let mut refusal_ids: Vec<u32> = cfg
+        .refusal_tokens
+        .iter()
+        .filter_map(|t| model.tokenizer.encode(t, false).ok()?.first().copied())
+        .collect();
+    refusal_ids.sort_unstable();
+    refusal_ids.dedup();
+    let ctx = Ctx {
+        cfg,
+        model: &model,
+        detector: RefusalDetector::new(&c.data.refusal)?,
+        pad,
+        base_harmless_lp: last_logprobs(&model.model, &harmless_val, pad, cfg.batch_size),
+        harmful_val,
+        harmless_val,
+        refusal_ids,
+    };
+
+    // Selection (Arditi et al.): one candidate per (layer, position) below the layer cut.
+    let t = Instant::now();
+    let max_layer = ((layers as f64 * cfg.max_layer_fraction).floor() as usize).clamp(2, layers);
+    let base_score = ctx.score(&model.model, &ctx.harmful_val);
+    let mut selection = Vec::new();
+    // A direction of (nearly) zero length carries no signal: e.g. at layer 0 every prompt has the same
+    // token at the last position, so the means coincide.
+    let norms: Vec<f64> = (0..max_layer * npos)
+        .map(|k| {
+            dir(k / npos, k % npos)
+                .iter()
+                .map(|x| x * x)
+                .sum::<f64>()
+                .sqrt()
+        })
+        .collect();
+    let typical = norms.iter().cloned().fold(0.0, f64::max);
+    for l in 0..max_layer {
+        for p in 0..npos {
+            let r = dir(l, p);
+            if norms[l * npos + p] < 1e-3 * typical {
+                continue;
+            }
+            let r32: Vec<f32> = r.iter().map(|&x| x as f32).collect();
+            let induce = |prompts: &[Vec<u32>]| -> Result<f64> {
+                Ok(if l == 0 {
+                    f64::NAN
+                } else {
+                    ctx.score(&steer(&model.model, l, tensor(&r32))?, prompts)
+                })
+            };
+            let row = match cfg.mode {
+                Mode::Ablate => {
+                    let abl = ablate(
+                        &model.model,
+                        &tensor(&unit(&r)),
+                        &Kernel::flat(1.0, layers),
+                        cfg.embeddings,
+                        cfg.norm_preserving,
+                    )?;
+                    json!({"layer": l, "position": p, "bypass_score": ctx.score(&abl, &ctx.harmful_val),
+                           "kl": ctx.kl(&abl), "induce_score": induce(&ctx.harmless_val)?})
+                }
+                Mode::Steer => {
+                    json!({"layer": l, "position": p, "induce_score": induce(&ctx.harmless_val)?,
+                                      "induce_harmful_score": induce(&ctx.harmful_val)?})
+                }
+            };
+            selection.push(row);
+        }
+    }
+    let f = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    let pick = |rows: Vec<&Value>, key: &dyn Fn(&Value) -> f64| -> Option<Value> {
+        rows.into_iter()
+            .filter(|r| key(r).is_finite())
+            .min_by(|a, b| key(a).total_cmp(&key(b)))
+            .cloned()
+    };
+    let (selected, filter) = match cfg.mode {
+        Mode::Ablate => {
+            let bypass = |r: &Value| f(r, "bypass_score");
+            let ok_kl = |r: &&Value| f(r, "kl") <= cfg.kl_bound;
+            // Layer 0 has no induce score (NaN): nothing can be added before the first layer.
+            let ok_induce = |r: &&Value| {
+                let s = f(r, "induce_score");
+                s.is_nan() || s > 0.0
+            };
+            if let Some(s) = pick(
+                selection.iter().filter(ok_kl).filter(ok_induce).collect(),
+                &bypass,
+            ) {
+                (s, "kl and induce filters passed")
+            } else if let Some(s) = pick(selection.iter().filter(ok_kl).collect(), &bypass) {
+                (s, "no candidate induces refusal; kl filter only")
+            } else {
+                (
+                    pick(selection.iter().collect(), &bypass).expect("candidates"),
+                    "no candidate passes the kl filter",
+                )
+            }
+        }
+        Mode::Steer => {
+            let selectivity = |r: &Value| -(f(r, "induce_harmful_score") - f(r, "induce_score"));
+            let induces = |r: &&Value| f(r, "induce_harmful_score") > 0.0;
+            match pick(selection.iter().filter(induces).collect(), &selectivity) {
+                Some(s) => (
+                    s,
+                    "most selective candidate that induces refusal on harmful prompts",
+                ),
+                None => (
+                    pick(selection.iter().collect(), &|r| {
+                        -f(r, "induce_harmful_score")
+                    })
+                    .expect("candidates"),
+                    "no candidate induces refusal; strongest one",
+                ),
+            }
+        }
+    };
+    let (sl, sp) = (
+        selected["layer"].as_u64().unwrap_or(0) as usize,
+        selected["position"].as_u64().unwrap_or(0) as usize,
+    );
+    eprintln!(
+        "ablate: selection over {} candidates in {:.1}s → layer {sl}, position {sp} ({filter})",
+        selection.len(),
+        t.elapsed().as_secs_f64()
+    );
+    write_lines(&out.join("selection.jsonl"), &selection)?;
+
+    // Search.
+    let t = Instant::now();
+    let dir_p = |l: usize| dir(l, sp);
+    let build_model = |params: &[f64]| -> Result<Llama<Cpu>> {
+        match cfg.mode {
+            Mode::Ablate => {
+                let r = unit(&interpolated(&dir_p, params[0], max_layer));
+                let k = Kernel {
+                    max_weight: params[1],
+                    peak: params[2],
+                    min_weight: params[3] * params[1],
+                    distance: params[4],
+                };
+                ablate(
+                    &model.model,
+                    &tensor(&r),
+                    &k,
+                    cfg.embeddings,
+                    cfg.norm_preserving,
+                )
+            }
+            Mode::Steer => {
+                let l = params[0].round() as usize;
+                let v: Vec<f32> = dir_p(l).iter().map(|&x| (x * params[1]) as f32).collect();
+                steer(&model.model, l, tensor(&v))
+            }
+        }
+    };
+    let measure = |m: &Llama<Cpu>| -> Result<([f64; 2], Value)> {
+        Ok(match cfg.mode {
+            Mode::Ablate => {
+                let (rr, kl) = (ctx.refusal_rate(m, &ctx.harmful_val)?, ctx.kl(m));
+                ([rr, kl], json!({"refusal_rate": rr, "kl": kl}))
+            }
+            Mode::Steer => {
+                let (rh, rl) = (
+                    ctx.refusal_rate(m, &ctx.harmful_val)?,
+                    ctx.refusal_rate(m, &ctx.harmless_val)?,
+                );
+                (
+                    [1.0 - rh, rl],
+                    json!({"refusal_rate": rh, "harmless_refusal_rate": rl}),
+                )
+            }
+        })
+    };
+    let (base_obj, base_info) = measure(&model.model)?;
+    let (ranges, first): (Vec<Range>, Vec<f64>) = match cfg.mode {
+        Mode::Ablate => (
+            vec![
+                Range {
+                    lo: 0.0,
+                    hi: (max_layer - 1) as f64,
+                },
+                Range { lo: 0.5, hi: 1.5 },
+                Range {
+                    lo: 0.0,
+                    hi: (layers - 1) as f64,
+                },
+                Range { lo: 0.0, hi: 1.0 },
+                Range {
+                    lo: 1.0,
+                    hi: layers as f64,
+                },
+            ],
+            vec![sl as f64, 1.0, 0.0, 1.0, layers as f64],
+        ),
+        Mode::Steer => (
+            vec![
+                Range {
+                    lo: 1.0,
+                    hi: (max_layer - 1) as f64,
+                },
+                Range { lo: 0.25, hi: 3.0 },
+            ],
+            vec![sl.max(1) as f64, 1.0],
+        ),
+    };
+    let names: &[&str] = match cfg.mode {
+        Mode::Ablate => &[
+            "direction_index",
+            "max_weight",
+            "peak",
+            "min_weight_fraction",
+            "distance",
+        ],
+        Mode::Steer => &["layer", "scale"],
+    };
+    let mut search = Search::new(ranges, cfg.startup_trials + 1, cfg.trials.max(1), cfg.seed);
+    let mut trials: Vec<Trial> = Vec::new();
+    for i in 0..cfg.trials.max(1) {
+        let params = if i == 0 {
+            first.clone()
+        } else {
+            search.propose(&trials)
+        };
+        let tt = Instant::now();
+        let m = build_model(&params)?;
+        let (objectives, mut info) = measure(&m)?;
+        info["seconds"] = json!(tt.elapsed().as_secs_f64());
+        info["params"] = names
+            .iter()
+            .zip(&params)
+            .map(|(n, v)| (n.to_string(), json!(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        eprintln!(
+            "ablate: trial {}/{}: {} → {:?}",
+            i + 1,
+            cfg.trials.max(1),
+            info["params"],
+            objectives
+        );
+        trials.push(Trial {
+            index: i,
+            params,
+            objectives,
+            info,
+        });
+        write_lines(
+            &out.join("trials.jsonl"),
+            &trials
+                .iter()
+                .map(|t| serde_json::to_value(t).expect("json"))
+                .collect::<Vec<_>>(),
+        )?;
+    }
+    let bound = match cfg.mode {
+        Mode::Ablate => cfg.kl_target,
+        Mode::Steer => cfg.max_false_refusal,
+    };
+    let better = |a: &&Trial, b: &&Trial| {
+        a.objectives[0]
+            .total_cmp(&b.objectives[0])
+            .then(a.objectives[1].total_cmp(&b.objectives[1]))
+    };
+    let chosen = trials
+        .iter()
+        .filter(|t| t.objectives[1] <= bound)
+        .min_by(better)
+        .or_else(|| {
+            trials
+                .iter()
+                .min_by(|a, b| a.objectives[1].total_cmp(&b.objectives[1]))
+        })
+        .expect("at least one trial")
+        .clone();
+    let front = pareto_front(&trials);
+    let search_seconds = t.elapsed().as_secs_f64();
+    eprintln!(
+        "ablate: {} trials in {search_seconds:.1}s; chosen trial {}: {:?}",
+        trials.len(),
+        chosen.index + 1,
+        chosen.objectives
+    );
+    crate::plot::pareto(
+        &out.join("pareto.png"),
+        &trials
+            .iter()
+            .map(|t| (t.objectives[1], t.objectives[0]))
+            .collect::<Vec<_>>(),
+        &front,
+        chosen.index,
+        match cfg.mode {
+            Mode::Ablate => ("first-token KL (harmless)", "refusal rate (harmful)"),
+            Mode::Steer => ("refusal rate (harmless)", "1 − refusal rate (harmful)"),
+        },
+    )?;
+
+    // The chosen edit: weights, direction, evaluation, export.
+    let edited = build_model(&chosen.params)?;
+    let chosen_dir: Vec<f32> = match cfg.mode {
+        Mode::Ablate => unit(&interpolated(&dir_p, chosen.params[0], max_layer)),
+        Mode::Steer => dir_p(chosen.params[0].round() as usize)
+            .iter()
+            .map(|&x| (x * chosen.params[1]) as f32)
+            .collect(),
+    };
+    let f32s =
+        |v: &[f64]| -> Vec<u8> { v.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect() };
+    burnish_core::weights::write_safetensors(
+        &out.join("direction.safetensors"),
+        burnish_core::safetensors::Dtype::F32,
+        &[
+            (
+                "direction".into(),
+                vec![hidden],
+                chosen_dir.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
+            (
+                "candidates".into(),
+                vec![layers, npos, hidden],
+                f32s(&cands),
+            ),
+            ("harmful_mean".into(), vec![layers, npos, hidden], f32s(&mh)),
+            (
+                "harmless_mean".into(),
+                vec![layers, npos, hidden],
+                f32s(&ml),
+            ),
+        ],
+        &[(
+            "mode",
+            if cfg.mode == Mode::Ablate {
+                "ablate (unit direction)"
+            } else {
+                "steer (added vector)"
+            },
+        )],
+    )?;
+    let meta = json!({"model": model_path, "run": run.path});
+    let before = if cfg.eval_before {
+        Some(evaluate_config(
+            &model,
+            None,
+            &c.eval,
+            &run.base_dir,
+            &c.data.refusal,
+            &out.join("eval-before"),
+            meta.clone(),
+            &device,
+        )?)
+    } else {
+        None
+    };
+    let bundle = burnish_core::TokenizerBundle::load(&model_path)?;
+    let after_model = Pretrained::from_parts(&model_path, bundle, edited)?;
+    let after = evaluate_config(
+        &after_model,
+        Some(&model.model),
+        &c.eval,
+        &run.base_dir,
+        &c.data.refusal,
+        &out.join("eval"),
+        meta,
+        &device,
+    )?;
+    export(run, &out, &after_model, &model_path)?;
+    let report = json!({
+        "mode": cfg.mode,
+        "layers": layers,
+        "positions": npos,
+        "selected": selected,
+        "selection_filter": filter,
+        "unedited_refusal_score": base_score,
+        "baseline_val": {"objectives": base_obj, "info": base_info},
+        "chosen": chosen,
+        "pareto_front": front,
+        "search_seconds": search_seconds,
+        "before": before,
+        "after": after,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    burnish_core::io::write_atomic(
+        &out.join("report.json"),
+        serde_json::to_string_pretty(&report)
+            .expect("json")
+            .as_bytes(),
+    )?;
+    burnish_core::io::write_atomic(&out.join("report.md"), markdown(&report, names).as_bytes())?;
+    Ok(AblateSummary {
+        seconds: started.elapsed().as_secs_f64(),
+        report,
+    })
+}
+
+fn write_lines(path: &Path, rows: &[Value]) -> Result<()> {
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    Ok(burnish_core::io::write_atomic(path, text.as_bytes())?)
+}
+
+/// merged/ (HF, f32) always; model.gguf (F16) when `output.save` asks for it.
+fn export(run: &Run, out: &Path, model: &Pretrained<Cpu>, model_path: &Path) -> Result<()> {
+    let mut config = model.config.clone();
+    config.mlp_bias = model.model.has_mlp_bias();
+    let gguf = match ModelPath::detect(model_path)? {
+        ModelPath::Gguf(f) => Some(GgufFile::open(f)?),
+        ModelPath::HfDir(_) => None,
+    };
+    let src = ExportSource {
+        config: &config,
+        tokenizer: &model.tokenizer,
+        template: model.template.as_ref(),
+        source_gguf: gguf.as_ref(),
+    };
+    export_hf(&model.model, &src, &out.join("merged"), Dtype::F32)?;
+    if run.config.output.save.contains(&SaveKind::Gguf) {
+        export_gguf(&model.model, &src, &out.join("model.gguf"), GgufQuant::F16)?;
+    }
+    Ok(())
+}
+
+fn markdown(r: &Value, names: &[&str]) -> String {
+    let pct = |v: &Value| {
+        v.as_f64()
+            .map(|x| format!("{:.1}%", 100.0 * x))
+            .unwrap_or_else(|| "–".into())
+    };
+    let mut md = format!(
+        "# Refusal direction: {}\n\n",
+        r["mode"].as_str().unwrap_or("")
+    );
+    md.push_str(&format!(
+        "Selected candidate: layer {}, position {} ({}).\n\n",
+        r["selected"]["layer"],
+        r["selected"]["position"],
+        r["selection_filter"].as_str().unwrap_or("")
+    ));
+    md.push_str("Chosen trial:\n\n| parameter | value |\n|---|---|\n");
+    for n in names {
+        md.push_str(&format!(
+            "| {n} | {:.3} |\n",
+            r["chosen"]["info"]["params"][n]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+        ));
+    }
+    md.push_str(&format!(
+        "\nOn the validation prompts: unedited {}, chosen {}.\n\n",
+        r["baseline_val"]["info"], r["chosen"]["info"]
+    ));
+    md.push_str("| set | before: refusal rate | after: refusal rate |\n|---|---|---|\n");
+    if let Some(sets) = r["after"]["sets"].as_object() {
+        for (name, s) in sets {
+            md.push_str(&format!(
+                "| {name} | {} | {} |\n",
+                pct(&r["before"]["sets"][name]["refusal_rate"]),
+                pct(&s["refusal_rate"])
+            ));
+        }
+    }
+    if let Some(kl) = r["after"].get("kl") {
+        md.push_str(&format!(
+            "\nKL(unedited ‖ edited) on {}: first token {:.4}, per token {:.4}.\n",
+            kl["set"].as_str().unwrap_or(""),
+            kl["first_token"].as_f64().unwrap_or(f64::NAN),
+            kl["per_token"].as_f64().unwrap_or(f64::NAN)
+        ));
+    }
+    md.push_str(&format!(
+        "\nSearch: {:.0} s; whole run: {:.0} s. Trials: trials.jsonl (Pareto front: pareto.png); candidates: selection.jsonl.\n",
+        r["search_seconds"].as_f64().unwrap_or(0.0),
+        r["seconds"].as_f64().unwrap_or(0.0)
+    ));
+    md
+}
