@@ -1,6 +1,8 @@
 //! docs/config.md lists exactly the keys the run file accepts: its TOML block parses as a run config, and
 //! for every table the keys serde expects (read from its "unknown field" error) all appear in the block.
 
+use std::path::Path;
+
 use burnish::trainers::config::RunConfig;
 
 fn doc_block() -> String {
@@ -66,6 +68,33 @@ fn documented_keys_are_exactly_the_accepted_ones() {
                 documented.iter().any(|d| d == key),
                 "[{path}] accepts `{key}` but docs/config.md does not list it"
             );
+        }
+    }
+}
+
+/// Each method page's first TOML block holds that method's `[method]` table: it parses, and it lists
+/// every key the method accepts.
+#[test]
+fn method_pages_list_their_keys() {
+    for page in ["docs/dpo.md", "docs/ablate.md"] {
+        let md = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(page)).unwrap();
+        let start = md.find("```toml\n[method]").unwrap_or_else(|| panic!("{page}: no [method] block")) + 8;
+        let end = start + md[start..].find("```").unwrap();
+        let method: toml::Value = toml::from_str(&md[start..end]).unwrap();
+        let mut doc: toml::Value = toml::from_str(&doc_block()).unwrap();
+        doc.as_table_mut().unwrap().insert("method".into(), method["method"].clone());
+        let parsed = toml::from_str::<RunConfig>(&toml::to_string(&doc).unwrap());
+        assert!(parsed.is_ok(), "{page}: {}", parsed.err().unwrap());
+        let documented: Vec<String> = doc["method"].as_table().unwrap().keys().cloned().collect();
+        table(&mut doc, "method").insert("zzz_not_a_key".into(), toml::Value::Integer(1));
+        let err = toml::from_str::<RunConfig>(&toml::to_string(&doc).unwrap())
+            .unwrap_err()
+            .to_string();
+        let expected = err.split("expected").nth(1).unwrap_or_default();
+        let accepted: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        assert!(!accepted.is_empty(), "{page}: no key list in {err}");
+        for key in accepted {
+            assert!(documented.iter().any(|d| d == key), "{page}: `{key}` is accepted but not documented");
         }
     }
 }

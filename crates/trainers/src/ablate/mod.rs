@@ -495,7 +495,7 @@ pub fn run(run: &Run, cfg: &AblateConfig) -> Result<AblateSummary> {
                     lo: 1.0,
                     hi: (max_layer - 1) as f64,
                 },
-                Range { lo: 0.25, hi: 3.0 },
+                Range { lo: 0.25, hi: 6.0 },
             ],
             vec![sl.max(1) as f64, 1.0],
         ),
