@@ -308,22 +308,33 @@ pub fn apply_overrides(text: &str, overrides: &[String]) -> std::result::Result<
             .trim()
             .parse()
             .unwrap_or_else(|_| toml_edit::Value::from(value.trim()));
-        let mut item = doc.as_item_mut();
-        for seg in &path[..path.len() - 1] {
-            let table = item
-                .as_table_like_mut()
-                .ok_or_else(|| format!("--set `{o}`: `{seg}` is not a table"))?;
+        let parents = &path[..path.len() - 1];
+        let mut table: &mut dyn toml_edit::TableLike = doc.as_table_mut();
+        let mut k = 0;
+        while k < parents.len() {
+            let seg = parents[k];
             if table.get(seg).is_none() {
                 table.insert(seg, toml_edit::Item::Table(toml_edit::Table::new()));
             }
-            item = table.get_mut(seg).expect("just inserted");
+            let item = table.get_mut(seg).expect("just inserted");
+            if item.is_array_of_tables() {
+                let arr = item.as_array_of_tables_mut().expect("checked");
+                // `data.sources.0.path`: an index into an array of tables.
+                let i: usize = parents.get(k + 1).and_then(|s| s.parse().ok()).ok_or_else(|| {
+                    format!("--set `{o}`: `{seg}` is a list of tables; index it, e.g. `{seg}.0`")
+                })?;
+                let n = arr.len();
+                table = arr.get_mut(i).ok_or_else(|| {
+                    format!("--set `{o}`: `{seg}` has {n} entries, no index {i}")
+                })?;
+                k += 2;
+            } else {
+                table = item
+                    .as_table_like_mut()
+                    .ok_or_else(|| format!("--set `{o}`: `{seg}` is not a table"))?;
+                k += 1;
+            }
         }
-        let table = item.as_table_like_mut().ok_or_else(|| {
-            format!(
-                "--set `{o}`: parent of `{}` is not a table",
-                path[path.len() - 1]
-            )
-        })?;
         table.insert(path[path.len() - 1], toml_edit::Item::Value(value));
     }
     Ok(doc.to_string())
@@ -355,5 +366,16 @@ mod tests {
         assert!(apply_overrides(t, &["model.path.x=1".into()])
             .unwrap_err()
             .contains("not a table"));
+        let t = "[[data.sources]]\npath = \"a\"\n[[data.sources]]\npath = \"b\"\n";
+        let out = apply_overrides(t, &["data.sources.1.path=\"c\"".into()]).unwrap();
+        let v: toml::Value = toml::from_str(&out).unwrap();
+        assert_eq!(v["data"]["sources"][1]["path"].as_str(), Some("c"));
+        assert_eq!(v["data"]["sources"][0]["path"].as_str(), Some("a"));
+        assert!(apply_overrides(t, &["data.sources.2.path=1".into()])
+            .unwrap_err()
+            .contains("no index 2"));
+        assert!(apply_overrides(t, &["data.sources.path=1".into()])
+            .unwrap_err()
+            .contains("index it"));
     }
 }
