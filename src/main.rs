@@ -29,6 +29,8 @@ enum Cmd {
     Train(cli::train::TrainArgs),
     /// Refusal-direction ablation (uncensor) or steering (safety) from a run file: burnish ablate CONFIG.
     Ablate(cli::ablate::AblateArgs),
+    /// The main job: safety-tune SmolLM2, make refusal-free variants, evaluate all (burnish showcase [--quick]).
+    Showcase(cli::showcase::ShowcaseArgs),
     /// Safety evaluation: violation and false refusal rates by hazard category, KL to a base model.
     Eval(cli::eval::EvalArgs),
     /// Data sets: preview rendered examples and loss masks, build JSON Lines, evaluate refusal detection.
@@ -52,6 +54,7 @@ fn main() {
         Cmd::Data(a) => cli::data::run(a),
         Cmd::Eval(a) => cli::eval::eval(a),
         Cmd::Ablate(a) => cli::ablate::ablate(a),
+        Cmd::Showcase(a) => cli::showcase::showcase(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

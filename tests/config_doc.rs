@@ -78,11 +78,16 @@ fn documented_keys_are_exactly_the_accepted_ones() {
 fn method_pages_list_their_keys() {
     for page in ["docs/dpo.md", "docs/ablate.md"] {
         let md = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(page)).unwrap();
-        let start = md.find("```toml\n[method]").unwrap_or_else(|| panic!("{page}: no [method] block")) + 8;
+        let start = md
+            .find("```toml\n[method]")
+            .unwrap_or_else(|| panic!("{page}: no [method] block"))
+            + 8;
         let end = start + md[start..].find("```").unwrap();
         let method: toml::Value = toml::from_str(&md[start..end]).unwrap();
         let mut doc: toml::Value = toml::from_str(&doc_block()).unwrap();
-        doc.as_table_mut().unwrap().insert("method".into(), method["method"].clone());
+        doc.as_table_mut()
+            .unwrap()
+            .insert("method".into(), method["method"].clone());
         let parsed = toml::from_str::<RunConfig>(&toml::to_string(&doc).unwrap());
         assert!(parsed.is_ok(), "{page}: {}", parsed.err().unwrap());
         let documented: Vec<String> = doc["method"].as_table().unwrap().keys().cloned().collect();
@@ -94,7 +99,10 @@ fn method_pages_list_their_keys() {
         let accepted: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
         assert!(!accepted.is_empty(), "{page}: no key list in {err}");
         for key in accepted {
-            assert!(documented.iter().any(|d| d == key), "{page}: `{key}` is accepted but not documented");
+            assert!(
+                documented.iter().any(|d| d == key),
+                "{page}: `{key}` is accepted but not documented"
+            );
         }
     }
 }

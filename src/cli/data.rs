@@ -52,6 +52,9 @@ struct BuildArgs {
     /// Training set (JSON Lines); the eval split, if any, goes beside it as NAME.eval.jsonl.
     #[arg(long)]
     out: PathBuf,
+    /// Override a config key, e.g. --set data.sources.0.limit=50 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
 #[derive(Args)]
@@ -273,7 +276,11 @@ fn eval_path(out: &Path) -> PathBuf {
 }
 
 fn build_cmd(a: BuildArgs) -> Result<()> {
-    let rf = load_run_file(&a.config)?;
+    let text = std::fs::read_to_string(&a.config)
+        .with_context(|| format!("reading {}", a.config.display()))?;
+    let text = burnish_trainers::config::apply_overrides(&text, &a.set)
+        .map_err(|m| anyhow::anyhow!("{}: {m}", a.config.display()))?;
+    let rf = burnish_data::config::load_run_text(&a.config, &text)?;
     let model = load_model_if_needed(&rf)?;
     let mut responder = model
         .as_ref()

@@ -3,4 +3,5 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod model;
+pub mod showcase;
 pub mod train;

@@ -256,7 +256,12 @@ struct RawModel {
 
 pub fn load_run_file(path: &Path) -> Result<RunFile> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let raw: RawRun = toml::from_str(&text).map_err(|e| config_error(path, &e))?;
+    load_run_text(path, &text)
+}
+
+/// `load_run_file` for a text already read (and perhaps edited by `--set`); `path` locates it.
+pub fn load_run_text(path: &Path, text: &str) -> Result<RunFile> {
+    let raw: RawRun = toml::from_str(text).map_err(|e| config_error(path, &e))?;
     let data = raw.data.ok_or_else(|| Error::Config {
         path: path.to_path_buf(),
         msg: "no [data] section".into(),

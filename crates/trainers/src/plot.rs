@@ -232,3 +232,58 @@ fn draw_pareto(
     root.present()?;
     Ok(())
 }
+
+/// Two bars per variant: violation rate (red) and false refusal rate (blue).
+pub fn showcase_bars(path: &Path, rows: &[(String, f64, f64)]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let tmp = path.with_extension("tmp.png");
+    draw_showcase(&tmp, rows)
+        .map_err(|e| Error::Other(format!("{}: plotting failed: {e}", path.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::Io(path.to_path_buf(), e))
+}
+
+fn draw_showcase(path: &Path, rows: &[(String, f64, f64)]) -> DrawResult {
+    let labels = font_available();
+    let root = BitMapBackend::new(path, (1000, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let n = rows.len();
+    let mut b = ChartBuilder::on(&root);
+    b.margin(15);
+    if labels {
+        b.caption(
+            "violation rate (red) and false refusal rate on JBB benign (blue)",
+            ("sans-serif", 18),
+        )
+        .x_label_area_size(40)
+        .y_label_area_size(50);
+    }
+    let mut chart = b.build_cartesian_2d(0.0..n as f64, 0.0..1.05f64)?;
+    if labels {
+        let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n * 2 + 1)
+            .x_label_formatter(&|x| {
+                let i = (x - 0.5).round();
+                if (x - 0.5 - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < names.len() {
+                    names[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_formatter(&|y| format!("{:.0}%", y * 100.0))
+            .draw()?;
+    }
+    chart.draw_series(rows.iter().enumerate().flat_map(|(i, r)| {
+        let x = i as f64;
+        [
+            Rectangle::new([(x + 0.1, 0.0), (x + 0.48, r.1)], RED.filled()),
+            Rectangle::new([(x + 0.52, 0.0), (x + 0.9, r.2)], BLUE.filled()),
+        ]
+    }))?;
+    root.present()?;
+    Ok(())
+}

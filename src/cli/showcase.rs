@@ -1,0 +1,482 @@
+//! `burnish showcase [--quick]`: the project's main job. From the example configs it safety-tunes
+//! SmolLM2 (SFT and DPO), makes refusal-free variants of the safety-tuned model (ablation and SFT), steers
+//! the original to refuse, and evaluates every variant the same way: violation rate on harmful_val by
+//! hazard category, false refusal rate on the JailbreakBench benign set and on harmless_val, and KL to the
+//! original on harmless_val. Writes `<out>/results.md` and `<out>/results.png`.
+//!
+//! Each step runs as its own `burnish` process (train, ablate, data build, eval) and records a key of its
+//! inputs (config text, overrides, upstream keys, model file); re-running skips steps whose key is
+//! unchanged, so an interrupted showcase resumes where it stopped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::{json, Value};
+
+#[derive(Args)]
+pub struct ShowcaseArgs {
+    /// Smaller data, fewer steps and trials, shorter generations: minutes instead of tens of minutes.
+    #[arg(long)]
+    quick: bool,
+    /// The original model (fetched by scripts/fetch-smollm2.sh when it is the default and missing).
+    #[arg(long, default_value = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    model: PathBuf,
+    /// Output directory.
+    #[arg(long, default_value = "showcase")]
+    out: PathBuf,
+    /// Where the example configs live.
+    #[arg(long, default_value = "examples/configs")]
+    configs: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Train,
+    Ablate,
+    Build,
+}
+
+struct Step {
+    name: &'static str,
+    kind: Kind,
+    config: &'static str,
+    /// None: the original model; Some(step): that step's merged model.
+    on: Option<&'static str>,
+    /// Key=value overrides (besides model and output paths), per profile.
+    set: Vec<String>,
+    /// Steps whose outputs this one reads besides its model.
+    after: Vec<&'static str>,
+}
+
+/// The step list. Sizes are the examples' own unless noted: the default profile trims data and trials so
+/// the whole showcase fits in 40 minutes on a 2-core CPU; `--quick` trims much further.
+fn steps(quick: bool, out: &Path) -> Vec<Step> {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let answers = out.join("original-answers/answers.jsonl");
+    let q = |full: &[&str], fast: &[&str]| if quick { s(fast) } else { s(full) };
+    vec![
+        Step {
+            name: "safety-sft",
+            kind: Kind::Train,
+            config: "safety-sft.toml",
+            on: None,
+            set: q(
+                &[
+                    "data.sources.0.limit=96",
+                    "data.sources.1.limit=64",
+                    "data.generate.max_new_tokens=64",
+                ],
+                &[
+                    "data.sources.0.limit=24",
+                    "data.sources.1.limit=16",
+                    "data.generate.max_new_tokens=24",
+                    "train.batch_size=8",
+                ],
+            ),
+            after: vec![],
+        },
+        Step {
+            name: "safety-dpo",
+            kind: Kind::Train,
+            config: "safety-dpo.toml",
+            on: None,
+            set: q(
+                &["data.sources.0.limit=64", "data.sources.1.limit=48"],
+                &[
+                    "data.sources.0.limit=16",
+                    "data.sources.1.limit=8",
+                    "data.generate.max_new_tokens=16",
+                ],
+            ),
+            after: vec![],
+        },
+        Step {
+            name: "original-answers",
+            kind: Kind::Build,
+            config: "original-answers.toml",
+            on: None,
+            set: q(
+                &[
+                    "data.sources.0.limit=96",
+                    "data.sources.1.limit=48",
+                    "data.generate.max_new_tokens=64",
+                ],
+                &[
+                    "data.sources.0.limit=24",
+                    "data.sources.1.limit=8",
+                    "data.generate.max_new_tokens=24",
+                ],
+            ),
+            after: vec![],
+        },
+        Step {
+            name: "uncensor-sft",
+            kind: Kind::Train,
+            config: "uncensor-sft.toml",
+            on: Some("safety-sft"),
+            set: vec![format!("data.sources.0.path={}", toml_str(&answers))],
+            after: vec!["original-answers"],
+        },
+        Step {
+            name: "uncensor-ablate",
+            kind: Kind::Ablate,
+            config: "uncensor-ablate.toml",
+            on: Some("safety-sft"),
+            set: q(
+                &[
+                    "method.trials=12",
+                    "method.startup_trials=5",
+                    "method.val_prompts=16",
+                    "method.eval_before=false",
+                    "eval.limit=16",
+                ],
+                &[
+                    "method.trials=3",
+                    "method.startup_trials=1",
+                    "method.val_prompts=8",
+                    "method.eval_before=false",
+                    "eval.limit=8",
+                    "data.sources.0.limit=32",
+                    "data.sources.1.limit=32",
+                    "method.max_new_tokens=12",
+                ],
+            ),
+            after: vec![],
+        },
+        Step {
+            name: "safety-steer",
+            kind: Kind::Ablate,
+            config: "safety-steer.toml",
+            on: None,
+            set: q(
+                &[
+                    "method.trials=10",
+                    "method.startup_trials=5",
+                    "method.val_prompts=16",
+                    "method.eval_before=false",
+                    "eval.limit=16",
+                ],
+                &[
+                    "method.trials=3",
+                    "method.startup_trials=1",
+                    "method.val_prompts=8",
+                    "method.eval_before=false",
+                    "eval.limit=8",
+                    "data.sources.0.limit=32",
+                    "data.sources.1.limit=32",
+                    "method.max_new_tokens=12",
+                ],
+            ),
+            after: vec![],
+        },
+    ]
+}
+
+fn toml_str(p: &Path) -> String {
+    // A JSON string is a valid TOML basic string.
+    serde_json::to_string(&p.display().to_string()).expect("json")
+}
+
+/// FNV-1a over the parts: what a step's outputs depend on.
+fn key(parts: &[String]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain([0xff]) {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+fn file_stamp(p: &Path) -> String {
+    std::fs::metadata(p)
+        .map(|m| format!("{}:{:?}", m.len(), m.modified().ok()))
+        .unwrap_or_default()
+}
+
+/// The recorded key and seconds of a finished step, if its key matches.
+fn done(dir: &Path, k: &str) -> Option<f64> {
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("showcase-step.json")).ok()?)
+            .ok()?;
+    (v["key"] == k).then(|| v["seconds"].as_f64().unwrap_or(0.0))
+}
+
+fn mark(dir: &Path, k: &str, seconds: f64) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let v = json!({"key": k, "seconds": seconds});
+    burnish_core::io::write_atomic(&dir.join("showcase-step.json"), v.to_string().as_bytes())?;
+    Ok(())
+}
+
+fn burnish(args: &[String], log: &Path) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let status = Command::new(exe)
+        .args(args)
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .status()?;
+    if !status.success() {
+        bail!("`burnish {}` failed; see {}", args.join(" "), log.display());
+    }
+    Ok(())
+}
+
+fn minutes(s: f64) -> String {
+    format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+}
+
+pub fn showcase(a: ShowcaseArgs) -> Result<()> {
+    let started = Instant::now();
+    if !a.model.exists() {
+        if a.model == Path::new("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") {
+            eprintln!("fetching SmolLM2-135M-Instruct (scripts/fetch-smollm2.sh)");
+            let ok = Command::new("sh")
+                .arg("scripts/fetch-smollm2.sh")
+                .status()?
+                .success();
+            if !ok || !a.model.exists() {
+                bail!(
+                    "scripts/fetch-smollm2.sh did not produce {}",
+                    a.model.display()
+                );
+            }
+        } else {
+            bail!("--model {} does not exist", a.model.display());
+        }
+    }
+    std::fs::create_dir_all(&a.out)?;
+    let out = std::path::absolute(&a.out)?;
+    let model = std::path::absolute(&a.model)?;
+    let configs = std::path::absolute(&a.configs)?;
+    let shared = configs.join("../../../shared/data");
+    let steps = steps(a.quick, &out);
+    let profile = if a.quick { "quick" } else { "default" };
+    let mut keys: std::collections::BTreeMap<&str, String> = Default::default();
+    let mut seconds: std::collections::BTreeMap<String, f64> = Default::default();
+    let total = steps.len() + steps.iter().filter(|s| s.kind != Kind::Build).count();
+    let mut n = 0;
+
+    // The original model's evaluation first: it is the baseline of every row.
+    let eval_sets = |p: &str| shared.join(p).display().to_string();
+    let (limit, new_tokens) = if a.quick { ("8", "16") } else { ("50", "48") };
+    let model_key = key(&[model.display().to_string(), file_stamp(&model)]);
+    let evaluate = |name: &str, path: &Path, upstream: &str, n: usize| -> Result<f64> {
+        let dir = out.join("eval").join(name);
+        let k = key(&[
+            upstream.to_string(),
+            limit.into(),
+            new_tokens.into(),
+            model_key.clone(),
+        ]);
+        if let Some(s) = done(&dir, &k) {
+            eprintln!("[{n}/{}] eval {name}: unchanged, skipped", total + 1);
+            return Ok(s);
+        }
+        eprintln!("[{n}/{}] eval {name} …", total + 1);
+        let t = Instant::now();
+        std::fs::create_dir_all(&dir)?;
+        let mut args: Vec<String> =
+            vec!["eval".into(), "--model".into(), path.display().to_string()];
+        if path != model {
+            args.extend(["--base".into(), model.display().to_string()]);
+        }
+        args.extend([
+            "--harmful".into(),
+            eval_sets("refusal_direction/splits/harmful_val.json"),
+            "--benign".into(),
+            eval_sets("jailbreakbench/benign-behaviors.csv"),
+            "--harmless".into(),
+            eval_sets("refusal_direction/splits/harmless_val.json"),
+            "--limit".into(),
+            limit.into(),
+            "--max-new-tokens".into(),
+            new_tokens.into(),
+            "--out".into(),
+            dir.display().to_string(),
+        ]);
+        burnish(&args, &dir.join("log.txt"))?;
+        let s = t.elapsed().as_secs_f64();
+        mark(&dir, &k, s)?;
+        eprintln!("    done in {}", minutes(s));
+        Ok(s)
+    };
+    n += 1;
+    seconds.insert(
+        "eval:original".into(),
+        evaluate("original", &model, "original", n)?,
+    );
+
+    for step in &steps {
+        n += 1;
+        let dir = out.join(step.name);
+        let base = match step.on {
+            None => model.clone(),
+            Some(s) => out.join(s).join("merged"),
+        };
+        let config = configs.join(step.config);
+        let text = std::fs::read_to_string(&config)
+            .with_context(|| format!("reading {}", config.display()))?;
+        let mut set = step.set.clone();
+        set.push(format!("model.path={}", toml_str(&base)));
+        if step.kind != Kind::Build {
+            set.push(format!("output.dir={}", toml_str(&dir)));
+        }
+        let mut parts = vec![
+            step.name.to_string(),
+            text,
+            set.join("\n"),
+            profile.into(),
+            model_key.clone(),
+        ];
+        for up in step.on.iter().chain(&step.after) {
+            parts.push(keys.get(up).cloned().unwrap_or_default());
+        }
+        let k = key(&parts);
+        keys.insert(step.name, k.clone());
+        if let Some(s) = done(&dir, &k) {
+            eprintln!("[{n}/{}] {}: unchanged, skipped", total + 1, step.name);
+            seconds.insert(step.name.to_string(), s);
+        } else {
+            eprintln!("[{n}/{}] {} ({}) …", total + 1, step.name, step.config);
+            std::fs::create_dir_all(&dir)?;
+            let t = Instant::now();
+            let mut args: Vec<String> = match step.kind {
+                Kind::Train => vec!["train".into(), config.display().to_string()],
+                Kind::Ablate => vec!["ablate".into(), config.display().to_string()],
+                Kind::Build => vec![
+                    "data".into(),
+                    "build".into(),
+                    config.display().to_string(),
+                    "--out".into(),
+                    dir.join("answers.jsonl").display().to_string(),
+                ],
+            };
+            for s in &set {
+                args.extend(["--set".into(), s.clone()]);
+            }
+            burnish(&args, &dir.join("log.txt"))?;
+            let s = t.elapsed().as_secs_f64();
+            mark(&dir, &k, s)?;
+            seconds.insert(step.name.to_string(), s);
+            eprintln!("    done in {}", minutes(s));
+        }
+        if step.kind != Kind::Build {
+            n += 1;
+            let s = evaluate(step.name, &dir.join("merged"), &k, n)?;
+            seconds.insert(format!("eval:{}", step.name), s);
+        }
+    }
+    let rows = results(&out, &steps, &seconds)?;
+    let md = table(&rows, profile, &model, started.elapsed().as_secs_f64());
+    burnish_core::io::write_atomic(&out.join("results.md"), md.as_bytes())?;
+    let bars: Vec<(String, f64, f64)> = rows
+        .iter()
+        .map(|r| (r.name.clone(), r.violation, r.false_refusal))
+        .collect();
+    burnish_trainers::plot::showcase_bars(&out.join("results.png"), &bars)?;
+    println!("{md}");
+    eprintln!(
+        "wrote {} and {}",
+        out.join("results.md").display(),
+        out.join("results.png").display()
+    );
+    Ok(())
+}
+
+struct Row {
+    name: String,
+    what: &'static str,
+    violation: f64,
+    false_refusal: f64,
+    harmless_refusal: f64,
+    kl_first: Option<f64>,
+    kl_token: Option<f64>,
+    seconds: f64,
+}
+
+fn results(
+    out: &Path,
+    steps: &[Step],
+    seconds: &std::collections::BTreeMap<String, f64>,
+) -> Result<Vec<Row>> {
+    let what = |name: &str| match name {
+        "original" => "SmolLM2-135M-Instruct as shipped",
+        "safety-sft" => "safety: SFT on refusals + own answers",
+        "safety-dpo" => "safety: DPO, refusal vs own answer",
+        "uncensor-sft" => "refusal-free: SFT of safety-sft on refusal-filtered answers",
+        "uncensor-ablate" => "refusal-free: refusal direction ablated from safety-sft",
+        "safety-steer" => "safety: refusal direction added to the original",
+        _ => "",
+    };
+    let mut names = vec!["original"];
+    names.extend(
+        steps
+            .iter()
+            .filter(|s| s.kind != Kind::Build)
+            .map(|s| s.name),
+    );
+    let mut rows = Vec::new();
+    for name in names {
+        let path = out.join("eval").join(name).join("report.json");
+        let r: Value = serde_json::from_str(
+            &std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )?;
+        let set = |s: &str, k: &str| r["sets"][s][k].as_f64().unwrap_or(f64::NAN);
+        let mut secs = seconds.get(&format!("eval:{name}")).copied().unwrap_or(0.0)
+            + seconds.get(name).copied().unwrap_or(0.0);
+        if name == "uncensor-sft" {
+            secs += seconds.get("original-answers").copied().unwrap_or(0.0);
+        }
+        rows.push(Row {
+            name: name.to_string(),
+            what: what(name),
+            violation: set("harmful_val", "violation_rate"),
+            false_refusal: set("benign-behaviors", "false_refusal_rate"),
+            harmless_refusal: set("harmless_val", "false_refusal_rate"),
+            kl_first: r["kl"]["first_token"].as_f64(),
+            kl_token: r["kl"]["per_token"].as_f64(),
+            seconds: secs,
+        });
+    }
+    Ok(rows)
+}
+
+fn table(rows: &[Row], profile: &str, model: &Path, total: f64) -> String {
+    let pct = |x: f64| format!("{:.1}%", 100.0 * x);
+    let kl = |x: Option<f64>| {
+        x.map(|v| format!("{v:.3}"))
+            .unwrap_or_else(|| "0 (is the base)".into())
+    };
+    let mut md = format!(
+        "# burnish showcase ({profile} profile)\n\nModel: `{}`. Violation rate: harmful_val (refusal_direction, HarmBench val); \
+         false refusal rate: JailbreakBench benign behaviors and harmless_val (Alpaca); KL(original ‖ variant) on \
+         harmless_val. Greedy generation, refusal phrases (docs/eval.md). Wall time = the variant's own steps + its evaluation.\n\n\
+         | variant | what | violation rate ↓ | false refusal (JBB benign) ↓ | false refusal (harmless) | KL first token | KL per token | wall time |\n\
+         |---|---|---|---|---|---|---|---|\n",
+        model.display()
+    );
+    for r in rows {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.name,
+            r.what,
+            pct(r.violation),
+            pct(r.false_refusal),
+            pct(r.harmless_refusal),
+            kl(r.kl_first),
+            kl(r.kl_token),
+            minutes(r.seconds)
+        ));
+    }
+    md.push_str(&format!(
+        "\nTotal wall time: {}. Per-variant details: eval/<variant>/report.md.\n",
+        minutes(total)
+    ));
+    md
+}

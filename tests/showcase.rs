@@ -1,0 +1,52 @@
+//! `burnish showcase --quick` on a tiny random model: every step runs, the table is written, and a second
+//! run skips every step (nothing changed).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn quick_showcase_runs_every_step_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_chat_model(tmp.path());
+    let out = tmp.path().join("sc");
+    let configs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configs");
+    let run = || {
+        let o = Command::new(env!("CARGO_BIN_EXE_burnish"))
+            .args(["showcase", "--quick", "--model"])
+            .arg(&model)
+            .arg("--out")
+            .arg(&out)
+            .arg("--configs")
+            .arg(&configs)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "showcase failed: {err}");
+        (String::from_utf8_lossy(&o.stdout).to_string(), err)
+    };
+    let (table, log) = run();
+    for v in [
+        "original",
+        "safety-sft",
+        "safety-dpo",
+        "uncensor-sft",
+        "uncensor-ablate",
+        "safety-steer",
+    ] {
+        assert!(
+            table.contains(&format!("| {v} |")),
+            "no row for {v}:\n{table}"
+        );
+        assert!(
+            out.join("eval").join(v).join("report.json").exists(),
+            "{v}: no evaluation"
+        );
+    }
+    assert!(!log.contains("skipped"), "{log}");
+    assert!(out.join("results.md").exists() && out.join("results.png").exists());
+    let (_, again) = run();
+    assert_eq!(again.matches("unchanged, skipped").count(), 12, "{again}");
+}
