@@ -2,7 +2,7 @@
 
 Reads nothing; writes crates/trainers/tests/fixtures/dpo_losses.json. The per-token log-probs are random,
 the losses are TRL 1.16's `DPOTrainer._compute_loss` formulas (sigmoid, hinge, ipo with per-token averaged
-log-ratios, robust) applied to them with torch, so the Rust losses are checked against an independent
+log-ratios, robust, sft, and a weighted list as with `loss_weights`) applied to them with torch, so the Rust losses are checked against an independent
 implementation. Run with the reference venv: python scripts/reference/make_dpo_fixtures.py
 """
 import json
@@ -37,8 +37,17 @@ for loss_type, beta, eps in [
     ("ipo", 0.5, 0.0),
     ("robust", 0.1, 0.2),
     ("robust", 0.3, 0.0),
+    ("sft", 0.1, 0.0),
+    (["sigmoid", "sft"], 0.1, 0.0),
 ]:
-    if loss_type == "sigmoid":
+    weights = None
+    if isinstance(loss_type, list):
+        weights = [1.0, 0.5]
+        loss = -F.logsigmoid(beta * delta) * weights[0] + (-logps.chunk(2)[0].sum() / chosen_mask.sum()).expand(pairs) * weights[1]
+    elif loss_type == "sft":
+        # TRL: the mean NLL over every chosen token of the batch, the same for each pair.
+        loss = (-chosen_logps.sum() / chosen_mask.sum()).expand(pairs)
+    elif loss_type == "sigmoid":
         loss = -F.logsigmoid(beta * delta)
     elif loss_type == "hinge":
         loss = torch.relu(1 - beta * delta)
@@ -53,6 +62,7 @@ for loss_type, beta, eps in [
     cases.append(
         {
             "loss_type": loss_type,
+            "loss_weights": weights,
             "beta": beta,
             "label_smoothing": eps,
             "losses": loss.tolist(),

@@ -25,8 +25,11 @@ pub struct DpoConfig {
     /// How far the policy may move from the reference: larger stays closer (default 0.1). For `ipo` it is
     /// the regulariser τ.
     pub beta: f64,
-    /// `sigmoid` (default, the DPO paper), `hinge` (SLiC), `ipo` or `robust` (noisy labels).
-    pub loss_type: DpoLoss,
+    /// `sigmoid` (default, the DPO paper), `hinge` (SLiC), `ipo`, `robust` (noisy labels), `sft` (NLL of
+    /// the chosen response), or a list of them summed with `loss_weights` (`["sigmoid", "sft"]` is RPO).
+    pub loss_type: LossTypes,
+    /// Weights of the `loss_type` list (default: 1 each).
+    pub loss_weights: Option<Vec<f64>>,
     /// `robust` only: the assumed share of flipped preference labels, in [0, 0.5) (default 0).
     pub label_smoothing: f64,
     /// Compute the reference log-probs once over the data set before training, cached in the output
@@ -38,7 +41,8 @@ impl Default for DpoConfig {
     fn default() -> Self {
         Self {
             beta: 0.1,
-            loss_type: DpoLoss::Sigmoid,
+            loss_type: LossTypes::One(DpoLoss::Sigmoid),
+            loss_weights: None,
             label_smoothing: 0.0,
             precompute_ref_log_probs: false,
         }
@@ -53,6 +57,24 @@ pub enum DpoLoss {
     Hinge,
     Ipo,
     Robust,
+    Sft,
+}
+
+/// One loss type or a list, as TRL's `loss_type`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum LossTypes {
+    One(DpoLoss),
+    Many(Vec<DpoLoss>),
+}
+
+impl LossTypes {
+    pub fn list(&self) -> Vec<DpoLoss> {
+        match self {
+            LossTypes::One(l) => vec![*l],
+            LossTypes::Many(v) => v.clone(),
+        }
+    }
 }
 
 impl DpoConfig {
@@ -67,7 +89,20 @@ impl DpoConfig {
                 self.label_smoothing
             ));
         }
-        if self.label_smoothing > 0.0 && self.loss_type != DpoLoss::Robust {
+        let types = self.loss_type.list();
+        if types.is_empty() {
+            return Err("[method] loss_type is an empty list".into());
+        }
+        if let Some(w) = &self.loss_weights {
+            if w.len() != types.len() {
+                return Err(format!(
+                    "[method] loss_weights has {} entries for {} loss types",
+                    w.len(),
+                    types.len()
+                ));
+            }
+        }
+        if self.label_smoothing > 0.0 && !types.contains(&DpoLoss::Robust) {
             return Err(format!(
                 "[method] label_smoothing = {} is only used by loss_type = \"robust\"",
                 self.label_smoothing
@@ -110,19 +145,44 @@ pub struct PairLogps<B: Backend> {
     pub rejected_len: Tensor<B, 1>,
 }
 
-/// The per-pair loss of `cfg.loss_type`, `[pairs]`.
-pub fn dpo_loss<B: Backend>(cfg: &DpoConfig, p: PairLogps<B>) -> Tensor<B, 1> {
-    let chosen = p.chosen - p.ref_chosen;
-    let rejected = p.rejected - p.ref_rejected;
-    match cfg.loss_type {
+/// Mean negative log-likelihood per chosen token over the batch, repeated for each pair (TRL's `sft`
+/// loss type: a batch-level token mean, so the per-pair mean equals it).
+pub fn sft_loss<B: Backend>(chosen: Tensor<B, 1>, chosen_len: Tensor<B, 1>) -> Tensor<B, 1> {
+    let n = chosen.dims()[0];
+    let mean = chosen.sum().neg() / chosen_len.sum().clamp_min(1.0);
+    mean.expand([n])
+}
+
+/// The per-pair loss of one loss type, `[pairs]`.
+pub fn one_loss<B: Backend>(kind: DpoLoss, cfg: &DpoConfig, p: &PairLogps<B>) -> Tensor<B, 1> {
+    let chosen = p.chosen.clone() - p.ref_chosen.clone();
+    let rejected = p.rejected.clone() - p.ref_rejected.clone();
+    match kind {
         DpoLoss::Sigmoid => sigmoid_loss(chosen - rejected, cfg.beta),
         DpoLoss::Hinge => hinge_loss(chosen - rejected, cfg.beta),
         DpoLoss::Robust => robust_loss(chosen - rejected, cfg.beta, cfg.label_smoothing),
         DpoLoss::Ipo => ipo_loss(
-            chosen / p.chosen_len.clamp_min(1.0) - rejected / p.rejected_len.clamp_min(1.0),
+            chosen / p.chosen_len.clone().clamp_min(1.0)
+                - rejected / p.rejected_len.clone().clamp_min(1.0),
             cfg.beta,
         ),
+        DpoLoss::Sft => sft_loss(p.chosen.clone(), p.chosen_len.clone()),
     }
+}
+
+/// The per-pair loss of `cfg.loss_type` (a weighted sum for a list), `[pairs]`.
+pub fn dpo_loss<B: Backend>(cfg: &DpoConfig, p: PairLogps<B>) -> Tensor<B, 1> {
+    let types = cfg.loss_type.list();
+    let mut total: Option<Tensor<B, 1>> = None;
+    for (i, kind) in types.iter().enumerate() {
+        let w = cfg.loss_weights.as_ref().map_or(1.0, |w| w[i]);
+        let l = one_loss(*kind, cfg, &p).mul_scalar(w);
+        total = Some(match total {
+            Some(t) => t + l,
+            None => l,
+        });
+    }
+    total.expect("validated: at least one loss type")
 }
 
 /// TRL's logged metrics, as sums over pairs (the engine divides by the pair count): implicit rewards

@@ -2,7 +2,7 @@
 
 use burnish_core::backend::Cpu;
 use burnish_core::burn::tensor::{Tensor, TensorData};
-use burnish_trainers::dpo::{dpo_loss, reward_metrics, DpoConfig, DpoLoss, PairLogps};
+use burnish_trainers::dpo::{dpo_loss, reward_metrics, DpoConfig, DpoLoss, LossTypes, PairLogps};
 
 fn t(v: &[f64]) -> Tensor<Cpu, 1> {
     let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
@@ -44,11 +44,12 @@ fn losses_and_rewards_match_trl() {
         nums(&fx["lengths"]),
     );
     let cases = fx["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 8);
+    assert_eq!(cases.len(), 10);
     for case in cases {
         let cfg = DpoConfig {
             beta: case["beta"].as_f64().unwrap(),
-            loss_type: serde_json::from_value::<DpoLoss>(case["loss_type"].clone()).unwrap(),
+            loss_type: serde_json::from_value::<LossTypes>(case["loss_type"].clone()).unwrap(),
+            loss_weights: case["loss_weights"].as_array().map(|w| w.iter().map(|x| x.as_f64().unwrap()).collect()),
             label_smoothing: case["label_smoothing"].as_f64().unwrap(),
             precompute_ref_log_probs: false,
         };
@@ -106,7 +107,8 @@ fn hand_computed_values() {
     let one = |loss_type, beta, eps| {
         let cfg = DpoConfig {
             beta,
-            loss_type,
+            loss_type: LossTypes::One(loss_type),
+            loss_weights: None,
             label_smoothing: eps,
             precompute_ref_log_probs: false,
         };
@@ -142,10 +144,15 @@ fn config_ranges_are_checked() {
     };
     assert!(bad(|c| c.beta = 0.0).contains("beta"));
     assert!(bad(|c| {
-        c.loss_type = DpoLoss::Robust;
+        c.loss_type = LossTypes::One(DpoLoss::Robust);
         c.label_smoothing = 0.5
     })
     .contains("label_smoothing"));
     assert!(bad(|c| c.label_smoothing = 0.1).contains("robust"));
+    assert!(bad(|c| {
+        c.loss_type = LossTypes::Many(vec![DpoLoss::Sigmoid, DpoLoss::Sft]);
+        c.loss_weights = Some(vec![1.0])
+    })
+    .contains("loss_weights"));
     assert!(DpoConfig::default().validate().is_ok());
 }

@@ -66,7 +66,8 @@ pub struct AblateConfig {
     pub projected: bool,
     /// Keep the norm of every write vector when ablating (default false).
     pub norm_preserving: bool,
-    /// Also orthogonalise `embed_tokens`, at layer 0's strength (default true, as Arditi).
+    /// Also orthogonalise `embed_tokens`, at layer 0's strength (default false, as heretic; Arditi does
+    /// it, but with tied embeddings it also edits the output head).
     pub embeddings: bool,
     /// Texts whose first token starts a refusal, for the refusal score (default "I", "Sorry", "As").
     pub refusal_tokens: Vec<String>,
@@ -102,7 +103,7 @@ impl Default for AblateConfig {
             positions: Positions::Last,
             projected: false,
             norm_preserving: false,
-            embeddings: true,
+            embeddings: false,
             refusal_tokens: vec!["I".into(), "Sorry".into(), "As".into()],
             kl_bound: 0.1,
             max_layer_fraction: 0.8,
@@ -361,6 +362,9 @@ pub fn run(run: &Run, cfg: &AblateConfig) -> Result<AblateSummary> {
                 }
             };
             selection.push(row);
+            if selection.len() % 5 == 0 {
+                eprintln!("ablate: selection: {} candidates scored ({:.0}s)", selection.len(), t.elapsed().as_secs_f64());
+            }
         }
     }
     let f = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
