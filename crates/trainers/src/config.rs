@@ -320,13 +320,15 @@ pub fn apply_overrides(text: &str, overrides: &[String]) -> std::result::Result<
             if item.is_array_of_tables() {
                 let arr = item.as_array_of_tables_mut().expect("checked");
                 // `data.sources.0.path`: an index into an array of tables.
-                let i: usize = parents.get(k + 1).and_then(|s| s.parse().ok()).ok_or_else(
-                    || {
-                        format!(
+                let i: usize =
+                    parents
+                        .get(k + 1)
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| {
+                            format!(
                             "--set `{o}`: `{seg}` is a list of tables; index it, e.g. `{seg}.0`"
                         )
-                    },
-                )?;
+                        })?;
                 let n = arr.len();
                 table = arr
                     .get_mut(i)

@@ -49,7 +49,9 @@ fn losses_and_rewards_match_trl() {
         let cfg = DpoConfig {
             beta: case["beta"].as_f64().unwrap(),
             loss_type: serde_json::from_value::<LossTypes>(case["loss_type"].clone()).unwrap(),
-            loss_weights: case["loss_weights"].as_array().map(|w| w.iter().map(|x| x.as_f64().unwrap()).collect()),
+            loss_weights: case["loss_weights"]
+                .as_array()
+                .map(|w| w.iter().map(|x| x.as_f64().unwrap()).collect()),
             label_smoothing: case["label_smoothing"].as_f64().unwrap(),
             precompute_ref_log_probs: false,
         };

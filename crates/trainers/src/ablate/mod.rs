@@ -10,28 +10,29 @@
 //! 4. the chosen edit applied to the weights, evaluated on the full `[eval]` sets, and exported.
 
 pub mod directions;
+mod output;
 pub mod search;
+mod select;
 pub mod weights;
 
-use std::path::Path;
 use std::time::Instant;
 
 use burn::tensor::{Tensor, TensorData};
 use burnish_core::adapter::load_adapter;
 use burnish_core::backend::Cpu;
 use burnish_core::burn;
-use burnish_core::export::{export_gguf, export_hf, Dtype, ExportSource, GgufQuant};
-use burnish_core::weights::gguf::GgufFile;
-use burnish_core::{Llama, Message, ModelPath, Pretrained};
+use burnish_core::{Llama, Message, Pretrained};
 use burnish_data::{build, Examples, RefusalDetector};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::config::{Run, SaveKind};
+use crate::config::Run;
 use crate::eval::{evaluate_config, load_sets, SetKind};
 use crate::{Error, Result};
 use directions::{candidates, last_logprobs, mean_activations, mean_kl, refusal_scores, unit};
+use output::{export, markdown, write_lines};
 use search::{pareto_front, Range, Search, Trial};
+use select::select;
 use weights::{ablate, steer, Kernel};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -317,104 +318,7 @@ pub fn run(run: &Run, cfg: &AblateConfig) -> Result<AblateSummary> {
     let t = Instant::now();
     let max_layer = ((layers as f64 * cfg.max_layer_fraction).floor() as usize).clamp(2, layers);
     let base_score = ctx.score(&model.model, &ctx.harmful_val);
-    let mut selection = Vec::new();
-    // A direction of (nearly) zero length carries no signal: e.g. at layer 0 every prompt has the same
-    // token at the last position, so the means coincide.
-    let norms: Vec<f64> = (0..max_layer * npos)
-        .map(|k| {
-            dir(k / npos, k % npos)
-                .iter()
-                .map(|x| x * x)
-                .sum::<f64>()
-                .sqrt()
-        })
-        .collect();
-    let typical = norms.iter().cloned().fold(0.0, f64::max);
-    for l in 0..max_layer {
-        for p in 0..npos {
-            let r = dir(l, p);
-            if norms[l * npos + p] < 1e-3 * typical {
-                continue;
-            }
-            let r32: Vec<f32> = r.iter().map(|&x| x as f32).collect();
-            let induce = |prompts: &[Vec<u32>]| -> Result<f64> {
-                Ok(if l == 0 {
-                    f64::NAN
-                } else {
-                    ctx.score(&steer(&model.model, l, tensor(&r32))?, prompts)
-                })
-            };
-            let row = match cfg.mode {
-                Mode::Ablate => {
-                    let abl = ablate(
-                        &model.model,
-                        &tensor(&unit(&r)),
-                        &Kernel::flat(1.0, layers),
-                        cfg.embeddings,
-                        cfg.norm_preserving,
-                    )?;
-                    json!({"layer": l, "position": p, "bypass_score": ctx.score(&abl, &ctx.harmful_val),
-                           "kl": ctx.kl(&abl), "induce_score": induce(&ctx.harmless_val)?})
-                }
-                Mode::Steer => {
-                    json!({"layer": l, "position": p, "induce_score": induce(&ctx.harmless_val)?,
-                                      "induce_harmful_score": induce(&ctx.harmful_val)?})
-                }
-            };
-            selection.push(row);
-            if selection.len() % 5 == 0 {
-                eprintln!("ablate: selection: {} candidates scored ({:.0}s)", selection.len(), t.elapsed().as_secs_f64());
-            }
-        }
-    }
-    let f = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
-    let pick = |rows: Vec<&Value>, key: &dyn Fn(&Value) -> f64| -> Option<Value> {
-        rows.into_iter()
-            .filter(|r| key(r).is_finite())
-            .min_by(|a, b| key(a).total_cmp(&key(b)))
-            .cloned()
-    };
-    let (selected, filter) = match cfg.mode {
-        Mode::Ablate => {
-            let bypass = |r: &Value| f(r, "bypass_score");
-            let ok_kl = |r: &&Value| f(r, "kl") <= cfg.kl_bound;
-            // Layer 0 has no induce score (NaN): nothing can be added before the first layer.
-            let ok_induce = |r: &&Value| {
-                let s = f(r, "induce_score");
-                s.is_nan() || s > 0.0
-            };
-            if let Some(s) = pick(
-                selection.iter().filter(ok_kl).filter(ok_induce).collect(),
-                &bypass,
-            ) {
-                (s, "kl and induce filters passed")
-            } else if let Some(s) = pick(selection.iter().filter(ok_kl).collect(), &bypass) {
-                (s, "no candidate induces refusal; kl filter only")
-            } else {
-                (
-                    pick(selection.iter().collect(), &bypass).expect("candidates"),
-                    "no candidate passes the kl filter",
-                )
-            }
-        }
-        Mode::Steer => {
-            let selectivity = |r: &Value| -(f(r, "induce_harmful_score") - f(r, "induce_score"));
-            let induces = |r: &&Value| f(r, "induce_harmful_score") > 0.0;
-            match pick(selection.iter().filter(induces).collect(), &selectivity) {
-                Some(s) => (
-                    s,
-                    "most selective candidate that induces refusal on harmful prompts",
-                ),
-                None => (
-                    pick(selection.iter().collect(), &|r| {
-                        -f(r, "induce_harmful_score")
-                    })
-                    .expect("candidates"),
-                    "no candidate induces refusal; strongest one",
-                ),
-            }
-        }
-    };
+    let (selection, selected, filter) = select(&ctx, &model.model, &dir, layers, npos, max_layer)?;
     let (sl, sp) = (
         selected["layer"].as_u64().unwrap_or(0) as usize,
         selected["position"].as_u64().unwrap_or(0) as usize,
@@ -690,85 +594,4 @@ pub fn run(run: &Run, cfg: &AblateConfig) -> Result<AblateSummary> {
         seconds: started.elapsed().as_secs_f64(),
         report,
     })
-}
-
-fn write_lines(path: &Path, rows: &[Value]) -> Result<()> {
-    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
-    Ok(burnish_core::io::write_atomic(path, text.as_bytes())?)
-}
-
-/// merged/ (HF, f32) always; model.gguf (F16) when `output.save` asks for it.
-fn export(run: &Run, out: &Path, model: &Pretrained<Cpu>, model_path: &Path) -> Result<()> {
-    let mut config = model.config.clone();
-    config.mlp_bias = model.model.has_mlp_bias();
-    let gguf = match ModelPath::detect(model_path)? {
-        ModelPath::Gguf(f) => Some(GgufFile::open(f)?),
-        ModelPath::HfDir(_) => None,
-    };
-    let src = ExportSource {
-        config: &config,
-        tokenizer: &model.tokenizer,
-        template: model.template.as_ref(),
-        source_gguf: gguf.as_ref(),
-    };
-    export_hf(&model.model, &src, &out.join("merged"), Dtype::F32)?;
-    if run.config.output.save.contains(&SaveKind::Gguf) {
-        export_gguf(&model.model, &src, &out.join("model.gguf"), GgufQuant::F16)?;
-    }
-    Ok(())
-}
-
-fn markdown(r: &Value, names: &[&str]) -> String {
-    let pct = |v: &Value| {
-        v.as_f64()
-            .map(|x| format!("{:.1}%", 100.0 * x))
-            .unwrap_or_else(|| "–".into())
-    };
-    let mut md = format!(
-        "# Refusal direction: {}\n\n",
-        r["mode"].as_str().unwrap_or("")
-    );
-    md.push_str(&format!(
-        "Selected candidate: layer {}, position {} ({}).\n\n",
-        r["selected"]["layer"],
-        r["selected"]["position"],
-        r["selection_filter"].as_str().unwrap_or("")
-    ));
-    md.push_str("Chosen trial:\n\n| parameter | value |\n|---|---|\n");
-    for n in names {
-        md.push_str(&format!(
-            "| {n} | {:.3} |\n",
-            r["chosen"]["info"]["params"][n]
-                .as_f64()
-                .unwrap_or(f64::NAN)
-        ));
-    }
-    md.push_str(&format!(
-        "\nOn the validation prompts: unedited {}, chosen {}.\n\n",
-        r["baseline_val"]["info"], r["chosen"]["info"]
-    ));
-    md.push_str("| set | before: refusal rate | after: refusal rate |\n|---|---|---|\n");
-    if let Some(sets) = r["after"]["sets"].as_object() {
-        for (name, s) in sets {
-            md.push_str(&format!(
-                "| {name} | {} | {} |\n",
-                pct(&r["before"]["sets"][name]["refusal_rate"]),
-                pct(&s["refusal_rate"])
-            ));
-        }
-    }
-    if let Some(kl) = r["after"].get("kl") {
-        md.push_str(&format!(
-            "\nKL(unedited ‖ edited) on {}: first token {:.4}, per token {:.4}.\n",
-            kl["set"].as_str().unwrap_or(""),
-            kl["first_token"].as_f64().unwrap_or(f64::NAN),
-            kl["per_token"].as_f64().unwrap_or(f64::NAN)
-        ));
-    }
-    md.push_str(&format!(
-        "\nSearch: {:.0} s; whole run: {:.0} s. Trials: trials.jsonl (Pareto front: pareto.png); candidates: selection.jsonl.\n",
-        r["search_seconds"].as_f64().unwrap_or(0.0),
-        r["seconds"].as_f64().unwrap_or(0.0)
-    ));
-    md
 }
