@@ -31,6 +31,8 @@ enum Cmd {
     Ablate(cli::ablate::AblateArgs),
     /// The main job: safety-tune SmolLM2, make refusal-free variants, evaluate all (burnish showcase [--quick]).
     Showcase(cli::showcase::ShowcaseArgs),
+    /// Score responses with a trained reward model (method = "reward").
+    Score(cli::score::ScoreArgs),
     /// Safety evaluation: violation and false refusal rates by hazard category, KL to a base model.
     Eval(cli::eval::EvalArgs),
     /// Data sets: preview rendered examples and loss masks, build JSON Lines, evaluate refusal detection.
@@ -54,6 +56,7 @@ fn main() {
         Cmd::Data(a) => cli::data::run(a),
         Cmd::Eval(a) => cli::eval::eval(a),
         Cmd::Ablate(a) => cli::ablate::ablate(a),
+        Cmd::Score(a) => cli::score::score(a),
         Cmd::Showcase(a) => cli::showcase::showcase(a),
     };
     if let Err(e) = result {

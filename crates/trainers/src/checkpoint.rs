@@ -21,6 +21,7 @@ type Pair<B> = (Option<Tensor<B, 2>>, Option<Tensor<B, 2>>);
 
 const STATE: &str = "trainer_state.json";
 const OPTIM: &str = "optimizer.safetensors";
+const HEADS: &str = "heads.safetensors";
 
 /// Everything besides tensors that a resumed run needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,6 +50,7 @@ pub fn save<B: Backend, IB: Backend>(
     lora: &LoraConfig,
     base_model: &str,
     opt: &AdamW<IB>,
+    heads: &[(String, Tensor<IB, 2>)],
     state: &TrainerState,
     keep: usize,
 ) -> Result<PathBuf> {
@@ -77,6 +79,14 @@ pub fn save<B: Backend, IB: Backend>(
         &tensors,
         &[("optimizer_step", &step)],
     )?;
+    if !heads.is_empty() {
+        write_safetensors(
+            &tmp.join(HEADS),
+            safetensors::Dtype::F32,
+            &head_tensors(heads),
+            &[],
+        )?;
+    }
     write_atomic(
         &tmp.join(STATE),
         serde_json::to_string_pretty(state)
@@ -93,6 +103,42 @@ pub fn save<B: Backend, IB: Backend>(
         std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
     }
     Ok(dst)
+}
+
+/// Heads (`[name, shape, f32 bytes]`) for a safetensors file.
+pub fn head_tensors<IB: Backend>(
+    heads: &[(String, Tensor<IB, 2>)],
+) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+    heads
+        .iter()
+        .map(|(k, t)| {
+            let data = t.clone().into_data().convert::<f32>();
+            (k.clone(), t.dims().to_vec(), data.as_bytes().to_vec())
+        })
+        .collect()
+}
+
+/// Reads the 2-D tensors of a heads file.
+pub fn read_heads<IB: Backend>(
+    path: &Path,
+    device: &IB::Device,
+) -> Result<Vec<(String, Tensor<IB, 2>)>> {
+    let file = SafetensorsDir::open_file(path)?;
+    let names: Vec<String> = file.names().map(String::from).collect();
+    let mut out = Vec::new();
+    for key in names {
+        let t = file.tensor(&key)?.expect("listed");
+        let shape: [usize; 2] = t
+            .shape
+            .clone()
+            .try_into()
+            .map_err(|_| Error::Other(format!("{}: {key} is not 2-D", path.display())))?;
+        out.push((
+            key,
+            Tensor::from_data(TensorData::new(t.data, shape), device),
+        ));
+    }
+    Ok(out)
 }
 
 /// Finished checkpoints, oldest first.
@@ -122,7 +168,7 @@ pub fn load<B: Backend, IB: Backend>(
     opt: &mut AdamW<IB>,
     device: &B::Device,
     inner_device: &IB::Device,
-) -> Result<TrainerState> {
+) -> Result<(TrainerState, Vec<(String, Tensor<IB, 2>)>)> {
     let state_path = dir.join(STATE);
     let text = std::fs::read_to_string(&state_path).map_err(|e| io(&state_path, e))?;
     let state: TrainerState = serde_json::from_str(&text)
@@ -159,5 +205,10 @@ pub fn load<B: Backend, IB: Backend>(
         opt.state.insert(name, Moments { m, v });
     }
     opt.step = state.step as u64;
-    Ok(state)
+    let heads = if dir.join(HEADS).exists() {
+        read_heads(&dir.join(HEADS), inner_device)?
+    } else {
+        Vec::new()
+    };
+    Ok((state, heads))
 }

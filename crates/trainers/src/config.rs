@@ -14,6 +14,7 @@ use crate::ablate::AblateConfig;
 use crate::dpo::DpoConfig;
 use crate::eval::SetSpec;
 use crate::optim::{AdamWConfig, Schedule};
+use crate::reward::RewardConfig;
 use crate::{Error, Result};
 
 #[derive(Clone, Debug, Deserialize)]
@@ -58,6 +59,7 @@ fn f32_name() -> String {
 pub enum MethodConfig {
     Sft(SftConfig),
     Dpo(DpoConfig),
+    Reward(RewardConfig),
     Ablate(AblateConfig),
 }
 
@@ -72,6 +74,7 @@ impl MethodConfig {
         match self {
             MethodConfig::Sft(_) => "sft",
             MethodConfig::Dpo(_) => "dpo",
+            MethodConfig::Reward(_) => "reward",
             MethodConfig::Ablate(_) => "ablate",
         }
     }
@@ -282,7 +285,7 @@ impl Run {
         match &c.method {
             MethodConfig::Dpo(d) => d.validate().or_else(bad)?,
             MethodConfig::Ablate(a) => a.validate().or_else(bad)?,
-            MethodConfig::Sft(_) => {}
+            MethodConfig::Sft(_) | MethodConfig::Reward(_) => {}
         }
         c.data.validate(&self.path)?;
         Ok(())

@@ -240,14 +240,19 @@ fn sequence(prompt: &[u32], c: &burnish_data::Completion) -> Packed {
     })
 }
 
-fn make_batch(pairs: &[&TokenizedPair], refs: Option<Vec<[f32; 2]>>, pad_id: u32) -> DpoBatch {
+/// The chosen sequences of `pairs`, then the rejected ones, as one right-padded batch.
+pub fn pair_rows(pairs: &[&TokenizedPair], pad_id: u32) -> Batch {
     let mut rows: Vec<Packed> = pairs
         .iter()
         .map(|p| sequence(&p.prompt_ids, &p.chosen))
         .collect();
     rows.extend(pairs.iter().map(|p| sequence(&p.prompt_ids, &p.rejected)));
+    Batch::new(&rows, pad_id)
+}
+
+fn make_batch(pairs: &[&TokenizedPair], refs: Option<Vec<[f32; 2]>>, pad_id: u32) -> DpoBatch {
     DpoBatch {
-        seqs: Batch::new(&rows, pad_id),
+        seqs: pair_rows(pairs, pad_id),
         pairs: pairs.len(),
         reference: refs.map(|r| {
             let (c, rj): (Vec<f32>, Vec<f32>) = r.iter().map(|x| (x[0], x[1])).unzip();

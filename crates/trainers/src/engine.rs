@@ -129,7 +129,10 @@ pub fn train<B: AutodiffBackend, M: Method<B>>(
     let metrics_path = cfg.out_dir.join("metrics.jsonl");
     let mut history = Vec::new();
     if let Some(dir) = &cfg.resume {
-        let st = checkpoint::load(dir, &mut model, &mut opt, &device, &inner_device)?;
+        let (st, heads) = checkpoint::load(dir, &mut model, &mut opt, &device, &inner_device)?;
+        for (name, t) in heads {
+            method.set_head(&name, t);
+        }
         if st.total_steps != total_steps || st.seed != t.seed || st.method != cfg.method {
             return Err(Error::Other(format!(
                 "{}: checkpoint is from a different run (steps {}, seed {}, method {}) than this config (steps {total_steps}, seed {}, method {})",
@@ -159,25 +162,29 @@ pub fn train<B: AutodiffBackend, M: Method<B>>(
     let mut last = Metrics::new();
     let mut eval = Metrics::new();
     let mut outcome = Outcome::Finished;
-    let save_ckpt =
-        |model: &Llama<B>, opt: &AdamW<B::InnerBackend>, step: usize| -> Result<PathBuf> {
-            let state = TrainerState {
-                step,
-                total_steps,
-                seed: t.seed,
-                data_cursor: step * per_step,
-                method: cfg.method.clone(),
-            };
-            checkpoint::save(
-                &cfg.out_dir,
-                model,
-                &cfg.lora,
-                &cfg.base_model,
-                opt,
-                &state,
-                t.save_total_limit,
-            )
+    let save_ckpt = |model: &Llama<B>,
+                     opt: &AdamW<B::InnerBackend>,
+                     heads: &[(String, Tensor<B::InnerBackend, 2>)],
+                     step: usize|
+     -> Result<PathBuf> {
+        let state = TrainerState {
+            step,
+            total_steps,
+            seed: t.seed,
+            data_cursor: step * per_step,
+            method: cfg.method.clone(),
         };
+        checkpoint::save(
+            &cfg.out_dir,
+            model,
+            &cfg.lora,
+            &cfg.base_model,
+            opt,
+            heads,
+            &state,
+            t.save_total_limit,
+        )
+    };
 
     for step in start..total_steps {
         let t0 = Instant::now();
@@ -209,16 +216,23 @@ pub fn train<B: AutodiffBackend, M: Method<B>>(
             for (k, v) in m {
                 *sums.entry(k).or_default() += v;
             }
+            let mut add = |key: String, gr: Tensor<B::InnerBackend, 2>| {
+                let acc = match grads.remove(&key) {
+                    Some(prev) => prev + gr,
+                    None => gr,
+                };
+                grads.insert(key, acc);
+            };
             for (path, lora) in model.adapters() {
                 for (which, p) in [('A', &lora.lora_A), ('B', &lora.lora_B)] {
                     if let Some(gr) = p.val().grad(&g) {
-                        let key = peft_key(&path, which);
-                        let acc = match grads.remove(&key) {
-                            Some(prev) => prev + gr,
-                            None => gr,
-                        };
-                        grads.insert(key, acc);
+                        add(peft_key(&path, which), gr);
                     }
+                }
+            }
+            for (name, p) in method.heads() {
+                if let Some(gr) = p.val().grad(&g) {
+                    add(name, gr);
                 }
             }
         }
@@ -255,6 +269,12 @@ pub fn train<B: AutodiffBackend, M: Method<B>>(
                 };
                 let new = opt.update(&key, param.val().inner(), g.mul_scalar(clip), lr);
                 *param = Param::initialized(param.id, Tensor::from_inner(new).require_grad());
+            }
+        }
+        for (name, p) in method.heads() {
+            if let Some(g) = grads.remove(&name) {
+                let new = opt.update(&name, p.val().inner(), g.mul_scalar(clip), lr);
+                method.set_head(&name, new);
             }
         }
         let done = step + 1;
@@ -302,7 +322,12 @@ pub fn train<B: AutodiffBackend, M: Method<B>>(
         ));
         let interrupted = INTERRUPTED.load(Ordering::SeqCst);
         if (t.save_steps > 0 && done % t.save_steps == 0) || done == total_steps || interrupted {
-            save_ckpt(&model, &opt, done)?;
+            let heads: Vec<_> = method
+                .heads()
+                .into_iter()
+                .map(|(n, p)| (n, p.val().inner()))
+                .collect();
+            save_ckpt(&model, &opt, &heads, done)?;
         }
         if interrupted && done != total_steps {
             outcome = Outcome::Interrupted(done);

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use burn::module::Param;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use burnish_core::burn;
@@ -32,6 +33,15 @@ pub trait Method<B: AutodiffBackend> {
 
     /// Sum of the loss over the micro-batch's units, and metric sums.
     fn loss(&self, model: &Llama<B>, batch: &Self::Batch) -> (Tensor<B, 1>, Metrics);
+
+    /// Trainable matrices besides the LoRA adapters (a reward model's score head, PPO's value head), by
+    /// a name that is also their checkpoint key. The engine optimises them with the adapters.
+    fn heads(&self) -> Vec<(String, Param<Tensor<B, 2>>)> {
+        Vec::new()
+    }
+
+    /// Replaces a head after an optimizer step, or when resuming from a checkpoint.
+    fn set_head(&mut self, _name: &str, _value: Tensor<B::InnerBackend, 2>) {}
 
     /// Called before each optimizer step with the current policy (PPO collects rollouts here).
     fn prepare_step(&mut self, _model: &Llama<B::InnerBackend>, _step: usize) -> Result<()> {

@@ -20,6 +20,7 @@ use crate::config::{MethodConfig, Run, SaveKind};
 use crate::dpo::Dpo;
 use crate::engine::{train as run_engine, EngineConfig, Outcome, Summary};
 use crate::eval::{evaluate_config, summary as eval_summary};
+use crate::reward::{save_head, Reward};
 use crate::sft::Sft;
 use crate::{Error, Result};
 
@@ -141,6 +142,23 @@ fn train_on<B: AutodiffBackend>(
             }
             run_engine(&mut dpo, model, &engine_cfg)?
         }
+        (MethodConfig::Reward(cfg), Encoded::Pairs(train, eval)) => {
+            let hidden = model.model.embed_tokens.dims()[1];
+            let mut rm = Reward::<B>::new(
+                cfg.clone(),
+                train,
+                eval,
+                pad_id,
+                eval_batch_size,
+                hidden,
+                device,
+            );
+            let (model, summary) = run_engine(&mut rm, model, &engine_cfg)?;
+            if summary.outcome == Outcome::Finished {
+                save_head(&out_dir.join("adapter"), rm.head.val().inner())?;
+            }
+            (model, summary)
+        }
         _ => unreachable!("encode() checks the data kind against the method"),
     };
     if summary.outcome == Outcome::Finished {
@@ -205,7 +223,11 @@ fn encode(run: &Run, encoder: &ChatEncoder, train: &Examples, eval: &Examples) -
             report(&stats, "examples");
             Ok(Encoded::Sft(train, encoder.encode_all_sft(e)?.0))
         }
-        (MethodConfig::Dpo(_), Examples::Pairs(t), Examples::Pairs(e)) => {
+        (
+            MethodConfig::Dpo(_) | MethodConfig::Reward(_),
+            Examples::Pairs(t),
+            Examples::Pairs(e),
+        ) => {
             let (train, stats) = encoder.encode_all_pairs(t)?;
             report(&stats, "pairs");
             Ok(Encoded::Pairs(train, encoder.encode_all_pairs(e)?.0))
@@ -220,6 +242,7 @@ fn encode(run: &Run, encoder: &ChatEncoder, train: &Examples, eval: &Examples) -
                     MethodConfig::Dpo(_) =>
                         "preference pairs (chosen/rejected, or answer = \"refusal_pair\")",
                     MethodConfig::Ablate(_) => "prompts, and runs with `burnish ablate`",
+                    MethodConfig::Reward(_) => "preference pairs (chosen/rejected)",
                 },
                 t.kind().name()
             ),

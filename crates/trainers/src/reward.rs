@@ -1,0 +1,255 @@
+//! Reward modelling (TRL's `RewardTrainer`): the transformer with LoRA adapters plus a scalar head on the
+//! last non-pad token, trained on preference pairs with −log σ(r_chosen − r_rejected − margin), plus
+//! `center_rewards_coefficient`·(r_chosen + r_rejected)² to keep rewards centred. The head is
+//! `score.weight` `[1, hidden]` as in transformers' `LlamaForSequenceClassification`, initialised
+//! N(0, 1/√(hidden + 1)) (the N+ implementation details of RLHF).
+
+use std::path::Path;
+
+use burn::module::Param;
+use burn::tensor::activation::log_sigmoid;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burnish_core::burn;
+use burnish_core::Llama;
+use burnish_data::{Batch, TokenizedPair};
+use serde::{Deserialize, Serialize};
+
+use crate::dpo::pair_rows;
+use crate::method::{Method, Metrics};
+use crate::{Error, Result};
+
+/// `[method]` with `name = "reward"`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RewardConfig {
+    /// Weight of the (r_chosen + r_rejected)² centring term (TRL `center_rewards_coefficient`, default
+    /// none; 0.01 is the suggested value).
+    pub center_rewards_coefficient: Option<f64>,
+    /// A margin subtracted inside the sigmoid for every pair (default 0).
+    pub margin: f64,
+}
+
+pub const SCORE: &str = "score.weight";
+pub const SCORE_FILE: &str = "score.safetensors";
+
+/// Per-pair loss: −log σ(r_c − r_r − margin) + c·(r_c + r_r)².
+pub fn reward_loss<B: Backend>(
+    chosen: Tensor<B, 1>,
+    rejected: Tensor<B, 1>,
+    margin: f64,
+    center: Option<f64>,
+) -> Tensor<B, 1> {
+    let mut l = log_sigmoid(chosen.clone() - rejected.clone() - margin).neg();
+    if let Some(c) = center {
+        l = l + (chosen + rejected).powi_scalar(2).mul_scalar(c);
+    }
+    l
+}
+
+/// Scalar rewards `[rows]`: the head applied to each row's last non-pad token's final hidden state.
+pub fn rewards<B: Backend>(model: &Llama<B>, head: Tensor<B, 2>, batch: &Batch) -> Tensor<B, 1> {
+    let device = model.model.embed_tokens.device();
+    let t = batch.tensors::<B>(&device);
+    let ctx = model.context(t.positions, Some(t.mask));
+    let hidden = model.forward_hidden(t.input_ids, &ctx, None, None);
+    let [b, s, h] = hidden.dims();
+    let last: Vec<i64> = (0..b)
+        .map(|r| {
+            let n = batch.segment_ids[r * s..(r + 1) * s]
+                .iter()
+                .filter(|&&x| x != 0)
+                .count();
+            (r * s + n.max(1) - 1) as i64
+        })
+        .collect();
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(last, [b]), &device);
+    let x = hidden.reshape([b * s, h]).select(0, idx);
+    x.matmul(head.transpose()).squeeze_dim::<1>(1)
+}
+
+fn values<B: Backend>(t: &Tensor<B, 1>) -> Vec<f32> {
+    t.clone()
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default()
+}
+
+/// Metric sums over pairs: accuracy (r_c > r_r), margin, and mean rewards.
+fn metrics(r: &[f32], pairs: usize) -> Metrics {
+    let mut m = Metrics::new();
+    for i in 0..pairs {
+        let (c, j) = (r[i] as f64, r[pairs + i] as f64);
+        *m.entry("accuracy".into()).or_default() += f64::from(u8::from(c > j));
+        *m.entry("margin".into()).or_default() += c - j;
+        *m.entry("rewards/chosen".into()).or_default() += c;
+        *m.entry("rewards/rejected".into()).or_default() += j;
+    }
+    m
+}
+
+pub struct Reward<B: AutodiffBackend> {
+    pub cfg: RewardConfig,
+    pub train: Vec<TokenizedPair>,
+    pub eval: Vec<TokenizedPair>,
+    pub pad_id: u32,
+    pub eval_batch_size: usize,
+    pub head: Param<Tensor<B, 2>>,
+}
+
+pub struct RewardBatch {
+    seqs: Batch,
+    pairs: usize,
+}
+
+impl<B: AutodiffBackend> Reward<B> {
+    pub fn new(
+        cfg: RewardConfig,
+        train: Vec<TokenizedPair>,
+        eval: Vec<TokenizedPair>,
+        pad_id: u32,
+        eval_batch_size: usize,
+        hidden: usize,
+        device: &B::Device,
+    ) -> Self {
+        let std = 1.0 / ((hidden + 1) as f64).sqrt();
+        let w = Tensor::<B, 2>::random([1, hidden], Distribution::Normal(0.0, std), device);
+        Self {
+            cfg,
+            train,
+            eval,
+            pad_id,
+            eval_batch_size: eval_batch_size.max(1),
+            head: Param::from_tensor(w.require_grad()),
+        }
+    }
+
+    fn make(&self, pairs: &[&TokenizedPair]) -> RewardBatch {
+        RewardBatch {
+            seqs: pair_rows(pairs, self.pad_id),
+            pairs: pairs.len(),
+        }
+    }
+
+    fn pair_loss<C: Backend>(&self, r: Tensor<C, 1>, pairs: usize) -> (Tensor<C, 1>, Metrics) {
+        let m = metrics(&values(&r), pairs);
+        let l = reward_loss(
+            r.clone().slice(0..pairs),
+            r.slice(pairs..2 * pairs),
+            self.cfg.margin,
+            self.cfg.center_rewards_coefficient,
+        );
+        (l.sum(), m)
+    }
+}
+
+impl<B: AutodiffBackend> Method<B> for Reward<B> {
+    type Batch = RewardBatch;
+
+    fn train_len(&self) -> usize {
+        self.train.len()
+    }
+
+    fn batch(&self, rows: &[usize]) -> RewardBatch {
+        let pairs: Vec<&TokenizedPair> = rows.iter().map(|&i| &self.train[i]).collect();
+        self.make(&pairs)
+    }
+
+    fn units(&self, batch: &RewardBatch) -> f64 {
+        batch.pairs as f64
+    }
+
+    fn tokens(&self, batch: &RewardBatch) -> usize {
+        batch.seqs.segment_ids.iter().filter(|&&s| s != 0).count()
+    }
+
+    fn loss(&self, model: &Llama<B>, batch: &RewardBatch) -> (Tensor<B, 1>, Metrics) {
+        let r = rewards(model, self.head.val(), &batch.seqs);
+        self.pair_loss(r, batch.pairs)
+    }
+
+    fn heads(&self) -> Vec<(String, Param<Tensor<B, 2>>)> {
+        vec![(SCORE.into(), self.head.clone())]
+    }
+
+    fn set_head(&mut self, name: &str, value: Tensor<B::InnerBackend, 2>) {
+        if name == SCORE {
+            self.head = Param::initialized(self.head.id, Tensor::from_inner(value).require_grad());
+        }
+    }
+
+    fn evaluate(&self, model: &Llama<B::InnerBackend>) -> Metrics {
+        if self.eval.is_empty() {
+            return Metrics::new();
+        }
+        let head = self.head.val().inner();
+        let (mut loss, mut sums) = (0.0, Metrics::new());
+        let all: Vec<&TokenizedPair> = self.eval.iter().collect();
+        for chunk in all.chunks(self.eval_batch_size) {
+            let b = self.make(chunk);
+            let r = rewards(model, head.clone(), &b.seqs);
+            let (l, m) = self.pair_loss(r, b.pairs);
+            loss += values(&l)[0] as f64;
+            for (k, v) in m {
+                *sums.entry(k).or_default() += v;
+            }
+        }
+        let n = self.eval.len() as f64;
+        let mut out: Metrics = sums
+            .into_iter()
+            .map(|(k, v)| (format!("eval_{k}"), v / n))
+            .collect();
+        out.insert("eval_loss".into(), loss / n);
+        out
+    }
+}
+
+/// Writes the head as `score.safetensors` (`score.weight`, f32) next to the adapter.
+pub fn save_head<B: Backend>(dir: &Path, head: Tensor<B, 2>) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io(dir.to_path_buf(), e))?;
+    let t = crate::checkpoint::head_tensors(&[(SCORE.to_string(), head)]);
+    burnish_core::weights::write_safetensors(
+        &dir.join(SCORE_FILE),
+        burnish_core::safetensors::Dtype::F32,
+        &t,
+        &[("format", "pt")],
+    )?;
+    Ok(())
+}
+
+/// Reads `score.weight` from a reward model directory.
+pub fn load_head<B: Backend>(dir: &Path, device: &B::Device) -> Result<Tensor<B, 2>> {
+    let path = dir.join(SCORE_FILE);
+    crate::checkpoint::read_heads::<B>(&path, device)?
+        .into_iter()
+        .find(|(k, _)| k == SCORE)
+        .map(|(_, t)| t)
+        .ok_or_else(|| Error::Other(format!("{}: no {SCORE}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burnish_core::backend::Cpu;
+
+    #[test]
+    fn loss_matches_hand_computation() {
+        let d = Default::default();
+        let c = Tensor::<Cpu, 1>::from_floats([2.0, 0.0], &d);
+        let r = Tensor::<Cpu, 1>::from_floats([1.0, 0.5], &d);
+        let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let l = reward_loss(c.clone(), r.clone(), 0.0, None)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        assert!((l[0] as f64 + sig(1.0).ln()).abs() < 1e-6);
+        assert!((l[1] as f64 + sig(-0.5).ln()).abs() < 1e-6);
+        // Margin 0.5 and centring 0.01: −log σ(1 − 0.5) + 0.01·3².
+        let l = reward_loss(c, r, 0.5, Some(0.01))
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        assert!((l[0] as f64 - (-sig(0.5).ln() + 0.09)).abs() < 1e-6);
+    }
+}

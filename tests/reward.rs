@@ -1,0 +1,107 @@
+//! Reward modelling on a tiny model: accuracy rises, the head is saved next to the adapter and survives a
+//! resume, and `burnish score` ranks a preferred response above a rejected one.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+fn pair_data(dir: &Path, n: usize) -> PathBuf {
+    let p = dir.join("pairs.jsonl");
+    let words = ["cat", "mat", "dog", "home", "on", "runs"];
+    let mut lines = String::new();
+    for i in 0..n {
+        let (a, b) = (words[i % 6], words[(i * 5 + 1) % 6]);
+        let row = serde_json::json!({"prompt": format!("say {a} {b}"), "chosen": format!("the {a} is {b}"), "rejected": format!("a {b} and {a}")});
+        lines.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(&p, lines).unwrap();
+    p
+}
+
+fn run_file(dir: &Path, extra: &str) -> PathBuf {
+    let model = tiny_chat_model(dir);
+    let data = pair_data(dir, 48);
+    let text = format!(
+        "[model]\npath = {model:?}\n[lora]\nr = 4\nlora_alpha = 8\ntarget_modules = \"all-linear\"\n[data]\nmax_length = 64\neval_fraction = 0.25\n\
+         [[data.sources]]\npath = {data:?}\n[method]\nname = \"reward\"\ncenter_rewards_coefficient = 0.01\n\
+         [train]\nlearning_rate = 1e-2\nbatch_size = 4\nmax_steps = 12\nseed = 3\n{extra}[output]\ndir = \"out\"\n"
+    );
+    let p = dir.join("run.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn burnish(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_burnish"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[test]
+fn reward_model_learns_and_scores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_file(tmp.path(), "");
+    burnish(&["train", run.to_str().unwrap()]);
+    let out = tmp.path().join("out");
+    let rows = metrics(&out);
+    let acc: Vec<f64> = rows
+        .iter()
+        .map(|r| r["accuracy"].as_f64().unwrap())
+        .collect();
+    assert!(acc[10..].iter().sum::<f64>() / 2.0 > 0.8, "{acc:?}");
+    let last = rows.last().unwrap();
+    assert!(last["eval_accuracy"].as_f64().unwrap() > 0.8, "{last}");
+    assert!(out.join("adapter/score.safetensors").exists());
+    let model = tmp.path().join("tiny-chat");
+    let s = burnish(&[
+        "score",
+        "--model",
+        model.to_str().unwrap(),
+        "--reward",
+        out.join("adapter").to_str().unwrap(),
+        "--prompt",
+        "say dog on",
+        "--response",
+        "the dog is on",
+        "--response",
+        "a on and dog",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    let sc = v["scores"].as_array().unwrap();
+    assert!(sc[0].as_f64().unwrap() > sc[1].as_f64().unwrap(), "{s}");
+}
+
+#[test]
+fn reward_head_survives_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_file(tmp.path(), "save_steps = 6\n");
+    burnish(&["train", run.to_str().unwrap()]);
+    let out = tmp.path().join("out");
+    let full: Vec<f64> = metrics(&out)
+        .iter()
+        .map(|r| r["loss"].as_f64().unwrap())
+        .collect();
+    assert!(out
+        .join("checkpoints/step-000006/heads.safetensors")
+        .exists());
+    burnish(&[
+        "train",
+        run.to_str().unwrap(),
+        "--resume",
+        out.join("checkpoints/step-000006").to_str().unwrap(),
+    ]);
+    let resumed: Vec<f64> = metrics(&out)
+        .iter()
+        .map(|r| r["loss"].as_f64().unwrap())
+        .collect();
+    for (a, b) in full.iter().zip(&resumed).skip(6) {
+        assert!((a - b).abs() < 1e-4, "{full:?} vs {resumed:?}");
+    }
+}
