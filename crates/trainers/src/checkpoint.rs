@@ -43,7 +43,11 @@ pub fn checkpoints_dir(out: &Path) -> PathBuf {
     out.join("checkpoints")
 }
 
+/// Named 2-D heads (reward or value heads) as the engine checkpoints them.
+pub type Heads<IB> = Vec<(String, Tensor<IB, 2>)>;
+
 /// Writes `out/checkpoints/step-NNNNNN/` atomically and prunes old ones beyond `keep`.
+#[allow(clippy::too_many_arguments)] // each is a distinct part of the checkpoint
 pub fn save<B: Backend, IB: Backend>(
     out: &Path,
     model: &Llama<B>,
@@ -168,7 +172,7 @@ pub fn load<B: Backend, IB: Backend>(
     opt: &mut AdamW<IB>,
     device: &B::Device,
     inner_device: &IB::Device,
-) -> Result<(TrainerState, Vec<(String, Tensor<IB, 2>)>)> {
+) -> Result<(TrainerState, Heads<IB>)> {
     let state_path = dir.join(STATE);
     let text = std::fs::read_to_string(&state_path).map_err(|e| io(&state_path, e))?;
     let state: TrainerState = serde_json::from_str(&text)
