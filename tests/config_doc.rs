@@ -76,7 +76,7 @@ fn documented_keys_are_exactly_the_accepted_ones() {
 /// every key the method accepts.
 #[test]
 fn method_pages_list_their_keys() {
-    for page in ["docs/dpo.md", "docs/ablate.md"] {
+    for page in ["docs/dpo.md", "docs/ablate.md", "docs/rlhf.md"] {
         let md = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(page)).unwrap();
         let start = md
             .find("```toml\n[method]")

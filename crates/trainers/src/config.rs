@@ -14,6 +14,7 @@ use crate::ablate::AblateConfig;
 use crate::dpo::DpoConfig;
 use crate::eval::SetSpec;
 use crate::optim::{AdamWConfig, Schedule};
+use crate::ppo::PpoConfig;
 use crate::reward::RewardConfig;
 use crate::{Error, Result};
 
@@ -60,6 +61,7 @@ pub enum MethodConfig {
     Sft(SftConfig),
     Dpo(DpoConfig),
     Reward(RewardConfig),
+    Ppo(PpoConfig),
     Ablate(AblateConfig),
 }
 
@@ -75,6 +77,7 @@ impl MethodConfig {
             MethodConfig::Sft(_) => "sft",
             MethodConfig::Dpo(_) => "dpo",
             MethodConfig::Reward(_) => "reward",
+            MethodConfig::Ppo(_) => "ppo",
             MethodConfig::Ablate(_) => "ablate",
         }
     }
@@ -285,6 +288,15 @@ impl Run {
         match &c.method {
             MethodConfig::Dpo(d) => d.validate().or_else(bad)?,
             MethodConfig::Ablate(a) => a.validate().or_else(bad)?,
+            MethodConfig::Ppo(p) => {
+                p.validate().or_else(bad)?;
+                if t.max_steps.is_none() {
+                    return bad("method `ppo` needs `train.max_steps` (optimizer steps; each rollout gives num_ppo_epochs × num_mini_batches of them)".into());
+                }
+                if t.gradient_accumulation_steps != 1 {
+                    return bad("method `ppo` takes its minibatches from `num_mini_batches`; leave `train.gradient_accumulation_steps` at 1".into());
+                }
+            }
             MethodConfig::Sft(_) | MethodConfig::Reward(_) => {}
         }
         c.data.validate(&self.path)?;

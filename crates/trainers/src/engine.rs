@@ -291,6 +291,9 @@ pub fn train<B: AutodiffBackend, M: Method<B>>(
         for (k, v) in &sums {
             row[k] = json!(v / units);
         }
+        for (k, v) in method.step_metrics() {
+            row[&k] = json!(v);
+        }
         if cfg.eval_steps > 0 && done % cfg.eval_steps == 0 && done != total_steps {
             for (k, v) in method.evaluate(&model.valid()) {
                 row[&k] = json!(v);

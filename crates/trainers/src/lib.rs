@@ -12,6 +12,7 @@ pub mod loss;
 pub mod method;
 pub mod optim;
 pub mod plot;
+pub mod ppo;
 pub mod reward;
 pub mod sft;
 pub mod train;

@@ -48,6 +48,12 @@ pub trait Method<B: AutodiffBackend> {
         Ok(())
     }
 
+    /// Metrics of the step that are not sums over its micro-batches (PPO's rollout statistics), logged
+    /// as they are.
+    fn step_metrics(&mut self) -> Metrics {
+        Metrics::new()
+    }
+
     /// Metrics on the held-out split, already averaged; empty when there is none.
     fn evaluate(&self, model: &Llama<B::InnerBackend>) -> Metrics;
 }

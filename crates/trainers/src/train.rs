@@ -20,6 +20,7 @@ use crate::config::{MethodConfig, Run, SaveKind};
 use crate::dpo::Dpo;
 use crate::engine::{train as run_engine, EngineConfig, Outcome, Summary};
 use crate::eval::{evaluate_config, summary as eval_summary};
+use crate::ppo::{Ppo, Prompt, RewardModel};
 use crate::reward::{save_head, Reward};
 use crate::sft::Sft;
 use crate::{Error, Result};
@@ -96,7 +97,7 @@ fn train_on<B: AutodiffBackend>(
     }
     let bundle = TokenizerBundle::load(&model_path)?;
     let encoder = ChatEncoder::from_bundle(&bundle, EncodeOptions::from_config(&c.data))?;
-    let data = encode(run, &encoder, &dataset.train, &dataset.eval)?;
+    let data = encode(run, &encoder, &bundle, &dataset.train, &dataset.eval)?;
     let mut model_cpu = Pretrained::<B>::load(&model_path, device)?;
     if let Some(adapter) = &c.model.merge_adapter {
         load_adapter(&mut model_cpu.model, &run.resolve(adapter), device)?;
@@ -159,6 +160,39 @@ fn train_on<B: AutodiffBackend>(
             }
             (model, summary)
         }
+        (MethodConfig::Ppo(cfg), Encoded::Prompts(train, eval)) => {
+            let reward_model = match &cfg.reward_model {
+                Some(dir) => {
+                    let dir = run.resolve(dir);
+                    let inner = Default::default();
+                    let mut rm = Pretrained::<B::InnerBackend>::load(&model_path, &inner)?;
+                    load_adapter(&mut rm.model, &dir, &inner)?;
+                    let head = crate::reward::load_head::<B::InnerBackend>(&dir, &inner)?;
+                    Some(RewardModel {
+                        model: rm.model,
+                        head,
+                    })
+                }
+                None => None,
+            };
+            let hidden = model.model.embed_tokens.dims()[1];
+            let eos_ids = eos_of(&bundle);
+            let mut ppo = Ppo::<B>::new(
+                cfg.clone(),
+                train,
+                eval,
+                TokenizerBundle::load(&model_path)?,
+                burnish_data::RefusalDetector::new(&c.data.refusal)?,
+                reward_model,
+                eos_ids,
+                pad_id,
+                c.train.seed,
+                Some(crate::ppo::samples_path(&out_dir)),
+                hidden,
+                device,
+            );
+            run_engine(&mut ppo, model, &engine_cfg)?
+        }
         _ => unreachable!("encode() checks the data kind against the method"),
     };
     if summary.outcome == Outcome::Finished {
@@ -195,10 +229,35 @@ enum Encoded {
         Vec<burnish_data::TokenizedExample>,
     ),
     Pairs(Vec<TokenizedPair>, Vec<TokenizedPair>),
+    Prompts(Vec<Prompt>, Vec<Prompt>),
+}
+
+/// Prompts rendered with the generation prompt, for rollouts.
+fn prompts(
+    bundle: &TokenizerBundle,
+    examples: &[burnish_data::PromptExample],
+) -> Result<Vec<Prompt>> {
+    examples
+        .iter()
+        .map(|p| {
+            let text = bundle.render_chat(&p.messages, true)?;
+            Ok(Prompt {
+                messages: p.messages.clone(),
+                ids: bundle.tokenizer.encode(&text, false)?,
+                harmful: p.harmful,
+            })
+        })
+        .collect()
 }
 
 /// Tokenizes the data set for the method, which decides what kind of examples it needs.
-fn encode(run: &Run, encoder: &ChatEncoder, train: &Examples, eval: &Examples) -> Result<Encoded> {
+fn encode(
+    run: &Run,
+    encoder: &ChatEncoder,
+    bundle: &TokenizerBundle,
+    train: &Examples,
+    eval: &Examples,
+) -> Result<Encoded> {
     let c = &run.config;
     let empty_like = |e: &Examples| match e {
         Examples::Sft(_) => Examples::Sft(vec![]),
@@ -232,6 +291,10 @@ fn encode(run: &Run, encoder: &ChatEncoder, train: &Examples, eval: &Examples) -
             report(&stats, "pairs");
             Ok(Encoded::Pairs(train, encoder.encode_all_pairs(e)?.0))
         }
+        (MethodConfig::Ppo(_), Examples::Prompts(t), Examples::Prompts(e)) => {
+            eprintln!("prompts: {} train, {} eval", t.len(), e.len());
+            Ok(Encoded::Prompts(prompts(bundle, t)?, prompts(bundle, e)?))
+        }
         (m, t, _) => Err(Error::Config(
             run.path.clone(),
             format!(
@@ -243,6 +306,8 @@ fn encode(run: &Run, encoder: &ChatEncoder, train: &Examples, eval: &Examples) -
                         "preference pairs (chosen/rejected, or answer = \"refusal_pair\")",
                     MethodConfig::Ablate(_) => "prompts, and runs with `burnish ablate`",
                     MethodConfig::Reward(_) => "preference pairs (chosen/rejected)",
+                    MethodConfig::Ppo(_) =>
+                        "prompt-only records (instructions), with `harmful` for a rule reward",
                 },
                 t.kind().name()
             ),
@@ -264,6 +329,17 @@ fn model_identity(path: &Path, merged: Option<&Path>) -> String {
         merged,
         merged.map(stamp).unwrap_or_default()
     )
+}
+
+/// EOS ids as `Pretrained::eos_ids` gives them: the config's plus the tokenizer's.
+fn eos_of(bundle: &TokenizerBundle) -> Vec<u32> {
+    let mut ids = bundle.config.eos_token_ids.clone();
+    if let Some(e) = bundle.tokenizer.eos_id() {
+        if !ids.contains(&e) {
+            ids.push(e);
+        }
+    }
+    ids
 }
 
 fn write_outputs<B: Backend>(

@@ -1,0 +1,424 @@
+//! The rollout phase of PPO: sampling responses, scoring them, and the per-token quantities the updates
+//! need (old log-probs, reference log-probs, values, advantages, returns).
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use burnish_core::{
+    burn, generate, FinishReason, GenerationConfig, Llama, Message, TokenizerBundle,
+};
+use burnish_data::{Batch, Packed, RefusalDetector, TokenizedExample};
+use serde_json::json;
+
+use super::math::{gae, kl_estimate, token_rewards, whiten};
+use super::{PpoConfig, RuleGoal};
+use crate::method::Metrics;
+use crate::{Error, Result};
+
+/// A training or evaluation prompt: its messages, rendered ids, and whether it is harmful.
+#[derive(Clone, Debug)]
+pub struct Prompt {
+    pub messages: Vec<Message>,
+    pub ids: Vec<u32>,
+    pub harmful: Option<bool>,
+}
+
+/// One sampled response and its per-token quantities.
+#[derive(Clone, Debug, Default)]
+pub struct Seq {
+    pub prompt: Vec<u32>,
+    pub response: Vec<u32>,
+    pub prompt_text: String,
+    pub text: String,
+    pub score: f64,
+    pub logp: Vec<f64>,
+    pub ref_logp: Vec<f64>,
+    pub values: Vec<f64>,
+    pub advantages: Vec<f64>,
+    pub returns: Vec<f64>,
+}
+
+pub struct Rollout {
+    pub seqs: Vec<Seq>,
+}
+
+/// A reward model from `method = "reward"`: the base with its adapter, and the score head.
+pub struct RewardModel<B: Backend> {
+    pub model: Llama<B>,
+    pub head: Tensor<B, 2>,
+}
+
+pub struct Scorer<'a, B: Backend> {
+    pub cfg: &'a PpoConfig,
+    pub bundle: &'a TokenizerBundle,
+    pub detector: &'a RefusalDetector,
+    pub reward_model: Option<&'a RewardModel<B>>,
+    pub pad_id: u32,
+}
+
+impl<B: Backend> Scorer<'_, B> {
+    /// Scores: rule and/or reward model (weighted), minus the missing-EOS penalty. Also whether each
+    /// response refuses.
+    pub fn scores(
+        &self,
+        prompts: &[&Prompt],
+        texts: &[String],
+        eos: &[bool],
+    ) -> Result<(Vec<f64>, Vec<bool>)> {
+        let refused: Vec<bool> = texts.iter().map(|t| self.detector.is_refusal(t)).collect();
+        let mut s = vec![0.0; texts.len()];
+        if let Some(goal) = self.cfg.rule {
+            for (i, p) in prompts.iter().enumerate() {
+                let want = goal == RuleGoal::Safety && p.harmful == Some(true);
+                s[i] += self.cfg.rule_weight * if refused[i] == want { 1.0 } else { -1.0 };
+            }
+        }
+        if let Some(rm) = self.reward_model {
+            let rows = prompts
+                .iter()
+                .zip(texts)
+                .map(|(p, t)| {
+                    let mut m = p.messages.clone();
+                    m.push(Message::assistant(t.clone()));
+                    let ids = self
+                        .bundle
+                        .tokenizer
+                        .encode(&self.bundle.render_chat(&m, false)?, false)?;
+                    let labels = vec![-100; ids.len()];
+                    Ok(Packed::single(&TokenizedExample {
+                        input_ids: ids,
+                        labels,
+                        truncated: false,
+                        category: None,
+                    }))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            for (chunk_i, chunk) in rows.chunks(8).enumerate() {
+                let r = crate::reward::rewards(
+                    &rm.model,
+                    rm.head.clone(),
+                    &Batch::new(chunk, self.pad_id),
+                );
+                let v = r
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .unwrap_or_default();
+                for (k, x) in v.iter().enumerate() {
+                    s[chunk_i * 8 + k] += self.cfg.reward_model_weight * *x as f64;
+                }
+            }
+        }
+        for (x, &e) in s.iter_mut().zip(eos) {
+            if !e {
+                *x -= self.cfg.missing_eos_penalty;
+            }
+        }
+        Ok((s, refused))
+    }
+}
+
+/// Log-probs (at `temperature`) of each response token, values (with a head), and per-token entropy, from
+/// one teacher-forced forward of a right-padded batch.
+pub struct Forward<B: Backend> {
+    pub logp: Tensor<B, 1>,
+    pub values: Option<Tensor<B, 1>>,
+    pub entropy: Vec<f64>,
+}
+
+pub fn response_forward<B: Backend>(
+    model: &Llama<B>,
+    seqs: &[&Seq],
+    adapters: bool,
+    temperature: f64,
+    head: Option<Tensor<B, 2>>,
+    entropy: bool,
+) -> Forward<B> {
+    let device = model.model.embed_tokens.device();
+    let len = seqs
+        .iter()
+        .map(|s| s.prompt.len() + s.response.len())
+        .max()
+        .unwrap_or(1);
+    let n = seqs.len();
+    let (mut ids, mut rows, mut targets) = (Vec::with_capacity(n * len), Vec::new(), Vec::new());
+    for (b, s) in seqs.iter().enumerate() {
+        let start = ids.len();
+        ids.extend(s.prompt.iter().chain(&s.response).map(|&t| t as i64));
+        ids.resize(start + len, 0);
+        for (k, &t) in s.response.iter().enumerate() {
+            rows.push((b * len + s.prompt.len() - 1 + k) as i64);
+            targets.push(t as i64);
+        }
+    }
+    let x = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, len]), &device);
+    let pos: Vec<i64> = (0..n).flat_map(|_| 0..len as i64).collect();
+    let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [n, len]), &device);
+    let mut ctx = model.context(pos, None);
+    if !adapters {
+        ctx = ctx.without_adapters();
+    }
+    let hidden = model.forward_hidden(x, &ctx, None, None);
+    let h = hidden.dims()[2];
+    let m = rows.len();
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [m]), &device);
+    let picked = hidden.reshape([n * len, h]).select(0, idx);
+    let logits = model
+        .logits(picked.clone().unsqueeze_dim::<3>(0))
+        .squeeze_dim::<2>(0)
+        .div_scalar(temperature);
+    let lp = log_softmax(logits, 1);
+    let ent = if entropy {
+        let e = (lp.clone().exp() * lp.clone()).sum_dim(1).neg();
+        e.into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .unwrap_or_default()
+            .into_iter()
+            .map(f64::from)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let t = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [m, 1]), &device);
+    let logp = lp.gather(1, t).squeeze_dim::<1>(1);
+    let values = head.map(|w| picked.matmul(w.transpose()).squeeze_dim::<1>(1));
+    Forward {
+        logp,
+        values,
+        entropy: ent,
+    }
+}
+
+fn host<B: Backend>(t: &Tensor<B, 1>) -> Vec<f64> {
+    t.clone()
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default()
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+/// Splits a flat per-token vector back into per-sequence vectors.
+fn split(flat: &[f64], seqs: &[&mut Seq]) -> Vec<Vec<f64>> {
+    let mut out = Vec::with_capacity(seqs.len());
+    let mut at = 0;
+    for s in seqs {
+        out.push(flat[at..at + s.response.len()].to_vec());
+        at += s.response.len();
+    }
+    out
+}
+
+/// Samples, scores and prepares one rollout with the current policy (`model`, adapters on) and value head.
+pub fn collect<B: Backend>(
+    model: &Llama<B>,
+    head: &Tensor<B, 2>,
+    prompts: &[&Prompt],
+    scorer: &Scorer<'_, B>,
+    eos_ids: &[u32],
+    kl_coef: f64,
+    seed: u64,
+) -> Result<(Rollout, Metrics)> {
+    let cfg = scorer.cfg;
+    let gen_cfg = GenerationConfig {
+        max_new_tokens: cfg.response_length,
+        temperature: cfg.temperature as f32,
+        top_k: 0,
+        top_p: 1.0,
+        seed,
+        eos_ids: eos_ids.to_vec(),
+        stop_strings: vec![],
+        pad_id: scorer.pad_id,
+    };
+    let t = Instant::now();
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
+    let gens = generate(model, &ids, &gen_cfg, None)?;
+    let gen_seconds = t.elapsed().as_secs_f64();
+    let tok = &scorer.bundle.tokenizer;
+    let texts = gens
+        .iter()
+        .map(|g| Ok(tok.decode(&g.new_ids, true)?.trim().to_string()))
+        .collect::<Result<Vec<String>>>()?;
+    let eos: Vec<bool> = gens.iter().map(|g| g.finish == FinishReason::Eos).collect();
+    let (scores, refused) = scorer.scores(prompts, &texts, &eos)?;
+    let mut seqs: Vec<Seq> = prompts
+        .iter()
+        .zip(gens)
+        .zip(texts.iter().zip(&scores))
+        .map(|((p, g), (text, &score))| Seq {
+            prompt: p.ids.clone(),
+            response: g.new_ids,
+            prompt_text: p
+                .messages
+                .last()
+                .map(|m| m.content.clone())
+                .unwrap_or_default(),
+            text: text.clone(),
+            score,
+            ..Default::default()
+        })
+        .collect();
+    if seqs.iter().any(|s| s.response.is_empty()) {
+        return Err(Error::Other(
+            "ppo: a rollout produced an empty response".into(),
+        ));
+    }
+    let mut entropy = Vec::new();
+    for chunk in seqs.chunks_mut(8) {
+        let refs: Vec<&Seq> = chunk.iter().collect();
+        let pol = response_forward(
+            model,
+            &refs,
+            true,
+            cfg.temperature,
+            Some(head.clone()),
+            true,
+        );
+        let reference = response_forward(model, &refs, false, cfg.temperature, None, false);
+        let (lp, rlp) = (host(&pol.logp), host(&reference.logp));
+        let vals = host(&pol.values.expect("head given"));
+        entropy.extend(pol.entropy);
+        let holders: Vec<&mut Seq> = chunk.iter_mut().collect();
+        let (lp, rlp, vals) = (
+            split(&lp, &holders),
+            split(&rlp, &holders),
+            split(&vals, &holders),
+        );
+        for (((s, a), b), c) in holders.into_iter().zip(lp).zip(rlp).zip(vals) {
+            s.logp = a;
+            s.ref_logp = b;
+            s.values = c;
+        }
+    }
+    let mut advs = Vec::with_capacity(seqs.len());
+    let mut kl_sums = Vec::with_capacity(seqs.len());
+    for s in seqs.iter_mut() {
+        let kl: Vec<f64> = s
+            .logp
+            .iter()
+            .zip(&s.ref_logp)
+            .map(|(&a, &b)| kl_estimate(a, b, cfg.kl_estimator))
+            .collect();
+        kl_sums.push(kl.iter().sum::<f64>());
+        let rewards = token_rewards(&kl, kl_coef, s.score);
+        let (adv, ret) = gae(&rewards, &s.values, cfg.gamma, cfg.lam);
+        s.returns = ret;
+        advs.push(adv);
+    }
+    whiten(&mut advs);
+    for (s, a) in seqs.iter_mut().zip(advs) {
+        s.advantages = a;
+    }
+    let n = seqs.len() as f64;
+    let new_tokens: usize = seqs.iter().map(|s| s.response.len()).sum();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let mut m = Metrics::new();
+    m.insert("objective/scores".into(), mean(&scores));
+    m.insert("objective/kl".into(), mean(&kl_sums));
+    m.insert(
+        "objective/rlhf_reward".into(),
+        scores
+            .iter()
+            .zip(&kl_sums)
+            .map(|(s, k)| s - kl_coef * k)
+            .sum::<f64>()
+            / n,
+    );
+    m.insert(
+        "objective/refusals".into(),
+        refused.iter().filter(|&&r| r).count() as f64 / n,
+    );
+    m.insert("policy/entropy".into(), mean(&entropy));
+    m.insert("response_length".into(), new_tokens as f64 / n);
+    m.insert(
+        "eos_fraction".into(),
+        eos.iter().filter(|&&e| e).count() as f64 / n,
+    );
+    m.insert(
+        "rollout/tokens_per_s".into(),
+        new_tokens as f64 / gen_seconds.max(1e-9),
+    );
+    m.insert("time/generation_s".into(), gen_seconds);
+    m.insert("time/rollout_s".into(), t.elapsed().as_secs_f64());
+    Ok((Rollout { seqs }, m))
+}
+
+/// Greedy responses to held-out prompts and their mean score (and refusal rates by prompt kind).
+pub fn evaluate<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[&Prompt],
+    scorer: &Scorer<'_, B>,
+    eos_ids: &[u32],
+) -> Result<Metrics> {
+    let cfg = GenerationConfig {
+        max_new_tokens: scorer.cfg.response_length,
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 0,
+        eos_ids: eos_ids.to_vec(),
+        stop_strings: vec![],
+        pad_id: scorer.pad_id,
+    };
+    let mut texts = Vec::new();
+    let mut eos = Vec::new();
+    for chunk in prompts.chunks(16) {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
+        for g in generate(model, &ids, &cfg, None)? {
+            eos.push(g.finish == FinishReason::Eos);
+            texts.push(
+                scorer
+                    .bundle
+                    .tokenizer
+                    .decode(&g.new_ids, true)?
+                    .trim()
+                    .to_string(),
+            );
+        }
+    }
+    let (scores, refused) = scorer.scores(prompts, &texts, &eos)?;
+    let mut m = Metrics::new();
+    m.insert(
+        "eval_score".into(),
+        scores.iter().sum::<f64>() / scores.len().max(1) as f64,
+    );
+    for (name, want) in [("harmful", true), ("harmless", false)] {
+        let idx: Vec<usize> = (0..prompts.len())
+            .filter(|&i| prompts[i].harmful == Some(want))
+            .collect();
+        if !idx.is_empty() {
+            let r = idx.iter().filter(|&&i| refused[i]).count() as f64 / idx.len() as f64;
+            m.insert(format!("eval_refusal_rate_{name}"), r);
+        }
+    }
+    Ok(m)
+}
+
+/// A seeded permutation of 0..n.
+pub fn order(n: usize, seed: u64) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    burnish_data::rng::Rng::new(seed).shuffle(&mut v);
+    v
+}
+
+/// Appends the first few responses of a rollout to `path` (JSON Lines).
+pub fn write_samples(path: &Path, step: usize, r: &Rollout) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::Io(path.to_path_buf(), e))?;
+    for s in r.seqs.iter().take(4) {
+        let line =
+            json!({"step": step, "prompt": s.prompt_text, "response": s.text, "score": s.score});
+        writeln!(f, "{line}").map_err(|e| Error::Io(path.to_path_buf(), e))?;
+    }
+    Ok(())
+}
