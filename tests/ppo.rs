@@ -89,6 +89,7 @@ dir = "out"
         );
     }
     assert!(rows.last().unwrap()["eval_score"].is_number());
+    assert!(rows[0]["eval_score_before"].is_number());
     assert!(tmp.path().join("out/samples.jsonl").exists());
 }
 

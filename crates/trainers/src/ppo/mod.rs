@@ -317,7 +317,17 @@ impl<B: AutodiffBackend> Method<B> for Ppo<B> {
     }
 
     fn prepare_step(&mut self, model: &Llama<B::InnerBackend>, step: usize) -> Result<()> {
+        let first = self.started.is_none();
         let started = *self.started.get_or_insert_with(Instant::now);
+        // The held-out score before any update, so evaluations during training have a baseline.
+        let before: Metrics = if first && step == 0 {
+            Method::<B>::evaluate(self, model)
+                .into_iter()
+                .map(|(k, v)| (format!("{k}_before"), v))
+                .collect()
+        } else {
+            Metrics::new()
+        };
         let per = self.steps_per_rollout();
         let phase = step % per;
         if phase == 0 || self.rollout.is_none() {
@@ -359,6 +369,7 @@ impl<B: AutodiffBackend> Method<B> for Ppo<B> {
             }
             self.rollouts_done += 1;
             self.rollout = Some(ro);
+            metrics.extend(before);
             self.pending = metrics;
         }
         // Minibatches: a fresh seeded shuffle of the rollout per PPO epoch.
