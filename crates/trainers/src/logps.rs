@@ -102,3 +102,42 @@ mod tests {
         assert!((got[1] - 0.5f32.ln()).abs() < 1e-6);
     }
 }
+
+/// Final hidden states `[n, hidden]` at the positions that predict each continuation token (from the
+/// last prompt token on), for (prompt, continuation) pairs, from one teacher-forced forward of a
+/// right-padded batch (causal attention never sees the padding behind a row), and each row's pair.
+pub fn continuation_hidden<B: Backend>(
+    model: &Llama<B>,
+    pairs: &[(&[u32], &[u32])],
+    adapters: bool,
+) -> (Tensor<B, 2>, Vec<usize>) {
+    let device = model.model.embed_tokens.device();
+    let len = pairs
+        .iter()
+        .map(|(p, c)| p.len() + c.len())
+        .max()
+        .unwrap_or(1);
+    let n = pairs.len();
+    let (mut ids, mut rows, mut owner) = (Vec::with_capacity(n * len), Vec::new(), Vec::new());
+    for (b, (p, c)) in pairs.iter().enumerate() {
+        let start = ids.len();
+        ids.extend(p.iter().chain(c.iter()).map(|&t| t as i64));
+        ids.resize(start + len, 0);
+        for k in 0..c.len() {
+            rows.push((b * len + p.len() - 1 + k) as i64);
+            owner.push(b);
+        }
+    }
+    let x = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, len]), &device);
+    let pos: Vec<i64> = (0..n).flat_map(|_| 0..len as i64).collect();
+    let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [n, len]), &device);
+    let mut ctx = model.context(pos, None);
+    if !adapters {
+        ctx = ctx.without_adapters();
+    }
+    let hidden = model.forward_hidden(x, &ctx, None, None);
+    let h = hidden.dims()[2];
+    let m = rows.len();
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [m]), &device);
+    (hidden.reshape([n * len, h]).select(0, idx), owner)
+}

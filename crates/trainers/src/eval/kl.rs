@@ -4,9 +4,11 @@
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 use burnish_core::burn;
 use burnish_core::Llama;
+
+use crate::logps::continuation_hidden;
 
 /// KL(P ‖ Q) per row from logits `[n, vocab]` of P (base) and Q (model), in nats.
 pub fn kl_rows<B: Backend>(p_logits: Tensor<B, 2>, q_logits: Tensor<B, 2>) -> Vec<f64> {
@@ -37,47 +39,21 @@ pub struct SeqKl {
     pub count: usize,
 }
 
-/// Logits at the positions that predict each continuation token (from the last prompt token on), with
-/// one teacher-forced forward of a right-padded batch: causal attention never sees the padding behind.
+/// Logits at the positions that predict each continuation token, and each row's sequence.
 fn continuation_logits<B: Backend>(
     model: &Llama<B>,
     batch: &[&Continuation],
     adapters: bool,
 ) -> (Tensor<B, 2>, Vec<usize>) {
-    let device = model.model.embed_tokens.device();
-    let len = batch
+    let pairs: Vec<(&[u32], &[u32])> = batch
         .iter()
-        .map(|c| c.prompt.len() + c.tokens.len())
-        .max()
-        .unwrap_or(1);
-    let mut ids = Vec::with_capacity(batch.len() * len);
-    let mut rows = Vec::new();
-    let mut owner = Vec::new();
-    for (b, c) in batch.iter().enumerate() {
-        let start = ids.len();
-        ids.extend(c.prompt.iter().chain(&c.tokens).map(|&t| t as i64));
-        ids.resize(start + len, 0);
-        for k in 0..c.tokens.len() {
-            rows.push((b * len + c.prompt.len() - 1 + k) as i64);
-            owner.push(b);
-        }
-    }
-    let n = batch.len();
-    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, len]), &device);
-    let pos: Vec<i64> = (0..n).flat_map(|_| 0..len as i64).collect();
-    let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [n, len]), &device);
-    let mut ctx = model.context(pos, None);
-    if !adapters {
-        ctx = ctx.without_adapters();
-    }
-    let hidden = model.forward_hidden(ids, &ctx, None, None);
-    let h = hidden.dims()[2];
-    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.clone(), [rows.len()]), &device);
-    let picked = hidden
-        .reshape([n * len, h])
-        .select(0, idx)
-        .unsqueeze_dim::<3>(0);
-    (model.logits(picked).squeeze_dim::<2>(0), owner)
+        .map(|c| (&c.prompt[..], &c.tokens[..]))
+        .collect();
+    let (h, owner) = continuation_hidden(model, &pairs, adapters);
+    (
+        model.logits(h.unsqueeze_dim::<3>(0)).squeeze_dim::<2>(0),
+        owner,
+    )
 }
 
 /// Which weights a side of the comparison runs: a model, with its adapters on or off.

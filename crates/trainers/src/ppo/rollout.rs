@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::math::{gae, kl_estimate, token_rewards, whiten};
 use super::{PpoConfig, RuleGoal};
+use crate::logps::continuation_hidden;
 use crate::method::Metrics;
 use crate::{Error, Result};
 
@@ -139,34 +140,16 @@ pub fn response_forward<B: Backend>(
     entropy: bool,
 ) -> Forward<B> {
     let device = model.model.embed_tokens.device();
-    let len = seqs
+    let pairs: Vec<(&[u32], &[u32])> = seqs
         .iter()
-        .map(|s| s.prompt.len() + s.response.len())
-        .max()
-        .unwrap_or(1);
-    let n = seqs.len();
-    let (mut ids, mut rows, mut targets) = (Vec::with_capacity(n * len), Vec::new(), Vec::new());
-    for (b, s) in seqs.iter().enumerate() {
-        let start = ids.len();
-        ids.extend(s.prompt.iter().chain(&s.response).map(|&t| t as i64));
-        ids.resize(start + len, 0);
-        for (k, &t) in s.response.iter().enumerate() {
-            rows.push((b * len + s.prompt.len() - 1 + k) as i64);
-            targets.push(t as i64);
-        }
-    }
-    let x = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, len]), &device);
-    let pos: Vec<i64> = (0..n).flat_map(|_| 0..len as i64).collect();
-    let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [n, len]), &device);
-    let mut ctx = model.context(pos, None);
-    if !adapters {
-        ctx = ctx.without_adapters();
-    }
-    let hidden = model.forward_hidden(x, &ctx, None, None);
-    let h = hidden.dims()[2];
-    let m = rows.len();
-    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [m]), &device);
-    let picked = hidden.reshape([n * len, h]).select(0, idx);
+        .map(|s| (&s.prompt[..], &s.response[..]))
+        .collect();
+    let (picked, _) = continuation_hidden(model, &pairs, adapters);
+    let targets: Vec<i64> = seqs
+        .iter()
+        .flat_map(|s| s.response.iter().map(|&t| t as i64))
+        .collect();
+    let m = targets.len();
     let logits = model
         .logits(picked.clone().unsqueeze_dim::<3>(0))
         .squeeze_dim::<2>(0)
