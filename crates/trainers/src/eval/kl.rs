@@ -100,6 +100,7 @@ pub fn continuation_kl<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::TensorData;
     use burnish_core::backend::Cpu;
 
     #[test]
