@@ -76,33 +76,6 @@ pub fn sequence_logps<B: Backend>(
     (sum_by_row(logps, &owner, batch.rows), counts)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use burnish_core::backend::Cpu;
-
-    #[test]
-    fn sums_by_owner() {
-        let v = Tensor::<Cpu, 1>::from_floats([1.0, 2.0, 3.0, 4.0], &Default::default());
-        let s = sum_by_row(v, &[0, 2, 2, 0], 3);
-        assert_eq!(s.into_data().to_vec::<f32>().unwrap(), vec![5.0, 0.0, 5.0]);
-    }
-
-    #[test]
-    fn target_logps_are_log_softmax_entries() {
-        let l = Tensor::<Cpu, 2>::from_data(
-            TensorData::new(vec![0.0f32, 3f32.ln(), 0.0, 0.0], [2, 2]),
-            &Default::default(),
-        );
-        let got = target_logps(l, &[1, 0])
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        assert!((got[0] - 0.75f32.ln()).abs() < 1e-6);
-        assert!((got[1] - 0.5f32.ln()).abs() < 1e-6);
-    }
-}
-
 /// Final hidden states `[n, hidden]` at the positions that predict each continuation token (from the
 /// last prompt token on), for (prompt, continuation) pairs, from one teacher-forced forward of a
 /// right-padded batch (causal attention never sees the padding behind a row), and each row's pair.
@@ -140,4 +113,31 @@ pub fn continuation_hidden<B: Backend>(
     let m = rows.len();
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [m]), &device);
     (hidden.reshape([n * len, h]).select(0, idx), owner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burnish_core::backend::Cpu;
+
+    #[test]
+    fn sums_by_owner() {
+        let v = Tensor::<Cpu, 1>::from_floats([1.0, 2.0, 3.0, 4.0], &Default::default());
+        let s = sum_by_row(v, &[0, 2, 2, 0], 3);
+        assert_eq!(s.into_data().to_vec::<f32>().unwrap(), vec![5.0, 0.0, 5.0]);
+    }
+
+    #[test]
+    fn target_logps_are_log_softmax_entries() {
+        let l = Tensor::<Cpu, 2>::from_data(
+            TensorData::new(vec![0.0f32, 3f32.ln(), 0.0, 0.0], [2, 2]),
+            &Default::default(),
+        );
+        let got = target_logps(l, &[1, 0])
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        assert!((got[0] - 0.75f32.ln()).abs() < 1e-6);
+        assert!((got[1] - 0.5f32.ln()).abs() < 1e-6);
+    }
 }
