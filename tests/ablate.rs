@@ -127,7 +127,17 @@ fn ablation_writes_every_output_and_is_seeded() {
 #[test]
 fn steering_exports_an_mlp_bias_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    ablate(&run_file(tmp.path(), "steer", "s"));
+    let run = run_file(tmp.path(), "steer", "s");
+    // Directions read from another model of the same shape (here: a copy of the same one).
+    let text = std::fs::read_to_string(&run).unwrap().replace(
+        "mode = \"steer\"",
+        &format!(
+            "mode = \"steer\"\ndirections_from = {:?}",
+            tmp.path().join("tiny-chat")
+        ),
+    );
+    std::fs::write(&run, text).unwrap();
+    ablate(&run);
     let out = tmp.path().join("s");
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("merged/config.json")).unwrap())

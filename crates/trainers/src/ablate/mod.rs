@@ -15,6 +15,7 @@ pub mod search;
 mod select;
 pub mod weights;
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::{Tensor, TensorData};
@@ -95,6 +96,10 @@ pub struct AblateConfig {
     pub max_false_refusal: f64,
     /// Evaluate the unedited model on the `[eval]` sets too, for before/after numbers (default true).
     pub eval_before: bool,
+    /// Read the activations (and so the directions) from this model instead of the one being edited,
+    /// e.g. steer the original with the refusal direction of a safety-tuned variant (same architecture;
+    /// default: the edited model).
+    pub directions_from: Option<PathBuf>,
 }
 
 impl Default for AblateConfig {
@@ -117,6 +122,7 @@ impl Default for AblateConfig {
             kl_target: 0.2,
             max_false_refusal: 0.1,
             eval_before: true,
+            directions_from: None,
         }
     }
 }
@@ -285,8 +291,26 @@ pub fn run(run: &Run, cfg: &AblateConfig) -> Result<AblateSummary> {
     let layers = model.model.num_layers();
     let hidden = model.model.model.embed_tokens.dims()[1];
     let t = Instant::now();
-    let mh = mean_activations(&model.model, &harmful, npos, pad, cfg.batch_size);
-    let ml = mean_activations(&model.model, &harmless, npos, pad, cfg.batch_size);
+    let source = match &cfg.directions_from {
+        Some(p) => {
+            let other = Pretrained::<Cpu>::load(run.resolve(p), &device)?;
+            let dims = |m: &Llama<Cpu>| (m.num_layers(), m.model.embed_tokens.dims()[1]);
+            if dims(&other.model) != dims(&model.model) {
+                return Err(bad(format!(
+                    "[method] directions_from {}: {:?} (layers, hidden) differs from the model's {:?}",
+                    p.display(),
+                    dims(&other.model),
+                    dims(&model.model)
+                )));
+            }
+            Some(other)
+        }
+        None => None,
+    };
+    let src = source.as_ref().map_or(&model.model, |s| &s.model);
+    let mh = mean_activations(src, &harmful, npos, pad, cfg.batch_size);
+    let ml = mean_activations(src, &harmless, npos, pad, cfg.batch_size);
+    drop(source);
     let cands = candidates(&mh, &ml, hidden, cfg.projected);
     eprintln!(
         "ablate: activations of {} harmful and {} harmless prompts at {npos} position(s) in {:.1}s",
