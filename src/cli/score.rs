@@ -6,8 +6,7 @@ use anyhow::Result;
 use burnish_core::adapter::load_adapter;
 use burnish_core::backend::Cpu;
 use burnish_core::{Message, Pretrained};
-use burnish_data::{Batch, Packed, TokenizedExample};
-use burnish_trainers::reward::{load_head, rewards};
+use burnish_trainers::reward::{load_head, score_sequences};
 use clap::Args;
 
 #[derive(Args)]
@@ -33,29 +32,19 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     let mut m = Pretrained::<Cpu>::load(&a.model, &device)?;
     load_adapter(&mut m.model, &a.reward, &device)?;
     let head = load_head::<Cpu>(&a.reward, &device)?;
-    let rows = a
+    let seqs = a
         .response
         .iter()
         .map(|r| {
-            let text = m.render_chat(
-                &[
-                    Message::user(a.prompt.clone()),
-                    Message::assistant(r.clone()),
-                ],
-                false,
-            )?;
-            let ids = m.tokenizer.encode(&text, false)?;
-            let labels = vec![-100; ids.len()];
-            Ok(Packed::single(&TokenizedExample {
-                input_ids: ids,
-                labels,
-                truncated: false,
-                category: None,
-            }))
+            let exchange = [
+                Message::user(a.prompt.clone()),
+                Message::assistant(r.clone()),
+            ];
+            Ok(m.tokenizer
+                .encode(&m.render_chat(&exchange, false)?, false)?)
         })
         .collect::<Result<Vec<_>>>()?;
-    let r = rewards(&m.model, head, &Batch::new(&rows, m.pad_id()));
-    let scores = r.into_data().to_vec::<f32>().unwrap_or_default();
+    let scores = score_sequences(&m.model, &head, seqs, m.pad_id(), 8);
     if a.json {
         println!("{}", serde_json::json!({"scores": scores}));
     } else {

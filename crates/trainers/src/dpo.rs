@@ -15,7 +15,7 @@ use burnish_data::{Batch, Packed, TokenizedExample, TokenizedPair, IGNORE_INDEX}
 use serde::{Deserialize, Serialize};
 
 use crate::logps::sequence_logps;
-use crate::method::{Method, Metrics};
+use crate::method::{eval_means, Method, Metrics};
 use crate::{Error, Result};
 
 /// `[method]` with `name = "dpo"`. Names and defaults follow TRL's `DPOConfig`.
@@ -457,12 +457,6 @@ impl<B: AutodiffBackend> Method<B> for Dpo {
                 *sums.entry(k).or_default() += v;
             }
         }
-        let n = self.eval.len() as f64;
-        let mut out: Metrics = sums
-            .into_iter()
-            .map(|(k, v)| (format!("eval_{k}"), v / n))
-            .collect();
-        out.insert("eval_loss".into(), loss / n);
-        out
+        eval_means(sums, loss, self.eval.len())
     }
 }

@@ -57,3 +57,14 @@ pub trait Method<B: AutodiffBackend> {
     /// Metrics on the held-out split, already averaged; empty when there is none.
     fn evaluate(&self, model: &Llama<B::InnerBackend>) -> Metrics;
 }
+
+/// Held-out metrics from sums over `n` units: each as `eval_<name>` mean, plus `eval_loss`.
+pub fn eval_means(sums: Metrics, loss: f64, n: usize) -> Metrics {
+    let n = n.max(1) as f64;
+    let mut out: Metrics = sums
+        .into_iter()
+        .map(|(k, v)| (format!("eval_{k}"), v / n))
+        .collect();
+    out.insert("eval_loss".into(), loss / n);
+    out
+}

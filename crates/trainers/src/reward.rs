@@ -12,11 +12,11 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use burnish_core::burn;
 use burnish_core::Llama;
-use burnish_data::{Batch, TokenizedPair};
+use burnish_data::{Batch, Packed, TokenizedExample, TokenizedPair, IGNORE_INDEX};
 use serde::{Deserialize, Serialize};
 
 use crate::dpo::pair_rows;
-use crate::method::{Method, Metrics};
+use crate::method::{eval_means, Method, Metrics};
 use crate::{Error, Result};
 
 /// `[method]` with `name = "reward"`.
@@ -66,6 +66,31 @@ pub fn rewards<B: Backend>(model: &Llama<B>, head: Tensor<B, 2>, batch: &Batch) 
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(last, [b]), &device);
     let x = hidden.reshape([b * s, h]).select(0, idx);
     x.matmul(head.transpose()).squeeze_dim::<1>(1)
+}
+
+/// Scores of whole sequences (rendered exchanges, no labels), in batches of `batch_size`.
+pub fn score_sequences<B: Backend>(
+    model: &Llama<B>,
+    head: &Tensor<B, 2>,
+    seqs: Vec<Vec<u32>>,
+    pad_id: u32,
+    batch_size: usize,
+) -> Vec<f32> {
+    let rows: Vec<Packed> = seqs
+        .into_iter()
+        .map(|ids| {
+            let labels = vec![IGNORE_INDEX; ids.len()];
+            Packed::single(&TokenizedExample {
+                input_ids: ids,
+                labels,
+                truncated: false,
+                category: None,
+            })
+        })
+        .collect();
+    rows.chunks(batch_size.max(1))
+        .flat_map(|c| values(&rewards(model, head.clone(), &Batch::new(c, pad_id))))
+        .collect()
 }
 
 fn values<B: Backend>(t: &Tensor<B, 1>) -> Vec<f32> {
@@ -195,13 +220,7 @@ impl<B: AutodiffBackend> Method<B> for Reward<B> {
                 *sums.entry(k).or_default() += v;
             }
         }
-        let n = self.eval.len() as f64;
-        let mut out: Metrics = sums
-            .into_iter()
-            .map(|(k, v)| (format!("eval_{k}"), v / n))
-            .collect();
-        out.insert("eval_loss".into(), loss / n);
-        out
+        eval_means(sums, loss, self.eval.len())
     }
 }
 

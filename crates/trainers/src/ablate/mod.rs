@@ -169,13 +169,9 @@ impl Ctx<'_> {
     fn refusal_rate(&self, m: &Llama<Cpu>, prompts: &[Vec<u32>]) -> Result<f64> {
         let cfg = burnish_core::GenerationConfig {
             max_new_tokens: self.cfg.max_new_tokens,
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            seed: 0,
             eos_ids: self.model.eos_ids(),
-            stop_strings: vec![],
             pad_id: self.pad,
+            ..Default::default() // greedy
         };
         let mut refused = 0;
         for chunk in prompts.chunks(self.cfg.batch_size) {

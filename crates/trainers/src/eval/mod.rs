@@ -148,13 +148,9 @@ pub fn answer<B: Backend>(
     let mut out = vec![Answer::default(); ids.len()];
     let cfg = GenerationConfig {
         max_new_tokens,
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        seed: 0,
         eos_ids: model.eos_ids(),
-        stop_strings: vec![],
         pad_id: model.pad_id(),
+        ..Default::default() // greedy
     };
     for chunk in order.chunks(batch_size.max(1)) {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
@@ -318,13 +314,9 @@ fn kl_report<B: Backend>(
 ) -> Result<Value> {
     let cfg = GenerationConfig {
         max_new_tokens: opts.max_new_tokens,
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        seed: 0,
         eos_ids: model.eos_ids(),
-        stop_strings: vec![],
         pad_id: model.pad_id(),
+        ..Default::default() // greedy
     };
     let mut conts = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(opts.batch_size.max(1)) {

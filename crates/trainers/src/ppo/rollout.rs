@@ -11,7 +11,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use burnish_core::{
     burn, generate, FinishReason, GenerationConfig, Llama, Message, TokenizerBundle,
 };
-use burnish_data::{Batch, Packed, RefusalDetector, TokenizedExample};
+use burnish_data::RefusalDetector;
 use serde_json::json;
 
 use super::math::{gae, kl_estimate, token_rewards, whiten};
@@ -79,39 +79,19 @@ impl<B: Backend> Scorer<'_, B> {
             }
         }
         if let Some(rm) = self.reward_model {
-            let rows = prompts
+            let seqs = prompts
                 .iter()
                 .zip(texts)
                 .map(|(p, t)| {
                     let mut m = p.messages.clone();
                     m.push(Message::assistant(t.clone()));
-                    let ids = self
-                        .bundle
-                        .tokenizer
-                        .encode(&self.bundle.render_chat(&m, false)?, false)?;
-                    let labels = vec![-100; ids.len()];
-                    Ok(Packed::single(&TokenizedExample {
-                        input_ids: ids,
-                        labels,
-                        truncated: false,
-                        category: None,
-                    }))
+                    let text = self.bundle.render_chat(&m, false)?;
+                    Ok(self.bundle.tokenizer.encode(&text, false)?)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            for (chunk_i, chunk) in rows.chunks(8).enumerate() {
-                let r = crate::reward::rewards(
-                    &rm.model,
-                    rm.head.clone(),
-                    &Batch::new(chunk, self.pad_id),
-                );
-                let v = r
-                    .into_data()
-                    .convert::<f32>()
-                    .to_vec::<f32>()
-                    .unwrap_or_default();
-                for (k, x) in v.iter().enumerate() {
-                    s[chunk_i * 8 + k] += self.cfg.reward_model_weight * *x as f64;
-                }
+            let scores = crate::reward::score_sequences(&rm.model, &rm.head, seqs, self.pad_id, 8);
+            for (x, r) in s.iter_mut().zip(scores) {
+                *x += self.cfg.reward_model_weight * r as f64;
             }
         }
         for (x, &e) in s.iter_mut().zip(eos) {
@@ -342,13 +322,9 @@ pub fn evaluate<B: Backend>(
 ) -> Result<Metrics> {
     let cfg = GenerationConfig {
         max_new_tokens: scorer.cfg.response_length,
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        seed: 0,
         eos_ids: eos_ids.to_vec(),
-        stop_strings: vec![],
         pad_id: scorer.pad_id,
+        ..Default::default() // greedy
     };
     let mut texts = Vec::new();
     let mut eos = Vec::new();
