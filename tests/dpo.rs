@@ -6,29 +6,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use burnish::core::adapter::load_adapter;
 use burnish::core::backend::Cpu;
 use burnish::data::{Batch, Packed, TokenizedExample};
 use burnish::trainers::logps::sequence_logps;
 use common::*;
-
-/// Pairs with one consistent preference: answers starting "the" over answers starting "a".
-fn pair_data(dir: &Path, n: usize) -> PathBuf {
-    let p = dir.join("pairs.jsonl");
-    let words = ["cat", "mat", "dog", "home", "on", "runs"];
-    let mut lines = String::new();
-    for i in 0..n {
-        let (a, b) = (words[i % 6], words[(i * 5 + 1) % 6]);
-        let row = serde_json::json!({
-            "prompt": format!("say {a} {b}"),
-            "chosen": format!("the {a} is {b}"),
-            "rejected": format!("a {b} and {a}"),
-        });
-        lines.push_str(&format!("{row}\n"));
-    }
-    std::fs::write(&p, lines).unwrap();
-    p
-}
 
 fn dpo_run(dir: &Path, method: &str) -> PathBuf {
     let model = tiny_chat_model(dir);
@@ -153,21 +134,7 @@ fn precomputed_reference_gives_the_same_run_and_is_cached() {
 
 #[test]
 fn reference_is_the_base_model() {
-    let dir = core_fixture("tiny-llama");
-    let cfg = burnish::core::ModelConfig::from_file(dir.join("config.json")).unwrap();
-    let base = burnish::core::weights::load_llama::<Cpu, _>(
-        &cfg,
-        &burnish::core::weights::SafetensorsDir::open(&dir).unwrap(),
-        &Default::default(),
-    )
-    .unwrap();
-    let mut tuned = base.clone();
-    load_adapter(
-        &mut tuned,
-        &core_fixture("lora/all-linear"),
-        &Default::default(),
-    )
-    .unwrap();
+    let (base, tuned) = tiny_base_and_tuned();
     let rows: Vec<Packed> = [
         vec![1u32, 5, 9, 17, 33, 2],
         vec![1, 40, 41, 42, 2, 7, 8, 99, 100],

@@ -95,24 +95,8 @@ dir = "out"
 
 #[test]
 fn ppo_reference_is_the_base_model() {
-    use burnish::core::adapter::load_adapter;
-    use burnish::core::backend::Cpu;
     use burnish::trainers::ppo::rollout_forward_for_tests as fwd;
-    let dir = core_fixture("tiny-llama");
-    let cfg = burnish::core::ModelConfig::from_file(dir.join("config.json")).unwrap();
-    let base = burnish::core::weights::load_llama::<Cpu, _>(
-        &cfg,
-        &burnish::core::weights::SafetensorsDir::open(&dir).unwrap(),
-        &Default::default(),
-    )
-    .unwrap();
-    let mut tuned = base.clone();
-    load_adapter(
-        &mut tuned,
-        &core_fixture("lora/all-linear"),
-        &Default::default(),
-    )
-    .unwrap();
+    let (base, tuned) = tiny_base_and_tuned();
     let seqs = vec![
         (vec![1u32, 5, 9], vec![17u32, 33, 2]),
         (vec![1, 40, 41, 42, 43], vec![7, 8]),

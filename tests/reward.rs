@@ -8,19 +8,6 @@ use std::process::Command;
 
 use common::*;
 
-fn pair_data(dir: &Path, n: usize) -> PathBuf {
-    let p = dir.join("pairs.jsonl");
-    let words = ["cat", "mat", "dog", "home", "on", "runs"];
-    let mut lines = String::new();
-    for i in 0..n {
-        let (a, b) = (words[i % 6], words[(i * 5 + 1) % 6]);
-        let row = serde_json::json!({"prompt": format!("say {a} {b}"), "chosen": format!("the {a} is {b}"), "rejected": format!("a {b} and {a}")});
-        lines.push_str(&format!("{row}\n"));
-    }
-    std::fs::write(&p, lines).unwrap();
-    p
-}
-
 fn run_file(dir: &Path, extra: &str) -> PathBuf {
     let model = tiny_chat_model(dir);
     let data = pair_data(dir, 48);

@@ -113,3 +113,44 @@ pub fn losses(out: &Path) -> Vec<(u64, f64)> {
         .map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap()))
         .collect()
 }
+
+/// Preference pairs with one consistent preference: answers starting "the" over answers starting "a".
+pub fn pair_data(dir: &Path, n: usize) -> PathBuf {
+    let p = dir.join("pairs.jsonl");
+    let words = ["cat", "mat", "dog", "home", "on", "runs"];
+    let mut lines = String::new();
+    for i in 0..n {
+        let (a, b) = (words[i % 6], words[(i * 5 + 1) % 6]);
+        let row = serde_json::json!({
+            "prompt": format!("say {a} {b}"),
+            "chosen": format!("the {a} is {b}"),
+            "rejected": format!("a {b} and {a}"),
+        });
+        lines.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(&p, lines).unwrap();
+    p
+}
+
+/// tiny-llama's weights, and the same with the PEFT all-linear fixture adapter attached.
+pub fn tiny_base_and_tuned() -> (
+    burnish::core::Llama<burnish::core::backend::Cpu>,
+    burnish::core::Llama<burnish::core::backend::Cpu>,
+) {
+    let dir = core_fixture("tiny-llama");
+    let cfg = burnish::core::ModelConfig::from_file(dir.join("config.json")).unwrap();
+    let base = burnish::core::weights::load_llama(
+        &cfg,
+        &burnish::core::weights::SafetensorsDir::open(&dir).unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    let mut tuned = base.clone();
+    burnish::core::adapter::load_adapter(
+        &mut tuned,
+        &core_fixture("lora/all-linear"),
+        &Default::default(),
+    )
+    .unwrap();
+    (base, tuned)
+}
