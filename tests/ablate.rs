@@ -124,31 +124,71 @@ fn ablation_writes_every_output_and_is_seeded() {
     Pretrained::<Cpu>::load(a.join("merged"), &Default::default()).unwrap();
 }
 
-#[test]
-fn steering_exports_an_mlp_bias_checkpoint() {
-    let tmp = tempfile::tempdir().unwrap();
-    let run = run_file(tmp.path(), "steer", "s");
+fn steer_run(dir: &Path, out: &str, extra: &str) -> PathBuf {
+    let run = run_file(dir, "steer", out);
     // Directions read from another model of the same shape (here: a copy of the same one).
     let text = std::fs::read_to_string(&run).unwrap().replace(
         "mode = \"steer\"",
         &format!(
-            "mode = \"steer\"\ndirections_from = {:?}",
-            tmp.path().join("tiny-chat")
+            "mode = \"steer\"\ndirections_from = {:?}\n{extra}",
+            dir.join("tiny-chat")
         ),
     );
     std::fs::write(&run, text).unwrap();
     ablate(&run);
-    let out = tmp.path().join("s");
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("merged/config.json")).unwrap())
-            .unwrap();
+    dir.join(out)
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn last_logits(m: &Pretrained<Cpu>) -> Vec<f32> {
+    use burnish::core::burn::tensor::{Int, Tensor, TensorData};
+    let ids = Tensor::<Cpu, 2, Int>::from_data(
+        TensorData::new(vec![1i64, 17, 33, 5, 9], [1, 5]),
+        &Default::default(),
+    );
+    m.model.forward(ids).into_data().to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn gated_steering_exports_a_checkpoint_with_one_more_mlp_unit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = steer_run(tmp.path(), "g", "");
+    let base = json(&tmp.path().join("tiny-chat/config.json"));
+    let cfg = json(&out.join("merged/config.json"));
+    assert_eq!(cfg["mlp_bias"], true);
+    assert_eq!(
+        cfg["intermediate_size"].as_u64().unwrap(),
+        base["intermediate_size"].as_u64().unwrap() + 1
+    );
+    let trials = std::fs::read_to_string(out.join("trials.jsonl")).unwrap();
+    for t in trials.lines() {
+        let t: serde_json::Value = serde_json::from_str(t).unwrap();
+        assert!(t["info"]["params"]["threshold"].is_number());
+        assert!(t["info"]["gate_accuracy"].as_f64().unwrap() >= 0.0);
+    }
+    // HF and GGUF exports of the edit agree (F16 in the GGUF).
+    let m = Pretrained::<Cpu>::load(out.join("merged"), &Default::default()).unwrap();
+    let g = Pretrained::<Cpu>::load(out.join("model.gguf"), &Default::default()).unwrap();
+    assert_eq!(m.model.intermediate_size(), g.model.intermediate_size());
+    let (a, b) = (last_logits(&m), last_logits(&g));
+    let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(d < 5e-2, "merged vs gguf logits differ by {d}");
+}
+
+#[test]
+fn constant_steering_exports_an_mlp_bias_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = steer_run(tmp.path(), "s", "gate = false");
+    let cfg = json(&out.join("merged/config.json"));
     assert_eq!(cfg["mlp_bias"], true);
     let m = Pretrained::<Cpu>::load(out.join("merged"), &Default::default()).unwrap();
     assert!(m.model.has_mlp_bias());
     let g = Pretrained::<Cpu>::load(out.join("model.gguf"), &Default::default()).unwrap();
     assert!(g.model.has_mlp_bias());
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let report = json(&out.join("report.json"));
     let layer = report["chosen"]["info"]["params"]["layer"]
         .as_f64()
         .unwrap()

@@ -8,8 +8,9 @@ use burnish_core::burn::tensor::{Int, Tensor, TensorData};
 use burnish_core::safetensors::SafeTensors;
 use burnish_core::weights::{load_llama, HfNames, SafetensorsDir};
 use burnish_core::{Llama, ModelConfig};
-use burnish_trainers::ablate::directions::{candidates, mean_activations, unit};
-use burnish_trainers::ablate::weights::{ablate, steer, Kernel};
+use burnish_trainers::ablate::directions::{activations, candidates, mean_activations, unit};
+use burnish_trainers::ablate::gate::{condition, steer_gated};
+use burnish_trainers::ablate::weights::{ablate, steer, Kernels};
 
 fn tiny() -> Llama<Cpu> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/tiny-llama");
@@ -118,7 +119,7 @@ fn directions_and_orthogonalization_match_transformers() {
     let r = unit(&candidates(&mh, &ml, hidden, false)[layer * hidden..(layer + 1) * hidden]);
     assert!(max_diff(&r, &f32s(&st, "direction")) < 1e-4);
     let rt = Tensor::<Cpu, 1>::from_data(TensorData::new(r.clone(), [hidden]), &Default::default());
-    let a = ablate(&m, &rt, &Kernel::flat(1.0, m.num_layers()), true, false).unwrap();
+    let a = ablate(&m, &rt, &Kernels::flat(1.0, m.num_layers()), true, false).unwrap();
     let w = |name: &str| a.weight(name).unwrap().into_data().to_vec::<f32>().unwrap();
     assert!(max_diff(&w(HfNames::EMBED), &f32s(&st, "embed_tokens")) < 1e-5);
     for i in 0..m.num_layers() {
@@ -137,7 +138,7 @@ fn directions_and_orthogonalization_match_transformers() {
     let along = residual_along(&a, &all, &rt);
     assert!(along < 1e-4, "residual along r̂ after ablation: {along}");
     // Half strength leaves part of it; the unedited model is untouched (weights are shared, not edited).
-    let half = ablate(&m, &rt, &Kernel::flat(0.5, m.num_layers()), true, false).unwrap();
+    let half = ablate(&m, &rt, &Kernels::flat(0.5, m.num_layers()), true, false).unwrap();
     assert!(residual_along(&half, &all, &rt) > 1e-3);
     assert_eq!(
         m.weight(HfNames::EMBED).unwrap().into_data(),
@@ -180,4 +181,72 @@ fn steering_shifts_the_residual_stream_exactly() {
         assert!((y - x - v[k % hidden]).abs() < 1e-5);
     }
     assert!(steer(&m, 0, Tensor::zeros([hidden], &Default::default())).is_err());
+}
+
+fn stream(model: &Llama<Cpu>, tokens: &[i64]) -> Vec<(usize, Vec<f32>)> {
+    let mut out = Vec::new();
+    let n = tokens.len();
+    let x = Tensor::<Cpu, 2, Int>::from_data(
+        TensorData::new(tokens.to_vec(), [1, n]),
+        &Default::default(),
+    );
+    let ctx = model.context(
+        Tensor::<Cpu, 1, Int>::arange(0..n as i64, &Default::default()).unsqueeze_dim::<2>(0),
+        None,
+    );
+    let mut tap =
+        |l: usize, h: &Tensor<Cpu, 3>| out.push((l, h.clone().into_data().to_vec::<f32>().unwrap()));
+    model.forward_hidden(x, &ctx, None, Some(&mut tap));
+    out
+}
+
+#[test]
+fn a_gated_unit_adds_its_vector_only_where_the_gate_opens() {
+    let m = tiny();
+    let hidden = m.hidden_size();
+    let t = |v: Vec<f32>| Tensor::<Cpu, 1>::from_data(TensorData::new(v, [hidden]), &Default::default());
+    let d: Vec<f32> = (0..hidden).map(|i| (i as f32 * 0.37).sin()).collect();
+    let tokens = [1i64, 17, 33, 5];
+    let base = stream(&m, &tokens);
+    let shift = |bias: f32| {
+        let mut g = m.clone();
+        g.add_gated_unit(1, t(vec![0.0; hidden]), bias, t(d.clone())).unwrap();
+        assert_eq!(g.intermediate_size(), m.intermediate_size() + 1);
+        let s = stream(&g, &tokens);
+        // Layers before the steered one are untouched.
+        assert_eq!(s[0], base[0]);
+        s[1].1.iter().zip(&base[1].1).map(|(a, b)| a - b).collect::<Vec<f32>>()
+    };
+    // Open (constant pre-activation 3): exactly silu(3)·d at every position.
+    let silu3 = 3.0 / (1.0 + (-3.0f32).exp());
+    for (k, x) in shift(3.0).iter().enumerate() {
+        assert!((x - silu3 * d[k % hidden]).abs() < 1e-5);
+    }
+    // Closed: nothing.
+    assert!(shift(-40.0).iter().all(|x| x.abs() < 1e-5));
+    assert!(m.clone().add_gated_unit(0, t(d.clone()), 0.0, t(d.clone())).is_err());
+
+    // Conditioned on two groups of prompts: the last position of the "harmful" group gets about the
+    // vector, the other group about nothing.
+    let group = |base: u32| -> Vec<Vec<u32>> {
+        (0..8).map(|i| vec![base + i, base + 2 * i + 1, base + 3]).collect()
+    };
+    let (h, l) = (group(10), group(60));
+    let (ah, al) = (activations(&m, &h, 1, 0, 4), activations(&m, &l, 1, 0, 4));
+    let c = condition(&ah, &al, 1, 1, hidden);
+    assert!(c.accuracy(c.threshold(0.5)) > 0.9);
+    let v: Vec<f64> = d.iter().map(|&x| f64::from(x)).collect();
+    let g = steer_gated(&m, 1, &v, &c, 0.5).unwrap();
+    let norm = |p: &Vec<u32>, model: &Llama<Cpu>| -> f32 {
+        let ids: Vec<i64> = p.iter().map(|&x| i64::from(x)).collect();
+        let a = &stream(model, &ids)[1].1;
+        let b = &stream(&m, &ids)[1].1;
+        let last = (ids.len() - 1) * hidden;
+        a[last..].iter().zip(&b[last..]).map(|(x, y)| (x - y).powi(2)).sum::<f32>().sqrt()
+    };
+    let dn = d.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let mean = |ps: &[Vec<u32>]| ps.iter().map(|p| norm(p, &g)).sum::<f32>() / ps.len() as f32;
+    let (on, off) = (mean(&h), mean(&l));
+    assert!(on > 0.3 * dn, "harmful group shift {on} vs |v| {dn}");
+    assert!(off < 0.5 * on, "harmless group shift {off} vs harmful {on}");
 }

@@ -103,30 +103,98 @@ impl<B: Backend> Llama<B> {
     /// the bias of layer `layer - 1`'s `down_proj`, so generation and export need nothing special.
     /// Every MLP linear gets a (zero) bias, so the model stays a valid `mlp_bias = true` checkpoint.
     pub fn add_residual_bias(&mut self, layer: usize, v: Tensor<B, 1>) -> Result<()> {
-        if layer == 0 || layer >= self.num_layers() {
-            return Err(Error::Unsupported(format!(
-                "a residual bias can enter layers 1..{} (through the previous layer's down_proj), not {layer}",
-                self.num_layers()
-            )));
-        }
-        let device = v.device();
-        for i in 0..self.num_layers() {
-            for short in ["gate_proj", "up_proj", "down_proj"] {
-                let lin = self.linear_mut(i, short).expect("known target");
-                if lin.bias.is_none() {
-                    lin.bias = Some(super::linear::frozen(Tensor::zeros(
-                        [lin.out_features()],
-                        &device,
-                    )));
-                }
-            }
-        }
+        self.check_steer_layer(layer)?;
+        self.ensure_mlp_bias(&v.device());
         let lin = self
             .linear_mut(layer - 1, "down_proj")
             .expect("known target");
         let b = lin.bias.as_ref().expect("just set").val();
         lin.bias = Some(super::linear::frozen(b + v));
         Ok(())
+    }
+
+    /// Adds a gated unit to the MLP of layer `layer - 1`, writing `silu(g·x̂ + g_bias) · d` into the
+    /// residual stream entering `layer`, where x̂ is the MLP's normed input: `d` switches on only at
+    /// positions whose input points along `g` (conditional steering). It is one more intermediate
+    /// neuron (its `up_proj` row is 0 with bias 1), added to every layer — zero elsewhere — so all layers
+    /// keep one `intermediate_size` and the model stays an ordinary Llama checkpoint with `mlp_bias`.
+    pub fn add_gated_unit(
+        &mut self,
+        layer: usize,
+        gate: Tensor<B, 1>,
+        gate_bias: f32,
+        down: Tensor<B, 1>,
+    ) -> Result<()> {
+        self.check_steer_layer(layer)?;
+        let device = gate.device();
+        let h = self.hidden_size();
+        if gate.dims()[0] != h || down.dims()[0] != h {
+            return Err(Error::Unsupported(format!(
+                "a gated unit needs vectors of the hidden size {h}"
+            )));
+        }
+        for i in 0..self.num_layers() {
+            for short in ["gate_proj", "up_proj", "down_proj"] {
+                if self.linear(i, short).is_some_and(|l| l.lora.is_some()) {
+                    return Err(Error::Unsupported(
+                        "a gated unit changes the MLP's shape: merge or drop LoRA adapters first".into(),
+                    ));
+                }
+            }
+        }
+        self.ensure_mlp_bias(&device);
+        let zeros = || Tensor::<B, 1>::zeros([h], &device);
+        let one = |x: f32| Tensor::<B, 1>::from_floats([x], &device);
+        for i in 0..self.num_layers() {
+            let on = i + 1 == layer;
+            let (g, gb, d, ub) = if on {
+                (gate.clone(), gate_bias, down.clone(), 1.0)
+            } else {
+                (zeros(), 0.0, zeros(), 0.0)
+            };
+            let grow = |lin: &mut Linear<B>, row: Tensor<B, 1>, bias: f32| {
+                let w = Tensor::cat(vec![lin.weight.val(), row.unsqueeze_dim(0)], 0);
+                let b = lin.bias.as_ref().expect("just set").val();
+                lin.weight = super::linear::frozen(w);
+                lin.bias = Some(super::linear::frozen(Tensor::cat(vec![b, one(bias)], 0)));
+            };
+            grow(self.linear_mut(i, "gate_proj").expect("known"), g, gb);
+            grow(self.linear_mut(i, "up_proj").expect("known"), zeros(), ub);
+            let lin = self.linear_mut(i, "down_proj").expect("known");
+            let w = Tensor::cat(vec![lin.weight.val(), d.unsqueeze_dim(1)], 1);
+            lin.weight = super::linear::frozen(w);
+        }
+        Ok(())
+    }
+
+    fn check_steer_layer(&self, layer: usize) -> Result<()> {
+        if layer == 0 || layer >= self.num_layers() {
+            return Err(Error::Unsupported(format!(
+                "a residual bias can enter layers 1..{} (through the previous layer's MLP), not {layer}",
+                self.num_layers()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every MLP linear gets a (zero) bias if it has none.
+    fn ensure_mlp_bias(&mut self, device: &B::Device) {
+        for i in 0..self.num_layers() {
+            for short in ["gate_proj", "up_proj", "down_proj"] {
+                let lin = self.linear_mut(i, short).expect("known target");
+                if lin.bias.is_none() {
+                    lin.bias = Some(super::linear::frozen(Tensor::zeros(
+                        [lin.out_features()],
+                        device,
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The MLP's intermediate size (`intermediate_size` of the exported config).
+    pub fn intermediate_size(&self) -> usize {
+        self.linear(0, "down_proj").map_or(0, |l| l.in_features())
     }
 
     /// Whether the MLP linears carry biases (`mlp_bias` of the exported config).

@@ -34,6 +34,58 @@ fn left_batch<B: Backend>(
     (ids, model.context(pos, Some(mask)))
 }
 
+/// Residual stream entering each layer at the last `npos` positions, per prompt: `[layers][npos][hidden]`
+/// flattened.
+pub fn activations<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    npos: usize,
+    pad: u32,
+    batch: usize,
+) -> Vec<Vec<f32>> {
+    let layers = model.num_layers();
+    let hidden = model.model.embed_tokens.dims()[1];
+    let mut out = Vec::with_capacity(prompts.len());
+    let all: Vec<&Vec<u32>> = prompts.iter().collect();
+    for chunk in all.chunks(batch.max(1)) {
+        let (ids, ctx) = left_batch(model, chunk, pad);
+        let [n, len] = ids.dims();
+        let mut rows = vec![vec![0f32; layers * npos * hidden]; n];
+        let mut tap = |layer: usize, x: &Tensor<B, 3>| {
+            if layer >= layers {
+                return;
+            }
+            let v = x
+                .clone()
+                .slice([0..n, len - npos..len, 0..hidden])
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap_or_default();
+            let per = npos * hidden;
+            for (r, row) in rows.iter_mut().enumerate() {
+                row[layer * per..][..per].copy_from_slice(&v[r * per..][..per]);
+            }
+        };
+        model.forward_hidden(ids, &ctx, None, Some(&mut tap));
+        out.extend(rows);
+    }
+    out
+}
+
+/// The mean of per-prompt activations.
+pub fn mean_of(acts: &[Vec<f32>]) -> Vec<f64> {
+    let mut sum = vec![0f64; acts.first().map_or(0, |a| a.len())];
+    for a in acts {
+        for (s, &x) in sum.iter_mut().zip(a) {
+            *s += f64::from(x);
+        }
+    }
+    let n = acts.len().max(1) as f64;
+    sum.iter_mut().for_each(|x| *x /= n);
+    sum
+}
+
 /// Mean residual stream entering each layer at the last `npos` positions: `[layers][npos][hidden]`,
 /// flattened.
 pub fn mean_activations<B: Backend>(
@@ -43,35 +95,7 @@ pub fn mean_activations<B: Backend>(
     pad: u32,
     batch: usize,
 ) -> Vec<f64> {
-    let layers = model.num_layers();
-    let hidden = model.model.embed_tokens.dims()[1];
-    let mut sum = vec![0f64; layers * npos * hidden];
-    let all: Vec<&Vec<u32>> = prompts.iter().collect();
-    for chunk in all.chunks(batch.max(1)) {
-        let (ids, ctx) = left_batch(model, chunk, pad);
-        let [_, len] = ids.dims();
-        let mut tap = |layer: usize, x: &Tensor<B, 3>| {
-            if layer >= layers {
-                return;
-            }
-            let v = x
-                .clone()
-                .slice([0..chunk.len(), len - npos..len, 0..hidden])
-                .sum_dim(0)
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap_or_default();
-            let base = layer * npos * hidden;
-            for (k, x) in v.iter().enumerate() {
-                sum[base + k] += *x as f64;
-            }
-        };
-        model.forward_hidden(ids, &ctx, None, Some(&mut tap));
-    }
-    let n = prompts.len().max(1) as f64;
-    sum.iter_mut().for_each(|x| *x /= n);
-    sum
+    mean_of(&activations(model, prompts, npos, pad, batch))
 }
 
 /// Log-probabilities of the next token after each prompt, `[n, vocab]`.

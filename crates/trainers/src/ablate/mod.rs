@@ -10,6 +10,7 @@
 //! 4. the chosen edit applied to the weights, evaluated on the full `[eval]` sets, and exported.
 
 pub mod directions;
+pub mod gate;
 mod output;
 pub mod search;
 mod select;
@@ -30,11 +31,13 @@ use serde_json::{json, Value};
 use crate::config::Run;
 use crate::eval::{evaluate_config, load_sets, SetKind};
 use crate::{Error, Result};
-use directions::{candidates, last_logprobs, mean_activations, mean_kl, refusal_scores, unit};
+use directions::{
+    activations, candidates, last_logprobs, mean_activations, mean_kl, mean_of, refusal_scores, unit,
+};
 use output::{export, markdown, write_lines};
 use search::{pareto_front, Range, Search, Trial};
 use select::select;
-use weights::{ablate, steer, Kernel};
+use weights::{ablate, steer, Kernel, Kernels};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -73,6 +76,14 @@ pub struct AblateConfig {
     pub embeddings: bool,
     /// Texts whose first token starts a refusal, for the refusal score (default "I", "Sorry", "As").
     pub refusal_tokens: Vec<String>,
+    /// `steer`: add the vector only where the model's own harmful-vs-harmless direction says the prompt
+    /// is harmful — conditional activation steering, baked in as one gated MLP unit (default true);
+    /// false adds it at every position (a constant bias).
+    pub gate: bool,
+    /// Run Arditi et al.'s selection before the search (default true); it seeds the search's first
+    /// trial. It costs three batched forwards per candidate layer; the search also moves over the
+    /// direction's layer, so a run on a tight budget can skip it.
+    pub select: bool,
     /// Selection drops directions whose ablation moves first-token KL above this (default 0.1).
     pub kl_bound: f64,
     /// Selection ignores the last layers: only layers below this share are candidates (default 0.8).
@@ -111,6 +122,8 @@ impl Default for AblateConfig {
             norm_preserving: false,
             embeddings: false,
             refusal_tokens: vec!["I".into(), "Sorry".into(), "As".into()],
+            select: true,
+            gate: true,
             kl_bound: 0.1,
             max_layer_fraction: 0.8,
             val_prompts: 32,
@@ -139,6 +152,9 @@ impl AblateConfig {
             return Err(
                 "[method] val_prompts, batch_size and max_new_tokens must be at least 1".into(),
             );
+        }
+        if self.trials == 0 && !self.select {
+            return Err("[method] trials = 0 applies the selected direction: it needs select = true".into());
         }
         if self.startup_trials > self.trials && self.trials > 0 {
             return Err("[method] startup_trials must not exceed trials".into());
@@ -304,9 +320,24 @@ pub fn run(run: &Run, cfg: &AblateConfig) -> Result<AblateSummary> {
         None => None,
     };
     let src = source.as_ref().map_or(&model.model, |s| &s.model);
-    let mh = mean_activations(src, &harmful, npos, pad, cfg.batch_size);
-    let ml = mean_activations(src, &harmless, npos, pad, cfg.batch_size);
+    // Gated steering also needs each prompt's activations in the model being edited (its own sense of
+    // "harmful"), whichever model the steering vector comes from.
+    let gated = cfg.mode == Mode::Steer && cfg.gate;
+    let acts = |m: &Llama<Cpu>, p: &[Vec<u32>]| activations(m, p, npos, pad, cfg.batch_size);
+    let (mh, ml, own) = if source.is_none() {
+        let (ah, al) = (acts(src, &harmful), acts(src, &harmless));
+        (mean_of(&ah), mean_of(&al), gated.then_some((ah, al)))
+    } else {
+        let mh = mean_activations(src, &harmful, npos, pad, cfg.batch_size);
+        let ml = mean_activations(src, &harmless, npos, pad, cfg.batch_size);
+        let own = gated.then(|| (acts(&model.model, &harmful), acts(&model.model, &harmless)));
+        (mh, ml, own)
+    };
     drop(source);
+    let cond_at = |l: usize| {
+        own.as_ref()
+            .map(|(ah, al)| gate::condition(ah, al, l, npos, hidden))
+    };
     let cands = candidates(&mh, &ml, hidden, cfg.projected);
     eprintln!(
         "ablate: activations of {} harmful and {} harmless prompts at {npos} position(s) in {:.1}s",
@@ -338,17 +369,24 @@ pub fn run(run: &Run, cfg: &AblateConfig) -> Result<AblateSummary> {
     let t = Instant::now();
     let max_layer = ((layers as f64 * cfg.max_layer_fraction).floor() as usize).clamp(2, layers);
     let base_score = ctx.score(&model.model, &ctx.harmful_val);
-    let (selection, selected, filter) = select(&ctx, &model.model, &dir, layers, npos, max_layer)?;
-    let (sl, sp) = (
-        selected["layer"].as_u64().unwrap_or(0) as usize,
-        selected["position"].as_u64().unwrap_or(0) as usize,
-    );
-    eprintln!(
-        "ablate: selection over {} candidates in {:.1}s → layer {sl}, position {sp} ({filter})",
-        selection.len(),
-        t.elapsed().as_secs_f64()
-    );
-    write_lines(&out.join("selection.jsonl"), &selection)?;
+    let (selection, selected, filter) = if cfg.select {
+        select(&ctx, &model.model, &dir, layers, npos, max_layer)?
+    } else {
+        (Vec::new(), Value::Null, "selection skipped (select = false)")
+    };
+    // Without selection the search starts from random points, at the last position (the first
+    // generated token's).
+    let sl = selected["layer"].as_u64().map(|l| l as usize);
+    let sp = selected["position"].as_u64().unwrap_or(npos as u64 - 1) as usize;
+    if cfg.select {
+        eprintln!(
+            "ablate: selection over {} candidates in {:.1}s → layer {}, position {sp} ({filter})",
+            selection.len(),
+            t.elapsed().as_secs_f64(),
+            sl.unwrap_or(0)
+        );
+        write_lines(&out.join("selection.jsonl"), &selection)?;
+    }
 
     // Search.
     let t = Instant::now();
@@ -356,12 +394,16 @@ pub fn run(run: &Run, cfg: &AblateConfig) -> Result<AblateSummary> {
     let build_model = |params: &[f64]| -> Result<Llama<Cpu>> {
         match cfg.mode {
             Mode::Ablate => {
-                let r = unit(&interpolated(&dir_p, params[0], max_layer));
-                let k = Kernel {
-                    max_weight: params[1],
-                    peak: params[2],
-                    min_weight: params[3] * params[1],
-                    distance: params[4],
+                let r = unit(&interpolated(&dir_p, params[0], layers));
+                let kernel = |p: &[f64]| Kernel {
+                    max_weight: p[0],
+                    peak: p[1],
+                    min_weight: p[2] * p[0],
+                    distance: p[3],
+                };
+                let k = Kernels {
+                    attn: kernel(&params[1..5]),
+                    mlp: kernel(&params[5..9]),
                 };
                 ablate(
                     &model.model,
@@ -373,8 +415,14 @@ pub fn run(run: &Run, cfg: &AblateConfig) -> Result<AblateSummary> {
             }
             Mode::Steer => {
                 let l = params[0].round() as usize;
-                let v: Vec<f32> = dir_p(l).iter().map(|&x| (x * params[1]) as f32).collect();
-                steer(&model.model, l, tensor(&v))
+                let v: Vec<f64> = dir_p(l).iter().map(|&x| x * params[1]).collect();
+                match cond_at(l) {
+                    Some(c) => gate::steer_gated(&model.model, l, &v, &c, params[2]).map_err(Into::into),
+                    None => {
+                        let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+                        steer(&model.model, l, tensor(&v))
+                    }
+                }
             }
         }
     };
@@ -397,59 +445,71 @@ pub fn run(run: &Run, cfg: &AblateConfig) -> Result<AblateSummary> {
         })
     };
     let (base_obj, base_info) = measure(&model.model)?;
-    let (ranges, first): (Vec<Range>, Vec<f64>) = match cfg.mode {
-        Mode::Ablate => (
+    // Ablation ranges as heretic's: the direction from 40–90% of the depth, each component's kernel
+    // peaking in the last 40% with strength 0.8–1.5; the falloff may span the whole model.
+    let last = (layers - 1) as f64;
+    let range = |lo: f64, hi: f64| Range { lo, hi };
+    let (ranges, first): (Vec<Range>, Option<Vec<f64>>) = match cfg.mode {
+        Mode::Ablate => {
+            let kernel = [
+                range(0.8, 1.5),
+                range(0.6 * last, last),
+                range(0.0, 1.0),
+                range(1.0, layers as f64),
+            ];
+            let lo = sl.map_or(0.4 * last, |l| (l as f64).min(0.4 * last));
+            let mut r = vec![range(lo, 0.9 * last)];
+            r.extend(kernel);
+            r.extend(kernel);
+            let flat = [1.0, 0.0, 1.0, layers as f64];
+            let first = sl.map(|l| [&[l as f64][..], &flat, &flat].concat());
+            (r, first)
+        }
+        // Gated steering also searches the gate's threshold, as a fraction of the way from the harmless
+        // prompts' mean cosine to the harmful prompts'.
+        Mode::Steer if gated => (
             vec![
-                Range {
-                    lo: 0.0,
-                    hi: (max_layer - 1) as f64,
-                },
-                Range { lo: 0.5, hi: 1.5 },
-                Range {
-                    lo: 0.0,
-                    hi: (layers - 1) as f64,
-                },
-                Range { lo: 0.0, hi: 1.0 },
-                Range {
-                    lo: 1.0,
-                    hi: layers as f64,
-                },
+                range(1.0, (max_layer - 1) as f64),
+                range(0.25, 6.0),
+                range(0.1, 0.9),
             ],
-            vec![sl as f64, 1.0, 0.0, 1.0, layers as f64],
+            sl.map(|l| vec![l.max(1) as f64, 1.0, 0.5]),
         ),
         Mode::Steer => (
-            vec![
-                Range {
-                    lo: 1.0,
-                    hi: (max_layer - 1) as f64,
-                },
-                Range { lo: 0.25, hi: 6.0 },
-            ],
-            vec![sl.max(1) as f64, 1.0],
+            vec![range(1.0, (max_layer - 1) as f64), range(0.25, 6.0)],
+            sl.map(|l| vec![l.max(1) as f64, 1.0]),
         ),
     };
     let names: &[&str] = match cfg.mode {
         Mode::Ablate => &[
             "direction_index",
-            "max_weight",
-            "peak",
-            "min_weight_fraction",
-            "distance",
+            "attn_max_weight",
+            "attn_peak",
+            "attn_min_weight_fraction",
+            "attn_distance",
+            "mlp_max_weight",
+            "mlp_peak",
+            "mlp_min_weight_fraction",
+            "mlp_distance",
         ],
+        Mode::Steer if gated => &["layer", "scale", "threshold"],
         Mode::Steer => &["layer", "scale"],
     };
-    let mut search = Search::new(ranges, cfg.startup_trials + 1, cfg.trials.max(1), cfg.seed);
+    let startup = cfg.startup_trials + usize::from(first.is_some());
+    let mut search = Search::new(ranges, startup, cfg.trials.max(1), cfg.seed);
     let mut trials: Vec<Trial> = Vec::new();
     for i in 0..cfg.trials.max(1) {
-        let params = if i == 0 {
-            first.clone()
-        } else {
-            search.propose(&trials)
+        let params = match (&first, i) {
+            (Some(f), 0) => f.clone(),
+            _ => search.propose(&trials),
         };
         let tt = Instant::now();
         let m = build_model(&params)?;
         let (objectives, mut info) = measure(&m)?;
         info["seconds"] = json!(tt.elapsed().as_secs_f64());
+        if let Some(c) = cond_at(params[0].round() as usize) {
+            info["gate_accuracy"] = json!(c.accuracy(c.threshold(params[2])));
+        }
         info["params"] = names
             .iter()
             .zip(&params)
@@ -522,7 +582,7 @@ pub fn run(run: &Run, cfg: &AblateConfig) -> Result<AblateSummary> {
     // The chosen edit: weights, direction, evaluation, export.
     let edited = build_model(&chosen.params)?;
     let chosen_dir: Vec<f32> = match cfg.mode {
-        Mode::Ablate => unit(&interpolated(&dir_p, chosen.params[0], max_layer)),
+        Mode::Ablate => unit(&interpolated(&dir_p, chosen.params[0], layers)),
         Mode::Steer => dir_p(chosen.params[0].round() as usize)
             .iter()
             .map(|&x| (x * chosen.params[1]) as f32)
@@ -530,35 +590,32 @@ pub fn run(run: &Run, cfg: &AblateConfig) -> Result<AblateSummary> {
     };
     let f32s =
         |v: &[f64]| -> Vec<u8> { v.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect() };
+    let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let shape = vec![layers, npos, hidden];
+    let mut tensors = vec![
+        ("direction".to_string(), vec![hidden], bytes(&chosen_dir)),
+        ("candidates".into(), shape.clone(), f32s(&cands)),
+        ("harmful_mean".into(), shape.clone(), f32s(&mh)),
+        ("harmless_mean".into(), shape, f32s(&ml)),
+    ];
+    let l = chosen.params[0].round() as usize;
+    if let (Some(c), Mode::Steer) = (cond_at(l), cfg.mode) {
+        let v: Vec<f64> = chosen_dir.iter().map(|&x| f64::from(x)).collect();
+        let (g, b, d) = gate::unit_weights(&model.model, l, &v, &c, chosen.params[2]);
+        tensors.push(("gate_weight".into(), vec![hidden], bytes(&g)));
+        tensors.push(("gate_bias".into(), vec![1], bytes(&[b])));
+        tensors.push(("gate_down".into(), vec![hidden], bytes(&d)));
+    }
+    let mode = match (cfg.mode, gated) {
+        (Mode::Ablate, _) => "ablate (unit direction)",
+        (Mode::Steer, true) => "steer (added vector, gated by an MLP unit of the previous layer)",
+        (Mode::Steer, false) => "steer (added vector)",
+    };
     burnish_core::weights::write_safetensors(
         &out.join("direction.safetensors"),
         burnish_core::safetensors::Dtype::F32,
-        &[
-            (
-                "direction".into(),
-                vec![hidden],
-                chosen_dir.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            ),
-            (
-                "candidates".into(),
-                vec![layers, npos, hidden],
-                f32s(&cands),
-            ),
-            ("harmful_mean".into(), vec![layers, npos, hidden], f32s(&mh)),
-            (
-                "harmless_mean".into(),
-                vec![layers, npos, hidden],
-                f32s(&ml),
-            ),
-        ],
-        &[(
-            "mode",
-            if cfg.mode == Mode::Ablate {
-                "ablate (unit direction)"
-            } else {
-                "steer (added vector)"
-            },
-        )],
+        &tensors,
+        &[("mode", mode)],
     )?;
     let meta = json!({"model": model_path, "run": run.path});
     let before = if cfg.eval_before {

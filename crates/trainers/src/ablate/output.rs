@@ -25,6 +25,7 @@ pub(super) fn export(
 ) -> Result<()> {
     let mut config = model.config.clone();
     config.mlp_bias = model.model.has_mlp_bias();
+    config.intermediate_size = model.model.intermediate_size();
     let gguf = match ModelPath::detect(model_path)? {
         ModelPath::Gguf(f) => Some(GgufFile::open(f)?),
         ModelPath::HfDir(_) => None,

@@ -8,7 +8,7 @@ use burnish_core::Llama;
 use serde_json::{json, Value};
 
 use super::directions::unit;
-use super::weights::{ablate, steer, Kernel};
+use super::weights::{ablate, steer, Kernels};
 use super::{tensor, Ctx, Mode};
 use crate::Result;
 
@@ -55,7 +55,7 @@ pub(super) fn select(
                     let abl = ablate(
                         model,
                         &tensor(&unit(&r)),
-                        &Kernel::flat(1.0, layers),
+                        &Kernels::flat(1.0, layers),
                         cfg.embeddings,
                         cfg.norm_preserving,
                     )?;

@@ -42,6 +42,23 @@ impl Kernel {
     }
 }
 
+/// One kernel per component that writes to the residual stream, as heretic: attention outputs
+/// (`o_proj`) and MLP outputs (`down_proj`) tolerate different strengths.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Kernels {
+    pub attn: Kernel,
+    pub mlp: Kernel,
+}
+
+impl Kernels {
+    pub fn flat(w: f64, layers: usize) -> Self {
+        Self {
+            attn: Kernel::flat(w, layers),
+            mlp: Kernel::flat(w, layers),
+        }
+    }
+}
+
 /// `W − w·r̂(r̂ᵀW)` for `W` `[out, in]` and unit `r̂` `[out]`: removes the direction from everything `W`
 /// writes. `norm_preserving` gives each input's write vector (a column) its original norm back.
 pub fn orthogonalize_out<B: Backend>(
@@ -77,22 +94,25 @@ pub fn orthogonalize_rows<B: Backend>(
 }
 
 /// A copy of `model` (tensors shared, edited ones replaced) with unit direction `r` ablated from
-/// `o_proj` and `down_proj` of every layer at the kernel's strength, and from `embed_tokens` at layer 0's
-/// strength when `embeddings` is set.
+/// `o_proj` and `down_proj` of every layer at their kernels' strengths, and from `embed_tokens` at the
+/// attention kernel's layer-0 strength when `embeddings` is set.
 pub fn ablate<B: Backend>(
     model: &Llama<B>,
     r: &Tensor<B, 1>,
-    kernel: &Kernel,
+    kernels: &Kernels,
     embeddings: bool,
     norm_preserving: bool,
 ) -> Result<Llama<B>> {
     let mut m = model.clone();
     for i in 0..m.num_layers() {
-        let w = kernel.weight(i);
-        if w == 0.0 {
-            continue;
-        }
-        for sub in ["self_attn.o_proj", "mlp.down_proj"] {
+        for (sub, kernel) in [
+            ("self_attn.o_proj", &kernels.attn),
+            ("mlp.down_proj", &kernels.mlp),
+        ] {
+            let w = kernel.weight(i);
+            if w == 0.0 {
+                continue;
+            }
             let name = HfNames::layer(i, &format!("{sub}.weight"));
             let cur = m
                 .weight(&name)
@@ -100,7 +120,7 @@ pub fn ablate<B: Backend>(
             m.set_weight(&name, orthogonalize_out(cur, r, w, norm_preserving))?;
         }
     }
-    let w0 = kernel.weight(0);
+    let w0 = kernels.attn.weight(0);
     if embeddings && w0 != 0.0 {
         let e = m.weight(HfNames::EMBED).expect("embeddings");
         m.set_weight(
