@@ -174,7 +174,11 @@ fn gated_steering_exports_a_checkpoint_with_one_more_mlp_unit() {
     let g = Pretrained::<Cpu>::load(out.join("model.gguf"), &Default::default()).unwrap();
     assert_eq!(m.model.intermediate_size(), g.model.intermediate_size());
     let (a, b) = (last_logits(&m), last_logits(&g));
-    let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let d = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
     assert!(d < 5e-2, "merged vs gguf logits differ by {d}");
 }
 

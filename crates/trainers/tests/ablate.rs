@@ -194,8 +194,9 @@ fn stream(model: &Llama<Cpu>, tokens: &[i64]) -> Vec<(usize, Vec<f32>)> {
         Tensor::<Cpu, 1, Int>::arange(0..n as i64, &Default::default()).unsqueeze_dim::<2>(0),
         None,
     );
-    let mut tap =
-        |l: usize, h: &Tensor<Cpu, 3>| out.push((l, h.clone().into_data().to_vec::<f32>().unwrap()));
+    let mut tap = |l: usize, h: &Tensor<Cpu, 3>| {
+        out.push((l, h.clone().into_data().to_vec::<f32>().unwrap()))
+    };
     model.forward_hidden(x, &ctx, None, Some(&mut tap));
     out
 }
@@ -204,18 +205,25 @@ fn stream(model: &Llama<Cpu>, tokens: &[i64]) -> Vec<(usize, Vec<f32>)> {
 fn a_gated_unit_adds_its_vector_only_where_the_gate_opens() {
     let m = tiny();
     let hidden = m.hidden_size();
-    let t = |v: Vec<f32>| Tensor::<Cpu, 1>::from_data(TensorData::new(v, [hidden]), &Default::default());
+    let t = |v: Vec<f32>| {
+        Tensor::<Cpu, 1>::from_data(TensorData::new(v, [hidden]), &Default::default())
+    };
     let d: Vec<f32> = (0..hidden).map(|i| (i as f32 * 0.37).sin()).collect();
     let tokens = [1i64, 17, 33, 5];
     let base = stream(&m, &tokens);
     let shift = |bias: f32| {
         let mut g = m.clone();
-        g.add_gated_unit(1, t(vec![0.0; hidden]), bias, t(d.clone())).unwrap();
+        g.add_gated_unit(1, t(vec![0.0; hidden]), bias, t(d.clone()))
+            .unwrap();
         assert_eq!(g.intermediate_size(), m.intermediate_size() + 1);
         let s = stream(&g, &tokens);
         // Layers before the steered one are untouched.
         assert_eq!(s[0], base[0]);
-        s[1].1.iter().zip(&base[1].1).map(|(a, b)| a - b).collect::<Vec<f32>>()
+        s[1].1
+            .iter()
+            .zip(&base[1].1)
+            .map(|(a, b)| a - b)
+            .collect::<Vec<f32>>()
     };
     // Open (constant pre-activation 3): exactly silu(3)·d at every position.
     let silu3 = 3.0 / (1.0 + (-3.0f32).exp());
@@ -224,12 +232,17 @@ fn a_gated_unit_adds_its_vector_only_where_the_gate_opens() {
     }
     // Closed: nothing.
     assert!(shift(-40.0).iter().all(|x| x.abs() < 1e-5));
-    assert!(m.clone().add_gated_unit(0, t(d.clone()), 0.0, t(d.clone())).is_err());
+    assert!(m
+        .clone()
+        .add_gated_unit(0, t(d.clone()), 0.0, t(d.clone()))
+        .is_err());
 
     // Conditioned on two groups of prompts: the last position of the "harmful" group gets about the
     // vector, the other group about nothing.
     let group = |base: u32| -> Vec<Vec<u32>> {
-        (0..8).map(|i| vec![base + i, base + 2 * i + 1, base + 3]).collect()
+        (0..8)
+            .map(|i| vec![base + i, base + 2 * i + 1, base + 3])
+            .collect()
     };
     let (h, l) = (group(10), group(60));
     let (ah, al) = (activations(&m, &h, 1, 0, 4), activations(&m, &l, 1, 0, 4));
@@ -242,7 +255,12 @@ fn a_gated_unit_adds_its_vector_only_where_the_gate_opens() {
         let a = &stream(model, &ids)[1].1;
         let b = &stream(&m, &ids)[1].1;
         let last = (ids.len() - 1) * hidden;
-        a[last..].iter().zip(&b[last..]).map(|(x, y)| (x - y).powi(2)).sum::<f32>().sqrt()
+        a[last..]
+            .iter()
+            .zip(&b[last..])
+            .map(|(x, y)| (x - y).powi(2))
+            .sum::<f32>()
+            .sqrt()
     };
     let dn = d.iter().map(|x| x * x).sum::<f32>().sqrt();
     let mean = |ps: &[Vec<u32>]| ps.iter().map(|p| norm(p, &g)).sum::<f32>() / ps.len() as f32;

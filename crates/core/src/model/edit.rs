@@ -137,7 +137,8 @@ impl<B: Backend> Llama<B> {
             for short in ["gate_proj", "up_proj", "down_proj"] {
                 if self.linear(i, short).is_some_and(|l| l.lora.is_some()) {
                     return Err(Error::Unsupported(
-                        "a gated unit changes the MLP's shape: merge or drop LoRA adapters first".into(),
+                        "a gated unit changes the MLP's shape: merge or drop LoRA adapters first"
+                            .into(),
                     ));
                 }
             }

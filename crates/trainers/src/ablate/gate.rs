@@ -32,7 +32,11 @@ fn slice(a: &[f32], layer: usize, npos: usize, hidden: usize) -> &[f32] {
 
 fn cos(a: &[f32], dir: &[f64]) -> f64 {
     let norm = a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-    a.iter().zip(dir).map(|(&x, d)| f64::from(x) * d).sum::<f64>() / norm.max(1e-12)
+    a.iter()
+        .zip(dir)
+        .map(|(&x, d)| f64::from(x) * d)
+        .sum::<f64>()
+        / norm.max(1e-12)
 }
 
 fn mean(v: &[f64]) -> f64 {

@@ -1,0 +1,131 @@
+//! `[method]` with `name = "ablate"`: what to edit, where to read activations, and the search budget.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Remove the refusal direction (uncensor).
+    #[default]
+    Ablate,
+    /// Add it at one layer (safety): activation addition, baked in as an MLP bias.
+    Steer,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Positions {
+    /// The last prompt token (the first generated position), as heretic.
+    #[default]
+    Last,
+    /// Every chat-template token after the user message (`<|im_end|>\n<|im_start|>assistant\n`), as Arditi.
+    PostInstruction,
+}
+
+/// `[method]` with `name = "ablate"`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AblateConfig {
+    /// `ablate` (default) or `steer`.
+    pub mode: Mode,
+    /// Where activations are read: `last` (default) or `post_instruction`.
+    pub positions: Positions,
+    /// Remove the harmless mean's component from each direction (default false).
+    pub projected: bool,
+    /// Keep the norm of every write vector when ablating (default false).
+    pub norm_preserving: bool,
+    /// Also orthogonalise `embed_tokens`, at layer 0's strength (default false, as heretic; Arditi does
+    /// it, but with tied embeddings it also edits the output head).
+    pub embeddings: bool,
+    /// Texts whose first token starts a refusal, for the refusal score (default "I", "Sorry", "As").
+    pub refusal_tokens: Vec<String>,
+    /// `steer`: add the vector only where the model's own harmful-vs-harmless direction says the prompt
+    /// is harmful — conditional activation steering, baked in as one gated MLP unit (default true);
+    /// false adds it at every position (a constant bias).
+    pub gate: bool,
+    /// Run Arditi et al.'s selection before the search (default true); it seeds the search's first
+    /// trial. It costs three batched forwards per candidate layer; the search also moves over the
+    /// direction's layer, so a run on a tight budget can skip it.
+    pub select: bool,
+    /// Selection drops directions whose ablation moves first-token KL above this (default 0.1).
+    pub kl_bound: f64,
+    /// Selection ignores the last layers: only layers below this share are candidates (default 0.8).
+    pub max_layer_fraction: f64,
+    /// Validation prompts per set used by selection and search (default 32).
+    pub val_prompts: usize,
+    /// Prompts per forward / generation batch (default 16).
+    pub batch_size: usize,
+    /// Search trials after selection (default 24; 0 applies the selected direction at full strength).
+    pub trials: usize,
+    /// Random trials before Pareto-local ones (default 8).
+    pub startup_trials: usize,
+    pub seed: u64,
+    /// New tokens per search generation (default 24: refusals show in the first tokens).
+    pub max_new_tokens: usize,
+    /// `ablate`: the chosen trial has the fewest refusals among those with first-token KL ≤ this
+    /// (default 0.2).
+    pub kl_target: f64,
+    /// `steer`: the chosen trial has the most harmful refusals among those refusing at most this share
+    /// of harmless prompts (default 0.1).
+    pub max_false_refusal: f64,
+    /// Evaluate the unedited model on the `[eval]` sets too, for before/after numbers (default true).
+    pub eval_before: bool,
+    /// Read the activations (and so the directions) from this model instead of the one being edited,
+    /// e.g. steer the original with the refusal direction of a safety-tuned variant (same architecture;
+    /// default: the edited model).
+    pub directions_from: Option<PathBuf>,
+}
+
+impl Default for AblateConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Ablate,
+            positions: Positions::Last,
+            projected: false,
+            norm_preserving: false,
+            embeddings: false,
+            refusal_tokens: vec!["I".into(), "Sorry".into(), "As".into()],
+            select: true,
+            gate: true,
+            kl_bound: 0.1,
+            max_layer_fraction: 0.8,
+            val_prompts: 32,
+            batch_size: 16,
+            trials: 24,
+            startup_trials: 8,
+            seed: 0,
+            max_new_tokens: 24,
+            kl_target: 0.2,
+            max_false_refusal: 0.1,
+            eval_before: true,
+            directions_from: None,
+        }
+    }
+}
+
+impl AblateConfig {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(0.0 < self.max_layer_fraction && self.max_layer_fraction <= 1.0) {
+            return Err("[method] max_layer_fraction must be in (0, 1]".into());
+        }
+        if self.refusal_tokens.is_empty() {
+            return Err("[method] refusal_tokens is empty".into());
+        }
+        if self.val_prompts == 0 || self.batch_size == 0 || self.max_new_tokens == 0 {
+            return Err(
+                "[method] val_prompts, batch_size and max_new_tokens must be at least 1".into(),
+            );
+        }
+        if self.trials == 0 && !self.select {
+            return Err(
+                "[method] trials = 0 applies the selected direction: it needs select = true".into(),
+            );
+        }
+        if self.startup_trials > self.trials && self.trials > 0 {
+            return Err("[method] startup_trials must not exceed trials".into());
+        }
+        Ok(())
+    }
+}
