@@ -191,6 +191,21 @@ fn pick(logits: &[f32], cfg: &GenerationConfig, rng: &mut StdRng) -> u32 {
     if cfg.temperature <= 0.0 {
         return argmax(logits);
     }
+    if (cfg.top_k == 0 || cfg.top_k >= logits.len()) && cfg.top_p >= 1.0 {
+        // Plain sampling needs no sort of the vocabulary (PPO rollouts sample every token this way).
+        let t = cfg.temperature;
+        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let probs: Vec<f32> = logits.iter().map(|&l| ((l - max) / t).exp()).collect();
+        let r: f32 = rng.random::<f32>() * probs.iter().sum::<f32>();
+        let mut acc = 0.0;
+        for (i, p) in probs.iter().enumerate() {
+            acc += p;
+            if r < acc {
+                return i as u32;
+            }
+        }
+        return argmax(logits);
+    }
     let mut cand: Vec<(u32, f32)> = logits
         .iter()
         .enumerate()
@@ -274,5 +289,28 @@ mod tests {
         };
         assert_eq!(a, b);
         assert!(a.iter().collect::<std::collections::HashSet<_>>().len() > 1);
+    }
+
+    #[test]
+    fn plain_sampling_follows_the_softmax() {
+        let logits = [0.0f32, 1.0, 2.0, -30.0];
+        let cfg = GenerationConfig {
+            temperature: 0.5,
+            ..Default::default()
+        };
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut counts = [0usize; 4];
+        let n = 20_000;
+        for _ in 0..n {
+            counts[pick(&logits, &cfg, &mut rng) as usize] += 1;
+        }
+        let z: f64 = logits.iter().map(|&l| (f64::from(l) / 0.5).exp()).sum();
+        for (i, &c) in counts.iter().enumerate() {
+            let p = (f64::from(logits[i]) / 0.5).exp() / z;
+            assert!(
+                (c as f64 / n as f64 - p).abs() < 0.015,
+                "token {i}: {c} vs p {p}"
+            );
+        }
     }
 }

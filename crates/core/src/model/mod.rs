@@ -109,15 +109,18 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
+        let split = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]);
         let on = ctx.adapters;
+        // RoPE before the heads move in front of the positions, while the layout is still contiguous.
         let q = ctx
             .rope
-            .apply(heads(self.q_proj.forward(x.clone(), on), nh));
+            .apply(split(self.q_proj.forward(x.clone(), on), nh))
+            .swap_dims(1, 2);
         let k = ctx
             .rope
-            .apply(heads(self.k_proj.forward(x.clone(), on), nkv));
-        let v = heads(self.v_proj.forward(x, on), nkv);
+            .apply(split(self.k_proj.forward(x.clone(), on), nkv))
+            .swap_dims(1, 2);
+        let v = split(self.v_proj.forward(x, on), nkv).swap_dims(1, 2);
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),
@@ -265,6 +268,13 @@ impl<B: Backend> Llama<B> {
         }
     }
 
+    /// Query and key/value head counts (the shapes RoPE is applied to).
+    fn head_counts(&self) -> Vec<usize> {
+        self.model.layers.first().map_or(vec![], |l| {
+            vec![l.self_attn.num_heads, l.self_attn.num_kv_heads]
+        })
+    }
+
     pub fn num_layers(&self) -> usize {
         self.model.layers.len()
     }
@@ -284,7 +294,7 @@ impl<B: Backend> Llama<B> {
         mask: Option<Tensor<B, 4, Bool>>,
     ) -> Context<B> {
         Context {
-            rope: RopeTables::new(&self.inv_freq, positions),
+            rope: RopeTables::new(&self.inv_freq, positions, &self.head_counts()),
             mask,
             adapters: true,
         }
