@@ -151,26 +151,34 @@ fn steps(quick: bool, out: &Path) -> Vec<Step> {
             kind: Kind::Ablate,
             config: "safety-steer.toml",
             on: None,
-            set: q(
-                &[
-                    "method.trials=10",
-                    "method.startup_trials=5",
-                    "method.val_prompts=16",
-                    "method.eval_before=false",
-                    "eval.limit=16",
-                ],
-                &[
-                    "method.trials=3",
-                    "method.startup_trials=1",
-                    "method.val_prompts=8",
-                    "method.eval_before=false",
-                    "eval.limit=8",
-                    "data.sources.0.limit=32",
-                    "data.sources.1.limit=32",
-                    "method.max_new_tokens=12",
-                ],
-            ),
-            after: vec![],
+            // The refusal vector comes from the safety-tuned variant (the original has none to add).
+            set: [
+                q(
+                    &[
+                        "method.trials=10",
+                        "method.startup_trials=5",
+                        "method.val_prompts=16",
+                        "method.eval_before=false",
+                        "eval.limit=16",
+                    ],
+                    &[
+                        "method.trials=3",
+                        "method.startup_trials=1",
+                        "method.val_prompts=8",
+                        "method.eval_before=false",
+                        "eval.limit=8",
+                        "data.sources.0.limit=32",
+                        "data.sources.1.limit=32",
+                        "method.max_new_tokens=12",
+                    ],
+                ),
+                vec![format!(
+                    "method.directions_from={}",
+                    toml_str(&out.join("safety-sft/merged"))
+                )],
+            ]
+            .concat(),
+            after: vec!["safety-sft"],
         },
     ]
 }
@@ -410,7 +418,7 @@ fn results(
         "safety-dpo" => "safety: DPO, refusal vs own answer",
         "uncensor-sft" => "refusal-free: SFT of safety-sft on refusal-filtered answers",
         "uncensor-ablate" => "refusal-free: refusal direction ablated from safety-sft",
-        "safety-steer" => "safety: refusal direction added to the original",
+        "safety-steer" => "safety: gated refusal direction added to the original",
         _ => "",
     };
     let mut names = vec!["original"];
