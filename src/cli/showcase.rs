@@ -57,6 +57,31 @@ fn steps(quick: bool, out: &Path) -> Vec<Step> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let answers = out.join("original-answers/answers.jsonl");
     let q = |full: &[&str], fast: &[&str]| if quick { s(fast) } else { s(full) };
+    // The ablation and steering searches: `trials` trials on 16 validation prompts, a short evaluation.
+    let search = |trials: usize| -> Vec<String> {
+        let full = [
+            format!("method.trials={trials}"),
+            "method.startup_trials=5".into(),
+            "method.val_prompts=16".into(),
+            "method.eval_before=false".into(),
+            "eval.limit=16".into(),
+        ];
+        let fast = [
+            "method.trials=3",
+            "method.startup_trials=1",
+            "method.val_prompts=8",
+            "method.eval_before=false",
+            "eval.limit=8",
+            "data.sources.0.limit=32",
+            "data.sources.1.limit=32",
+            "method.max_new_tokens=12",
+        ];
+        if quick {
+            s(&fast)
+        } else {
+            full.to_vec()
+        }
+    };
     vec![
         Step {
             name: "safety-sft",
@@ -125,25 +150,7 @@ fn steps(quick: bool, out: &Path) -> Vec<Step> {
             kind: Kind::Ablate,
             config: "uncensor-ablate.toml",
             on: Some("safety-sft"),
-            set: q(
-                &[
-                    "method.trials=12",
-                    "method.startup_trials=5",
-                    "method.val_prompts=16",
-                    "method.eval_before=false",
-                    "eval.limit=16",
-                ],
-                &[
-                    "method.trials=3",
-                    "method.startup_trials=1",
-                    "method.val_prompts=8",
-                    "method.eval_before=false",
-                    "eval.limit=8",
-                    "data.sources.0.limit=32",
-                    "data.sources.1.limit=32",
-                    "method.max_new_tokens=12",
-                ],
-            ),
+            set: search(12),
             after: vec![],
         },
         Step {
@@ -153,25 +160,7 @@ fn steps(quick: bool, out: &Path) -> Vec<Step> {
             on: None,
             // The refusal vector comes from the safety-tuned variant (the original has none to add).
             set: [
-                q(
-                    &[
-                        "method.trials=10",
-                        "method.startup_trials=5",
-                        "method.val_prompts=16",
-                        "method.eval_before=false",
-                        "eval.limit=16",
-                    ],
-                    &[
-                        "method.trials=3",
-                        "method.startup_trials=1",
-                        "method.val_prompts=8",
-                        "method.eval_before=false",
-                        "eval.limit=8",
-                        "data.sources.0.limit=32",
-                        "data.sources.1.limit=32",
-                        "method.max_new_tokens=12",
-                    ],
-                ),
+                search(10),
                 vec![format!(
                     "method.directions_from={}",
                     toml_str(&out.join("safety-sft/merged"))
