@@ -88,6 +88,10 @@ pub struct Context<B: Backend> {
     pub rope: RopeTables<B>,
     /// `[batch, 1, seq, past + seq]`, true = masked. `None` means plain causal attention.
     pub mask: Option<Tensor<B, 4, Bool>>,
+    /// The mask repeated over the query heads, `[batch, heads, seq, past + seq]`, built once per pass:
+    /// every layer's attention needs it at that shape, and a broadcast view would be materialised by
+    /// each of them.
+    head_mask: Option<Tensor<B, 4, Bool>>,
     /// LoRA adapters on (default) or off: off gives the base model from the same weights, which is how
     /// DPO, PPO and KL measurements get their reference model without a second copy.
     pub adapters: bool,
@@ -132,7 +136,10 @@ impl<B: Backend> Attention<B> {
             // [b, nh, 1, hd] → [b, nkv, rep, hd], instead of copying K and V `rep` times. With a single
             // query every cached key is in its past, so only the padding/window mask applies.
             let q = q.reshape([b, nkv, rep, hd]);
-            let mask = ctx.mask.clone().map(|m| m.expand([b, nkv, rep, t]));
+            let mask = ctx.head_mask.clone().map(|m| {
+                let mb = m.dims()[0];
+                m.reshape([mb, nkv, rep, t]).expand([b, nkv, rep, t])
+            });
             let options = AttentionModuleOptions {
                 scale: None,
                 softcap: None,
@@ -147,10 +154,7 @@ impl<B: Backend> Attention<B> {
             softcap: None,
             is_causal: ctx.mask.is_none(),
         };
-        let mask = ctx.mask.clone().map(|m| {
-            let [mb, _, q, t] = m.dims();
-            m.expand([mb, nh, q, t])
-        });
+        let mask = ctx.head_mask.clone();
         let y = attention(q, k, v, mask, None, options);
         self.o_proj
             .forward(y.swap_dims(1, 2).reshape([b, s, nh * hd]), on)
@@ -293,9 +297,16 @@ impl<B: Backend> Llama<B> {
         positions: Tensor<B, 2, Int>,
         mask: Option<Tensor<B, 4, Bool>>,
     ) -> Context<B> {
+        let heads = self.head_counts();
+        let head_mask = mask.clone().map(|m| {
+            let [mb, _, q, t] = m.dims();
+            let device = m.device();
+            Tensor::from_data(m.expand([mb, heads[0], q, t]).into_data(), &device)
+        });
         Context {
-            rope: RopeTables::new(&self.inv_freq, positions, &self.head_counts()),
+            rope: RopeTables::new(&self.inv_freq, positions, &heads),
             mask,
+            head_mask,
             adapters: true,
         }
     }
