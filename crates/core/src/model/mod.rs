@@ -298,11 +298,7 @@ impl<B: Backend> Llama<B> {
         mask: Option<Tensor<B, 4, Bool>>,
     ) -> Context<B> {
         let heads = self.head_counts();
-        let head_mask = mask.clone().map(|m| {
-            let [mb, _, q, t] = m.dims();
-            let device = m.device();
-            Tensor::from_data(m.expand([mb, heads[0], q, t]).into_data(), &device)
-        });
+        let head_mask = mask.clone().map(|m| m.repeat_dim(1, heads[0]));
         Context {
             rope: RopeTables::new(&self.inv_freq, positions, &heads),
             mask,

@@ -200,15 +200,17 @@ pub fn run(run: &Run, cfg: &AblateConfig) -> Result<AblateSummary> {
     // Gated steering also needs each prompt's activations in the model being edited (its own sense of
     // "harmful"), whichever model the steering vector comes from.
     let gated = cfg.mode == Mode::Steer && cfg.gate;
-    let acts = |m: &Llama<Cpu>, p: &[Vec<u32>]| activations(m, p, npos, pad, cfg.batch_size);
-    let (mh, ml, own) = if source.is_none() {
-        let (ah, al) = (acts(src, &harmful), acts(src, &harmless));
-        (mean_of(&ah), mean_of(&al), gated.then_some((ah, al)))
-    } else {
-        let mh = mean_activations(src, &harmful, npos, pad, cfg.batch_size);
-        let ml = mean_activations(src, &harmless, npos, pad, cfg.batch_size);
-        let own = gated.then(|| (acts(&model.model, &harmful), acts(&model.model, &harmless)));
-        (mh, ml, own)
+    let own = gated.then(|| {
+        let acts = |p: &[Vec<u32>]| activations(&model.model, p, npos, pad, cfg.batch_size);
+        (acts(&harmful), acts(&harmless))
+    });
+    // The directions' means: from those activations when they are the source's, else one more pass.
+    let (mh, ml) = match (&source, &own) {
+        (None, Some((ah, al))) => (mean_of(ah), mean_of(al)),
+        _ => (
+            mean_activations(src, &harmful, npos, pad, cfg.batch_size),
+            mean_activations(src, &harmless, npos, pad, cfg.batch_size),
+        ),
     };
     drop(source);
     let cond_at = |l: usize| {
