@@ -53,11 +53,24 @@ struct Step {
 
 /// The step list. Sizes are the examples' own unless noted: the default profile trims data and trials so
 /// the whole showcase fits in 40 minutes on a 2-core CPU; `--quick` trims much further.
-fn steps(quick: bool, out: &Path) -> Vec<Step> {
+fn steps(quick: bool, out: &Path, shared: &Path) -> Vec<Step> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let answers = out.join("original-answers/answers.jsonl");
     let q = |full: &[&str], fast: &[&str]| if quick { s(fast) } else { s(full) };
     // The ablation and steering searches: `trials` trials on 16 validation prompts, a short evaluation.
+    // They search on AdvBench and the Alpaca seed tasks, not on the sets every variant is evaluated on
+    // (harmful_val, JailbreakBench benign, harmless_val), so the edited variants' rows are not tuned to
+    // their own test prompts.
+    let held_apart = [
+        format!(
+            "eval.sets.0.path={}",
+            toml_str(&shared.join("advbench/harmful_behaviors.csv"))
+        ),
+        format!(
+            "eval.sets.1.path={}",
+            toml_str(&shared.join("alpaca/seed_tasks.jsonl"))
+        ),
+    ];
     let search = |trials: usize| -> Vec<String> {
         let full = [
             format!("method.trials={trials}"),
@@ -76,11 +89,9 @@ fn steps(quick: bool, out: &Path) -> Vec<Step> {
             "data.sources.1.limit=32",
             "method.max_new_tokens=12",
         ];
-        if quick {
-            s(&fast)
-        } else {
-            full.to_vec()
-        }
+        let mut v = if quick { s(&fast) } else { full.to_vec() };
+        v.extend(held_apart.iter().cloned());
+        v
     };
     vec![
         Step {
@@ -89,9 +100,10 @@ fn steps(quick: bool, out: &Path) -> Vec<Step> {
             config: "safety-sft.toml",
             on: None,
             set: q(
+                // Two harmless answers per refusal: 96 + 64 over-refused (84% of JailbreakBench benign).
                 &[
-                    "data.sources.0.limit=96",
-                    "data.sources.1.limit=64",
+                    "data.sources.0.limit=64",
+                    "data.sources.1.limit=128",
                     "data.generate.max_new_tokens=64",
                 ],
                 &[
@@ -251,7 +263,7 @@ pub fn showcase(a: ShowcaseArgs) -> Result<()> {
     let model = std::path::absolute(&a.model)?;
     let configs = std::path::absolute(&a.configs)?;
     let shared = configs.join("../../../shared/data");
-    let steps = steps(a.quick, &out);
+    let steps = steps(a.quick, &out, &shared);
     let profile = if a.quick { "quick" } else { "default" };
     let mut keys: std::collections::BTreeMap<&str, String> = Default::default();
     let mut seconds: std::collections::BTreeMap<String, f64> = Default::default();
