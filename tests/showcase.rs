@@ -47,6 +47,16 @@ fn quick_showcase_runs_every_step_and_resumes() {
     }
     assert!(!log.contains("skipped"), "{log}");
     assert!(out.join("results.md").exists() && out.join("results.png").exists());
-    let (_, again) = run();
+    assert!(table.contains("| hazard |"), "no hazard table:\n{table}");
+    let (table2, again) = run();
     assert_eq!(again.matches("unchanged, skipped").count(), 12, "{again}");
+    // The resumed run reports the steps' recorded times, not its own few seconds.
+    let total = |t: &str| {
+        t.split("Total wall time of all steps: ")
+            .nth(1)
+            .and_then(|x| x.split(' ').next())
+            .map(str::to_string)
+    };
+    assert!(total(&table).is_some(), "{table}");
+    assert_eq!(total(&table), total(&table2));
 }

@@ -381,7 +381,15 @@ pub fn showcase(a: ShowcaseArgs) -> Result<()> {
         }
     }
     let rows = results(&out, &steps, &seconds)?;
-    let md = table(&rows, profile, &model, started.elapsed().as_secs_f64());
+    // Steps skipped as unchanged count with the time they took when they ran.
+    let steps_total: f64 = seconds.values().sum();
+    let md = table(
+        &rows,
+        (profile, limit, new_tokens),
+        &model,
+        steps_total,
+        started.elapsed().as_secs_f64(),
+    );
     burnish_core::io::write_atomic(&out.join("results.md"), md.as_bytes())?;
     let bars: Vec<(String, f64, f64)> = rows
         .iter()
@@ -406,6 +414,8 @@ struct Row {
     kl_first: Option<f64>,
     kl_token: Option<f64>,
     seconds: f64,
+    /// Violation rate and prompt count per Llama 3 hazard category of harmful_val.
+    hazards: Vec<(String, f64, u64)>,
 }
 
 fn results(
@@ -451,12 +461,29 @@ fn results(
             kl_first: r["kl"]["first_token"].as_f64(),
             kl_token: r["kl"]["per_token"].as_f64(),
             seconds: secs,
+            hazards: r["sets"]["harmful_val"]["by_hazard"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| {
+                            let rate = v["violation_rate"].as_f64().unwrap_or(f64::NAN);
+                            (k.clone(), rate, v["n"].as_u64().unwrap_or(0))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         });
     }
     Ok(rows)
 }
 
-fn table(rows: &[Row], profile: &str, model: &Path, total: f64) -> String {
+fn table(
+    rows: &[Row],
+    (profile, limit, new_tokens): (&str, &str, &str),
+    model: &Path,
+    total: f64,
+    this_run: f64,
+) -> String {
     let pct = |x: f64| format!("{:.1}%", 100.0 * x);
     let kl = |x: Option<f64>| {
         x.map(|v| format!("{v:.3}"))
@@ -465,7 +492,8 @@ fn table(rows: &[Row], profile: &str, model: &Path, total: f64) -> String {
     let mut md = format!(
         "# burnish showcase ({profile} profile)\n\nModel: `{}`. Violation rate: harmful_val (refusal_direction, HarmBench val); \
          false refusal rate: JailbreakBench benign behaviors and harmless_val (Alpaca); KL(original ‖ variant) on \
-         harmless_val. Greedy generation, refusal phrases (docs/eval.md). Wall time = the variant's own steps + its evaluation.\n\n\
+         harmless_val. The first {limit} prompts of each set, greedy generation of {new_tokens} tokens, refusal phrases \
+         (docs/eval.md). Wall time = the variant's own steps + its evaluation.\n\n\
          | variant | what | violation rate ↓ | false refusal (JBB benign) ↓ | false refusal (harmless) | KL first token | KL per token | wall time |\n\
          |---|---|---|---|---|---|---|---|\n",
         model.display()
@@ -483,9 +511,27 @@ fn table(rows: &[Row], profile: &str, model: &Path, total: f64) -> String {
             minutes(r.seconds)
         ));
     }
+    // harmful_val by hazard category: one column per variant.
+    if let Some(first) = rows.first().filter(|r| !r.hazards.is_empty()) {
+        md.push_str("\nViolation rate on harmful_val by Llama 3 hazard category (prompts in brackets):\n\n| hazard |");
+        for r in rows {
+            md.push_str(&format!(" {} |", r.name));
+        }
+        md.push_str(&format!("\n|---|{}\n", "---|".repeat(rows.len())));
+        for (h, _, n) in &first.hazards {
+            md.push_str(&format!("| {h} ({n}) |"));
+            for r in rows {
+                let v = r.hazards.iter().find(|x| &x.0 == h).map(|x| x.1);
+                md.push_str(&format!(" {} |", v.map(pct).unwrap_or_else(|| "–".into())));
+            }
+            md.push('\n');
+        }
+    }
     md.push_str(&format!(
-        "\nTotal wall time: {}. Per-variant details: eval/<variant>/report.md.\n",
-        minutes(total)
+        "\nTotal wall time of all steps: {} (this invocation: {}; skipped steps count with the time they \
+         took when they ran). Per-variant details: eval/<variant>/report.md.\n",
+        minutes(total),
+        minutes(this_run)
     ));
     md
 }
