@@ -92,3 +92,49 @@ fn reward_head_survives_resume() {
         assert!((a - b).abs() < 1e-4, "{full:?} vs {resumed:?}");
     }
 }
+
+#[test]
+fn ppo_scores_with_the_reward_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_file(tmp.path(), "");
+    burnish(&["train", run.to_str().unwrap()]);
+    let model = tmp.path().join("tiny-chat");
+    let prompts = tmp.path().join("prompts.jsonl");
+    let lines: String = (0..12)
+        .map(|i| format!("{{\"prompt\": \"say {i} on\"}}\n"))
+        .collect();
+    std::fs::write(&prompts, lines).unwrap();
+    let rm = tmp.path().join("out/adapter");
+    let ppo = tmp.path().join("ppo.toml");
+    std::fs::write(
+        &ppo,
+        format!(
+            "[model]\npath = {model:?}\n[lora]\nr = 4\nlora_alpha = 8\ntarget_modules = \"all-linear\"\n\
+             [data]\neval_fraction = 0.25\n[[data.sources]]\npath = {prompts:?}\n\
+             [method]\nname = \"ppo\"\nreward_model = {rm:?}\nmissing_eos_penalty = 0.0\n\
+             rollout_batch_size = 8\nnum_ppo_epochs = 1\nresponse_length = 4\neval_prompts = 3\n\
+             [train]\nlearning_rate = 1e-3\nmax_steps = 2\nseed = 1\n[output]\ndir = \"ppo-out\"\n"
+        ),
+    )
+    .unwrap();
+    burnish(&["train", ppo.to_str().unwrap()]);
+    let rows = metrics(&tmp.path().join("ppo-out"));
+    // With only the reward model, weight 1 and no EOS penalty, the score is the reward model's own.
+    let rollouts: Vec<_> = rows
+        .iter()
+        .filter(|r| r["objective/scores"].is_number())
+        .collect();
+    assert_eq!(rollouts.len(), 2, "one rollout per step");
+    for r in rollouts {
+        let (s, rm) = (
+            r["objective/scores"].as_f64().unwrap(),
+            r["objective/reward_model_score"].as_f64().unwrap(),
+        );
+        assert!((s - rm).abs() < 1e-9, "{r}");
+    }
+    let last = rows.last().unwrap();
+    assert!(last["eval_reward_model_score"].is_number(), "{last}");
+    assert!(rows[0]["eval_reward_model_score_before"].is_number());
+    let eos = last["eval_eos_fraction"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&eos), "{last}");
+}

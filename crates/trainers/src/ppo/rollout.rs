@@ -63,15 +63,17 @@ pub struct Scorer<'a, B: Backend> {
 
 impl<B: Backend> Scorer<'_, B> {
     /// Scores: rule and/or reward model (weighted), minus the missing-EOS penalty. Also whether each
-    /// response refuses.
+    /// response refuses, and the reward model's own scores (unweighted, no penalty) when there is one,
+    /// so a rising score can be told apart from responses that merely learned to stop.
     pub fn scores(
         &self,
         prompts: &[&Prompt],
         texts: &[String],
         eos: &[bool],
-    ) -> Result<(Vec<f64>, Vec<bool>)> {
+    ) -> Result<(Vec<f64>, Vec<bool>, Option<Vec<f64>>)> {
         let refused: Vec<bool> = texts.iter().map(|t| self.detector.is_refusal(t)).collect();
         let mut s = vec![0.0; texts.len()];
+        let mut rm_scores = None;
         if let Some(goal) = self.cfg.rule {
             for (i, p) in prompts.iter().enumerate() {
                 let want = goal == RuleGoal::Safety && p.harmful == Some(true);
@@ -90,16 +92,18 @@ impl<B: Backend> Scorer<'_, B> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let scores = crate::reward::score_sequences(&rm.model, &rm.head, seqs, self.pad_id, 8);
-            for (x, r) in s.iter_mut().zip(scores) {
-                *x += self.cfg.reward_model_weight * r as f64;
+            let scores: Vec<f64> = scores.into_iter().map(f64::from).collect();
+            for (x, r) in s.iter_mut().zip(&scores) {
+                *x += self.cfg.reward_model_weight * r;
             }
+            rm_scores = Some(scores);
         }
         for (x, &e) in s.iter_mut().zip(eos) {
             if !e {
                 *x -= self.cfg.missing_eos_penalty;
             }
         }
-        Ok((s, refused))
+        Ok((s, refused, rm_scores))
     }
 }
 
@@ -210,7 +214,7 @@ pub fn collect<B: Backend>(
         .map(|g| Ok(tok.decode(&g.new_ids, true)?.trim().to_string()))
         .collect::<Result<Vec<String>>>()?;
     let eos: Vec<bool> = gens.iter().map(|g| g.finish == FinishReason::Eos).collect();
-    let (scores, refused) = scorer.scores(prompts, &texts, &eos)?;
+    let (scores, refused, rm_scores) = scorer.scores(prompts, &texts, &eos)?;
     let mut seqs: Vec<Seq> = prompts
         .iter()
         .zip(gens)
@@ -284,6 +288,9 @@ pub fn collect<B: Backend>(
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let mut m = Metrics::new();
     m.insert("objective/scores".into(), mean(&scores));
+    if let Some(r) = &rm_scores {
+        m.insert("objective/reward_model_score".into(), mean(r));
+    }
     m.insert("objective/kl".into(), mean(&kl_sums));
     m.insert(
         "objective/rlhf_reward".into(),
@@ -342,11 +349,16 @@ pub fn evaluate<B: Backend>(
             );
         }
     }
-    let (scores, refused) = scorer.scores(prompts, &texts, &eos)?;
+    let (scores, refused, rm_scores) = scorer.scores(prompts, &texts, &eos)?;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let mut m = Metrics::new();
+    m.insert("eval_score".into(), mean(&scores));
+    if let Some(r) = &rm_scores {
+        m.insert("eval_reward_model_score".into(), mean(r));
+    }
     m.insert(
-        "eval_score".into(),
-        scores.iter().sum::<f64>() / scores.len().max(1) as f64,
+        "eval_eos_fraction".into(),
+        eos.iter().filter(|&&e| e).count() as f64 / eos.len().max(1) as f64,
     );
     for (name, want) in [("harmful", true), ("harmless", false)] {
         let idx: Vec<usize> = (0..prompts.len())
