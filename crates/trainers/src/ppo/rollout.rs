@@ -61,16 +61,20 @@ pub struct Scorer<'a, B: Backend> {
     pub pad_id: u32,
 }
 
+/// What [`Scorer::scores`] returns, one entry per response.
+pub struct Scores {
+    /// The PPO score: weighted rule and reward-model scores minus the missing-EOS penalty.
+    pub total: Vec<f64>,
+    pub refused: Vec<bool>,
+    /// The reward model's own scores (unweighted, no penalty), when there is one.
+    pub reward_model: Option<Vec<f64>>,
+}
+
 impl<B: Backend> Scorer<'_, B> {
     /// Scores: rule and/or reward model (weighted), minus the missing-EOS penalty. Also whether each
     /// response refuses, and the reward model's own scores (unweighted, no penalty) when there is one,
     /// so a rising score can be told apart from responses that merely learned to stop.
-    pub fn scores(
-        &self,
-        prompts: &[&Prompt],
-        texts: &[String],
-        eos: &[bool],
-    ) -> Result<(Vec<f64>, Vec<bool>, Option<Vec<f64>>)> {
+    pub fn scores(&self, prompts: &[&Prompt], texts: &[String], eos: &[bool]) -> Result<Scores> {
         let refused: Vec<bool> = texts.iter().map(|t| self.detector.is_refusal(t)).collect();
         let mut s = vec![0.0; texts.len()];
         let mut rm_scores = None;
@@ -103,7 +107,11 @@ impl<B: Backend> Scorer<'_, B> {
                 *x -= self.cfg.missing_eos_penalty;
             }
         }
-        Ok((s, refused, rm_scores))
+        Ok(Scores {
+            total: s,
+            refused,
+            reward_model: rm_scores,
+        })
     }
 }
 
@@ -214,7 +222,11 @@ pub fn collect<B: Backend>(
         .map(|g| Ok(tok.decode(&g.new_ids, true)?.trim().to_string()))
         .collect::<Result<Vec<String>>>()?;
     let eos: Vec<bool> = gens.iter().map(|g| g.finish == FinishReason::Eos).collect();
-    let (scores, refused, rm_scores) = scorer.scores(prompts, &texts, &eos)?;
+    let Scores {
+        total: scores,
+        refused,
+        reward_model: rm_scores,
+    } = scorer.scores(prompts, &texts, &eos)?;
     let mut seqs: Vec<Seq> = prompts
         .iter()
         .zip(gens)
@@ -349,7 +361,11 @@ pub fn evaluate<B: Backend>(
             );
         }
     }
-    let (scores, refused, rm_scores) = scorer.scores(prompts, &texts, &eos)?;
+    let Scores {
+        total: scores,
+        refused,
+        reward_model: rm_scores,
+    } = scorer.scores(prompts, &texts, &eos)?;
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let mut m = Metrics::new();
     m.insert("eval_score".into(), mean(&scores));
