@@ -169,6 +169,15 @@ pub fn response_forward<B: Backend>(
     }
 }
 
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// The share of true entries.
+fn share(v: &[bool]) -> f64 {
+    v.iter().filter(|&&x| x).count() as f64 / v.len().max(1) as f64
+}
+
 fn host<B: Backend>(t: &Tensor<B, 1>) -> Vec<f64> {
     t.clone()
         .into_data()
@@ -297,7 +306,6 @@ pub fn collect<B: Backend>(
     }
     let n = seqs.len() as f64;
     let new_tokens: usize = seqs.iter().map(|s| s.response.len()).sum();
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let mut m = Metrics::new();
     m.insert("objective/scores".into(), mean(&scores));
     if let Some(r) = &rm_scores {
@@ -313,16 +321,10 @@ pub fn collect<B: Backend>(
             .sum::<f64>()
             / n,
     );
-    m.insert(
-        "objective/refusals".into(),
-        refused.iter().filter(|&&r| r).count() as f64 / n,
-    );
+    m.insert("objective/refusals".into(), share(&refused));
     m.insert("policy/entropy".into(), mean(&entropy));
     m.insert("response_length".into(), new_tokens as f64 / n);
-    m.insert(
-        "eos_fraction".into(),
-        eos.iter().filter(|&&e| e).count() as f64 / n,
-    );
+    m.insert("eos_fraction".into(), share(&eos));
     m.insert(
         "rollout/tokens_per_s".into(),
         new_tokens as f64 / gen_seconds.max(1e-9),
@@ -366,16 +368,12 @@ pub fn evaluate<B: Backend>(
         refused,
         reward_model: rm_scores,
     } = scorer.scores(prompts, &texts, &eos)?;
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let mut m = Metrics::new();
     m.insert("eval_score".into(), mean(&scores));
     if let Some(r) = &rm_scores {
         m.insert("eval_reward_model_score".into(), mean(r));
     }
-    m.insert(
-        "eval_eos_fraction".into(),
-        eos.iter().filter(|&&e| e).count() as f64 / eos.len().max(1) as f64,
-    );
+    m.insert("eval_eos_fraction".into(), share(&eos));
     for (name, want) in [("harmful", true), ("harmless", false)] {
         let idx: Vec<usize> = (0..prompts.len())
             .filter(|&i| prompts[i].harmful == Some(want))
