@@ -11,9 +11,8 @@ use burnish::core::backend::{Autodiff, Cpu};
 use burnish::core::model::{LoraConfig, TargetModules};
 use burnish::core::Pretrained;
 use burnish::data::Packed;
-use burnish::trainers::config::TrainConfig;
 use burnish::trainers::engine::{train, EngineConfig};
-use burnish::trainers::sft::Sft;
+use burnish::trainers::{Log, Sft, StopToken, TrainConfig};
 
 fn main() -> anyhow::Result<()> {
     let args = common::Args::parse();
@@ -70,19 +69,19 @@ fn main() -> anyhow::Result<()> {
         lora: lora.clone(),
         out_dir: out.clone(),
         base_model: model.clone(),
-        method: "sft".into(),
         eval_steps: 0,
         resume: None,
+        stop: StopToken::new(),
     };
     let t0 = Instant::now();
-    let (_, summary) = train(&mut sft, m, &cfg)?;
+    let (_, summary) = train(&mut sft, m, &cfg, &Log)?;
     let total = t0.elapsed().as_secs_f64();
     // Step 1 is warm-up; the rest are timed.
     let secs: Vec<f64> = summary
         .history
         .iter()
         .skip(1)
-        .filter_map(|r| r["step_seconds"].as_f64())
+        .map(|r| r.step_seconds)
         .collect();
     let mean = secs.iter().sum::<f64>() / secs.len().max(1) as f64;
     let _ = std::fs::remove_dir_all(&out);

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use burnish::core::backend::Cpu;
+use burnish::core::Adapters;
 use burnish::data::{Batch, Packed, TokenizedExample};
 use burnish::trainers::logps::sequence_logps;
 use common::*;
@@ -77,10 +78,11 @@ fn dpo_learns_the_preference() {
     let rows = metrics(&out);
     assert_eq!(rows.len(), 8);
     let loss = column(&rows, "loss");
-    // Fresh adapters (B = 0): the policy is the reference, so every pair scores log 2 and no reward wins.
+    // Fresh adapters (B = 0): the policy is the reference, so every pair scores log 2 and no reward wins
+    // (their log-probs differ only in rounding, which `rewards/accuracies` does not count as a win).
     assert!((loss[0] - 2f64.ln()).abs() < 1e-4, "{loss:?}");
     let acc = column(&rows, "rewards/accuracies");
-    assert_eq!(acc[0], 0.0);
+    assert_eq!(acc[0], 0.0, "{acc:?}");
     assert!(acc[6..].iter().sum::<f64>() / 2.0 > 0.7, "{acc:?}");
     assert!(
         loss[6..].iter().sum::<f64>() / 2.0 < loss[0] * 0.8,
@@ -105,6 +107,43 @@ fn dpo_learns_the_preference() {
     );
     assert!(eval["eval_loss"].as_f64().unwrap() < 2f64.ln(), "{eval}");
     assert!(out.join("adapter/adapter_model.safetensors").exists());
+}
+
+/// TRL turns LoRA dropout off in DPO: the first two steps (losses, gradients, rewards) are the same
+/// with `lora_dropout` 0 and 0.3. (With fresh adapters, B = 0, dropout cannot change the first loss,
+/// but it changes its gradient and so every later step.)
+#[test]
+fn dpo_ignores_lora_dropout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let two_steps = |dropout: &str| {
+        let dir = tmp.path().join(dropout);
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = dpo_run(&dir, "beta = 0.1");
+        let out = Command::new(env!("CARGO_BIN_EXE_burnish"))
+            .args(["train", run.to_str().unwrap(), "--set"])
+            .arg(format!("lora.lora_dropout={dropout}"))
+            .args(["--set", "train.max_steps=2"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        metrics(&dir.join("out"))
+    };
+    let (a, b) = (two_steps("0.0"), two_steps("0.3"));
+    assert!(
+        (b[0]["loss"].as_f64().unwrap() - 2f64.ln()).abs() < 1e-4,
+        "{:?}",
+        b[0]
+    );
+    for (ra, rb) in a.iter().zip(&b) {
+        for k in ["loss", "grad_norm", "rewards/margins", "logps/chosen"] {
+            let (x, y) = (ra[k].as_f64().unwrap(), rb[k].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{k}: {x} vs {y}");
+        }
+    }
 }
 
 #[test]
@@ -156,9 +195,9 @@ fn reference_is_the_base_model() {
     .collect();
     let batch = Batch::new(&rows, 0);
     let v = |t: burnish::core::burn::tensor::Tensor<Cpu, 1>| t.into_data().to_vec::<f32>().unwrap();
-    let (want, counts) = sequence_logps(&base, &batch, true);
-    let (reference, _) = sequence_logps(&tuned, &batch, false);
-    let (policy, _) = sequence_logps(&tuned, &batch, true);
+    let (want, counts) = sequence_logps(&base, &batch, Adapters::On);
+    let (reference, _) = sequence_logps(&tuned, &batch, Adapters::Off);
+    let (policy, _) = sequence_logps(&tuned, &batch, Adapters::On);
     assert_eq!(counts, vec![3, 6]);
     let (want, reference, policy) = (v(want), v(reference), v(policy));
     assert_eq!(

@@ -95,17 +95,69 @@ dir = "out"
 
 #[test]
 fn ppo_reference_is_the_base_model() {
+    use burnish::core::Adapters;
     use burnish::trainers::ppo::rollout_forward_for_tests as fwd;
     let (base, tuned) = tiny_base_and_tuned();
     let seqs = vec![
         (vec![1u32, 5, 9], vec![17u32, 33, 2]),
         (vec![1, 40, 41, 42, 43], vec![7, 8]),
     ];
-    let want = fwd(&base, &seqs, true, 0.7);
+    let want = fwd(&base, &seqs, Adapters::On, 0.7);
     assert_eq!(
-        fwd(&tuned, &seqs, false, 0.7),
+        fwd(&tuned, &seqs, Adapters::Off, 0.7),
         want,
         "adapters off must be the base model bit for bit"
     );
-    assert_ne!(fwd(&tuned, &seqs, true, 0.7), want);
+    assert_ne!(fwd(&tuned, &seqs, Adapters::On, 0.7), want);
+}
+
+/// TRL turns LoRA dropout off in PPO: the losses (policy and value), ratio statistics and gradients of
+/// both PPO epochs over the first rollout must not change with `lora_dropout` (with fresh adapters the
+/// first step's loss is the same either way, B being 0, but its gradient and the second epoch's
+/// probability ratios are not), and the first epoch's ratio is exactly 1 (no clipping).
+#[test]
+fn ppo_ignores_lora_dropout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_chat_model(tmp.path());
+    let prompts = tmp.path().join("prompts.jsonl");
+    let lines: String = (0..16)
+        .map(|i| format!("{{\"prompt\": \"say {i} now\"}}\n"))
+        .collect();
+    std::fs::write(&prompts, lines).unwrap();
+    let run = |dropout: f64| {
+        let dir = tmp.path().join(format!("d{dropout}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("ppo.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "[model]\npath = {model:?}\n[lora]\nr = 8\nlora_alpha = 16\nlora_dropout = {dropout}\n\
+                 target_modules = \"all-linear\"\n[data]\n[[data.sources]]\npath = {prompts:?}\nharmful = true\n\
+                 [method]\nname = \"ppo\"\nrule = \"safety\"\nrollout_batch_size = 8\nnum_ppo_epochs = 2\n\
+                 response_length = 4\n[train]\nlearning_rate = 1e-2\nmax_steps = 2\nseed = 1\n[output]\ndir = \"out\"\n"
+            ),
+        )
+        .unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_burnish"))
+            .arg("train")
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        metrics(&dir.join("out"))
+    };
+    let (a, b) = (run(0.0), run(0.3));
+    for (ra, rb) in a.iter().zip(&b) {
+        for k in [
+            "loss",
+            "loss/policy",
+            "loss/value",
+            "policy/approxkl",
+            "grad_norm",
+        ] {
+            let (x, y) = (ra[k].as_f64().unwrap(), rb[k].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{k}: {x} vs {y}");
+        }
+    }
+    assert_eq!(b[0]["policy/clipfrac"].as_f64(), Some(0.0), "{:?}", b[0]);
 }

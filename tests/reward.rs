@@ -138,3 +138,83 @@ fn ppo_scores_with_the_reward_model() {
     let eos = last["eval_eos_fraction"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&eos), "{last}");
 }
+
+/// A ChatML-like template: each turn ends in the special `<|eos|>` and then a newline, as SmolLM2's
+/// `<|im_end|>\n`. Reward training cuts each answer after that special token.
+const TURN_TEMPLATE: &str = "{% for m in messages %}<|bos|>{{ m['role'] }}\n{{ m['content'] }}<|eos|>\n{% endfor %}{% if add_generation_prompt %}<|bos|>assistant\n{% endif %}";
+
+/// `burnish score` reads the head at the token training put it on: a response's score equals the
+/// reward of the same exchange computed as training computes a pair's side (not at the newline the
+/// template adds after the end-of-turn token).
+#[test]
+fn score_reads_the_head_where_training_did() {
+    use burnish::core::backend::Cpu;
+    use burnish::core::{Message, Pretrained};
+    use burnish::data::{ChatEncoder, EncodeOptions, PairExample};
+    use burnish::trainers::dpo::pair_rows;
+    use burnish::trainers::reward::{load_head, rewards};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_file(tmp.path(), "");
+    let model = tmp.path().join("tiny-chat");
+    let tc = serde_json::json!({"chat_template": TURN_TEMPLATE, "eos_token": "<|eos|>", "pad_token": "<|pad|>", "bos_token": "<|bos|>"});
+    std::fs::write(model.join("tokenizer_config.json"), tc.to_string()).unwrap();
+    burnish(&["train", run.to_str().unwrap()]);
+    let adapter = tmp.path().join("out/adapter");
+    let (prompt, responses) = ("say dog on", ["the dog is on", "a on and dog"]);
+
+    let d = Default::default();
+    let (bundle, mut m) = Pretrained::<Cpu>::load(&model, &d).unwrap().into_parts();
+    burnish::core::adapter::load_adapter(&mut m, &adapter, &d).unwrap();
+    let head = load_head::<Cpu>(&adapter, &d).unwrap();
+    let encoder = ChatEncoder::from_bundle(&bundle, EncodeOptions::untruncated()).unwrap();
+    let pair = encoder
+        .encode_pair(&PairExample {
+            prompt: vec![Message::user(prompt)],
+            chosen: responses[0].into(),
+            rejected: responses[1].into(),
+            category: None,
+            harmful: None,
+            origin: None,
+        })
+        .unwrap()
+        .unwrap();
+    let eos = bundle.eos_ids()[0];
+    assert_eq!(
+        pair.chosen.ids.last(),
+        Some(&eos),
+        "training ends at <|eos|>"
+    );
+    let trained = rewards(&m, head, &pair_rows(&[&pair], bundle.pad_id()))
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+
+    let s = burnish(&[
+        "score",
+        "--model",
+        model.to_str().unwrap(),
+        "--reward",
+        adapter.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--response",
+        responses[0],
+        "--response",
+        responses[1],
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    let scored: Vec<f64> = v["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    for (a, b) in scored.iter().zip(&trained) {
+        assert!(
+            (a - *b as f64).abs() < 1e-4,
+            "score {scored:?} vs training {trained:?}"
+        );
+    }
+}

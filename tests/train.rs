@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use burnish::trainers::config::Run;
+use burnish::trainers::{RunFile, RunOptions};
 use common::*;
 
 fn burnish() -> Command {
@@ -75,8 +75,8 @@ fn gradient_accumulation_is_invariant() {
             format!("train.gradient_accumulation_steps={acc}"),
             "train.max_steps=4".into(),
         ];
-        let r = Run::load(&run, &sets).unwrap();
-        burnish::trainers::train::train(&r, None).unwrap();
+        let r = RunFile::load(&run, &sets).unwrap();
+        burnish::trainers::run(&r.config, &RunOptions::default()).unwrap();
         let out = tmp.path().join("out");
         let adapter = std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&adapter).unwrap();
@@ -237,7 +237,7 @@ fn config_errors_are_clear() {
     let check = |body: String, needles: &[&str]| {
         let p = tmp.path().join("bad.toml");
         std::fs::write(&p, body).unwrap();
-        let e = Run::load(&p, &[]).unwrap_err().to_string();
+        let e = RunFile::load(&p, &[]).unwrap_err().to_string();
         for n in needles {
             assert!(e.contains(n), "error {e:?} should mention {n:?}");
         }
@@ -255,11 +255,11 @@ fn config_errors_are_clear() {
         text.replace("tiny-chat", "no-such-model"),
         &["model.path", "no-such-model"],
     );
-    let e = Run::load(&run, &["train.learning_rate=-1".into()])
+    let e = RunFile::load(&run, &["train.learning_rate=-1".into()])
         .unwrap_err()
         .to_string();
     assert!(e.contains("learning_rate"), "{e}");
-    let r = Run::load(
+    let r = RunFile::load(
         &run,
         &["train.learning_rate=5e-4".into(), "lora.r=2".into()],
     )
@@ -318,7 +318,8 @@ dir = "out"
     }
 }
 
-/// Ctrl-C (SIGINT) mid-run: a checkpoint is written, the process exits cleanly, and --resume finishes.
+/// Ctrl-C (SIGINT) mid-run: a checkpoint is written, the process exits with 130 (the shell's code for
+/// an interrupted command, so scripts do not take it for success), and --resume finishes.
 #[test]
 fn ctrl_c_checkpoints_and_exits_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
@@ -344,7 +345,7 @@ fn ctrl_c_checkpoints_and_exits_cleanly() {
     assert!(killed.success());
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit status {:?}: {err}", out.status);
+    assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("--resume"), "{err}");
     let run_json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tmp.path().join("out/run.json")).unwrap())
@@ -359,4 +360,105 @@ fn ctrl_c_checkpoints_and_exits_cleanly() {
     assert!(step < 400);
     train_cli(&run, &["--set", "train.max_steps=400", "--resume"]);
     assert_eq!(losses(&tmp.path().join("out")).len(), 400);
+}
+
+/// The library entry point without a run file, terminal or signal handler: a `RunConfig` built in code
+/// trains like its run file, reports through the caller's `Progress`, and a `StopToken` set by the
+/// caller stops it after the current step with a checkpoint.
+#[test]
+fn run_from_code_reports_progress_and_stops_on_the_token() {
+    use std::sync::Mutex;
+
+    use burnish::core::model::{LoraConfig, TargetModules};
+    use burnish::data::{DataConfig, SourceConfig};
+    use burnish::trainers::{
+        run, MethodConfig, ModelSection, Outcome, OutputConfig, Progress, RunConfig, RunReport,
+        StopToken, TrainConfig,
+    };
+
+    #[derive(Default)]
+    struct Collect {
+        messages: Mutex<Vec<String>>,
+        steps: Mutex<Vec<usize>>,
+        stop_at: Option<(usize, StopToken)>,
+    }
+    impl Progress for Collect {
+        fn message(&self, text: &str) {
+            self.messages.lock().unwrap().push(text.to_string());
+        }
+        fn step(&self, done: usize, _total: usize, _status: &str) {
+            self.steps.lock().unwrap().push(done);
+            if let Some((at, token)) = &self.stop_at {
+                if done == *at {
+                    token.stop();
+                }
+            }
+        }
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let config = |out: &str| RunConfig {
+        model: ModelSection::new(tiny_chat_model(tmp.path())),
+        lora: LoraConfig {
+            r: 4,
+            lora_alpha: 8.0,
+            target_modules: TargetModules::Preset("all-linear".into()),
+            ..Default::default()
+        },
+        data: DataConfig {
+            max_length: 64,
+            shuffle: false,
+            ..DataConfig::new(vec![SourceConfig::new(tiny_sft_data(tmp.path(), 24))])
+        },
+        method: MethodConfig::Sft(Default::default()),
+        train: TrainConfig {
+            learning_rate: 1e-2,
+            batch_size: 4,
+            max_steps: Some(8),
+            seed: 3,
+            ..Default::default()
+        },
+        eval: Default::default(),
+        output: Some(OutputConfig::new(tmp.path().join(out))),
+    };
+    // The same run from code and from the run file gives the same losses.
+    let progress = Collect::default();
+    let opts = RunOptions {
+        progress: &progress,
+        ..Default::default()
+    };
+    let RunReport::Trained(r) = run(&config("code"), &opts).unwrap() else {
+        panic!("an SFT config trains")
+    };
+    assert_eq!(r.summary.outcome, Outcome::Finished);
+    assert_eq!(*progress.steps.lock().unwrap(), (0..=8).collect::<Vec<_>>());
+    let messages = progress.messages.lock().unwrap().join("\n");
+    assert!(messages.contains("tokens: 24 examples"), "{messages}");
+    let file = RunFile::load(&tiny_run(tmp.path(), ""), &[]).unwrap();
+    let RunReport::Trained(f) = run(&file.config, &RunOptions::default()).unwrap() else {
+        panic!("an SFT config trains")
+    };
+    let loss =
+        |s: &burnish::trainers::Summary| s.history.iter().map(|r| r.loss).collect::<Vec<_>>();
+    assert_eq!(loss(&r.summary), loss(&f.summary));
+    // A token set during step 3 stops the run there, with a checkpoint to resume from.
+    let token = StopToken::new();
+    let progress = Collect {
+        stop_at: Some((3, token.clone())),
+        ..Default::default()
+    };
+    let opts = RunOptions {
+        progress: &progress,
+        stop: token,
+        ..Default::default()
+    };
+    let RunReport::Trained(s) = run(&config("stopped"), &opts).unwrap() else {
+        panic!("an SFT config trains")
+    };
+    assert_eq!(s.summary.outcome, Outcome::Interrupted(3));
+    assert!(tmp.path().join("stopped/checkpoints/step-000003").exists());
+    assert!(
+        !tmp.path().join("stopped/adapter").exists(),
+        "no final outputs"
+    );
 }

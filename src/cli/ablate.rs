@@ -3,8 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use burnish_trainers::config::{MethodConfig, Run};
+use burnish_trainers::config::{MethodConfig, RunFile};
+use burnish_trainers::{AblateReport, RunOptions, RunReport};
 use clap::Args;
+
+use super::progress::Terminal;
 
 #[derive(Args)]
 pub struct AblateArgs {
@@ -16,21 +19,37 @@ pub struct AblateArgs {
 }
 
 pub fn ablate(a: AblateArgs) -> Result<()> {
-    let run = Run::load(&a.config, &a.set)?;
-    let MethodConfig::Ablate(cfg) = &run.config.method else {
+    let file = RunFile::load(&a.config, &a.set)?;
+    if !matches!(file.config.method, MethodConfig::Ablate(_)) {
         bail!(
             "{}: [method] name is `{}`; `burnish ablate` runs name = \"ablate\"",
             a.config.display(),
-            run.config.method.name()
+            file.config.method.name()
         );
+    }
+    let progress = Terminal::default();
+    let opts = RunOptions {
+        progress: &progress,
+        run_file: Some(file.path.clone()),
+        ..Default::default()
     };
-    let s = burnish_trainers::ablate::run(&run, cfg)?;
-    let out = run.resolve(&run.config.output.dir);
-    eprint!("{}", burnish_trainers::eval::summary(&s.report["after"]));
+    if let RunReport::Ablated(r) = burnish_trainers::run(&file.config, &opts)? {
+        print_summary(&r, &file);
+    }
+    Ok(())
+}
+
+/// The evaluation of the edited model, the time, and where the outputs are.
+pub fn print_summary(r: &AblateReport, file: &RunFile) {
+    eprint!("{}", burnish_trainers::eval::summary(&r.after));
+    let out = file
+        .config
+        .output
+        .as_ref()
+        .map(|o| o.dir.display().to_string());
     eprintln!(
         "finished in {:.0} s; outputs in {}",
-        s.seconds,
-        out.display()
+        r.seconds,
+        out.unwrap_or_default()
     );
-    Ok(())
 }

@@ -4,17 +4,17 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use burnish_core::backend::Cpu;
 use burnish_core::{Pretrained, Tokenizer, TokenizerBundle};
 use burnish_data::build::{process_source, SourceReport};
-use burnish_data::config::{Answer, RunFile};
 use burnish_data::policy::Outcome;
 use burnish_data::refusal::{evaluate, labelled_set, Labelled, PhraseList, Scores, LABELLED};
 use burnish_data::{
-    build, load_run_file, pack, write_jsonl, ChatEncoder, EncodeOptions, Example, Examples,
-    ModelResponder, RefusalConfig, RefusalDetector, Responder, TokenStats, IGNORE_INDEX,
+    build, pack, write_jsonl, ChatEncoder, EncodeOptions, Example, Examples, ModelResponder,
+    RefusalConfig, RefusalDetector, Responder, TokenStats, IGNORE_INDEX,
 };
+use burnish_trainers::config::RunFile;
 use clap::{Args, Subcommand, ValueEnum};
 
 #[derive(Args)]
@@ -85,48 +85,42 @@ pub fn run(a: DataArgs) -> Result<()> {
     }
 }
 
-fn model_path(rf: &RunFile, why: &str) -> Result<PathBuf> {
-    match &rf.model_path {
-        Some(p) => Ok(p.clone()),
-        None => bail!("{}: {why} needs [model].path", rf.path.display()),
-    }
-}
-
 /// The model, loaded only when a source answers prompts with it.
 fn load_model_if_needed(rf: &RunFile) -> Result<Option<Pretrained<Cpu>>> {
-    let must = rf
-        .data
-        .sources
-        .iter()
-        .any(|s| s.answer == Some(Answer::Model));
-    // `refusal_pair` needs the model only for prompt-only records; without one, build says which.
-    if !rf.data.needs_model() || (!must && rf.model_path.is_none()) {
+    if !rf.config.data.needs_model() {
         return Ok(None);
     }
-    let path = model_path(rf, "answer = \"model\"")?;
+    let path = &rf.config.model.path;
     eprintln!("loading {} to answer prompts", path.display());
-    Ok(Some(Pretrained::<Cpu>::load(&path, &Default::default())?))
+    Ok(Some(Pretrained::<Cpu>::load(path, &Default::default())?))
 }
 
 fn preview(a: PreviewArgs) -> Result<()> {
-    let rf = load_run_file(&a.config)?;
-    let bundle = TokenizerBundle::load(model_path(&rf, "preview (tokenizer and chat template)")?)?;
-    let enc = ChatEncoder::from_bundle(&bundle, EncodeOptions::from_config(&rf.data))?;
-    let detector = RefusalDetector::new(&rf.data.refusal)?;
+    let rf = RunFile::load(&a.config, &[])?;
+    let bundle = TokenizerBundle::load(&rf.config.model.path)?;
+    let enc = ChatEncoder::from_bundle(&bundle, EncodeOptions::from_config(&rf.config.data))?;
+    let detector = RefusalDetector::new(&rf.config.data.refusal)?;
     let model = load_model_if_needed(&rf)?;
     let mut responder = model
         .as_ref()
-        .map(|m| ModelResponder::new(m, rf.data.generate.clone()));
+        .map(|m| ModelResponder::new(m, rf.config.data.generate.clone()));
     let color = match a.color {
         Color::Auto => std::io::stdout().is_terminal(),
         Color::Always => true,
         Color::Never => false,
     };
     let style = Style { color };
-    for (i, src) in rf.data.sources.iter().enumerate() {
+    for (i, src) in rf.config.data.sources.iter().enumerate() {
         let r = responder.as_mut().map(|r| r as &mut dyn Responder);
-        let (outcomes, report) =
-            process_source(&rf.data, i, &rf.base_dir, &detector, r, Some(a.n), true)?;
+        let (outcomes, report) = process_source(
+            &rf.config.data,
+            i,
+            Path::new(""),
+            &detector,
+            r,
+            Some(a.n),
+            true,
+        )?;
         println!(
             "{}",
             style.header(&format!("source #{}: {}", i + 1, src.path.display()))
@@ -276,17 +270,13 @@ fn eval_path(out: &Path) -> PathBuf {
 }
 
 fn build_cmd(a: BuildArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&a.config)
-        .with_context(|| format!("reading {}", a.config.display()))?;
-    let text = burnish_trainers::config::apply_overrides(&text, &a.set)
-        .map_err(|m| anyhow::anyhow!("{}: {m}", a.config.display()))?;
-    let rf = burnish_data::config::load_run_text(&a.config, &text)?;
+    let rf = RunFile::load(&a.config, &a.set)?;
     let model = load_model_if_needed(&rf)?;
     let mut responder = model
         .as_ref()
-        .map(|m| ModelResponder::new(m, rf.data.generate.clone()));
+        .map(|m| ModelResponder::new(m, rf.config.data.generate.clone()));
     let r = responder.as_mut().map(|r| r as &mut dyn Responder);
-    let d = build(&rf.data, &rf.base_dir, r)?;
+    let d = build(&rf.config.data, Path::new(""), r)?;
     for (i, s) in d.sources.iter().enumerate() {
         println!("source #{}: {}", i + 1, s.path.display());
         print_report(s, true);
@@ -303,19 +293,17 @@ fn build_cmd(a: BuildArgs) -> Result<()> {
         write_jsonl(&ev, &d.eval)?;
         println!("wrote {} to {}", d.eval.len(), ev.display());
     }
-    // Token counts need the tokenizer; without [model].path the build is still complete.
-    let Some(path) = &rf.model_path else {
-        return Ok(());
-    };
-    let bundle = TokenizerBundle::load(path)?;
-    let enc = ChatEncoder::from_bundle(&bundle, EncodeOptions::from_config(&rf.data))?;
+    // Token counts, with the model's tokenizer.
+    let bundle = TokenizerBundle::load(&rf.config.model.path)?;
+    let enc = ChatEncoder::from_bundle(&bundle, EncodeOptions::from_config(&rf.config.data))?;
     let (stats, rows) = match &d.train {
         Examples::Sft(v) => {
             let (tok, stats) = enc.encode_all_sft(v)?;
             let rows = rf
+                .config
                 .data
                 .packing
-                .then(|| pack(&tok, rf.data.max_length))
+                .then(|| pack(&tok, rf.config.data.max_length))
                 .transpose()?
                 .map(|r| r.len());
             (stats, rows)
@@ -323,7 +311,7 @@ fn build_cmd(a: BuildArgs) -> Result<()> {
         Examples::Pairs(v) => (enc.encode_all_pairs(v)?.1, None),
         Examples::Prompts(_) => return Ok(()),
     };
-    print_tokens(&stats, rf.data.max_length, rows);
+    print_tokens(&stats, rf.config.data.max_length, rows);
     Ok(())
 }
 
@@ -362,7 +350,7 @@ fn eval_refusals(a: EvalArgs) -> Result<()> {
         ),
     };
     let configured = match &a.config {
-        Some(p) => load_run_file(p)?.data.refusal,
+        Some(p) => RunFile::load(p, &[])?.config.data.refusal,
         None => RefusalConfig::default(),
     };
     let positives = set.iter().filter(|x| x.refusal).count();

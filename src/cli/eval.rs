@@ -1,17 +1,18 @@
 //! `burnish eval`: refusal / violation / false refusal rates by category and KL to a base, for a model
 //! (HF dir or GGUF), optionally with an adapter, from flags or a run file's `[eval]` section.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use burnish_core::adapter::load_adapter;
-use burnish_core::backend::Cpu;
-use burnish_core::Pretrained;
+use burnish_core::backend::{Cpu, CpuDevice};
+use burnish_core::{Llama, Pretrained};
 use burnish_data::RefusalConfig;
-use burnish_trainers::config::{EvalConfig, Run};
-use burnish_trainers::eval::{evaluate_config, summary, SetKind, SetSpec};
+use burnish_trainers::config::RunFile;
+use burnish_trainers::eval::{evaluate_config, summary, EvalConfig, EvalMeta, SetKind, SetSpec};
 use clap::Args;
-use serde_json::json;
+
+use super::progress::Terminal;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -63,34 +64,56 @@ pub struct EvalArgs {
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
-    let cwd = PathBuf::new();
-    let (mut cfg, refusal, model_path, merge, base_dir) = match &a.config {
+    let (cfg, refusal, model_path, merge) = settings(&a)?;
+    let device = Default::default();
+    let (model, base) = load(&a, &model_path, merge.as_deref(), &device)?;
+    if base.is_none() && cfg.kl {
+        eprintln!("eval: no --base (or --adapter), so KL is not measured");
+    }
+    let meta = EvalMeta {
+        model: model_path,
+        run: None,
+        merged_adapter: merge,
+        adapter: a.adapter.clone(),
+        base: match (&a.base, &a.adapter) {
+            (Some(b), _) => Some(b.display().to_string()),
+            (None, Some(_)) => Some("adapter off".into()),
+            (None, None) => None,
+        },
+    };
+    let report = evaluate_config(
+        &model,
+        base.as_ref(),
+        &cfg,
+        &refusal,
+        &a.out,
+        meta,
+        &device,
+        &Terminal::default(),
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    eprint!("{}", summary(&report));
+    eprintln!("wrote {}", a.out.join("report.json").display());
+    Ok(())
+}
+
+/// `[eval]` and `[data.refusal]` of the run file (or defaults) with the flags applied, the model file,
+/// and the adapter to merge into it.
+fn settings(a: &EvalArgs) -> Result<(EvalConfig, RefusalConfig, PathBuf, Option<PathBuf>)> {
+    // A run file's paths come resolved against its folder.
+    let (mut cfg, refusal, model_path, merge) = match &a.config {
         Some(c) => {
-            let run = Run::load(c, &[])?;
-            let model = a
-                .model
-                .clone()
-                .unwrap_or_else(|| run.resolve(&run.config.model.path));
-            let merge = run
-                .config
-                .model
-                .merge_adapter
-                .as_ref()
-                .map(|p| run.resolve(p));
-            let rc = run.config;
-            (rc.eval, rc.data.refusal, model, merge, run.base_dir)
+            let rc = RunFile::load(c, &[])?.config;
+            let model = a.model.clone().unwrap_or(rc.model.path);
+            (rc.eval, rc.data.refusal, model, rc.model.merge_adapter)
         }
         None => {
             let Some(m) = a.model.clone() else {
                 bail!("--model is required (or --config RUN.toml)")
             };
-            (
-                EvalConfig::default(),
-                RefusalConfig::default(),
-                m,
-                None,
-                cwd.clone(),
-            )
+            (EvalConfig::default(), RefusalConfig::default(), m, None)
         }
     };
     // Flags add sets (relative to the working directory, so they are made absolute) and override options.
@@ -130,16 +153,26 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             .with_context(|| format!("--hazard `{h}`: expected CATEGORY=HAZARD"))?;
         cfg.hazards.insert(k.trim().into(), v.trim().into());
     }
-    let device = Default::default();
+    Ok((cfg, refusal, model_path, merge))
+}
+
+/// The model (with `merge` merged and `--adapter` applied) and what KL is measured against: `--base`,
+/// else the model with the adapter off, else nothing.
+fn load(
+    a: &EvalArgs,
+    model_path: &Path,
+    merge: Option<&Path>,
+    device: &CpuDevice,
+) -> Result<(Pretrained<Cpu>, Option<Llama<Cpu>>)> {
     eprintln!("loading {}", model_path.display());
-    let mut model = Pretrained::<Cpu>::load(&model_path, &device)?;
-    if let Some(m) = &merge {
-        load_adapter(&mut model.model, m, &device)?;
+    let mut model = Pretrained::<Cpu>::load(model_path, device)?;
+    if let Some(m) = merge {
+        load_adapter(&mut model.model, m, device)?;
         model.model.drop_adapters(true);
     }
     let mut base = match &a.base {
         Some(b) => {
-            let base = Pretrained::<Cpu>::load(b, &device)?;
+            let base = Pretrained::<Cpu>::load(b, device)?;
             if base.config.vocab_size != model.config.vocab_size {
                 bail!(
                     "--base {}: vocabulary of {} tokens, the model has {}",
@@ -153,7 +186,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         None => None,
     };
     if let Some(ad) = &a.adapter {
-        load_adapter(&mut model.model, ad, &device)?;
+        load_adapter(&mut model.model, ad, device)?;
         if base.is_none() {
             // The same weights without the adapter (no copy: tensors are shared).
             let mut b = model.model.clone();
@@ -161,29 +194,5 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             base = Some(b);
         }
     }
-    if base.is_none() && cfg.kl {
-        eprintln!("eval: no --base (or --adapter), so KL is not measured");
-    }
-    let meta = json!({
-        "model": model_path,
-        "merged_adapter": merge,
-        "adapter": a.adapter,
-        "base": a.base.clone().or(a.adapter.as_ref().map(|_| PathBuf::from("adapter off"))),
-    });
-    let report = evaluate_config(
-        &model,
-        base.as_ref(),
-        &cfg,
-        &base_dir,
-        &refusal,
-        &a.out,
-        meta,
-        &device,
-    )?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    }
-    eprint!("{}", summary(&report));
-    eprintln!("wrote {}", a.out.join("report.json").display());
-    Ok(())
+    Ok((model, base))
 }

@@ -3,6 +3,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod model;
+pub mod progress;
 pub mod score;
 pub mod showcase;
 pub mod train;

@@ -6,7 +6,8 @@ use anyhow::Result;
 use burnish_core::adapter::load_adapter;
 use burnish_core::backend::Cpu;
 use burnish_core::{Message, Pretrained};
-use burnish_trainers::reward::{load_head, score_sequences};
+use burnish_data::{ChatEncoder, EncodeOptions};
+use burnish_trainers::reward::{load_head, score_exchanges};
 use clap::Args;
 
 #[derive(Args)]
@@ -29,22 +30,19 @@ pub struct ScoreArgs {
 
 pub fn score(a: ScoreArgs) -> Result<()> {
     let device = Default::default();
-    let mut m = Pretrained::<Cpu>::load(&a.model, &device)?;
-    load_adapter(&mut m.model, &a.reward, &device)?;
+    let (bundle, mut model) = Pretrained::<Cpu>::load(&a.model, &device)?.into_parts();
+    load_adapter(&mut model, &a.reward, &device)?;
     let head = load_head::<Cpu>(&a.reward, &device)?;
-    let seqs = a
+    // Each exchange encoded as reward training encoded a pair's side, so the head reads the token it
+    // learned on (the assistant turn's end token).
+    let encoder = ChatEncoder::from_bundle(&bundle, EncodeOptions::untruncated())?;
+    let prompt = [Message::user(a.prompt.clone())];
+    let exchanges: Vec<(&[Message], &str)> = a
         .response
         .iter()
-        .map(|r| {
-            let exchange = [
-                Message::user(a.prompt.clone()),
-                Message::assistant(r.clone()),
-            ];
-            Ok(m.tokenizer
-                .encode(&m.render_chat(&exchange, false)?, false)?)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let scores = score_sequences(&m.model, &head, seqs, m.pad_id(), 8);
+        .map(|r| (&prompt[..], r.as_str()))
+        .collect();
+    let scores = score_exchanges(&model, &head, &encoder, &exchanges, bundle.pad_id())?;
     if a.json {
         println!("{}", serde_json::json!({"scores": scores}));
     } else {

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use burnish_core::io::{file_stamp, Fnv64};
 use clap::Args;
 use serde_json::{json, Value};
 
@@ -189,21 +190,13 @@ fn toml_str(p: &Path) -> String {
     serde_json::to_string(&p.display().to_string()).expect("json")
 }
 
-/// FNV-1a over the parts: what a step's outputs depend on.
+/// A hash of the parts (each followed by 0xff): what a step's outputs depend on.
 fn key(parts: &[String]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = Fnv64::new();
     for p in parts {
-        for b in p.bytes().chain([0xff]) {
-            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
+        h.write(p.as_bytes()).write(&[0xff]);
     }
-    format!("{h:016x}")
-}
-
-fn file_stamp(p: &Path) -> String {
-    std::fs::metadata(p)
-        .map(|m| format!("{}:{:?}", m.len(), m.modified().ok()))
-        .unwrap_or_default()
+    format!("{:016x}", h.finish())
 }
 
 /// The recorded key and seconds of a finished step, if its key matches.

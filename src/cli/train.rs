@@ -3,9 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use burnish_trainers::config::Run;
+use burnish_trainers::config::RunFile;
 use burnish_trainers::engine::Outcome;
+use burnish_trainers::{Resume, RunOptions, RunReport};
 use clap::Args;
+
+use super::progress::{ctrl_c_token, Terminal};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -20,27 +23,38 @@ pub struct TrainArgs {
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
-    let run = Run::load(&a.config, &a.set)?;
-    if let burnish_trainers::config::MethodConfig::Ablate(cfg) = &run.config.method {
-        let s = burnish_trainers::ablate::run(&run, cfg)?;
-        eprint!("{}", burnish_trainers::eval::summary(&s.report["after"]));
-        eprintln!("finished in {:.0} s", s.seconds);
-        return Ok(());
+    let file = RunFile::load(&a.config, &a.set)?;
+    let progress = Terminal::default();
+    let opts = RunOptions {
+        resume: a.resume.map(|d| d.map_or(Resume::Latest, Resume::From)),
+        progress: &progress,
+        stop: ctrl_c_token(),
+        run_file: Some(file.path.clone()),
+    };
+    match burnish_trainers::run(&file.config, &opts)? {
+        RunReport::Ablated(r) => {
+            super::ablate::print_summary(&r, &file);
+            Ok(())
+        }
+        RunReport::Trained(r) => match r.summary.outcome {
+            Outcome::Finished => {
+                eprintln!(
+                    "finished {} steps in {:.0} s; outputs in {}",
+                    r.summary.total_steps,
+                    r.summary.seconds,
+                    r.out_dir.display()
+                );
+                Ok(())
+            }
+            Outcome::Interrupted(step) => {
+                eprintln!(
+                    "stopped at step {step}/{}; checkpoint saved, continue with: burnish train {} --resume",
+                    r.summary.total_steps,
+                    a.config.display()
+                );
+                // The shell's code for "ended by Ctrl-C", so scripts do not take this for success.
+                std::process::exit(130)
+            }
+        },
     }
-    let summary = burnish_trainers::train::train(&run, a.resume)?;
-    let out = run.resolve(&run.config.output.dir);
-    match summary.outcome {
-        Outcome::Finished => eprintln!(
-            "finished {} steps in {:.0} s; outputs in {}",
-            summary.total_steps,
-            summary.seconds,
-            out.display()
-        ),
-        Outcome::Interrupted(step) => eprintln!(
-            "stopped at step {step}/{}; checkpoint saved, continue with: burnish train {} --resume",
-            summary.total_steps,
-            a.config.display()
-        ),
-    }
-    Ok(())
 }

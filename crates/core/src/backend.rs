@@ -30,6 +30,15 @@ impl BackendKind {
             BackendKind::Cuda => cfg!(feature = "cuda"),
         }
     }
+
+    /// The cargo feature that compiles this backend in (`cpu` is always there).
+    pub fn feature(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
+        }
+    }
 }
 
 impl std::str::FromStr for BackendKind {
@@ -48,4 +57,22 @@ impl std::str::FromStr for BackendKind {
         }
         Ok(kind)
     }
+}
+
+/// A tensor's values on the host as `f32`, whatever the backend and element type (the one place that
+/// reads device memory back for metrics, reports and cached values).
+pub fn host_f32<B: burn::tensor::backend::Backend, const D: usize>(
+    t: burn::tensor::Tensor<B, D>,
+) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("converted to f32")
+}
+
+/// [`host_f32`] widened to `f64`, for sums and statistics.
+pub fn host_f64<B: burn::tensor::backend::Backend, const D: usize>(
+    t: burn::tensor::Tensor<B, D>,
+) -> Vec<f64> {
+    host_f32(t).into_iter().map(f64::from).collect()
 }

@@ -17,7 +17,7 @@ pub mod weights;
 pub use config::{Family, ModelConfig, ModelPath, RopeScaling};
 pub use error::{Error, Result};
 pub use generate::{generate, FinishReason, Generated, GenerationConfig};
-pub use model::{KvCache, Llama, LoraConfig};
+pub use model::{Adapters, KvCache, Llama, LoraConfig};
 pub use pretrained::{Pretrained, TokenizerBundle};
 pub use template::{ChatTemplate, Message};
 pub use tokenizer::Tokenizer;

@@ -23,7 +23,7 @@ pub struct Pretrained<B: Backend> {
 }
 
 /// Tokenizer, template and config without weights (cheap; used by `tokenize` and data tooling).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct TokenizerBundle {
     pub config: ModelConfig,
     pub tokenizer: Tokenizer,
@@ -31,6 +31,16 @@ pub struct TokenizerBundle {
 }
 
 impl TokenizerBundle {
+    /// Token ids that end generation (as [`Pretrained::eos_ids`]).
+    pub fn eos_ids(&self) -> Vec<u32> {
+        eos_ids(&self.config, &self.tokenizer)
+    }
+
+    /// Padding id for batches (as [`Pretrained::pad_id`]).
+    pub fn pad_id(&self) -> u32 {
+        pad_id(&self.config, &self.tokenizer)
+    }
+
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         match ModelPath::detect(path)? {
             ModelPath::HfDir(dir) => {
@@ -185,6 +195,17 @@ impl<B: Backend> Pretrained<B> {
         })
     }
 
+    /// The model and its tokenizer bundle apart (the inverse of [`Pretrained::from_parts`]): training
+    /// keeps the bundle for encoding and evaluation while the weights go through the loop.
+    pub fn into_parts(self) -> (TokenizerBundle, Llama<B>) {
+        let bundle = TokenizerBundle {
+            config: self.config,
+            tokenizer: self.tokenizer,
+            template: self.template,
+        };
+        (bundle, self.model)
+    }
+
     /// Replaces (or supplies) the chat template.
     pub fn set_template(&mut self, source: &str) -> Result<()> {
         self.template = Some(template_for(source, &self.tokenizer)?);
@@ -197,21 +218,31 @@ impl<B: Backend> Pretrained<B> {
 
     /// Token ids that end generation: the config's EOS ids plus the tokenizer's EOS token.
     pub fn eos_ids(&self) -> Vec<u32> {
-        let mut ids = self.config.eos_token_ids.clone();
-        if let Some(e) = self.tokenizer.eos_id() {
-            if !ids.contains(&e) {
-                ids.push(e);
-            }
-        }
-        ids
+        eos_ids(&self.config, &self.tokenizer)
     }
 
     /// Padding id for batches: pad token, else EOS, else 0.
     pub fn pad_id(&self) -> u32 {
-        self.tokenizer
-            .pad_id()
-            .or(self.config.pad_token_id)
-            .or_else(|| self.eos_ids().first().copied())
-            .unwrap_or(0)
+        pad_id(&self.config, &self.tokenizer)
     }
+}
+
+/// The config's EOS ids plus the tokenizer's EOS token (one definition for models and bundles).
+fn eos_ids(config: &ModelConfig, tokenizer: &Tokenizer) -> Vec<u32> {
+    let mut ids = config.eos_token_ids.clone();
+    if let Some(e) = tokenizer.eos_id() {
+        if !ids.contains(&e) {
+            ids.push(e);
+        }
+    }
+    ids
+}
+
+/// Pad token, else the config's pad id, else the first EOS id, else 0.
+fn pad_id(config: &ModelConfig, tokenizer: &Tokenizer) -> u32 {
+    tokenizer
+        .pad_id()
+        .or(config.pad_token_id)
+        .or_else(|| eos_ids(config, tokenizer).first().copied())
+        .unwrap_or(0)
 }

@@ -37,7 +37,11 @@ fn logits_of<Bk: Backend>(m: &Llama<Bk>, ids: Tensor<Bk, 2, Int>, adapters: bool
         .unsqueeze_dim::<2>(0)
         .expand([b, s]);
     let mut ctx = m.context(pos, None);
-    ctx.adapters = adapters;
+    ctx.adapters = if adapters {
+        burnish_core::Adapters::On
+    } else {
+        burnish_core::Adapters::Off
+    };
     m.logits(m.forward_hidden(ids, &ctx, None, None))
         .into_data()
         .convert::<f32>()

@@ -1,10 +1,10 @@
 //! The `[data]` section of a run file (TOML). Every table rejects unknown keys, naming the key and the
 //! closest valid one, because a misspelt option silently falling back to its default wastes a training run.
-//! `load_run_file` reads `[model].path` and `[data]` and ignores every other section.
+//! The whole run file (`[model]`, `[method]`, ...) is read by burnish-trainers' `config::RunFile`.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::generate::GenerateConfig;
@@ -12,7 +12,7 @@ use crate::read::Format;
 use crate::refusal::RefusalConfig;
 use crate::schema::{Columns, Schema};
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     /// Longest tokenized example; longer ones are cut per `truncation` (default 2048).
@@ -48,8 +48,28 @@ pub struct DataConfig {
     pub generate: GenerateConfig,
 }
 
+impl DataConfig {
+    /// `[data]` with these sources and every other key at its default (as a run file that gives only
+    /// `[[data.sources]]`).
+    pub fn new(sources: Vec<SourceConfig>) -> Self {
+        Self {
+            max_length: default_max_length(),
+            truncation: Truncation::default(),
+            assistant_turns: AssistantTurns::default(),
+            packing: false,
+            seed: 0,
+            shuffle: true,
+            eval_fraction: 0.0,
+            sources,
+            refusal: RefusalConfig::default(),
+            refusal_templates: None,
+            generate: GenerateConfig::default(),
+        }
+    }
+}
+
 /// One `[[data.sources]]` entry.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Relative paths are relative to the run file's folder.
@@ -92,7 +112,28 @@ pub struct SourceConfig {
     pub category: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+impl SourceConfig {
+    /// A source read from `path` with every other key at its default (as `path = "..."` alone).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            format: None,
+            schema: Schema::default(),
+            columns: Columns::default(),
+            refusal_policy: RefusalPolicy::default(),
+            label_goal: LabelGoal::default(),
+            harmful: None,
+            answer: None,
+            weight: one(),
+            limit: None,
+            on_error: OnError::default(),
+            system_prompt: None,
+            category: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Truncation {
     #[default]
@@ -100,7 +141,7 @@ pub enum Truncation {
     Left,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AssistantTurns {
     #[default]
@@ -109,7 +150,7 @@ pub enum AssistantTurns {
 }
 
 /// What to do with refusals. SFT data: keep, filter or only; preference data: keep or label.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RefusalPolicy {
     #[default]
@@ -122,7 +163,7 @@ pub enum RefusalPolicy {
     Label,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LabelGoal {
     /// Chosen = the refusal for harmful prompts, the compliant answer otherwise.
@@ -132,7 +173,7 @@ pub enum LabelGoal {
     Uncensor,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
     /// A refusal from `refusal_templates`, chosen by seed.
@@ -144,7 +185,7 @@ pub enum Answer {
     RefusalPair,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {
     #[default]
@@ -232,51 +273,6 @@ impl DataConfig {
     }
 }
 
-/// What the `data` commands read from a whole-run file: `[model].path` and `[data]`.
-#[derive(Clone, Debug)]
-pub struct RunFile {
-    pub path: PathBuf,
-    /// The run file's folder; relative source and model paths are resolved against it.
-    pub base_dir: PathBuf,
-    pub model_path: Option<PathBuf>,
-    pub data: DataConfig,
-}
-
-#[derive(Deserialize)]
-struct RawRun {
-    // No deny_unknown_fields here: [method], [train], [output] and the rest belong to other commands.
-    model: Option<RawModel>,
-    data: Option<DataConfig>,
-}
-
-#[derive(Deserialize)]
-struct RawModel {
-    path: Option<PathBuf>,
-}
-
-pub fn load_run_file(path: &Path) -> Result<RunFile> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    load_run_text(path, &text)
-}
-
-/// `load_run_file` for a text already read (and perhaps edited by `--set`); `path` locates it.
-pub fn load_run_text(path: &Path, text: &str) -> Result<RunFile> {
-    let raw: RawRun = toml::from_str(text).map_err(|e| config_error(path, &e))?;
-    let data = raw.data.ok_or_else(|| Error::Config {
-        path: path.to_path_buf(),
-        msg: "no [data] section".into(),
-    })?;
-    data.validate(path)?;
-    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let model_path = raw.model.and_then(|m| m.path).map(|p| base_dir.join(p));
-    Ok(RunFile {
-        path: path.to_path_buf(),
-        base_dir,
-        model_path,
-        data,
-    })
-}
-
 /// toml's message (with line, column and the offending text) plus a "did you mean" for unknown keys.
 pub fn config_error(path: &Path, e: &toml::de::Error) -> Error {
     let mut msg = e.to_string();
@@ -306,6 +302,15 @@ fn suggest_key(msg: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn constructors_match_the_run_file_defaults() {
+        let parsed: super::DataConfig =
+            toml::from_str("[[sources]]\npath = \"a.jsonl\"\n").unwrap();
+        let built = super::DataConfig::new(vec![super::SourceConfig::new("a.jsonl")]);
+        let json = |c: &super::DataConfig| serde_json::to_value(c).unwrap();
+        assert_eq!(json(&parsed), json(&built));
+    }
+
     use super::*;
 
     #[test]

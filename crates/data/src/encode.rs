@@ -40,6 +40,15 @@ pub struct EncodeOptions {
 }
 
 impl EncodeOptions {
+    /// No length limit, loss on the last assistant turn: for encoding single exchanges (scoring).
+    pub fn untruncated() -> Self {
+        Self {
+            max_length: usize::MAX,
+            truncation: Truncation::Right,
+            assistant_turns: AssistantTurns::Last,
+        }
+    }
+
     pub fn from_config(cfg: &DataConfig) -> Self {
         Self {
             max_length: cfg.max_length,

@@ -3,14 +3,14 @@
 
 use burnish_core::burn::tensor::backend::Backend;
 use burnish_core::{generate, GenerationConfig, Message, Pretrained};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::example::{PromptExample, SftExample};
 use crate::rng::Rng;
 
 /// `[data.generate]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateConfig {
     /// Default 256.

@@ -16,7 +16,7 @@ pub mod rng;
 pub mod schema;
 
 pub use build::{build, write_jsonl, Dataset, Examples, SourceReport};
-pub use config::{load_run_file, DataConfig, RunFile, SourceConfig};
+pub use config::{AssistantTurns, DataConfig, SourceConfig, Truncation};
 pub use encode::{
     ChatEncoder, Completion, EncodeOptions, TokenStats, TokenizedExample, TokenizedPair,
     IGNORE_INDEX,

@@ -51,6 +51,14 @@ impl Rng {
     }
 }
 
+/// A seeded permutation of `0..n` (Fisher-Yates on [`Rng`]): the one shuffle of data orders, rollouts
+/// and minibatches, so a seed means the same order everywhere.
+pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    Rng::new(seed).shuffle(&mut v);
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,14 +15,14 @@
 //! Every schema also reads an optional `category`.
 
 use burnish_core::Message;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::FieldError;
 use crate::example::{Example, PairExample, PromptExample, SftExample};
 use crate::read::kind;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Schema {
     #[default]
@@ -38,7 +38,7 @@ pub enum Schema {
 
 /// Canonical field → the record's column name, or a dotted path into nested values (`instances.0.output`).
 /// Unset fields use their canonical name.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Columns {
     pub prompt: Option<String>,

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use burnish_core::adapter::{load_adapter, save_adapter};
+use burnish_core::backend::host_f32;
 use burnish_core::burn;
 use burnish_core::io::write_atomic;
 use burnish_core::weights::{write_safetensors, SafetensorsDir, WeightSource};
@@ -70,10 +71,7 @@ pub fn save<B: Backend, IB: Backend>(
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (k, st) in &opt.state {
         for (suffix, t) in [("m", &st.m), ("v", &st.v)] {
-            let dims = t.dims().to_vec();
-            let data = t.clone().into_data().convert::<f32>();
-            let bytes = data.as_bytes().to_vec();
-            tensors.push((format!("{k}.{suffix}"), dims, bytes));
+            tensors.push((format!("{k}.{suffix}"), t.dims().to_vec(), f32_bytes(t)));
         }
     }
     let step = opt.step.to_string();
@@ -115,10 +113,15 @@ pub fn head_tensors<IB: Backend>(
 ) -> Vec<(String, Vec<usize>, Vec<u8>)> {
     heads
         .iter()
-        .map(|(k, t)| {
-            let data = t.clone().into_data().convert::<f32>();
-            (k.clone(), t.dims().to_vec(), data.as_bytes().to_vec())
-        })
+        .map(|(k, t)| (k.clone(), t.dims().to_vec(), f32_bytes(t)))
+        .collect()
+}
+
+/// A tensor's values as little-endian f32 bytes (safetensors' layout).
+fn f32_bytes<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<u8> {
+    host_f32(t.clone())
+        .into_iter()
+        .flat_map(f32::to_le_bytes)
         .collect()
 }
 
@@ -132,11 +135,10 @@ pub fn read_heads<IB: Backend>(
     let mut out = Vec::new();
     for key in names {
         let t = file.tensor(&key)?.expect("listed");
-        let shape: [usize; 2] = t
-            .shape
-            .clone()
-            .try_into()
-            .map_err(|_| Error::Other(format!("{}: {key} is not 2-D", path.display())))?;
+        let shape: [usize; 2] =
+            t.shape.clone().try_into().map_err(|_| {
+                Error::BadTensorFile(path.to_path_buf(), format!("{key} is not 2-D"))
+            })?;
         out.push((
             key,
             Tensor::from_data(TensorData::new(t.data, shape), device),
@@ -178,33 +180,33 @@ pub fn load<B: Backend, IB: Backend>(
     let state: TrainerState = serde_json::from_str(&text)
         .map_err(|e| Error::Config(state_path.clone(), e.to_string()))?;
     load_adapter(model, dir, device)?;
-    let file = SafetensorsDir::open_file(&dir.join(OPTIM))?;
+    let optim = dir.join(OPTIM);
+    let bad = |what: String| Error::BadTensorFile(optim.clone(), what);
+    let file = SafetensorsDir::open_file(&optim)?;
     let mut moments: BTreeMap<String, Pair<IB>> = BTreeMap::new();
     let names: Vec<String> = file.names().map(String::from).collect();
     for key in names {
         let t = file.tensor(&key)?.expect("listed");
         let (name, which) = key
             .rsplit_once('.')
-            .ok_or_else(|| Error::Other(format!("bad optimizer key {key}")))?;
+            .ok_or_else(|| bad(format!("bad optimizer key {key}")))?;
         let shape: [usize; 2] = t
             .shape
             .clone()
             .try_into()
-            .map_err(|_| Error::Other(format!("{key}: not 2-D")))?;
+            .map_err(|_| bad(format!("{key}: not 2-D")))?;
         let tensor = Tensor::<IB, 2>::from_data(TensorData::new(t.data, shape), inner_device);
         let slot = moments.entry(name.to_string()).or_default();
         match which {
             "m" => slot.0 = Some(tensor),
             "v" => slot.1 = Some(tensor),
-            _ => return Err(Error::Other(format!("bad optimizer key {key}"))),
+            _ => return Err(bad(format!("bad optimizer key {key}"))),
         }
     }
     opt.state.clear();
     for (name, (m, v)) in moments {
         let (Some(m), Some(v)) = (m, v) else {
-            return Err(Error::Other(format!(
-                "optimizer state of {name} is incomplete"
-            )));
+            return Err(bad(format!("optimizer state of {name} is incomplete")));
         };
         opt.state.insert(name, Moments { m, v });
     }

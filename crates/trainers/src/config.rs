@@ -2,7 +2,6 @@
 //! closest valid one); every field has a documented default (docs/config.md, checked by a test).
 //! `--set section.key=value` overrides edit the document before it is parsed, so errors keep their lines.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burnish_core::backend::BackendKind;
@@ -12,13 +11,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::ablate::AblateConfig;
 use crate::dpo::DpoConfig;
-use crate::eval::SetSpec;
-use crate::optim::{AdamWConfig, Schedule};
+use crate::engine::TrainConfig;
+use crate::eval::EvalConfig;
+use crate::output::OutputConfig;
 use crate::ppo::PpoConfig;
 use crate::reward::RewardConfig;
+use crate::sft::SftConfig;
 use crate::{Error, Result};
 
-#[derive(Clone, Debug, Deserialize)]
+/// A whole run: what `burnish train` and `burnish ablate` read from a run file, and what
+/// [`crate::run()`] takes from code. Paths are used as given (a [`RunFile`] resolves them against its
+/// folder when it loads).
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     pub model: ModelSection,
@@ -31,7 +35,9 @@ pub struct RunConfig {
     pub train: TrainConfig,
     #[serde(default)]
     pub eval: EvalConfig,
-    pub output: OutputConfig,
+    /// Required by `train` and `ablate`; a file only for `burnish data` may leave it out.
+    #[serde(default)]
+    pub output: Option<OutputConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -48,6 +54,18 @@ pub struct ModelSection {
     /// An adapter merged into the base before training (e.g. train on a safety-tuned variant).
     #[serde(default)]
     pub merge_adapter: Option<PathBuf>,
+}
+
+impl ModelSection {
+    /// The model at `path` on the CPU backend in f32, nothing merged.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            backend: BackendKind::default(),
+            dtype: f32_name(),
+            merge_adapter: None,
+        }
+    }
 }
 
 fn f32_name() -> String {
@@ -83,224 +101,100 @@ impl MethodConfig {
     }
 }
 
-/// Supervised fine-tuning: cross entropy on assistant tokens (masks come from `[data]`).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SftConfig {}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrainConfig {
-    /// Peak learning rate (default 2e-4, a common LoRA rate).
-    pub learning_rate: f64,
-    /// `constant`, `linear` (default) or `cosine` decay after warm-up.
-    pub schedule: Schedule,
-    /// Linear warm-up steps (default 0); `warmup_ratio` is used when this is 0.
-    pub warmup_steps: usize,
-    /// Warm-up as a share of all steps (default 0.0).
-    pub warmup_ratio: f64,
-    /// Passes over the training data (default 1); ignored when `max_steps` is set.
-    pub epochs: usize,
-    /// Total optimizer steps, overriding `epochs`.
-    pub max_steps: Option<usize>,
-    /// Sequences per micro-batch (default 4).
-    pub batch_size: usize,
-    /// Micro-batches per optimizer step (default 1).
-    pub gradient_accumulation_steps: usize,
-    /// Clip the global gradient norm to this (default 1.0; 0 turns clipping off).
-    pub max_grad_norm: f64,
-    /// AdamW settings (`weight_decay` default 0.0, betas 0.9/0.999, eps 1e-8).
-    pub adamw: AdamWConfig,
-    /// Seed for adapter init, data order and dropout (default 42).
-    pub seed: u64,
-    /// Log every N optimizer steps (default 1).
-    pub logging_steps: usize,
-    /// Checkpoint every N optimizer steps (default 0: only at the end).
-    pub save_steps: usize,
-    /// Checkpoints kept (default 2; the oldest is deleted).
-    pub save_total_limit: usize,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            learning_rate: 2e-4,
-            schedule: Schedule::Linear,
-            warmup_steps: 0,
-            warmup_ratio: 0.0,
-            epochs: 1,
-            max_steps: None,
-            batch_size: 4,
-            gradient_accumulation_steps: 1,
-            max_grad_norm: 1.0,
-            adamw: AdamWConfig::default(),
-            seed: 42,
-            logging_steps: 1,
-            save_steps: 0,
-            save_total_limit: 2,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EvalConfig {
-    /// Evaluate on the eval split every N optimizer steps (default 0: only at the end, if there is one).
-    pub steps: usize,
-    /// Micro-batch size for evaluation (default: `train.batch_size`).
-    pub batch_size: Option<usize>,
-    /// `[[eval.sets]]`: prompt sets (`path`, `kind` = harmful | benign | harmless, optional `name`,
-    /// `prompt`, `category` columns) for the safety evaluation that runs after training (in
-    /// `<output.dir>/eval`) and in `burnish eval --config` (default: none).
-    pub sets: Vec<SetSpec>,
-    /// Prompts per set at most (default: all).
-    pub limit: Option<usize>,
-    /// New tokens per response, greedy (default 64).
-    pub max_new_tokens: usize,
-    /// Prompts per generation batch (default 16).
-    pub generation_batch_size: usize,
-    /// KL to the base model (adapters off) on the first harmless set (default true).
-    pub kl: bool,
-    /// A judge model (HF dir or GGUF) that decides refusals instead of phrase matching (default: none).
-    pub judge: Option<PathBuf>,
-    /// Dataset category → Llama 3 hazard category, overriding the built-in table (docs/eval.md).
-    pub hazards: BTreeMap<String, String>,
-}
-
-impl Default for EvalConfig {
-    fn default() -> Self {
-        Self {
-            steps: 0,
-            batch_size: None,
-            sets: Vec::new(),
-            limit: None,
-            max_new_tokens: 64,
-            generation_batch_size: 16,
-            kl: true,
-            judge: None,
-            hazards: BTreeMap::new(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutputConfig {
-    /// Run directory: checkpoints, adapter, metrics.jsonl, plots, run.json.
-    pub dir: PathBuf,
-    /// What to write at the end: any of `adapter` (default), `merged` (HF dir), `gguf`.
-    #[serde(default = "default_save")]
-    pub save: Vec<SaveKind>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SaveKind {
-    Adapter,
-    Merged,
-    Gguf,
-}
-
-fn default_save() -> Vec<SaveKind> {
-    vec![SaveKind::Adapter]
-}
-
-/// A run file with its location (relative paths resolve against its folder).
+/// A run file: its path and its config, with `--set` overrides applied, relative paths resolved
+/// against the file's folder, and every value checked. The one run-file type of every command.
 #[derive(Clone, Debug)]
-pub struct Run {
+pub struct RunFile {
     pub path: PathBuf,
-    pub base_dir: PathBuf,
     pub config: RunConfig,
-    /// The TOML text after overrides, as it was parsed (saved in run.json).
-    pub text: String,
 }
 
-impl Run {
+impl RunFile {
     /// Reads `path`, applies `--set key=value` overrides and validates the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Io(path.to_path_buf(), e))?;
         let text =
             apply_overrides(&text, overrides).map_err(|m| Error::Config(path.to_path_buf(), m))?;
-        let config: RunConfig = toml::from_str(&text)
+        let mut config: RunConfig = toml::from_str(&text)
             .map_err(|e| Error::Data(burnish_data::config::config_error(path, &e)))?;
-        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let run = Self {
+        config.resolve_paths(path.parent().unwrap_or(Path::new("")));
+        config
+            .validate()
+            .map_err(|m| Error::Config(path.to_path_buf(), m))?;
+        config.data.validate(path)?;
+        Ok(Self {
             path: path.to_path_buf(),
-            base_dir,
             config,
-            text,
-        };
-        run.validate()?;
-        Ok(run)
+        })
     }
+}
 
-    pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
-        let c = &self.config;
-        let bad = |m: String| Err(Error::Config(self.path.clone(), m));
-        let t = &c.train;
-        if t.batch_size == 0 || t.gradient_accumulation_steps == 0 {
-            return bad(
-                "`train.batch_size` and `train.gradient_accumulation_steps` must be at least 1"
-                    .into(),
-            );
-        }
-        if !t.learning_rate.is_finite() || t.learning_rate <= 0.0 {
-            return bad(format!(
-                "`train.learning_rate` = {} must be positive",
-                t.learning_rate
-            ));
-        }
-        if !(0.0..1.0).contains(&t.warmup_ratio) {
-            return bad(format!(
-                "`train.warmup_ratio` = {} must be in [0, 1)",
-                t.warmup_ratio
-            ));
-        }
-        if t.max_steps.is_none() && t.epochs == 0 {
-            return bad("`train.epochs` must be at least 1 (or set `train.max_steps`)".into());
-        }
-        if c.model.dtype != "f32" {
-            return bad(format!(
-                "`model.dtype` = \"{}\": training runs in f32",
-                c.model.dtype
-            ));
-        }
-        if !c.model.backend.available() {
-            return bad(format!(
-                "`model.backend` = {:?} is not compiled in",
-                c.model.backend
-            ));
-        }
-        let model = self.resolve(&c.model.path);
-        if !model.exists() {
-            return bad(format!("`model.path`: {} does not exist", model.display()));
-        }
-        crate::eval::HazardMap::new(&c.eval.hazards)
-            .map_err(|m| Error::Config(self.path.clone(), format!("[eval.hazards]: {m}")))?;
-        match &c.method {
-            MethodConfig::Dpo(d) => d.validate().or_else(bad)?,
-            MethodConfig::Ablate(a) => a.validate().or_else(bad)?,
-            MethodConfig::Ppo(p) => {
-                p.validate().or_else(bad)?;
-                if t.max_steps.is_none() {
-                    return bad("method `ppo` needs `train.max_steps` (optimizer steps; each rollout gives num_ppo_epochs × num_mini_batches of them)".into());
-                }
-                if t.gradient_accumulation_steps != 1 {
-                    return bad("method `ppo` takes its minibatches from `num_mini_batches`; leave `train.gradient_accumulation_steps` at 1".into());
-                }
+impl RunConfig {
+    /// Makes every relative path absolute against `base` (a run file's folder): the model, merged
+    /// adapter, data sources, evaluation sets and judge, reward model, `directions_from`, output dir.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
             }
-            MethodConfig::Sft(_) | MethodConfig::Reward(_) => {}
+        };
+        let method_path = match &mut self.method {
+            MethodConfig::Ppo(p) => p.reward_model.as_mut(),
+            MethodConfig::Ablate(a) => a.directions_from.as_mut(),
+            _ => None,
+        };
+        let optional = [
+            self.model.merge_adapter.as_mut(),
+            self.eval.judge.as_mut(),
+            self.output.as_mut().map(|o| &mut o.dir),
+            method_path,
+        ];
+        let sources = self.data.sources.iter_mut().map(|s| &mut s.path);
+        let sets = self.eval.sets.iter_mut().map(|s| &mut s.path);
+        std::iter::once(&mut self.model.path)
+            .chain(optional.into_iter().flatten())
+            .chain(sources)
+            .chain(sets)
+            .for_each(fix);
+    }
+
+    /// Range and consistency checks serde cannot make; the message names the key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.train.validate()?;
+        let c = &self.model;
+        if c.dtype != "f32" {
+            return Err(format!(
+                "`model.dtype` = \"{}\": training runs in f32",
+                c.dtype
+            ));
         }
-        c.data.validate(&self.path)?;
-        Ok(())
+        if !c.backend.available() {
+            return Err(format!(
+                "`model.backend` = {:?} is not compiled in",
+                c.backend
+            ));
+        }
+        if !c.path.exists() {
+            return Err(format!("`model.path`: {} does not exist", c.path.display()));
+        }
+        crate::eval::HazardMap::new(&self.eval.hazards)
+            .map_err(|m| format!("[eval.hazards]: {m}"))?;
+        match &self.method {
+            MethodConfig::Dpo(d) => d.validate(),
+            MethodConfig::Ablate(a) => a.validate(),
+            MethodConfig::Ppo(p) => p.validate_with(&self.train),
+            MethodConfig::Sft(_) | MethodConfig::Reward(_) => Ok(()),
+        }
+    }
+
+    /// `[output]`, which training and ablation need.
+    pub fn output(&self) -> std::result::Result<&OutputConfig, String> {
+        self.output.as_ref().ok_or_else(|| {
+            format!(
+                "no [output] section: method `{}` needs `[output] dir = \"...\"`",
+                self.method.name()
+            )
+        })
     }
 }
 

@@ -9,14 +9,17 @@ use burn::module::AutodiffModule;
 use burn::tensor::activation::{log_sigmoid, relu};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
+use burnish_core::backend::host_f32;
 use burnish_core::burn;
-use burnish_core::Llama;
+use burnish_core::io::Fnv64;
+use burnish_core::{Adapters, Llama};
 use burnish_data::{Batch, Packed, TokenizedExample, TokenizedPair, IGNORE_INDEX};
 use serde::{Deserialize, Serialize};
 
 use crate::logps::sequence_logps;
 use crate::method::{eval_means, Method, Metrics};
-use crate::{Error, Result};
+use crate::progress::Progress;
+use crate::Result;
 
 /// `[method]` with `name = "dpo"`. Names and defaults follow TRL's `DPOConfig`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -185,17 +188,33 @@ pub fn dpo_loss<B: Backend>(cfg: &DpoConfig, p: PairLogps<B>) -> Tensor<B, 1> {
     total.expect("validated: at least one loss type")
 }
 
+/// Relative rounding allowance of a reward margin: f32 log-probs summed over a sequence carry errors of
+/// about this share of their magnitude.
+pub const TIE_TOLERANCE: f64 = 1e-5;
+
+/// Whether chosen out-scores rejected by more than rounding. The policy and the reference take
+/// different code paths (adapters on and off), so with fresh adapters (B = 0) their log-probs differ
+/// in the last bits, and which bits depends on the CPU's matmul kernels: such a tie is not a win.
+/// `magnitude` is the sum of the absolute log-probs behind the margin, in nats.
+pub fn is_win(margin: f64, beta: f64, magnitude: f64) -> bool {
+    margin > beta * TIE_TOLERANCE * magnitude.max(1.0)
+}
+
 /// TRL's logged metrics, as sums over pairs (the engine divides by the pair count): implicit rewards
-/// β·(log π − log π_ref), how often chosen out-scores rejected, the margin, and the policy log-probs.
+/// β·(log π − log π_ref), how often chosen out-scores rejected beyond rounding ([`is_win`]), the margin,
+/// and the policy log-probs.
 pub fn reward_metrics(beta: f64, policy: &[f32], reference: &[f32], pairs: usize) -> Metrics {
     let mut m = Metrics::new();
     for i in 0..pairs {
         let (pc, pr) = (policy[i] as f64, policy[pairs + i] as f64);
-        let rc = beta * (pc - reference[i] as f64);
-        let rr = beta * (pr - reference[pairs + i] as f64);
+        let (qc, qr) = (reference[i] as f64, reference[pairs + i] as f64);
+        let rc = beta * (pc - qc);
+        let rr = beta * (pr - qr);
+        let magnitude = pc.abs() + pr.abs() + qc.abs() + qr.abs();
         *m.entry("rewards/chosen".into()).or_default() += rc;
         *m.entry("rewards/rejected".into()).or_default() += rr;
-        *m.entry("rewards/accuracies".into()).or_default() += f64::from(u8::from(rc > rr));
+        *m.entry("rewards/accuracies".into()).or_default() +=
+            f64::from(u8::from(is_win(rc - rr, beta, magnitude)));
         *m.entry("rewards/margins".into()).or_default() += rc - rr;
         *m.entry("logps/chosen".into()).or_default() += pc;
         *m.entry("logps/rejected".into()).or_default() += pr;
@@ -261,14 +280,6 @@ fn make_batch(pairs: &[&TokenizedPair], refs: Option<Vec<[f32; 2]>>, pad_id: u32
     }
 }
 
-fn values<B: Backend>(t: &Tensor<B, 1>) -> Vec<f32> {
-    t.clone()
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap_or_default()
-}
-
 /// The loss sum and metric sums of one batch on any backend; `reference` is `[2·pairs]` in row order.
 fn pair_loss<B: Backend>(
     cfg: &DpoConfig,
@@ -278,7 +289,12 @@ fn pair_loss<B: Backend>(
     pairs: usize,
 ) -> (Tensor<B, 1>, Metrics) {
     let device = policy.device();
-    let metrics = reward_metrics(cfg.beta, &values(&policy), &values(&reference), pairs);
+    let metrics = reward_metrics(
+        cfg.beta,
+        &host_f32(policy.clone()),
+        &host_f32(reference.clone()),
+        pairs,
+    );
     let len = |r: std::ops::Range<usize>| {
         let v: Vec<f32> = counts[r].iter().map(|&c| c as f32).collect();
         Tensor::<B, 1>::from_data(TensorData::new(v, [pairs]), &device)
@@ -320,6 +336,7 @@ impl Dpo {
         model: &Llama<B>,
         cache: &Path,
         model_id: &str,
+        progress: &dyn Progress,
     ) -> Result<()> {
         let key = format!("{:016x}", fingerprint(model_id, &self.train, &self.eval));
         if let Ok(text) = std::fs::read_to_string(cache) {
@@ -328,7 +345,10 @@ impl Dpo {
                     && c.train.len() == self.train.len()
                     && c.eval.len() == self.eval.len()
                 {
-                    eprintln!("dpo: reference log-probs from {}", cache.display());
+                    progress.message(&format!(
+                        "dpo: reference log-probs from {}",
+                        cache.display()
+                    ));
                     self.ref_train = Some(c.train);
                     self.ref_eval = Some(c.eval);
                     return Ok(());
@@ -338,17 +358,17 @@ impl Dpo {
         let started = std::time::Instant::now();
         let train = self.reference_of(model, &self.train);
         let eval = self.reference_of(model, &self.eval);
-        eprintln!(
+        progress.message(&format!(
             "dpo: reference log-probs of {} pairs in {:.1}s → {}",
             train.len() + eval.len(),
             started.elapsed().as_secs_f64(),
             cache.display()
-        );
+        ));
         let c = RefCache { key, train, eval };
         burnish_core::io::write_atomic(
             cache,
             serde_json::to_string(&c)
-                .map_err(|e| Error::Other(e.to_string()))?
+                .expect("numbers and strings serialise")
                 .as_bytes(),
         )?;
         self.ref_train = Some(c.train);
@@ -361,7 +381,7 @@ impl Dpo {
         let all: Vec<&TokenizedPair> = pairs.iter().collect();
         for chunk in all.chunks(self.eval_batch_size) {
             let b = make_batch(chunk, None, self.pad_id);
-            let v = values(&sequence_logps(model, &b.seqs, false).0);
+            let v = host_f32(sequence_logps(model, &b.seqs, Adapters::Off).0);
             out.extend((0..b.pairs).map(|i| [v[i], v[b.pairs + i]]));
         }
         out
@@ -379,32 +399,31 @@ struct RefCache {
     eval: Vec<[f32; 2]>,
 }
 
-/// FNV-1a over the model's identity and every token of the data: a cache hit means the same numbers.
+/// A hash of the model's identity and every token of the data: a cache hit means the same numbers.
 fn fingerprint(model_id: &str, train: &[TokenizedPair], eval: &[TokenizedPair]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    eat(model_id.as_bytes());
+    let mut h = Fnv64::new();
+    h.write(model_id.as_bytes());
     for p in train.iter().chain(eval) {
         for part in [&p.prompt_ids, &p.chosen.ids, &p.rejected.ids] {
-            eat(&(part.len() as u32).to_le_bytes());
+            h.write(&(part.len() as u32).to_le_bytes());
             for t in part.iter() {
-                eat(&t.to_le_bytes());
+                h.write(&t.to_le_bytes());
             }
         }
         for m in [&p.chosen.mask, &p.rejected.mask] {
-            eat(&m.iter().map(|&b| b as u8).collect::<Vec<u8>>());
+            h.write(&m.iter().map(|&b| b as u8).collect::<Vec<u8>>());
         }
     }
-    eat(&(train.len() as u64).to_le_bytes());
-    h
+    h.write(&(train.len() as u64).to_le_bytes());
+    h.finish()
 }
 
 impl<B: AutodiffBackend> Method<B> for Dpo {
     type Batch = DpoBatch;
+
+    fn name(&self) -> &'static str {
+        "dpo"
+    }
 
     fn train_len(&self) -> usize {
         self.train.len()
@@ -425,11 +444,15 @@ impl<B: AutodiffBackend> Method<B> for Dpo {
 
     fn loss(&self, model: &Llama<B>, batch: &DpoBatch) -> (Tensor<B, 1>, Metrics) {
         let device = model.model.embed_tokens.device();
-        let (policy, counts) = sequence_logps(model, &batch.seqs, true);
+        // No LoRA dropout: with it the policy would differ from the reference at B = 0, and the loss
+        // would not start at log 2 (TRL disables dropout in DPO too).
+        let (policy, counts) = sequence_logps(model, &batch.seqs, Adapters::OnWithoutDropout);
         let reference = match &batch.reference {
             Some(r) => Tensor::from_data(TensorData::new(r.clone(), [r.len()]), &device),
             // The base model's forward carries no graph: it runs on the inner backend.
-            None => Tensor::from_inner(sequence_logps(&model.valid(), &batch.seqs, false).0),
+            None => {
+                Tensor::from_inner(sequence_logps(&model.valid(), &batch.seqs, Adapters::Off).0)
+            }
         };
         pair_loss(&self.cfg, policy, reference, &counts, batch.pairs)
     }
@@ -444,15 +467,15 @@ impl<B: AutodiffBackend> Method<B> for Dpo {
         for chunk in idx.chunks(self.eval_batch_size) {
             let pairs: Vec<&TokenizedPair> = chunk.iter().map(|&i| &self.eval[i]).collect();
             let b = make_batch(&pairs, Self::refs(&self.ref_eval, chunk), self.pad_id);
-            let (policy, counts) = sequence_logps(model, &b.seqs, true);
+            let (policy, counts) = sequence_logps(model, &b.seqs, Adapters::On);
             let reference = match &b.reference {
                 Some(r) => {
                     Tensor::from_data(TensorData::new(r.clone(), [r.len()]), &policy.device())
                 }
-                None => sequence_logps(model, &b.seqs, false).0,
+                None => sequence_logps(model, &b.seqs, Adapters::Off).0,
             };
             let (l, m) = pair_loss(&self.cfg, policy, reference, &counts, b.pairs);
-            loss += values(&l)[0] as f64;
+            loss += host_f32(l)[0] as f64;
             for (k, v) in m {
                 *sums.entry(k).or_default() += v;
             }

@@ -5,22 +5,106 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::Tensor;
+use burnish_core::backend::host_f64;
 use burnish_core::burn;
 use burnish_core::model::lora::peft_key;
 use burnish_core::{Llama, LoraConfig};
-use serde_json::json;
+use burnish_data::rng::permutation;
+use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainerState};
-use crate::config::TrainConfig;
 use crate::method::{Method, Metrics};
-use crate::optim::{clip_factor, lr_at, AdamW};
+use crate::optim::{clip_factor, lr_at, AdamW, AdamWConfig, Schedule};
+use crate::progress::{Progress, StopToken};
 use crate::{Error, Result};
+
+/// `[train]`: the optimisation loop's settings.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Peak learning rate (default 2e-4, a common LoRA rate).
+    pub learning_rate: f64,
+    /// `constant`, `linear` (default) or `cosine` decay after warm-up.
+    pub schedule: Schedule,
+    /// Linear warm-up steps (default 0); `warmup_ratio` is used when this is 0.
+    pub warmup_steps: usize,
+    /// Warm-up as a share of all steps (default 0.0).
+    pub warmup_ratio: f64,
+    /// Passes over the training data (default 1); ignored when `max_steps` is set.
+    pub epochs: usize,
+    /// Total optimizer steps, overriding `epochs`.
+    pub max_steps: Option<usize>,
+    /// Sequences per micro-batch (default 4).
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (default 1).
+    pub gradient_accumulation_steps: usize,
+    /// Clip the global gradient norm to this (default 1.0; 0 turns clipping off).
+    pub max_grad_norm: f64,
+    /// AdamW settings (`weight_decay` default 0.0, betas 0.9/0.999, eps 1e-8).
+    pub adamw: AdamWConfig,
+    /// Seed for adapter init, data order and dropout (default 42).
+    pub seed: u64,
+    /// Log every N optimizer steps (default 1).
+    pub logging_steps: usize,
+    /// Checkpoint every N optimizer steps (default 0: only at the end).
+    pub save_steps: usize,
+    /// Checkpoints kept (default 2; the oldest is deleted).
+    pub save_total_limit: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            learning_rate: 2e-4,
+            schedule: Schedule::Linear,
+            warmup_steps: 0,
+            warmup_ratio: 0.0,
+            epochs: 1,
+            max_steps: None,
+            batch_size: 4,
+            gradient_accumulation_steps: 1,
+            max_grad_norm: 1.0,
+            adamw: AdamWConfig::default(),
+            seed: 42,
+            logging_steps: 1,
+            save_steps: 0,
+            save_total_limit: 2,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Range checks serde cannot make; the message names the key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.batch_size == 0 || self.gradient_accumulation_steps == 0 {
+            return Err(
+                "`train.batch_size` and `train.gradient_accumulation_steps` must be at least 1"
+                    .into(),
+            );
+        }
+        if !self.learning_rate.is_finite() || self.learning_rate <= 0.0 {
+            return Err(format!(
+                "`train.learning_rate` = {} must be positive",
+                self.learning_rate
+            ));
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return Err(format!(
+                "`train.warmup_ratio` = {} must be in [0, 1)",
+                self.warmup_ratio
+            ));
+        }
+        if self.max_steps.is_none() && self.epochs == 0 {
+            return Err("`train.epochs` must be at least 1 (or set `train.max_steps`)".into());
+        }
+        Ok(())
+    }
+}
 
 /// Everything the loop needs besides the method and the model.
 pub struct EngineConfig {
@@ -29,370 +113,444 @@ pub struct EngineConfig {
     pub out_dir: PathBuf,
     /// Recorded in adapter_config.json.
     pub base_model: String,
-    pub method: String,
     /// Evaluate every N steps (0 = only at the end).
     pub eval_steps: usize,
     /// Resume from this checkpoint directory.
     pub resume: Option<PathBuf>,
+    /// Stops the loop after the current step, with a checkpoint (the CLI's Ctrl-C).
+    pub stop: StopToken,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     Finished,
-    /// Ctrl-C: a checkpoint was written at this step.
+    /// Stopped by the [`StopToken`]: a checkpoint was written at this step.
     Interrupted(usize),
 }
 
+/// One logged optimizer step: a line of metrics.jsonl.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepLog {
+    pub step: usize,
+    /// Passes over the training rows so far.
+    pub epoch: f64,
+    pub loss: f64,
+    pub lr: f64,
+    /// Before clipping.
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    pub step_seconds: f64,
+    /// The method's metrics (means over the step's loss units, e.g. `rewards/accuracies`), its
+    /// step metrics (PPO's rollout statistics) and held-out `eval_*` metrics when it evaluated.
+    #[serde(flatten)]
+    pub metrics: Metrics,
+}
+
+#[derive(Clone, Debug)]
 pub struct Summary {
     pub outcome: Outcome,
     pub steps: usize,
     pub total_steps: usize,
-    pub final_metrics: Metrics,
+    /// The last step's log (the final metrics).
+    pub last: Option<StepLog>,
+    /// Held-out metrics at the end (empty without an eval split).
     pub eval_metrics: Metrics,
     pub seconds: f64,
-    /// One entry per logged step (what metrics.jsonl holds).
-    pub history: Vec<serde_json::Value>,
-}
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Installs the Ctrl-C handler once per process: the loop saves a checkpoint and stops cleanly.
-fn install_ctrl_c() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = ctrlc::set_handler(|| {
-            if INTERRUPTED.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!(
-                "\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit now)"
-            );
-        });
-    });
+    /// Every logged step (what metrics.jsonl holds).
+    pub history: Vec<StepLog>,
 }
 
 /// Row `k` of the endless data stream: epoch `k / n` of a seeded permutation.
 pub fn row_at(k: usize, n: usize, seed: u64) -> usize {
     let epoch = k / n;
-    let perm = permutation(n, seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    perm[k % n]
+    permutation(n, seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))[k % n]
 }
 
-fn permutation(n: usize, seed: u64) -> Vec<usize> {
-    // Fisher-Yates with SplitMix64: stable across platforms and crate versions.
-    let mut state = seed;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
-    let mut v: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
+/// The shape of a run: rows, rows per step, steps, warm-up.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    rows: usize,
+    per_step: usize,
+    total_steps: usize,
+    warmup: usize,
+}
+
+impl Plan {
+    fn new(t: &TrainConfig, rows: usize) -> Self {
+        let per_step = t.batch_size * t.gradient_accumulation_steps;
+        let total_steps = t
+            .max_steps
+            .unwrap_or_else(|| (t.epochs * rows).div_ceil(per_step))
+            .max(1);
+        let warmup = if t.warmup_steps > 0 {
+            t.warmup_steps
+        } else {
+            (t.warmup_ratio * total_steps as f64).ceil() as usize
+        };
+        Self {
+            rows,
+            per_step,
+            total_steps,
+            warmup,
+        }
     }
-    v
 }
 
-fn scalar<B: burn::tensor::backend::Backend>(t: Tensor<B, 1>) -> f64 {
-    t.into_scalar().elem::<f64>()
-}
+/// Summed gradients of one step, by parameter key (PEFT's adapter keys, the methods' head names).
+type Grads<B> = BTreeMap<String, Tensor<B, 2>>;
 
 /// Runs the loop. `model` carries freshly attached adapters (or gets them from the checkpoint on resume).
 pub fn train<B: AutodiffBackend, M: Method<B>>(
     method: &mut M,
     mut model: Llama<B>,
     cfg: &EngineConfig,
+    progress: &dyn Progress,
 ) -> Result<(Llama<B>, Summary)> {
-    let t = &cfg.train;
-    let device = model.model.embed_tokens.device();
-    let inner_device = model.model.embed_tokens.val().inner().device();
-    let n = method.train_len();
-    if n == 0 {
-        return Err(Error::Other("no training rows".into()));
+    let rows = method.train_len();
+    if rows == 0 {
+        return Err(Error::NoTrainingRows(method.name()));
     }
-    let per_step = t.batch_size * t.gradient_accumulation_steps;
-    let total_steps = t
-        .max_steps
-        .unwrap_or_else(|| (t.epochs * n).div_ceil(per_step))
-        .max(1);
-    let warmup = if t.warmup_steps > 0 {
-        t.warmup_steps
-    } else {
-        (t.warmup_ratio * total_steps as f64).ceil() as usize
-    };
-    let mut opt = AdamW::<B::InnerBackend>::new(t.adamw.clone());
-    let mut start = 0;
+    let plan = Plan::new(&cfg.train, rows);
+    let mut opt = AdamW::<B::InnerBackend>::new(cfg.train.adamw.clone());
     std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::Io(cfg.out_dir.clone(), e))?;
     let metrics_path = cfg.out_dir.join("metrics.jsonl");
-    let mut history = Vec::new();
-    if let Some(dir) = &cfg.resume {
-        let (st, heads) = checkpoint::load(dir, &mut model, &mut opt, &device, &inner_device)?;
-        for (name, t) in heads {
-            method.set_head(&name, t);
-        }
-        if st.total_steps != total_steps || st.seed != t.seed || st.method != cfg.method {
-            return Err(Error::Other(format!(
-                "{}: checkpoint is from a different run (steps {}, seed {}, method {}) than this config (steps {total_steps}, seed {}, method {})",
-                dir.display(), st.total_steps, st.seed, st.method, t.seed, cfg.method
-            )));
-        }
-        start = st.step;
-        history = read_history(&metrics_path, start)?;
-        tracing::info!("resumed from {} at step {start}", dir.display());
-    }
-    rewrite_history(&metrics_path, &history)?;
-    let mut metrics_file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| Error::Io(metrics_path.clone(), e))?;
-    install_ctrl_c();
-    INTERRUPTED.store(false, Ordering::SeqCst);
-
-    let bar = indicatif::ProgressBar::new(total_steps as u64).with_position(start as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .expect("valid template"),
-    );
-    let started = Instant::now();
-    let mut last = Metrics::new();
-    let mut eval = Metrics::new();
-    let mut outcome = Outcome::Finished;
-    let save_ckpt = |model: &Llama<B>,
-                     opt: &AdamW<B::InnerBackend>,
-                     heads: &[(String, Tensor<B::InnerBackend, 2>)],
-                     step: usize|
-     -> Result<PathBuf> {
-        let state = TrainerState {
-            step,
-            total_steps,
-            seed: t.seed,
-            data_cursor: step * per_step,
-            method: cfg.method.clone(),
-        };
-        checkpoint::save(
-            &cfg.out_dir,
-            model,
-            &cfg.lora,
-            &cfg.base_model,
-            opt,
-            heads,
-            &state,
-            t.save_total_limit,
-        )
+    let (start, mut history) = match &cfg.resume {
+        Some(dir) => resume(dir, method, &mut model, &mut opt, cfg, &plan, progress)?,
+        None => (0, Vec::new()),
     };
-
-    for step in start..total_steps {
-        let t0 = Instant::now();
-        B::seed(&device, t.seed.wrapping_add(step as u64));
-        method.prepare_step(&model.valid(), step)?;
-        let cursor = step * per_step;
-        let batches: Vec<M::Batch> = (0..t.gradient_accumulation_steps)
-            .map(|a| {
-                let rows: Vec<usize> = (0..t.batch_size)
-                    .map(|i| row_at(cursor + a * t.batch_size + i, n, t.seed))
-                    .collect();
-                method.batch(&rows)
-            })
-            .collect();
-        let units: f64 = batches.iter().map(|b| method.units(b)).sum();
-        let tokens: usize = batches.iter().map(|b| method.tokens(b)).sum();
-        if units <= 0.0 {
-            return Err(Error::Other(format!(
-                "step {step}: the batch has no loss units (all labels masked?)"
-            )));
-        }
-        let mut grads: BTreeMap<String, Tensor<B::InnerBackend, 2>> = BTreeMap::new();
-        let mut loss_sum = 0.0;
-        let mut sums = Metrics::new();
-        for batch in &batches {
-            let (loss, m) = method.loss(&model, batch);
-            let g = loss.clone().div_scalar(units).backward();
-            loss_sum += scalar(loss.inner());
-            for (k, v) in m {
-                *sums.entry(k).or_default() += v;
+    let mut log = MetricsFile::open(&metrics_path, &history)?;
+    let started = Instant::now();
+    let mut eval = Metrics::new();
+    progress.step(start, plan.total_steps, "");
+    for step in start..plan.total_steps {
+        let mut row = optimizer_step(method, &mut model, &mut opt, cfg, &plan, step)?;
+        let done = row.step;
+        let is_last = done == plan.total_steps;
+        let due = cfg.eval_steps > 0 && done % cfg.eval_steps == 0;
+        if is_last || due {
+            let m = method.evaluate(&model.valid());
+            row.metrics.extend(m.clone());
+            if is_last {
+                eval = m;
             }
-            let mut add = |key: String, gr: Tensor<B::InnerBackend, 2>| {
-                let acc = match grads.remove(&key) {
-                    Some(prev) => prev + gr,
-                    None => gr,
-                };
-                grads.insert(key, acc);
+        }
+        if done % cfg.train.logging_steps.max(1) == 0 || is_last {
+            log.append(&row)?;
+            history.push(row.clone());
+        }
+        progress.step(done, plan.total_steps, &status(&row));
+        let stopped = cfg.stop.is_stopped();
+        let save_due = cfg.train.save_steps > 0 && done % cfg.train.save_steps == 0;
+        if save_due || is_last || stopped {
+            save_checkpoint(method, &model, &opt, cfg, &plan, done)?;
+        }
+        if stopped && !is_last {
+            progress.finish();
+            let summary = Summary {
+                outcome: Outcome::Interrupted(done),
+                steps: done,
+                total_steps: plan.total_steps,
+                last: Some(row),
+                eval_metrics: eval,
+                seconds: started.elapsed().as_secs_f64(),
+                history,
             };
-            for (path, lora) in model.adapters() {
-                for (which, p) in [('A', &lora.lora_A), ('B', &lora.lora_B)] {
-                    if let Some(gr) = p.val().grad(&g) {
-                        add(peft_key(&path, which), gr);
-                    }
-                }
-            }
-            for (name, p) in method.heads() {
+            return Ok((model, summary));
+        }
+    }
+    progress.finish();
+    let summary = Summary {
+        outcome: Outcome::Finished,
+        steps: plan.total_steps,
+        total_steps: plan.total_steps,
+        last: history.last().cloned(),
+        eval_metrics: eval,
+        seconds: started.elapsed().as_secs_f64(),
+        history,
+    };
+    Ok((model, summary))
+}
+
+/// One optimizer step: the step's micro-batches, accumulated gradients of the loss normalised by the
+/// step's loss units, the global-norm clip, and AdamW on the adapters and heads.
+fn optimizer_step<B: AutodiffBackend, M: Method<B>>(
+    method: &mut M,
+    model: &mut Llama<B>,
+    opt: &mut AdamW<B::InnerBackend>,
+    cfg: &EngineConfig,
+    plan: &Plan,
+    step: usize,
+) -> Result<StepLog> {
+    let t = &cfg.train;
+    let t0 = Instant::now();
+    B::seed(
+        &model.model.embed_tokens.device(),
+        t.seed.wrapping_add(step as u64),
+    );
+    method.prepare_step(&model.valid(), step)?;
+    let cursor = step * plan.per_step;
+    let batches: Vec<M::Batch> = (0..t.gradient_accumulation_steps)
+        .map(|a| {
+            let rows: Vec<usize> = (0..t.batch_size)
+                .map(|i| row_at(cursor + a * t.batch_size + i, plan.rows, t.seed))
+                .collect();
+            method.batch(&rows)
+        })
+        .collect();
+    let units: f64 = batches.iter().map(|b| method.units(b)).sum();
+    let tokens: usize = batches.iter().map(|b| method.tokens(b)).sum();
+    if units <= 0.0 {
+        return Err(Error::NoLossUnits(step + 1));
+    }
+    let (grads, loss_sum, sums) = accumulate(method, model, &batches, units);
+    let loss = loss_sum / units;
+    let grad_norm = grads
+        .values()
+        .map(|g| host_f64(g.clone().square().sum())[0])
+        .sum::<f64>()
+        .sqrt();
+    if !loss.is_finite() || !grad_norm.is_finite() {
+        let kept = checkpoint::list(&cfg.out_dir)?.pop();
+        return Err(Error::Diverged(format!(
+            "step {}: loss {loss}, gradient norm {grad_norm}; the last good checkpoint is {}",
+            step + 1,
+            kept.map_or("none (no checkpoint was written yet)".into(), |p| p
+                .display()
+                .to_string())
+        )));
+    }
+    let lr = lr_at(
+        t.schedule,
+        t.learning_rate,
+        step,
+        plan.warmup,
+        plan.total_steps,
+    );
+    apply_update(
+        method,
+        model,
+        opt,
+        grads,
+        clip_factor(grad_norm, Some(t.max_grad_norm)),
+        lr,
+    );
+    let mut metrics: Metrics = sums.into_iter().map(|(k, v)| (k, v / units)).collect();
+    metrics.extend(method.step_metrics());
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(StepLog {
+        step: step + 1,
+        epoch: (cursor + plan.per_step) as f64 / plan.rows as f64,
+        loss,
+        lr,
+        grad_norm,
+        tokens_per_s: tokens as f64 / secs,
+        step_seconds: secs,
+        metrics,
+    })
+}
+
+/// Forward and backward over the micro-batches: summed gradients, loss sum and metric sums.
+fn accumulate<B: AutodiffBackend, M: Method<B>>(
+    method: &M,
+    model: &Llama<B>,
+    batches: &[M::Batch],
+    units: f64,
+) -> (Grads<B::InnerBackend>, f64, Metrics) {
+    let mut grads: Grads<B::InnerBackend> = BTreeMap::new();
+    let mut loss_sum = 0.0;
+    let mut sums = Metrics::new();
+    for batch in batches {
+        let (loss, m) = method.loss(model, batch);
+        let g = loss.clone().div_scalar(units).backward();
+        loss_sum += host_f64(loss.inner())[0];
+        for (k, v) in m {
+            *sums.entry(k).or_default() += v;
+        }
+        let mut add = |key: String, gr: Tensor<B::InnerBackend, 2>| {
+            let acc = match grads.remove(&key) {
+                Some(prev) => prev + gr,
+                None => gr,
+            };
+            grads.insert(key, acc);
+        };
+        for (path, lora) in model.adapters() {
+            for (which, p) in [('A', &lora.lora_A), ('B', &lora.lora_B)] {
                 if let Some(gr) = p.val().grad(&g) {
-                    add(name, gr);
+                    add(peft_key(&path, which), gr);
                 }
-            }
-        }
-        let loss = loss_sum / units;
-        let grad_norm = grads
-            .values()
-            .map(|g| scalar(g.clone().square().sum()))
-            .sum::<f64>()
-            .sqrt();
-        if !loss.is_finite() || !grad_norm.is_finite() {
-            bar.abandon();
-            let kept = checkpoint::list(&cfg.out_dir)?.pop();
-            return Err(Error::Diverged(format!(
-                "step {}: loss {loss}, gradient norm {grad_norm}; the last good checkpoint is {}",
-                step + 1,
-                kept.map_or("none (no checkpoint was written yet)".into(), |p| p
-                    .display()
-                    .to_string())
-            )));
-        }
-        let clip = clip_factor(grad_norm, Some(t.max_grad_norm));
-        let lr = lr_at(t.schedule, t.learning_rate, step, warmup, total_steps);
-        opt.begin_step();
-        for (path, lora) in model.adapters_mut() {
-            for which in ['A', 'B'] {
-                let key = peft_key(&path, which);
-                let param = if which == 'A' {
-                    &mut lora.lora_A
-                } else {
-                    &mut lora.lora_B
-                };
-                let Some(g) = grads.remove(&key) else {
-                    continue;
-                };
-                let new = opt.update(&key, param.val().inner(), g.mul_scalar(clip), lr);
-                *param = Param::initialized(param.id, Tensor::from_inner(new).require_grad());
             }
         }
         for (name, p) in method.heads() {
-            if let Some(g) = grads.remove(&name) {
-                let new = opt.update(&name, p.val().inner(), g.mul_scalar(clip), lr);
-                method.set_head(&name, new);
+            if let Some(gr) = p.val().grad(&g) {
+                add(name, gr);
             }
-        }
-        let done = step + 1;
-        let secs = t0.elapsed().as_secs_f64();
-        let mut row = json!({
-            "step": done,
-            "epoch": (cursor + per_step) as f64 / n as f64,
-            "loss": loss,
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "tokens_per_s": tokens as f64 / secs,
-            "step_seconds": secs,
-        });
-        for (k, v) in &sums {
-            row[k] = json!(v / units);
-        }
-        for (k, v) in method.step_metrics() {
-            row[&k] = json!(v);
-        }
-        if cfg.eval_steps > 0 && done % cfg.eval_steps == 0 && done != total_steps {
-            for (k, v) in method.evaluate(&model.valid()) {
-                row[&k] = json!(v);
-            }
-        }
-        if done == total_steps {
-            eval = method.evaluate(&model.valid());
-            for (k, v) in &eval {
-                row[k] = json!(v);
-            }
-        }
-        last = row
-            .as_object()
-            .expect("object")
-            .iter()
-            .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
-            .collect();
-        if done % t.logging_steps.max(1) == 0 || done == total_steps {
-            writeln!(metrics_file, "{row}").map_err(|e| Error::Io(metrics_path.clone(), e))?;
-            metrics_file
-                .flush()
-                .map_err(|e| Error::Io(metrics_path.clone(), e))?;
-            history.push(row);
-        }
-        bar.set_position(done as u64);
-        bar.set_message(format!(
-            "loss {loss:.4} lr {lr:.2e} {:.0} tok/s",
-            tokens as f64 / secs
-        ));
-        let interrupted = INTERRUPTED.load(Ordering::SeqCst);
-        if (t.save_steps > 0 && done % t.save_steps == 0) || done == total_steps || interrupted {
-            let heads: Vec<_> = method
-                .heads()
-                .into_iter()
-                .map(|(n, p)| (n, p.val().inner()))
-                .collect();
-            save_ckpt(&model, &opt, &heads, done)?;
-        }
-        if interrupted && done != total_steps {
-            outcome = Outcome::Interrupted(done);
-            bar.abandon_with_message(format!("interrupted at step {done}; resume with --resume"));
-            return Ok((
-                model,
-                summary(outcome, done, total_steps, last, eval, started, history),
-            ));
         }
     }
-    bar.finish();
-    Ok((
+    (grads, loss_sum, sums)
+}
+
+/// AdamW on every parameter that has a gradient, with the gradients scaled by `clip`.
+fn apply_update<B: AutodiffBackend, M: Method<B>>(
+    method: &mut M,
+    model: &mut Llama<B>,
+    opt: &mut AdamW<B::InnerBackend>,
+    mut grads: Grads<B::InnerBackend>,
+    clip: f64,
+    lr: f64,
+) {
+    opt.begin_step();
+    for (path, lora) in model.adapters_mut() {
+        for which in ['A', 'B'] {
+            let key = peft_key(&path, which);
+            let param = if which == 'A' {
+                &mut lora.lora_A
+            } else {
+                &mut lora.lora_B
+            };
+            let Some(g) = grads.remove(&key) else {
+                continue;
+            };
+            let new = opt.update(&key, param.val().inner(), g.mul_scalar(clip), lr);
+            *param = Param::initialized(param.id, Tensor::from_inner(new).require_grad());
+        }
+    }
+    for (name, p) in method.heads() {
+        if let Some(g) = grads.remove(&name) {
+            let new = opt.update(&name, p.val().inner(), g.mul_scalar(clip), lr);
+            method.set_head(&name, new);
+        }
+    }
+}
+
+/// The progress line of a step.
+fn status(row: &StepLog) -> String {
+    format!(
+        "loss {:.4} lr {:.2e} {:.0} tok/s",
+        row.loss, row.lr, row.tokens_per_s
+    )
+}
+
+/// Writes the adapters, heads, optimizer state and position after `done` steps.
+fn save_checkpoint<B: AutodiffBackend, M: Method<B>>(
+    method: &M,
+    model: &Llama<B>,
+    opt: &AdamW<B::InnerBackend>,
+    cfg: &EngineConfig,
+    plan: &Plan,
+    done: usize,
+) -> Result<PathBuf> {
+    let heads: Vec<_> = method
+        .heads()
+        .into_iter()
+        .map(|(n, p)| (n, p.val().inner()))
+        .collect();
+    let state = TrainerState {
+        step: done,
+        total_steps: plan.total_steps,
+        seed: cfg.train.seed,
+        data_cursor: done * plan.per_step,
+        method: method.name().to_string(),
+    };
+    checkpoint::save(
+        &cfg.out_dir,
         model,
-        summary(
-            outcome,
-            total_steps,
-            total_steps,
-            last,
-            eval,
-            started,
-            history,
-        ),
-    ))
+        &cfg.lora,
+        &cfg.base_model,
+        opt,
+        &heads,
+        &state,
+        cfg.train.save_total_limit,
+    )
 }
 
-fn summary(
-    outcome: Outcome,
-    steps: usize,
-    total_steps: usize,
-    final_metrics: Metrics,
-    eval_metrics: Metrics,
-    started: Instant,
-    history: Vec<serde_json::Value>,
-) -> Summary {
-    Summary {
-        outcome,
-        steps,
-        total_steps,
-        final_metrics,
-        eval_metrics,
-        seconds: started.elapsed().as_secs_f64(),
-        history,
+/// Restores a checkpoint onto the model, optimizer and method heads after checking that it belongs
+/// to this run; returns the step to continue from and the metrics logged up to it.
+fn resume<B: AutodiffBackend, M: Method<B>>(
+    dir: &Path,
+    method: &mut M,
+    model: &mut Llama<B>,
+    opt: &mut AdamW<B::InnerBackend>,
+    cfg: &EngineConfig,
+    plan: &Plan,
+    progress: &dyn Progress,
+) -> Result<(usize, Vec<StepLog>)> {
+    let device = model.model.embed_tokens.device();
+    let inner_device = model.model.embed_tokens.val().inner().device();
+    let (st, heads) = checkpoint::load(dir, model, opt, &device, &inner_device)?;
+    let mismatch = |key, checkpoint: String, config: String| Error::CheckpointMismatch {
+        path: dir.to_path_buf(),
+        key,
+        checkpoint,
+        config,
+    };
+    if st.method != method.name() {
+        return Err(mismatch("method.name", st.method, method.name().into()));
+    }
+    if st.seed != cfg.train.seed {
+        let (a, b) = (st.seed.to_string(), cfg.train.seed.to_string());
+        return Err(mismatch("train.seed", a, b));
+    }
+    if st.total_steps != plan.total_steps {
+        let (a, b) = (st.total_steps.to_string(), plan.total_steps.to_string());
+        return Err(mismatch("total steps", a, b));
+    }
+    for (name, t) in heads {
+        method.set_head(&name, t);
+    }
+    progress.message(&format!(
+        "resuming from {} at step {}",
+        dir.display(),
+        st.step
+    ));
+    let history = read_history(&cfg.out_dir.join("metrics.jsonl"), st.step)?;
+    Ok((st.step, history))
+}
+
+/// metrics.jsonl, rewritten on open to the given rows (a resumed run drops the lines it will redo),
+/// then appended to and flushed after every logged step.
+struct MetricsFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsFile {
+    fn open(path: &Path, rows: &[StepLog]) -> Result<Self> {
+        let text: String = rows.iter().map(|r| format!("{}\n", line(r))).collect();
+        burnish_core::io::write_atomic(path, text.as_bytes())?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::Io(path.to_path_buf(), e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    fn append(&mut self, row: &StepLog) -> Result<()> {
+        let io = |e| Error::Io(self.path.clone(), e);
+        writeln!(self.file, "{}", line(row)).map_err(io)?;
+        self.file
+            .flush()
+            .map_err(|e| Error::Io(self.path.clone(), e))
     }
 }
 
-/// metrics.jsonl lines up to `step` (a resumed run rewrites the file without the lines it will redo).
-fn read_history(path: &Path, step: usize) -> Result<Vec<serde_json::Value>> {
+fn line(row: &StepLog) -> String {
+    serde_json::to_string(row).expect("numbers serialise")
+}
+
+/// metrics.jsonl lines up to `step`.
+fn read_history(path: &Path, step: usize) -> Result<Vec<StepLog>> {
     if !path.exists() {
         return Ok(vec![]);
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::Io(path.to_path_buf(), e))?;
     Ok(text
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["step"].as_u64().is_some_and(|s| s as usize <= step))
+        .filter_map(|l| serde_json::from_str::<StepLog>(l).ok())
+        .filter(|r| r.step <= step)
         .collect())
-}
-
-fn rewrite_history(path: &Path, rows: &[serde_json::Value]) -> Result<()> {
-    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
-    burnish_core::io::write_atomic(path, text.as_bytes())?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -410,5 +568,26 @@ mod tests {
         assert_ne!(epoch0, epoch1);
         assert_eq!(epoch0, (0..n).map(|k| row_at(k, n, 7)).collect::<Vec<_>>());
         assert_ne!(epoch0, (0..n).map(|k| row_at(k, n, 8)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn step_log_lines_round_trip_with_method_metrics() {
+        let row = StepLog {
+            step: 3,
+            epoch: 0.5,
+            loss: 1.25,
+            lr: 1e-4,
+            grad_norm: 0.5,
+            tokens_per_s: 100.0,
+            step_seconds: 2.0,
+            metrics: Metrics::from([("rewards/accuracies".to_string(), 0.75)]),
+        };
+        let text = line(&row);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["rewards/accuracies"], 0.75);
+        assert_eq!(v["step"], 3);
+        let back: StepLog = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.metrics, row.metrics);
+        assert_eq!(back.step, 3);
     }
 }

@@ -5,17 +5,17 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use burnish_core::burn;
-use burnish_core::Llama;
+use burnish_core::{Adapters, Llama};
 use burnish_data::Batch;
 
 use crate::loss::shifted_targets;
 
 /// Logits `[n, vocab]` at the positions whose next token is labelled, the `n` targets, and the batch row
-/// each comes from. `adapters = false` runs the base model (the reference of DPO and PPO).
+/// each comes from. `Adapters::Off` runs the base model (the reference of DPO and PPO).
 pub fn labelled_logits<B: Backend>(
     model: &Llama<B>,
     batch: &Batch,
-    adapters: bool,
+    adapters: Adapters,
 ) -> Option<(Tensor<B, 2>, Vec<i64>, Vec<usize>)> {
     let device = model.model.embed_tokens.device();
     let (rows, targets) = shifted_targets(&batch.labels, batch.rows, batch.len);
@@ -23,10 +23,9 @@ pub fn labelled_logits<B: Backend>(
         return None;
     }
     let t = batch.tensors::<B>(&device);
-    let mut ctx = model.context(t.positions, Some(t.mask));
-    if !adapters {
-        ctx = ctx.without_adapters();
-    }
+    let ctx = model
+        .context(t.positions, Some(t.mask))
+        .with_adapters(adapters);
     let hidden = model.forward_hidden(t.input_ids, &ctx, None, None);
     let [b, s, h] = hidden.dims();
     let owner = rows.iter().map(|&r| r as usize / batch.len).collect();
@@ -62,7 +61,7 @@ pub fn sum_by_row<B: Backend>(values: Tensor<B, 1>, owner: &[usize], rows: usize
 pub fn sequence_logps<B: Backend>(
     model: &Llama<B>,
     batch: &Batch,
-    adapters: bool,
+    adapters: Adapters,
 ) -> (Tensor<B, 1>, Vec<usize>) {
     let mut counts = vec![0usize; batch.rows];
     let Some((logits, targets, owner)) = labelled_logits(model, batch, adapters) else {
@@ -82,7 +81,7 @@ pub fn sequence_logps<B: Backend>(
 pub fn continuation_hidden<B: Backend>(
     model: &Llama<B>,
     pairs: &[(&[u32], &[u32])],
-    adapters: bool,
+    adapters: Adapters,
 ) -> (Tensor<B, 2>, Vec<usize>) {
     let device = model.model.embed_tokens.device();
     let len = pairs
@@ -104,10 +103,7 @@ pub fn continuation_hidden<B: Backend>(
     let x = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, len]), &device);
     let pos: Vec<i64> = (0..n).flat_map(|_| 0..len as i64).collect();
     let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [n, len]), &device);
-    let mut ctx = model.context(pos, None);
-    if !adapters {
-        ctx = ctx.without_adapters();
-    }
+    let ctx = model.context(pos, None).with_adapters(adapters);
     let hidden = model.forward_hidden(x, &ctx, None, None);
     let h = hidden.dims()[2];
     let m = rows.len();

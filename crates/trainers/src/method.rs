@@ -18,6 +18,9 @@ pub type Metrics = BTreeMap<String, f64>;
 pub trait Method<B: AutodiffBackend> {
     type Batch;
 
+    /// The method's `[method] name` (recorded in checkpoints, which a resume must match).
+    fn name(&self) -> &'static str;
+
     /// Rows of training data one epoch runs over.
     fn train_len(&self) -> usize;
 

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
+use crate::engine::StepLog;
 use crate::{Error, Result};
 
 const FONTS: [&str; 4] = [
@@ -30,20 +31,21 @@ fn font_available() -> bool {
 }
 
 /// Two panels: loss (and eval loss, when present) over steps; learning rate over steps.
-pub fn loss_and_lr(path: &Path, history: &[serde_json::Value]) -> Result<()> {
-    let series = |key: &str| -> Vec<(f64, f64)> {
+pub fn loss_and_lr(path: &Path, history: &[StepLog]) -> Result<()> {
+    let series = |f: &dyn Fn(&StepLog) -> Option<f64>| -> Vec<(f64, f64)> {
         history
             .iter()
-            .filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?)))
+            .filter_map(|r| Some((r.step as f64, f(r)?)))
             .collect()
     };
-    let (loss, eval, lr) = (series("loss"), series("eval_loss"), series("lr"));
+    let loss = series(&|r| Some(r.loss));
+    let eval = series(&|r| r.metrics.get("eval_loss").copied());
+    let lr = series(&|r| Some(r.lr));
     if loss.is_empty() {
         return Ok(());
     }
     let tmp = path.with_extension("tmp.png");
-    draw(&tmp, &loss, &eval, &lr)
-        .map_err(|e| Error::Other(format!("{}: plotting failed: {e}", path.display())))?;
+    draw(&tmp, &loss, &eval, &lr).map_err(|e| Error::Plot(path.to_path_buf(), e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::Io(path.to_path_buf(), e))
 }
 
@@ -119,8 +121,7 @@ pub fn refusal_bars(path: &Path, groups: &[(String, Vec<(String, f64)>)]) -> Res
         return Ok(());
     }
     let tmp = path.with_extension("tmp.png");
-    draw_bars(&tmp, &bars)
-        .map_err(|e| Error::Other(format!("{}: plotting failed: {e}", path.display())))?;
+    draw_bars(&tmp, &bars).map_err(|e| Error::Plot(path.to_path_buf(), e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::Io(path.to_path_buf(), e))
 }
 
@@ -191,7 +192,7 @@ pub fn pareto(
     }
     let tmp = path.with_extension("tmp.png");
     draw_pareto(&tmp, points, front, chosen, axes)
-        .map_err(|e| Error::Other(format!("{}: plotting failed: {e}", path.display())))?;
+        .map_err(|e| Error::Plot(path.to_path_buf(), e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::Io(path.to_path_buf(), e))
 }
 
@@ -239,8 +240,7 @@ pub fn showcase_bars(path: &Path, rows: &[(String, f64, f64)]) -> Result<()> {
         return Ok(());
     }
     let tmp = path.with_extension("tmp.png");
-    draw_showcase(&tmp, rows)
-        .map_err(|e| Error::Other(format!("{}: plotting failed: {e}", path.display())))?;
+    draw_showcase(&tmp, rows).map_err(|e| Error::Plot(path.to_path_buf(), e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::Io(path.to_path_buf(), e))
 }
 

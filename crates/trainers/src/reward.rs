@@ -10,9 +10,12 @@ use burn::module::Param;
 use burn::tensor::activation::log_sigmoid;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burnish_core::backend::host_f32;
 use burnish_core::burn;
-use burnish_core::Llama;
-use burnish_data::{Batch, Packed, TokenizedExample, TokenizedPair, IGNORE_INDEX};
+use burnish_core::{Adapters, Llama, Message};
+use burnish_data::{
+    AssistantTurns, Batch, ChatEncoder, Packed, TokenizedExample, TokenizedPair, IGNORE_INDEX,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::dpo::pair_rows;
@@ -48,10 +51,14 @@ pub fn reward_loss<B: Backend>(
 }
 
 /// Scalar rewards `[rows]`: the head applied to each row's last non-pad token's final hidden state.
+/// Adapters on without LoRA dropout (TRL's reward trainer disables dropout): a pair's two scores must
+/// come from the same function.
 pub fn rewards<B: Backend>(model: &Llama<B>, head: Tensor<B, 2>, batch: &Batch) -> Tensor<B, 1> {
     let device = model.model.embed_tokens.device();
     let t = batch.tensors::<B>(&device);
-    let ctx = model.context(t.positions, Some(t.mask));
+    let ctx = model
+        .context(t.positions, Some(t.mask))
+        .with_adapters(Adapters::OnWithoutDropout);
     let hidden = model.forward_hidden(t.input_ids, &ctx, None, None);
     let [b, s, h] = hidden.dims();
     let last: Vec<i64> = (0..b)
@@ -68,7 +75,32 @@ pub fn rewards<B: Backend>(model: &Llama<B>, head: Tensor<B, 2>, batch: &Batch) 
     x.matmul(head.transpose()).squeeze_dim::<1>(1)
 }
 
-/// Scores of whole sequences (rendered exchanges, no labels), in batches of `batch_size`.
+/// The ids of a prompt and a response as reward training sees one side of a pair: the chat through the
+/// assistant turn's closing special token (`<|im_end|>`), without the template text after it (ChatML's
+/// newline), tokenized in the encoder's pieces. The head learned on that last token, so scoring (PPO,
+/// `burnish score`) must end there too.
+pub fn exchange_ids(encoder: &ChatEncoder, prompt: &[Message], response: &str) -> Result<Vec<u32>> {
+    let mut m = prompt.to_vec();
+    m.push(Message::assistant(response));
+    Ok(encoder.encode_messages(&m, AssistantTurns::Last)?.0)
+}
+
+/// Reward-model scores of responses to prompts, each encoded by [`exchange_ids`].
+pub fn score_exchanges<B: Backend>(
+    model: &Llama<B>,
+    head: &Tensor<B, 2>,
+    encoder: &ChatEncoder,
+    exchanges: &[(&[Message], &str)],
+    pad_id: u32,
+) -> Result<Vec<f32>> {
+    let seqs = exchanges
+        .iter()
+        .map(|(p, r)| exchange_ids(encoder, p, r))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(score_sequences(model, head, seqs, pad_id, 8))
+}
+
+/// Scores of whole sequences (token ids, no labels), in batches of `batch_size`.
 pub fn score_sequences<B: Backend>(
     model: &Llama<B>,
     head: &Tensor<B, 2>,
@@ -89,16 +121,8 @@ pub fn score_sequences<B: Backend>(
         })
         .collect();
     rows.chunks(batch_size.max(1))
-        .flat_map(|c| values(&rewards(model, head.clone(), &Batch::new(c, pad_id))))
+        .flat_map(|c| host_f32(rewards(model, head.clone(), &Batch::new(c, pad_id))))
         .collect()
-}
-
-fn values<B: Backend>(t: &Tensor<B, 1>) -> Vec<f32> {
-    t.clone()
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap_or_default()
 }
 
 /// Metric sums over pairs: accuracy (r_c > r_r), margin, and mean rewards.
@@ -158,7 +182,7 @@ impl<B: AutodiffBackend> Reward<B> {
     }
 
     fn pair_loss<C: Backend>(&self, r: Tensor<C, 1>, pairs: usize) -> (Tensor<C, 1>, Metrics) {
-        let m = metrics(&values(&r), pairs);
+        let m = metrics(&host_f32(r.clone()), pairs);
         let l = reward_loss(
             r.clone().slice(0..pairs),
             r.slice(pairs..2 * pairs),
@@ -171,6 +195,10 @@ impl<B: AutodiffBackend> Reward<B> {
 
 impl<B: AutodiffBackend> Method<B> for Reward<B> {
     type Batch = RewardBatch;
+
+    fn name(&self) -> &'static str {
+        "reward"
+    }
 
     fn train_len(&self) -> usize {
         self.train.len()
@@ -215,7 +243,7 @@ impl<B: AutodiffBackend> Method<B> for Reward<B> {
             let b = self.make(chunk);
             let r = rewards(model, head.clone(), &b.seqs);
             let (l, m) = self.pair_loss(r, b.pairs);
-            loss += values(&l)[0] as f64;
+            loss += host_f32(l)[0] as f64;
             for (k, v) in m {
                 *sums.entry(k).or_default() += v;
             }
@@ -244,7 +272,7 @@ pub fn load_head<B: Backend>(dir: &Path, device: &B::Device) -> Result<Tensor<B,
         .into_iter()
         .find(|(k, _)| k == SCORE)
         .map(|(_, t)| t)
-        .ok_or_else(|| Error::Other(format!("{}: no {SCORE}", path.display())))
+        .ok_or(Error::MissingTensor(path, SCORE))
 }
 
 #[cfg(test)]

@@ -4,12 +4,18 @@
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use burnish_core::burn;
-use burnish_core::Llama;
+use burnish_core::{Adapters, Llama};
 use burnish_data::{Batch, Packed};
+use serde::{Deserialize, Serialize};
 
 use crate::logps::labelled_logits;
 use crate::loss::{shifted_targets, token_nll};
 use crate::method::{Method, Metrics};
+
+/// Supervised fine-tuning: cross entropy on assistant tokens (masks come from `[data]`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftConfig {}
 
 pub struct Sft {
     pub train: Vec<Packed>,
@@ -18,9 +24,10 @@ pub struct Sft {
     pub eval_batch_size: usize,
 }
 
-/// Summed NLL, target count and correct argmax predictions of a batch.
+/// Summed NLL, target count and correct argmax predictions of a batch (adapters on, with LoRA
+/// dropout while training: SFT is the one method that keeps it, as TRL's SFTTrainer).
 pub fn batch_nll<B: Backend>(model: &Llama<B>, batch: &Batch) -> (Tensor<B, 1>, usize, usize) {
-    match labelled_logits(model, batch, true) {
+    match labelled_logits(model, batch, Adapters::On) {
         Some((logits, targets, _)) => {
             let (sum, correct) = token_nll(logits, &targets);
             (sum, targets.len(), correct)
@@ -38,6 +45,10 @@ impl Sft {
 
 impl<B: AutodiffBackend> Method<B> for Sft {
     type Batch = Batch;
+
+    fn name(&self) -> &'static str {
+        "sft"
+    }
 
     fn train_len(&self) -> usize {
         self.train.len()

@@ -158,3 +158,19 @@ fn config_ranges_are_checked() {
     .contains("loss_weights"));
     assert!(DpoConfig::default().validate().is_ok());
 }
+
+/// Policy and reference that differ only in the last bits (different code paths, different CPUs) are a
+/// tie: `rewards/accuracies` counts no win, in either direction, while a real margin still wins.
+#[test]
+fn rounding_is_not_a_win() {
+    let next_up = |x: f32| f32::from_bits(x.to_bits() - 1); // towards zero for negatives: larger
+    let reference = [-30.0f32, -41.5, -30.0, -41.5];
+    for beta in [0.1, 1.0] {
+        let policy = [next_up(-30.0), -41.5, -30.0, next_up(-41.5)];
+        let m = reward_metrics(beta, &policy, &reference, 2);
+        assert_eq!(m["rewards/accuracies"], 0.0, "beta {beta}: {m:?}");
+        let policy = [-29.9f32, -41.5, -30.0, -41.6];
+        let m = reward_metrics(beta, &policy, &reference, 2);
+        assert_eq!(m["rewards/accuracies"], 2.0, "beta {beta}: {m:?}");
+    }
+}

@@ -48,7 +48,7 @@ fn kl_matches_transformers_and_is_zero_for_the_same_model() {
     let (base, model) = (tiny("tiny-llama"), tiny("tiny-llama-tied"));
     let side = |m| Side {
         model: m,
-        adapters: true,
+        adapters: burnish_core::Adapters::On,
     };
     // Batches of two mix prompt lengths, so right padding is exercised.
     let got = continuation_kl(side(&base), side(&model), &conts, 2);
@@ -102,7 +102,9 @@ fn metric_arithmetic() {
         row(Some("chemical_biological"), true, &map),
         row(None, false, &map),
     ];
-    let m = set_metrics(SetKind::Harmful, &rows);
+    // Checked as report.json holds it: the keys and their presence are what readers rely on.
+    let m =
+        serde_json::to_value(set_metrics(SetKind::Harmful, Path::new("s.jsonl"), &rows)).unwrap();
     assert_eq!(m["n"], 5);
     assert_eq!(m["refused"], 3);
     assert!((m["refusal_rate"].as_f64().unwrap() - 0.6).abs() < 1e-12);
@@ -129,7 +131,12 @@ fn metric_arithmetic() {
         1.0
     );
     assert_eq!(m["by_hazard"]["other"]["n"], 1);
-    let b = set_metrics(SetKind::Benign, &rows[..2]);
+    let b = serde_json::to_value(set_metrics(
+        SetKind::Benign,
+        Path::new("s.jsonl"),
+        &rows[..2],
+    ))
+    .unwrap();
     assert!((b["false_refusal_rate"].as_f64().unwrap() - 0.5).abs() < 1e-12);
     assert!(b.get("violation_rate").is_none());
 }
@@ -152,7 +159,6 @@ fn prompt_and_category_columns_are_detected() {
             shared.join("refusal_direction/splits/harmful_val.json"),
             SetKind::Harmful,
         ),
-        Path::new(""),
         None,
     )
     .unwrap();
@@ -168,7 +174,6 @@ fn prompt_and_category_columns_are_detected() {
             shared.join("jailbreakbench/benign-behaviors.csv"),
             SetKind::Benign,
         ),
-        Path::new(""),
         Some(3),
     )
     .unwrap();
@@ -187,7 +192,6 @@ fn prompt_and_category_columns_are_detected() {
             shared.join("advbench/harmful_behaviors.csv"),
             SetKind::Harmful,
         ),
-        Path::new(""),
         Some(2),
     )
     .unwrap();
@@ -201,12 +205,12 @@ fn prompt_and_category_columns_are_detected() {
         "Behavior,FunctionalCategory,SemanticCategory\nDo a bad thing,standard,illegal\n",
     )
     .unwrap();
-    let h = load_set(&spec(hb, SetKind::Harmful), Path::new(""), None).unwrap();
+    let h = load_set(&spec(hb, SetKind::Harmful), None).unwrap();
     assert_eq!(h.prompts[0].prompt, "Do a bad thing");
     assert_eq!(h.prompts[0].category.as_deref(), Some("illegal"));
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"foo\": \"x\"}\n").unwrap();
-    let e = load_set(&spec(bad, SetKind::Harmful), Path::new(""), None)
+    let e = load_set(&spec(bad, SetKind::Harmful), None)
         .unwrap_err()
         .to_string();
     assert!(

@@ -7,6 +7,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 
 use super::lora::Lora;
+use super::Adapters;
 
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
@@ -75,7 +76,7 @@ impl<B: Backend> Linear<B> {
 
     /// `x @ W^T + b` (+ the adapter's update when `adapters` is on) over the last dimension of
     /// `[batch, seq, in]`. The weight is never copied or transposed in memory (see `matmul_t`).
-    pub fn forward(&self, x: Tensor<B, 3>, adapters: bool) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, adapters: Adapters) -> Tensor<B, 3> {
         let [b, s, d] = x.dims();
         let x2 = x.reshape([b * s, d]);
         let mut y = matmul_t(x2.clone(), self.weight.val());
@@ -85,8 +86,9 @@ impl<B: Backend> Linear<B> {
         if let Some(lora) = &self.lora {
             // A merged adapter lives inside `weight`: switching adapters off then means subtracting it.
             match (adapters, lora.merged) {
-                (true, false) => y = y + lora.delta(x2),
-                (false, true) => y = y - lora.delta_no_dropout(x2),
+                (Adapters::On, false) => y = y + lora.delta(x2),
+                (Adapters::OnWithoutDropout, false) => y = y + lora.delta_no_dropout(x2),
+                (Adapters::Off, true) => y = y - lora.delta_no_dropout(x2),
                 _ => {}
             }
         }

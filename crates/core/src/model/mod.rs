@@ -92,15 +92,32 @@ pub struct Context<B: Backend> {
     /// every layer's attention needs it at that shape, and a broadcast view would be materialised by
     /// each of them.
     head_mask: Option<Tensor<B, 4, Bool>>,
-    /// LoRA adapters on (default) or off: off gives the base model from the same weights, which is how
-    /// DPO, PPO and KL measurements get their reference model without a second copy.
-    pub adapters: bool,
+    /// Which weights the pass uses: LoRA adapters on (default) or off.
+    pub adapters: Adapters,
+}
+
+/// Which weights a forward pass uses. Off gives the base model from the same weights, which is how
+/// DPO, PPO and KL measurements get their reference model without a second copy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Adapters {
+    /// Adapters on, LoRA dropout active on autodiff backends (SFT).
+    #[default]
+    On,
+    /// Adapters on, dropout off: DPO, reward models and PPO, whose losses compare log-probabilities
+    /// or values of the same policy and must not see dropout noise (TRL disables it there too).
+    OnWithoutDropout,
+    /// The base model: adapters off (a merged adapter is subtracted).
+    Off,
 }
 
 impl<B: Backend> Context<B> {
-    pub fn without_adapters(mut self) -> Self {
-        self.adapters = false;
+    pub fn with_adapters(mut self, adapters: Adapters) -> Self {
+        self.adapters = adapters;
         self
+    }
+
+    pub fn without_adapters(self) -> Self {
+        self.with_adapters(Adapters::Off)
     }
 }
 
@@ -180,7 +197,7 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    pub fn forward(&self, x: Tensor<B, 3>, adapters: bool) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, adapters: Adapters) -> Tensor<B, 3> {
         let gate = activation::silu(self.gate_proj.forward(x.clone(), adapters));
         self.down_proj
             .forward(gate * self.up_proj.forward(x, adapters), adapters)
@@ -303,7 +320,7 @@ impl<B: Backend> Llama<B> {
             rope: RopeTables::new(&self.inv_freq, positions, &heads),
             mask,
             head_mask,
-            adapters: true,
+            adapters: Adapters::On,
         }
     }
 
@@ -333,7 +350,7 @@ impl<B: Backend> Llama<B> {
     /// Logits `[batch, seq, vocab]` from final hidden states.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden, false),
+            Some(head) => head.forward(hidden, Adapters::Off),
             None => {
                 let [b, s, h] = hidden.dims();
                 let w = self.model.embed_tokens.val();

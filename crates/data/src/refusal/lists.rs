@@ -1,10 +1,10 @@
 //! Phrase lists, as data. Matching is case-insensitive substring search on normalized text (see
 //! `normalize`), which is how both sources use them.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Named phrase lists for `[data.refusal] lists`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PhraseList {
     /// Arditi et al. 2024 (andyrdt/refusal_direction, `pipeline/submodules/evaluate_jailbreak.py`,

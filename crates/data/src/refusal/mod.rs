@@ -9,12 +9,12 @@ pub use eval::{evaluate, labelled_set, Labelled, Scores, LABELLED};
 pub use lists::{PhraseList, DEFAULT_IGNORE};
 
 use regex::{Regex, RegexBuilder};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 /// `[data.refusal]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefusalConfig {
     /// Built-in phrase lists (default: "arditi", "heretic_first_person", "burnish").

@@ -6,6 +6,7 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burnish_core::backend::host_f32;
 use burnish_core::burn;
 use burnish_core::model::causal_padding_mask;
 use burnish_core::model::Context;
@@ -55,13 +56,7 @@ pub fn activations<B: Backend>(
             if layer >= layers {
                 return;
             }
-            let v = x
-                .clone()
-                .slice([0..n, len - npos..len, 0..hidden])
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap_or_default();
+            let v = host_f32(x.clone().slice([0..n, len - npos..len, 0..hidden]));
             let per = npos * hidden;
             for (r, row) in rows.iter_mut().enumerate() {
                 row[layer * per..][..per].copy_from_slice(&v[r * per..][..per]);
@@ -123,14 +118,7 @@ pub fn refusal_scores<B: Backend>(logprobs: Tensor<B, 2>, refusal_ids: &[u32]) -
     let device = logprobs.device();
     let idx: Vec<i64> = refusal_ids.iter().map(|&i| i as i64).collect();
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [refusal_ids.len()]), &device);
-    let p = logprobs
-        .select(1, idx)
-        .exp()
-        .sum_dim(1)
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap_or_default();
+    let p = host_f32(logprobs.select(1, idx).exp().sum_dim(1));
     p.iter()
         .map(|&p| {
             let p = (p as f64).clamp(1e-12, 1.0 - 1e-12);

@@ -7,7 +7,7 @@
 //! vector where the cosine sits at the harmful prompts' mean and nearly nothing at the harmless mean.
 //! It is an ordinary Llama MLP neuron, so it generates, measures KL and exports like any weight.
 
-use burnish_core::backend::Cpu;
+use burnish_core::backend::{host_f32, Cpu};
 use burnish_core::Llama;
 use burnish_core::Result;
 
@@ -110,15 +110,7 @@ pub fn unit_weights(
         .model
         .layers
         .get(layer.saturating_sub(1))
-        .map(|l| {
-            l.post_attention_layernorm
-                .weight
-                .val()
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap_or_default()
-        })
+        .map(|l| host_f32(l.post_attention_layernorm.weight.val()))
         .unwrap_or_else(|| vec![1.0; hidden]);
     let delta = cond.spread();
     let k = SHARPNESS / (delta * (hidden as f64).sqrt());

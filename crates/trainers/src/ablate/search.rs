@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use burnish_data::rng::Rng;
 
+use super::report::TrialInfo;
+
 /// A parameter's range.
 #[derive(Clone, Copy, Debug)]
 pub struct Range {
@@ -14,14 +16,15 @@ pub struct Range {
     pub hi: f64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// One point the search tried (a line of trials.jsonl).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Trial {
     pub index: usize,
     pub params: Vec<f64>,
     /// The two objectives, both minimised (e.g. refusal rate and KL).
     pub objectives: [f64; 2],
     #[serde(default)]
-    pub info: serde_json::Value,
+    pub info: TrialInfo,
 }
 
 /// Indices of the trials no other trial dominates.
@@ -87,7 +90,7 @@ mod tests {
             index: i,
             params: vec![],
             objectives: [a, b],
-            info: serde_json::Value::Null,
+            info: TrialInfo::default(),
         }
     }
 
@@ -117,7 +120,7 @@ mod tests {
                 index: i,
                 params: p,
                 objectives: [i as f64 % 3.0, 1.0 / (i + 1) as f64],
-                info: serde_json::Value::Null,
+                info: TrialInfo::default(),
             });
         }
     }

@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::{Error, Result};
+
 /// The taxonomy's names as they appear in reports.
 pub const HAZARDS: [&str; 8] = [
     "violent_crimes",
@@ -86,15 +88,15 @@ pub struct HazardMap {
 
 impl HazardMap {
     /// `overrides` maps dataset categories to hazards; each hazard must be one of [`HAZARDS`].
-    pub fn new(overrides: &BTreeMap<String, String>) -> Result<Self, String> {
+    pub fn new(overrides: &BTreeMap<String, String>) -> Result<Self> {
         let mut m = BTreeMap::new();
         for (cat, hazard) in overrides {
             let h = normalize(hazard);
             if !HAZARDS.contains(&h.as_str()) {
-                return Err(format!(
-                    "hazard `{hazard}` for category `{cat}` is not one of {}",
-                    HAZARDS.join(", ")
-                ));
+                return Err(Error::UnknownHazard {
+                    category: cat.clone(),
+                    hazard: hazard.clone(),
+                });
             }
             m.insert(normalize(cat), h);
         }
@@ -148,6 +150,9 @@ mod tests {
         let m = HazardMap::new(&o).unwrap();
         assert_eq!(m.hazard(Some("expert_advice")), "suicide_self_harm");
         let bad = BTreeMap::from([("x".to_string(), "spicy".to_string())]);
-        assert!(HazardMap::new(&bad).unwrap_err().contains("spicy"));
+        assert!(HazardMap::new(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("spicy"));
     }
 }

@@ -4,6 +4,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use burnish_core::backend::host_f32;
 use burnish_core::burn;
 use burnish_core::{Message, Pretrained};
 
@@ -34,9 +35,7 @@ impl<B: Backend> Judge<B> {
         let yes = ids(&["Yes", " Yes", "yes", " yes", "YES"]);
         let no = ids(&["No", " No", "no", " no", "NO"]);
         if yes.is_empty() || no.is_empty() {
-            return Err(Error::Other(
-                "judge: the judge's tokenizer has no single-token Yes/No".into(),
-            ));
+            return Err(Error::JudgeVocabulary);
         }
         Ok(Self { model, yes, no })
     }
@@ -76,11 +75,7 @@ impl<B: Backend> Judge<B> {
                 .model
                 .logits(h.reshape([n * len, d]).select(0, idx).unsqueeze_dim::<3>(0))
                 .squeeze_dim::<2>(0);
-            let v = logits
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap_or_default();
+            let v = host_f32(logits);
             let vocab = v.len() / n;
             for row in v.chunks(vocab) {
                 let best = |ids: &[u32]| {

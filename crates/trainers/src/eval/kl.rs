@@ -5,8 +5,9 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burnish_core::backend::host_f64;
 use burnish_core::burn;
-use burnish_core::Llama;
+use burnish_core::{Adapters, Llama};
 
 use crate::logps::continuation_hidden;
 
@@ -15,13 +16,10 @@ pub fn kl_rows<B: Backend>(p_logits: Tensor<B, 2>, q_logits: Tensor<B, 2>) -> Ve
     let lp = log_softmax(p_logits, 1);
     let lq = log_softmax(q_logits, 1);
     let kl = (lp.clone().exp() * (lp - lq)).sum_dim(1);
-    kl.into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap_or_default()
+    host_f64(kl.squeeze_dim::<1>(1))
         .into_iter()
         // Rounding can leave a tiny negative for identical rows.
-        .map(|x| (x as f64).max(0.0))
+        .map(|x| x.max(0.0))
         .collect()
 }
 
@@ -43,7 +41,7 @@ pub struct SeqKl {
 fn continuation_logits<B: Backend>(
     model: &Llama<B>,
     batch: &[&Continuation],
-    adapters: bool,
+    adapters: Adapters,
 ) -> (Tensor<B, 2>, Vec<usize>) {
     let pairs: Vec<(&[u32], &[u32])> = batch
         .iter()
@@ -60,7 +58,7 @@ fn continuation_logits<B: Backend>(
 #[derive(Clone, Copy)]
 pub struct Side<'a, B: Backend> {
     pub model: &'a Llama<B>,
-    pub adapters: bool,
+    pub adapters: Adapters,
 }
 
 /// KL(base ‖ model) over each continuation, in batches of `batch_size`.

@@ -9,22 +9,65 @@ pub mod prompts;
 pub mod report;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use burnish_core::burn;
-use burnish_core::{generate, GenerationConfig, Llama, Message, Pretrained};
+use burnish_core::{generate, Adapters, GenerationConfig, Llama, Message, Pretrained};
 use burnish_data::{RefusalConfig, RefusalDetector};
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 pub use hazard::HazardMap;
 pub use judge::Judge;
 pub use prompts::{load_sets, PromptSet, SetKind, SetSpec};
+pub use report::{Detector, EvalMeta, EvalReport, KlReport, Named, Rates, SetReport, Speed};
 
-use crate::config::EvalConfig;
+use crate::progress::Progress;
 use crate::{Error, Result};
 use kl::{continuation_kl, Continuation, Side};
+
+/// `[eval]`: held-out metrics during training and the safety evaluation after it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Evaluate on the eval split every N optimizer steps (default 0: only at the end, if there is one).
+    pub steps: usize,
+    /// Micro-batch size for evaluation (default: `train.batch_size`).
+    pub batch_size: Option<usize>,
+    /// `[[eval.sets]]`: prompt sets (`path`, `kind` = harmful | benign | harmless, optional `name`,
+    /// `prompt`, `category` columns) for the safety evaluation that runs after training (in
+    /// `<output.dir>/eval`) and in `burnish eval --config` (default: none).
+    pub sets: Vec<SetSpec>,
+    /// Prompts per set at most (default: all).
+    pub limit: Option<usize>,
+    /// New tokens per response, greedy (default 64).
+    pub max_new_tokens: usize,
+    /// Prompts per generation batch (default 16).
+    pub generation_batch_size: usize,
+    /// KL to the base model (adapters off) on the first harmless set (default true).
+    pub kl: bool,
+    /// A judge model (HF dir or GGUF) that decides refusals instead of phrase matching (default: none).
+    pub judge: Option<PathBuf>,
+    /// Dataset category → Llama 3 hazard category, overriding the built-in table (docs/eval.md).
+    pub hazards: BTreeMap<String, String>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            steps: 0,
+            batch_size: None,
+            sets: Vec::new(),
+            limit: None,
+            max_new_tokens: 64,
+            generation_batch_size: 16,
+            kl: true,
+            judge: None,
+            hazards: BTreeMap::new(),
+        }
+    }
+}
 
 /// How to evaluate (the `[eval]` keys of a run file, or `burnish eval`'s flags).
 #[derive(Clone, Debug)]
@@ -36,8 +79,8 @@ pub struct EvalOptions {
     pub hazards: HazardMap,
 }
 
-/// One response and what the refusal check said.
-#[derive(Clone, Debug)]
+/// One response and what the refusal check said (a line of completions.jsonl).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Completion {
     pub set: String,
     pub prompt: String,
@@ -52,35 +95,33 @@ pub struct Completion {
     pub new_tokens: usize,
 }
 
-/// Evaluates per an `[eval]` section: loads its sets (relative to `base_dir`), the detector of
-/// `refusal`, and the judge, if any.
+/// Evaluates per an `[eval]` section: loads its sets (paths as given: a run file's loader resolves
+/// them), the detector of `refusal`, and the judge, if any.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_config<B: Backend>(
     model: &Pretrained<B>,
     base: Option<&Llama<B>>,
     cfg: &EvalConfig,
-    base_dir: &Path,
     refusal: &RefusalConfig,
     out: &Path,
-    meta: Value,
+    meta: EvalMeta,
     device: &B::Device,
-) -> Result<Value> {
+    progress: &dyn Progress,
+) -> Result<EvalReport> {
     if cfg.sets.is_empty() {
-        return Err(Error::Other(
-            "nothing to evaluate: no [[eval.sets]] (or --harmful/--benign/--harmless)".into(),
-        ));
+        return Err(Error::NoEvalSets);
     }
-    let sets = load_sets(&cfg.sets, base_dir, cfg.limit)?;
+    let sets = load_sets(&cfg.sets, cfg.limit)?;
     let detector = RefusalDetector::new(refusal)?;
     let judge = match &cfg.judge {
-        Some(p) => Some(Judge::new(Pretrained::load(base_dir.join(p), device)?)?),
+        Some(p) => Some(Judge::new(Pretrained::load(p, device)?)?),
         None => None,
     };
     let opts = EvalOptions {
         max_new_tokens: cfg.max_new_tokens,
         batch_size: cfg.generation_batch_size,
         kl: cfg.kl,
-        hazards: HazardMap::new(&cfg.hazards).map_err(Error::Other)?,
+        hazards: HazardMap::new(&cfg.hazards)?,
     };
     evaluate(
         model,
@@ -91,30 +132,24 @@ pub fn evaluate_config<B: Backend>(
         judge.as_ref(),
         out,
         meta,
+        progress,
     )
 }
 
-/// One line per set, for the terminal.
-pub fn summary(report: &Value) -> String {
+/// One line per set, then KL, for a terminal.
+pub fn summary(report: &EvalReport) -> String {
     let mut s = String::new();
-    if let Some(sets) = report["sets"].as_object() {
-        for (name, v) in sets {
-            let rate = |k: &str| v[k].as_f64().map(|x| format!("{k} {:.1}%", 100.0 * x));
-            let what = rate("violation_rate")
-                .or_else(|| rate("false_refusal_rate"))
-                .unwrap_or_default();
-            s.push_str(&format!(
-                "{name}: {}/{} refused, {what}\n",
-                v["refused"], v["n"]
-            ));
-        }
+    for (name, v) in report.sets.iter() {
+        let rate = |k: &str, x: Option<f64>| x.map(|x| format!("{k} {:.1}%", 100.0 * x));
+        let what = rate("violation_rate", v.violation_rate)
+            .or_else(|| rate("false_refusal_rate", v.false_refusal_rate))
+            .unwrap_or_default();
+        s.push_str(&format!("{name}: {}/{} refused, {what}\n", v.refused, v.n));
     }
-    if let Some(kl) = report.get("kl") {
+    if let Some(kl) = &report.kl {
         s.push_str(&format!(
             "KL on {}: first token {:.4}, per token {:.4}\n",
-            kl["set"].as_str().unwrap_or(""),
-            kl["first_token"].as_f64().unwrap_or(f64::NAN),
-            kl["per_token"].as_f64().unwrap_or(f64::NAN)
+            kl.set, kl.first_token, kl.per_token
         ));
     }
     s
@@ -169,24 +204,9 @@ pub fn answer<B: Backend>(
     Ok(out)
 }
 
-/// Counts of one group of responses.
-fn rates(kind: SetKind, n: usize, refused: usize) -> Value {
-    let rate = if n == 0 {
-        0.0
-    } else {
-        refused as f64 / n as f64
-    };
-    let mut v = json!({"n": n, "refused": refused, "refusal_rate": rate});
-    match kind {
-        SetKind::Harmful => v["violation_rate"] = json!(1.0 - rate),
-        SetKind::Benign | SetKind::Harmless => v["false_refusal_rate"] = json!(rate),
-    }
-    v
-}
-
 /// A set's metrics: overall, `by_category` (dataset categories; `none` for records without one) and
-/// `by_hazard` (the Llama 3 taxonomy).
-pub fn set_metrics(kind: SetKind, rows: &[Completion]) -> Value {
+/// `by_hazard` (the Llama 3 taxonomy); `path` is the set's file.
+pub fn set_metrics(kind: SetKind, path: &Path, rows: &[Completion]) -> SetReport {
     let mut by_cat: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut by_hazard: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for r in rows {
@@ -197,18 +217,45 @@ pub fn set_metrics(kind: SetKind, rows: &[Completion]) -> Value {
             e.1 += usize::from(r.refused);
         }
     }
-    let group = |m: BTreeMap<String, (usize, usize)>| -> Value {
+    let group = |m: BTreeMap<String, (usize, usize)>| -> BTreeMap<String, Rates> {
         m.into_iter()
-            .map(|(k, (n, r))| (k, rates(kind, n, r)))
-            .collect::<serde_json::Map<_, _>>()
-            .into()
+            .map(|(k, (n, r))| (k, Rates::new(kind, n, r)))
+            .collect()
     };
     let refused = rows.iter().filter(|r| r.refused).count();
-    let mut v = rates(kind, rows.len(), refused);
-    v["kind"] = json!(kind);
-    v["by_category"] = group(by_cat);
-    v["by_hazard"] = group(by_hazard);
-    v
+    let overall = Rates::new(kind, rows.len(), refused);
+    SetReport {
+        n: overall.n,
+        refused: overall.refused,
+        refusal_rate: overall.refusal_rate,
+        violation_rate: overall.violation_rate,
+        false_refusal_rate: overall.false_refusal_rate,
+        kind,
+        by_category: group(by_cat),
+        by_hazard: group(by_hazard),
+        path: path.to_path_buf(),
+    }
+}
+
+/// Generation time and volume, summed over sets.
+#[derive(Default)]
+struct Tally {
+    seconds: f64,
+    prompts: usize,
+    tokens: usize,
+}
+
+impl Tally {
+    fn speed(&self) -> Speed {
+        let s = self.seconds.max(1e-9);
+        Speed {
+            prompts: self.prompts,
+            new_tokens: self.tokens,
+            generation_seconds: self.seconds,
+            prompts_per_minute: self.prompts as f64 / s * 60.0,
+            new_tokens_per_s: self.tokens as f64 / s,
+        }
+    }
 }
 
 /// Evaluates `model` on `sets` and writes report.json, report.md, completions.jsonl and
@@ -222,86 +269,105 @@ pub fn evaluate<B: Backend>(
     detector: &RefusalDetector,
     judge: Option<&Judge<B>>,
     out: &Path,
-    meta: Value,
-) -> Result<Value> {
-    std::fs::create_dir_all(out).map_err(|e| crate::Error::Io(out.to_path_buf(), e))?;
+    meta: EvalMeta,
+    progress: &dyn Progress,
+) -> Result<EvalReport> {
+    std::fs::create_dir_all(out).map_err(|e| Error::Io(out.to_path_buf(), e))?;
     let started = Instant::now();
     let mut all = Vec::new();
-    let mut report_sets = serde_json::Map::new();
-    let (mut gen_seconds, mut gen_prompts, mut gen_tokens) = (0.0, 0usize, 0usize);
+    let mut report_sets = Vec::with_capacity(sets.len());
+    let mut tally = Tally::default();
+    // KL runs on the first harmless set, from the prompt ids its generation already encoded.
     let mut kl_inputs: Option<(String, Vec<Vec<u32>>)> = None;
     for set in sets {
-        let t = Instant::now();
-        let texts: Vec<String> = set.prompts.iter().map(|p| p.prompt.clone()).collect();
-        let answers = answer(model, &texts, opts.max_new_tokens, opts.batch_size)?;
-        gen_seconds += t.elapsed().as_secs_f64();
-        gen_prompts += answers.len();
-        gen_tokens += answers.iter().map(|a| a.new_ids.len()).sum::<usize>();
-        eprintln!(
-            "eval: {} ({} prompts) answered in {:.1}s",
-            set.name,
-            answers.len(),
-            t.elapsed().as_secs_f64()
-        );
-        let verdicts = match judge {
-            Some(j) => {
-                let pairs: Vec<(&str, &str)> = texts
-                    .iter()
-                    .zip(&answers)
-                    .map(|(p, a)| (p.as_str(), a.text.as_str()))
-                    .collect();
-                Some(j.refusals(&pairs, opts.batch_size)?)
-            }
-            None => None,
-        };
-        let mut rows = Vec::with_capacity(answers.len());
-        for (i, (p, a)) in set.prompts.iter().zip(&answers).enumerate() {
-            let matched = detector.detect(&a.text).map(|m| m.rule.clone());
-            let judged = verdicts.as_ref().map(|v| v[i]);
-            rows.push(Completion {
-                set: set.name.clone(),
-                prompt: p.prompt.clone(),
-                category: p.category.clone(),
-                hazard: opts.hazards.hazard(p.category.as_deref()).to_string(),
-                response: a.text.clone(),
-                refused: judged.unwrap_or(matched.is_some()),
-                matched,
-                judge: judged,
-                new_tokens: a.new_ids.len(),
-            });
-        }
-        let mut m = set_metrics(set.kind, &rows);
-        m["path"] = json!(set.path);
-        report_sets.insert(set.name.clone(), m);
+        let (rows, prompt_ids) =
+            answer_set(model, set, opts, detector, judge, &mut tally, progress)?;
+        report_sets.push((set.name.clone(), set_metrics(set.kind, &set.path, &rows)));
         if set.kind == SetKind::Harmless && kl_inputs.is_none() {
-            kl_inputs = Some((
-                set.name.clone(),
-                answers.into_iter().map(|a| a.prompt_ids).collect(),
-            ));
+            kl_inputs = Some((set.name.clone(), prompt_ids));
         }
         all.extend(rows);
     }
-    let mut report = json!({
-        "meta": meta,
-        "detector": if judge.is_some() { "judge" } else { "phrases" },
-        "max_new_tokens": opts.max_new_tokens,
-        "sets": report_sets,
-        "speed": {
-            "prompts": gen_prompts,
-            "new_tokens": gen_tokens,
-            "generation_seconds": gen_seconds,
-            "prompts_per_minute": gen_prompts as f64 / gen_seconds.max(1e-9) * 60.0,
-            "new_tokens_per_s": gen_tokens as f64 / gen_seconds.max(1e-9),
+    let speed = tally.speed();
+    let kl = match (opts.kl, base, kl_inputs) {
+        (true, Some(base), Some((set, prompts))) => {
+            let t = Instant::now();
+            let kl = kl_report(model, base, &set, prompts, opts)?;
+            progress.message(&format!(
+                "eval: KL on {set} in {:.1}s",
+                t.elapsed().as_secs_f64()
+            ));
+            Some(kl)
+        }
+        _ => None,
+    };
+    let report = EvalReport {
+        meta,
+        detector: match judge {
+            Some(_) => Detector::Judge,
+            None => Detector::Phrases,
         },
-    });
-    if let (true, Some(base), Some((set, prompts))) = (opts.kl, base, kl_inputs) {
-        let t = Instant::now();
-        report["kl"] = kl_report(model, base, &set, prompts, opts)?;
-        eprintln!("eval: KL on {set} in {:.1}s", t.elapsed().as_secs_f64());
-    }
-    report["seconds"] = json!(started.elapsed().as_secs_f64());
+        max_new_tokens: opts.max_new_tokens,
+        sets: report_sets.into_iter().collect(),
+        speed,
+        kl,
+        seconds: started.elapsed().as_secs_f64(),
+    };
     report::write_all(out, &report, &all)?;
     Ok(report)
+}
+
+/// Answers one set and checks every answer (phrases, or the judge when there is one; the matched phrase
+/// is recorded either way): the completions, and each prompt's token ids.
+fn answer_set<B: Backend>(
+    model: &Pretrained<B>,
+    set: &PromptSet,
+    opts: &EvalOptions,
+    detector: &RefusalDetector,
+    judge: Option<&Judge<B>>,
+    tally: &mut Tally,
+    progress: &dyn Progress,
+) -> Result<(Vec<Completion>, Vec<Vec<u32>>)> {
+    let t = Instant::now();
+    let texts: Vec<String> = set.prompts.iter().map(|p| p.prompt.clone()).collect();
+    let answers = answer(model, &texts, opts.max_new_tokens, opts.batch_size)?;
+    let seconds = t.elapsed().as_secs_f64();
+    tally.seconds += seconds;
+    tally.prompts += answers.len();
+    tally.tokens += answers.iter().map(|a| a.new_ids.len()).sum::<usize>();
+    progress.message(&format!(
+        "eval: {} ({} prompts) answered in {seconds:.1}s",
+        set.name,
+        answers.len()
+    ));
+    let verdicts = match judge {
+        Some(j) => {
+            let pairs: Vec<(&str, &str)> = texts
+                .iter()
+                .zip(&answers)
+                .map(|(p, a)| (p.as_str(), a.text.as_str()))
+                .collect();
+            Some(j.refusals(&pairs, opts.batch_size)?)
+        }
+        None => None,
+    };
+    let mut rows = Vec::with_capacity(answers.len());
+    for (i, (p, a)) in set.prompts.iter().zip(&answers).enumerate() {
+        let matched = detector.detect(&a.text).map(|m| m.rule.clone());
+        let judged = verdicts.as_ref().map(|v| v[i]);
+        rows.push(Completion {
+            set: set.name.clone(),
+            prompt: p.prompt.clone(),
+            category: p.category.clone(),
+            hazard: opts.hazards.hazard(p.category.as_deref()).to_string(),
+            response: a.text.clone(),
+            refused: judged.unwrap_or(matched.is_some()),
+            matched,
+            judge: judged,
+            new_tokens: a.new_ids.len(),
+        });
+    }
+    Ok((rows, answers.into_iter().map(|a| a.prompt_ids).collect()))
 }
 
 /// KL(base ‖ model) on the base's greedy continuations of `prompts`.
@@ -311,7 +377,7 @@ fn kl_report<B: Backend>(
     set: &str,
     prompts: Vec<Vec<u32>>,
     opts: &EvalOptions,
-) -> Result<Value> {
+) -> Result<KlReport> {
     let cfg = GenerationConfig {
         max_new_tokens: opts.max_new_tokens,
         eos_ids: model.eos_ids(),
@@ -330,22 +396,22 @@ fn kl_report<B: Backend>(
     let kls = continuation_kl(
         Side {
             model: base,
-            adapters: true,
+            adapters: Adapters::On,
         },
         Side {
             model: &model.model,
-            adapters: true,
+            adapters: Adapters::On,
         },
         &conts,
         opts.batch_size.clamp(1, 8),
     );
     let n = kls.iter().filter(|k| k.count > 0).count();
     let tokens: usize = kls.iter().map(|k| k.count).sum();
-    Ok(json!({
-        "set": set,
-        "n": n,
-        "tokens": tokens,
-        "first_token": kls.iter().map(|k| k.first).sum::<f64>() / n.max(1) as f64,
-        "per_token": kls.iter().map(|k| k.sum).sum::<f64>() / tokens.max(1) as f64,
-    }))
+    Ok(KlReport {
+        set: set.to_string(),
+        n,
+        tokens,
+        first_token: kls.iter().map(|k| k.first).sum::<f64>() / n.max(1) as f64,
+        per_token: kls.iter().map(|k| k.sum).sum::<f64>() / tokens.max(1) as f64,
+    })
 }

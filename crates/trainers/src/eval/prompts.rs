@@ -3,7 +3,8 @@
 //! refusal_direction `instruction`/`category`, HarmBench `Behavior`/`SemanticCategory`, plain `prompt`)
 //! or named by the user.
 
-use std::path::{Path, PathBuf};
+use std::fmt;
+use std::path::PathBuf;
 
 use burnish_data::read::open;
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,16 @@ pub enum SetKind {
     Harmful,
     Benign,
     Harmless,
+}
+
+impl fmt::Display for SetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SetKind::Harmful => "harmful",
+            SetKind::Benign => "benign",
+            SetKind::Harmless => "harmless",
+        })
+    }
 }
 
 /// Candidate prompt columns, most specific first. `behavior` (lower case) is not one: in JailbreakBench
@@ -83,9 +94,10 @@ fn pick<'a>(
     })
 }
 
-/// Reads up to `limit` prompts of a set.
-pub fn load_set(spec: &SetSpec, base_dir: &Path, limit: Option<usize>) -> Result<PromptSet> {
-    let path = base_dir.join(&spec.path);
+/// Reads up to `limit` prompts of a set (its path as given: a run file's loader has already resolved
+/// it against the file's folder).
+pub fn load_set(spec: &SetSpec, limit: Option<usize>) -> Result<PromptSet> {
+    let path = spec.path.clone();
     let mut prompts = Vec::new();
     let (mut prompt_col, mut cat_col): (Option<String>, Option<String>) = (None, None);
     for rec in open(&path, None)? {
@@ -99,20 +111,12 @@ pub fn load_set(spec: &SetSpec, base_dir: &Path, limit: Option<usize>) -> Result
                 pick(CATEGORY_COLUMNS, spec.category.as_deref(), &rec.value).map(String::from);
         }
         let Some(pc) = &prompt_col else {
-            let keys: Vec<&String> = rec.value.keys().collect();
-            return Err(Error::Other(format!(
-                "{}: no prompt column among {keys:?}; name it (`prompt = \"...\"` in the set, or --prompt-column)",
-                rec.loc
-            )));
+            let keys = rec.value.keys().cloned().collect();
+            return Err(Error::NoPromptColumn(rec.loc, keys));
         };
         let prompt = match rec.value.get(pc) {
             Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-            _ => {
-                return Err(Error::Other(format!(
-                    "{}: `{pc}` is missing or not a non-empty string",
-                    rec.loc
-                )))
-            }
+            _ => return Err(Error::BadPrompt(rec.loc, pc.clone())),
         };
         let category = cat_col
             .as_ref()
@@ -122,7 +126,7 @@ pub fn load_set(spec: &SetSpec, base_dir: &Path, limit: Option<usize>) -> Result
         prompts.push(EvalPrompt { prompt, category });
     }
     if prompts.is_empty() {
-        return Err(Error::Other(format!("{}: no prompts", path.display())));
+        return Err(Error::NoPrompts(path));
     }
     let stem = path
         .file_name()
@@ -138,14 +142,10 @@ pub fn load_set(spec: &SetSpec, base_dir: &Path, limit: Option<usize>) -> Result
 }
 
 /// Loads every set, renaming duplicates `name-2`, `name-3`, ….
-pub fn load_sets(
-    specs: &[SetSpec],
-    base_dir: &Path,
-    limit: Option<usize>,
-) -> Result<Vec<PromptSet>> {
+pub fn load_sets(specs: &[SetSpec], limit: Option<usize>) -> Result<Vec<PromptSet>> {
     let mut sets: Vec<PromptSet> = Vec::new();
     for s in specs {
-        let mut set = load_set(s, base_dir, limit)?;
+        let mut set = load_set(s, limit)?;
         let base = set.name.clone();
         let mut k = 2;
         while sets.iter().any(|o| o.name == set.name) {

@@ -15,8 +15,10 @@ use std::time::Instant;
 use burn::module::Param;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
-use burnish_core::{burn, Llama, TokenizerBundle};
-use burnish_data::RefusalDetector;
+use burnish_core::backend::host_f32;
+use burnish_core::{burn, Adapters, Llama, TokenizerBundle};
+use burnish_data::rng::permutation;
+use burnish_data::{ChatEncoder, RefusalDetector};
 use serde::{Deserialize, Serialize};
 
 use crate::method::{Method, Metrics};
@@ -104,6 +106,21 @@ impl Default for PpoConfig {
 }
 
 impl PpoConfig {
+    /// [`PpoConfig::validate`] plus what PPO needs of `[train]`.
+    pub fn validate_with(
+        &self,
+        train: &crate::engine::TrainConfig,
+    ) -> std::result::Result<(), String> {
+        self.validate()?;
+        if train.max_steps.is_none() {
+            return Err("method `ppo` needs `train.max_steps` (optimizer steps; each rollout gives num_ppo_epochs × num_mini_batches of them)".into());
+        }
+        if train.gradient_accumulation_steps != 1 {
+            return Err("method `ppo` takes its minibatches from `num_mini_batches`; leave `train.gradient_accumulation_steps` at 1".into());
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.rule.is_none() && self.reward_model.is_none() {
             return Err("[method] ppo needs a reward: `rule = \"safety\"|\"uncensor\"` and/or `reward_model = DIR`".into());
@@ -123,17 +140,29 @@ impl PpoConfig {
 
 pub const VALUE_HEAD: &str = "v_head.weight";
 
-pub struct Ppo<B: AutodiffBackend> {
+/// What PPO is built from, by name (the run stage fills it from the run file).
+pub struct PpoParts<B: AutodiffBackend> {
     pub cfg: PpoConfig,
     pub train: Vec<Prompt>,
     pub eval: Vec<Prompt>,
+    /// Decodes responses.
     pub bundle: TokenizerBundle,
+    /// Encodes (prompt, response) exchanges for the reward model as its training did.
+    pub encoder: ChatEncoder,
     pub detector: RefusalDetector,
     pub reward_model: Option<RewardModel<B::InnerBackend>>,
-    pub eos_ids: Vec<u32>,
     pub pad_id: u32,
+    /// Seeds prompt order, sampling and minibatches.
     pub seed: u64,
+    /// Where sample responses go (`samples.jsonl`), if anywhere.
     pub samples: Option<PathBuf>,
+    /// The model's hidden size: the value head is `[1, hidden]`.
+    pub hidden: usize,
+}
+
+pub struct Ppo<B: AutodiffBackend> {
+    pub parts: PpoParts<B>,
+    eos_ids: Vec<u32>,
     head: Param<Tensor<B, 2>>,
     kl_coef: f64,
     rollout: Option<Rollout>,
@@ -145,35 +174,14 @@ pub struct Ppo<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> Ppo<B> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        cfg: PpoConfig,
-        train: Vec<Prompt>,
-        eval: Vec<Prompt>,
-        bundle: TokenizerBundle,
-        detector: RefusalDetector,
-        reward_model: Option<RewardModel<B::InnerBackend>>,
-        eos_ids: Vec<u32>,
-        pad_id: u32,
-        seed: u64,
-        samples: Option<PathBuf>,
-        hidden: usize,
-        device: &B::Device,
-    ) -> Self {
-        let kl_coef = cfg.kl_coef;
+    /// PPO with a zero value head (TRL's), on `device`.
+    pub fn new(parts: PpoParts<B>, device: &B::Device) -> Self {
+        let head = Tensor::<B, 2>::zeros([1, parts.hidden], device).require_grad();
         Self {
-            cfg,
-            train,
-            eval,
-            bundle,
-            detector,
-            reward_model,
-            eos_ids,
-            pad_id,
-            seed,
-            samples,
-            head: Param::from_tensor(Tensor::<B, 2>::zeros([1, hidden], device).require_grad()),
-            kl_coef,
+            eos_ids: parts.bundle.eos_ids(),
+            kl_coef: parts.cfg.kl_coef,
+            head: Param::from_tensor(head),
+            parts,
             rollout: None,
             minibatch: Vec::new(),
             rollouts_done: 0,
@@ -185,16 +193,63 @@ impl<B: AutodiffBackend> Ppo<B> {
 
     /// Steps per rollout: every minibatch of every PPO epoch.
     pub fn steps_per_rollout(&self) -> usize {
-        self.cfg.num_ppo_epochs * self.cfg.num_mini_batches
+        self.parts.cfg.num_ppo_epochs * self.parts.cfg.num_mini_batches
+    }
+
+    /// Samples and prepares the rollout of `step` with the current policy; returns its metrics.
+    fn new_rollout(&mut self, model: &Llama<B::InnerBackend>, step: usize) -> Result<Metrics> {
+        let t = Instant::now();
+        let k = step / self.steps_per_rollout();
+        let (cfg, n) = (&self.parts.cfg, self.parts.train.len());
+        let r = cfg.rollout_batch_size;
+        let order = permutation(n, self.parts.seed);
+        let prompts: Vec<&Prompt> = (0..r)
+            .map(|i| &self.parts.train[order[(k * r + i) % n]])
+            .collect();
+        let head = self.head.val().inner();
+        let seed = self.parts.seed.wrapping_add(k as u64);
+        let (ro, mut metrics) = rollout::collect(
+            model,
+            &head,
+            &prompts,
+            &self.scorer(),
+            &self.eos_ids,
+            self.kl_coef,
+            seed,
+        )?;
+        self.rollout_seconds += t.elapsed().as_secs_f64();
+        // Adaptive KL (Ziegler et al. 2019): move kl_coef towards the target, at most ±20% of the error.
+        if let Some(target) = cfg.target_kl {
+            let kl = metrics.get("objective/kl").copied().unwrap_or(0.0);
+            let err = (kl / target - 1.0).clamp(-0.2, 0.2);
+            self.kl_coef *= 1.0 + err * r as f64 / cfg.kl_horizon;
+        }
+        metrics.insert("objective/kl_coef".into(), self.kl_coef);
+        let elapsed = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        metrics.insert(
+            "time/rollout_share".into(),
+            self.rollout_seconds / elapsed.max(1e-9),
+        );
+        let every = cfg.sample_every;
+        if every > 0 && self.rollouts_done.is_multiple_of(every) {
+            if let Some(path) = &self.parts.samples {
+                rollout::write_samples(path, step, &ro)?;
+            }
+        }
+        self.rollouts_done += 1;
+        self.rollout = Some(ro);
+        Ok(metrics)
     }
 
     fn scorer(&self) -> rollout::Scorer<'_, B::InnerBackend> {
+        let p = &self.parts;
         rollout::Scorer {
-            cfg: &self.cfg,
-            bundle: &self.bundle,
-            detector: &self.detector,
-            reward_model: self.reward_model.as_ref(),
-            pad_id: self.pad_id,
+            cfg: &p.cfg,
+            bundle: &p.bundle,
+            encoder: &p.encoder,
+            detector: &p.detector,
+            reward_model: p.reward_model.as_ref(),
+            pad_id: p.pad_id,
         }
     }
 }
@@ -207,8 +262,12 @@ fn tensor1<B: Backend>(v: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
 impl<B: AutodiffBackend> Method<B> for Ppo<B> {
     type Batch = Vec<usize>;
 
+    fn name(&self) -> &'static str {
+        "ppo"
+    }
+
     fn train_len(&self) -> usize {
-        self.train.len()
+        self.parts.train.len()
     }
 
     /// The current minibatch of the rollout (the engine's row choice does not apply to PPO).
@@ -245,11 +304,13 @@ impl<B: AutodiffBackend> Method<B> for Ppo<B> {
             .expect("a rollout before the first step");
         let device = model.model.embed_tokens.device();
         let seqs: Vec<&rollout::Seq> = batch.iter().map(|&i| &r.seqs[i]).collect();
+        // No LoRA dropout: the first epoch's probability ratio must be exactly 1 (TRL turns dropout off).
+        let cfg = &self.parts.cfg;
         let fwd = rollout::response_forward(
             model,
             &seqs,
-            true,
-            self.cfg.temperature,
+            Adapters::OnWithoutDropout,
+            cfg.temperature,
             Some(self.head.val()),
             false,
         );
@@ -267,43 +328,30 @@ impl<B: AutodiffBackend> Method<B> for Ppo<B> {
             fwd.logp.clone(),
             tensor1(old_logp.clone(), &device),
             tensor1(adv, &device),
-            self.cfg.cliprange,
+            cfg.cliprange,
         );
         let vf = value_loss(
             values.clone(),
             tensor1(old_v.clone(), &device),
             tensor1(ret, &device),
-            self.cfg.cliprange_value,
+            cfg.cliprange_value,
         );
         let mut m = Metrics::new();
-        let host = |t: &Tensor<B, 1>| -> Vec<f32> {
-            t.clone()
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap_or_default()
-        };
-        let (new_logp, new_v) = (host(&fwd.logp), host(&values));
-        let eps = self.cfg.cliprange;
-        for (k, ((n, o), (v, ov))) in new_logp
-            .iter()
-            .zip(&old_logp)
-            .zip(new_v.iter().zip(&old_v))
-            .enumerate()
-        {
-            let _ = k;
+        let (new_logp, new_v) = (host_f32(fwd.logp.clone()), host_f32(values.clone()));
+        let eps = cfg.cliprange;
+        for ((n, o), (v, ov)) in new_logp.iter().zip(&old_logp).zip(new_v.iter().zip(&old_v)) {
             let ratio = ((n - o) as f64).exp();
             *m.entry("policy/clipfrac".into()).or_default() +=
                 f64::from(u8::from((ratio - 1.0).abs() > eps));
             *m.entry("policy/approxkl".into()).or_default() += 0.5 * ((n - o) as f64).powi(2);
             *m.entry("val/clipfrac".into()).or_default() +=
-                f64::from(u8::from(((v - ov) as f64).abs() > self.cfg.cliprange_value));
+                f64::from(u8::from(((v - ov) as f64).abs() > cfg.cliprange_value));
         }
         let pg_sum = pg.sum();
         let vf_sum = vf.sum();
-        m.insert("loss/policy".into(), host(&pg_sum)[0] as f64);
-        m.insert("loss/value".into(), host(&vf_sum)[0] as f64);
-        (pg_sum + vf_sum.mul_scalar(self.cfg.vf_coef), m)
+        m.insert("loss/policy".into(), host_f32(pg_sum.clone())[0] as f64);
+        m.insert("loss/value".into(), host_f32(vf_sum.clone())[0] as f64);
+        (pg_sum + vf_sum.mul_scalar(cfg.vf_coef), m)
     }
 
     fn heads(&self) -> Vec<(String, Param<Tensor<B, 2>>)> {
@@ -318,7 +366,7 @@ impl<B: AutodiffBackend> Method<B> for Ppo<B> {
 
     fn prepare_step(&mut self, model: &Llama<B::InnerBackend>, step: usize) -> Result<()> {
         let first = self.started.is_none();
-        let started = *self.started.get_or_insert_with(Instant::now);
+        self.started.get_or_insert_with(Instant::now);
         // The held-out score before any update, so evaluations during training have a baseline.
         let before: Metrics = if first && step == 0 {
             Method::<B>::evaluate(self, model)
@@ -331,53 +379,19 @@ impl<B: AutodiffBackend> Method<B> for Ppo<B> {
         let per = self.steps_per_rollout();
         let phase = step % per;
         if phase == 0 || self.rollout.is_none() {
-            let t = Instant::now();
-            let k = step / per;
-            let n = self.train.len();
-            let r = self.cfg.rollout_batch_size;
-            let order = rollout::order(n, self.seed);
-            let prompts: Vec<&Prompt> = (0..r)
-                .map(|i| &self.train[order[(k * r + i) % n]])
-                .collect();
-            let head = self.head.val().inner();
-            let (ro, mut metrics) = rollout::collect(
-                model,
-                &head,
-                &prompts,
-                &self.scorer(),
-                &self.eos_ids,
-                self.kl_coef,
-                self.seed.wrapping_add(k as u64),
-            )?;
-            self.rollout_seconds += t.elapsed().as_secs_f64();
-            // Adaptive KL (Ziegler et al. 2019): move kl_coef towards the target, at most ±20% of the error.
-            if let Some(target) = self.cfg.target_kl {
-                let kl = metrics.get("objective/kl").copied().unwrap_or(0.0);
-                let err = (kl / target - 1.0).clamp(-0.2, 0.2);
-                self.kl_coef *= 1.0 + err * r as f64 / self.cfg.kl_horizon;
-            }
-            metrics.insert("objective/kl_coef".into(), self.kl_coef);
-            metrics.insert(
-                "time/rollout_share".into(),
-                self.rollout_seconds / started.elapsed().as_secs_f64().max(1e-9),
-            );
-            if self.cfg.sample_every > 0 && self.rollouts_done.is_multiple_of(self.cfg.sample_every)
-            {
-                if let Some(path) = &self.samples {
-                    rollout::write_samples(path, step, &ro)?;
-                }
-            }
-            self.rollouts_done += 1;
-            self.rollout = Some(ro);
+            let mut metrics = self.new_rollout(model, step)?;
             metrics.extend(before);
             self.pending = metrics;
         }
         // Minibatches: a fresh seeded shuffle of the rollout per PPO epoch.
-        let epoch = phase / self.cfg.num_mini_batches;
-        let mb = phase % self.cfg.num_mini_batches;
+        let mbs = self.parts.cfg.num_mini_batches;
+        let (epoch, mb) = (phase / mbs, phase % mbs);
         let n = self.rollout.as_ref().map_or(0, |r| r.seqs.len());
-        let order = rollout::order(n, self.seed ^ ((step / per) as u64) << 8 ^ epoch as u64);
-        let size = n.div_ceil(self.cfg.num_mini_batches);
+        let order = permutation(
+            n,
+            self.parts.seed ^ ((step / per) as u64) << 8 ^ epoch as u64,
+        );
+        let size = n.div_ceil(mbs);
         self.minibatch = order.into_iter().skip(mb * size).take(size).collect();
         Ok(())
     }
@@ -387,7 +401,12 @@ impl<B: AutodiffBackend> Method<B> for Ppo<B> {
     }
 
     fn evaluate(&self, model: &Llama<B::InnerBackend>) -> Metrics {
-        let prompts: Vec<&Prompt> = self.eval.iter().take(self.cfg.eval_prompts).collect();
+        let prompts: Vec<&Prompt> = self
+            .parts
+            .eval
+            .iter()
+            .take(self.parts.cfg.eval_prompts)
+            .collect();
         if prompts.is_empty() {
             return Metrics::new();
         }
@@ -399,7 +418,7 @@ impl<B: AutodiffBackend> Method<B> for Ppo<B> {
 pub fn rollout_forward_for_tests<B: Backend>(
     model: &Llama<B>,
     pairs: &[(Vec<u32>, Vec<u32>)],
-    adapters: bool,
+    adapters: Adapters,
     temperature: f64,
 ) -> Vec<f32> {
     let seqs: Vec<rollout::Seq> = pairs
@@ -412,11 +431,7 @@ pub fn rollout_forward_for_tests<B: Backend>(
         .collect();
     let refs: Vec<&rollout::Seq> = seqs.iter().collect();
     let f = rollout::response_forward(model, &refs, adapters, temperature, None, false);
-    f.logp
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap_or_default()
+    host_f32(f.logp)
 }
 
 /// Where samples go.

@@ -8,10 +8,11 @@ use std::time::Instant;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use burnish_core::backend::host_f64;
 use burnish_core::{
-    burn, generate, FinishReason, GenerationConfig, Llama, Message, TokenizerBundle,
+    burn, generate, Adapters, FinishReason, GenerationConfig, Llama, Message, TokenizerBundle,
 };
-use burnish_data::RefusalDetector;
+use burnish_data::{ChatEncoder, RefusalDetector};
 use serde_json::json;
 
 use super::math::{gae, kl_estimate, token_rewards, whiten};
@@ -56,6 +57,8 @@ pub struct RewardModel<B: Backend> {
 pub struct Scorer<'a, B: Backend> {
     pub cfg: &'a PpoConfig,
     pub bundle: &'a TokenizerBundle,
+    /// Encodes (prompt, response) exchanges for the reward model as its training did.
+    pub encoder: &'a ChatEncoder,
     pub detector: &'a RefusalDetector,
     pub reward_model: Option<&'a RewardModel<B>>,
     pub pad_id: u32,
@@ -85,17 +88,18 @@ impl<B: Backend> Scorer<'_, B> {
             }
         }
         if let Some(rm) = self.reward_model {
-            let seqs = prompts
+            let exchanges: Vec<(&[Message], &str)> = prompts
                 .iter()
                 .zip(texts)
-                .map(|(p, t)| {
-                    let mut m = p.messages.clone();
-                    m.push(Message::assistant(t.clone()));
-                    let text = self.bundle.render_chat(&m, false)?;
-                    Ok(self.bundle.tokenizer.encode(&text, false)?)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let scores = crate::reward::score_sequences(&rm.model, &rm.head, seqs, self.pad_id, 8);
+                .map(|(p, t)| (&p.messages[..], t.as_str()))
+                .collect();
+            let scores = crate::reward::score_exchanges(
+                &rm.model,
+                &rm.head,
+                self.encoder,
+                &exchanges,
+                self.pad_id,
+            )?;
             let scores: Vec<f64> = scores.into_iter().map(f64::from).collect();
             for (x, r) in s.iter_mut().zip(&scores) {
                 *x += self.cfg.reward_model_weight * r;
@@ -126,7 +130,7 @@ pub struct Forward<B: Backend> {
 pub fn response_forward<B: Backend>(
     model: &Llama<B>,
     seqs: &[&Seq],
-    adapters: bool,
+    adapters: Adapters,
     temperature: f64,
     head: Option<Tensor<B, 2>>,
     entropy: bool,
@@ -148,14 +152,7 @@ pub fn response_forward<B: Backend>(
         .div_scalar(temperature);
     let lp = log_softmax(logits, 1);
     let ent = if entropy {
-        let e = (lp.clone().exp() * lp.clone()).sum_dim(1).neg();
-        e.into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .unwrap_or_default()
-            .into_iter()
-            .map(f64::from)
-            .collect()
+        host_f64((lp.clone().exp() * lp.clone()).sum_dim(1).neg())
     } else {
         Vec::new()
     };
@@ -176,17 +173,6 @@ fn mean(v: &[f64]) -> f64 {
 /// The share of true entries.
 fn share(v: &[bool]) -> f64 {
     v.iter().filter(|&&x| x).count() as f64 / v.len().max(1) as f64
-}
-
-fn host<B: Backend>(t: &Tensor<B, 1>) -> Vec<f64> {
-    t.clone()
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap_or_default()
-        .into_iter()
-        .map(f64::from)
-        .collect()
 }
 
 /// Splits a flat per-token vector back into per-sequence vectors.
@@ -210,6 +196,30 @@ pub fn collect<B: Backend>(
     kl_coef: f64,
     seed: u64,
 ) -> Result<(Rollout, Metrics)> {
+    let t = Instant::now();
+    let (mut seqs, sampled) = sample(model, prompts, scorer, eos_ids, seed)?;
+    let entropy = token_passes(model, head, &mut seqs, scorer.cfg.temperature);
+    let kl_sums = advantages(&mut seqs, scorer.cfg, kl_coef);
+    let mut m = rollout_metrics(&seqs, &sampled, &kl_sums, &entropy, kl_coef);
+    m.insert("time/rollout_s".into(), t.elapsed().as_secs_f64());
+    Ok((Rollout { seqs }, m))
+}
+
+/// What sampling a rollout measured besides the sequences.
+struct Sampled {
+    scores: Scores,
+    eos: Vec<bool>,
+    seconds: f64,
+}
+
+/// Sampled responses to `prompts` (temperature `cfg.temperature`, seeded), decoded and scored.
+fn sample<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[&Prompt],
+    scorer: &Scorer<'_, B>,
+    eos_ids: &[u32],
+    seed: u64,
+) -> Result<(Vec<Seq>, Sampled)> {
     let cfg = scorer.cfg;
     let gen_cfg = GenerationConfig {
         max_new_tokens: cfg.response_length,
@@ -224,22 +234,18 @@ pub fn collect<B: Backend>(
     let t = Instant::now();
     let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
     let gens = generate(model, &ids, &gen_cfg, None)?;
-    let gen_seconds = t.elapsed().as_secs_f64();
+    let seconds = t.elapsed().as_secs_f64();
     let tok = &scorer.bundle.tokenizer;
     let texts = gens
         .iter()
         .map(|g| Ok(tok.decode(&g.new_ids, true)?.trim().to_string()))
         .collect::<Result<Vec<String>>>()?;
     let eos: Vec<bool> = gens.iter().map(|g| g.finish == FinishReason::Eos).collect();
-    let Scores {
-        total: scores,
-        refused,
-        reward_model: rm_scores,
-    } = scorer.scores(prompts, &texts, &eos)?;
-    let mut seqs: Vec<Seq> = prompts
+    let scores = scorer.scores(prompts, &texts, &eos)?;
+    let seqs: Vec<Seq> = prompts
         .iter()
         .zip(gens)
-        .zip(texts.iter().zip(&scores))
+        .zip(texts.into_iter().zip(&scores.total))
         .map(|((p, g), (text, &score))| Seq {
             prompt: p.ids.clone(),
             response: g.new_ids,
@@ -248,30 +254,44 @@ pub fn collect<B: Backend>(
                 .last()
                 .map(|m| m.content.clone())
                 .unwrap_or_default(),
-            text: text.clone(),
+            text,
             score,
             ..Default::default()
         })
         .collect();
     if seqs.iter().any(|s| s.response.is_empty()) {
-        return Err(Error::Other(
-            "ppo: a rollout produced an empty response".into(),
-        ));
+        return Err(Error::EmptyResponse);
     }
+    let sampled = Sampled {
+        scores,
+        eos,
+        seconds,
+    };
+    Ok((seqs, sampled))
+}
+
+/// Per-token log-probs of the policy and the reference (adapters off) and the values, stored in each
+/// sequence; returns the policy's per-token entropy.
+fn token_passes<B: Backend>(
+    model: &Llama<B>,
+    head: &Tensor<B, 2>,
+    seqs: &mut [Seq],
+    temperature: f64,
+) -> Vec<f64> {
     let mut entropy = Vec::new();
     for chunk in seqs.chunks_mut(8) {
         let refs: Vec<&Seq> = chunk.iter().collect();
         let pol = response_forward(
             model,
             &refs,
-            true,
-            cfg.temperature,
+            Adapters::OnWithoutDropout,
+            temperature,
             Some(head.clone()),
             true,
         );
-        let reference = response_forward(model, &refs, false, cfg.temperature, None, false);
-        let (lp, rlp) = (host(&pol.logp), host(&reference.logp));
-        let vals = host(&pol.values.expect("head given"));
+        let reference = response_forward(model, &refs, Adapters::Off, temperature, None, false);
+        let (lp, rlp) = (host_f64(pol.logp), host_f64(reference.logp));
+        let vals = host_f64(pol.values.expect("head given"));
         entropy.extend(pol.entropy);
         let holders: Vec<&mut Seq> = chunk.iter_mut().collect();
         let (lp, rlp, vals) = (
@@ -285,6 +305,12 @@ pub fn collect<B: Backend>(
             s.values = c;
         }
     }
+    entropy
+}
+
+/// Per-token rewards (KL penalty plus the score), GAE advantages whitened over the rollout, and
+/// returns, stored in each sequence; returns each sequence's summed KL.
+fn advantages(seqs: &mut [Seq], cfg: &PpoConfig, kl_coef: f64) -> Vec<f64> {
     let mut advs = Vec::with_capacity(seqs.len());
     let mut kl_sums = Vec::with_capacity(seqs.len());
     for s in seqs.iter_mut() {
@@ -304,34 +330,42 @@ pub fn collect<B: Backend>(
     for (s, a) in seqs.iter_mut().zip(advs) {
         s.advantages = a;
     }
+    kl_sums
+}
+
+/// TRL's rollout metrics.
+fn rollout_metrics(
+    seqs: &[Seq],
+    sampled: &Sampled,
+    kl_sums: &[f64],
+    entropy: &[f64],
+    kl_coef: f64,
+) -> Metrics {
+    let scores = &sampled.scores.total;
     let n = seqs.len() as f64;
     let new_tokens: usize = seqs.iter().map(|s| s.response.len()).sum();
     let mut m = Metrics::new();
-    m.insert("objective/scores".into(), mean(&scores));
-    if let Some(r) = &rm_scores {
+    m.insert("objective/scores".into(), mean(scores));
+    if let Some(r) = &sampled.scores.reward_model {
         m.insert("objective/reward_model_score".into(), mean(r));
     }
-    m.insert("objective/kl".into(), mean(&kl_sums));
-    m.insert(
-        "objective/rlhf_reward".into(),
-        scores
-            .iter()
-            .zip(&kl_sums)
-            .map(|(s, k)| s - kl_coef * k)
-            .sum::<f64>()
-            / n,
-    );
-    m.insert("objective/refusals".into(), share(&refused));
-    m.insert("policy/entropy".into(), mean(&entropy));
+    m.insert("objective/kl".into(), mean(kl_sums));
+    let rlhf: f64 = scores
+        .iter()
+        .zip(kl_sums)
+        .map(|(s, k)| s - kl_coef * k)
+        .sum();
+    m.insert("objective/rlhf_reward".into(), rlhf / n);
+    m.insert("objective/refusals".into(), share(&sampled.scores.refused));
+    m.insert("policy/entropy".into(), mean(entropy));
     m.insert("response_length".into(), new_tokens as f64 / n);
-    m.insert("eos_fraction".into(), share(&eos));
+    m.insert("eos_fraction".into(), share(&sampled.eos));
     m.insert(
         "rollout/tokens_per_s".into(),
-        new_tokens as f64 / gen_seconds.max(1e-9),
+        new_tokens as f64 / sampled.seconds.max(1e-9),
     );
-    m.insert("time/generation_s".into(), gen_seconds);
-    m.insert("time/rollout_s".into(), t.elapsed().as_secs_f64());
-    Ok((Rollout { seqs }, m))
+    m.insert("time/generation_s".into(), sampled.seconds);
+    m
 }
 
 /// Greedy responses to held-out prompts and their mean score (and refusal rates by prompt kind).
@@ -384,13 +418,6 @@ pub fn evaluate<B: Backend>(
         }
     }
     Ok(m)
-}
-
-/// A seeded permutation of 0..n.
-pub fn order(n: usize, seed: u64) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..n).collect();
-    burnish_data::rng::Rng::new(seed).shuffle(&mut v);
-    v
 }
 
 /// Appends the first few responses of a rollout to `path` (JSON Lines).
