@@ -72,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         eval_steps: 0,
         resume: None,
         stop: StopToken::new(),
+        resume_keys: Default::default(),
     };
     let t0 = Instant::now();
     let (_, summary) = train(&mut sft, m, &cfg, &Log)?;

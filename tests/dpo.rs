@@ -53,9 +53,14 @@ dir = "out"
 }
 
 fn train(run: &Path) -> String {
+    train_with(run, &[])
+}
+
+fn train_with(run: &Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_burnish"))
         .arg("train")
         .arg(run)
+        .args(args)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).to_string();
@@ -165,9 +170,9 @@ fn precomputed_reference_gives_the_same_run_and_is_cached() {
         assert!((x - y).abs() < 1e-3 * x.abs().max(1.0), "{la:?} vs {lb:?}");
     }
     assert!(b.join("out/ref_logps.json").exists());
-    // A second run over the same data and model reads the cache instead of recomputing.
-    std::fs::remove_dir_all(b.join("out/checkpoint-8")).ok();
-    let log = train(&run_b);
+    // A second run over the same data and model (replacing the first's outputs) reads the cache
+    // instead of recomputing.
+    let log = train_with(&run_b, &["--overwrite"]);
     assert!(log.contains("reference log-probs from"), "{log}");
 }
 

@@ -462,3 +462,120 @@ fn run_from_code_reports_progress_and_stops_on_the_token() {
         "no final outputs"
     );
 }
+
+fn fails(args: &[&str]) -> String {
+    let out = burnish().args(args).output().unwrap();
+    assert!(!out.status.success(), "burnish {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// Training into a directory that holds another run is refused (nothing of it is touched); with
+/// --overwrite the old run's files are replaced, so no checkpoint of the old run survives beside the
+/// new run's.
+#[test]
+fn an_earlier_run_in_the_output_dir_is_refused_unless_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_run(tmp.path(), "");
+    let out = tmp.path().join("out");
+    train_cli(&run, &["--set", "train.save_steps=3"]);
+    let adapter = std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap();
+    let err = fails(&["train", run.to_str().unwrap(), "--set", "train.max_steps=4"]);
+    assert!(
+        err.contains("holds another run") && err.contains("--overwrite"),
+        "{err}"
+    );
+    let after = std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap();
+    assert_eq!(adapter, after, "the refused run must not touch the old one");
+    assert_eq!(losses(&out).len(), 8);
+    let r = run.to_str().unwrap();
+    train_cli(&run, &["--set", "train.max_steps=4", "--overwrite"]);
+    assert_eq!(losses(&out).len(), 4);
+    let ckpts: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(ckpts, vec!["step-000004".to_string()], "{r}");
+}
+
+/// Resuming with a setting that changes shapes or what the steps compute is refused, naming the key,
+/// before anything is written; the finished adapter stays as it was.
+#[test]
+fn resume_refuses_a_changed_run_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_run(tmp.path(), "");
+    let out = tmp.path().join("out");
+    train_cli(&run, &["--set", "train.save_steps=4"]);
+    let adapter = std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap();
+    let r = run.to_str().unwrap();
+    let step4 = out.join("checkpoints/step-000004");
+    let resume = step4.to_str().unwrap();
+    for (set, key) in [
+        ("lora.r=8", "lora.r"),
+        ("data.max_length=48", "data.max_length"),
+        ("train.batch_size=2", "train.batch_size"),
+    ] {
+        let err = fails(&["train", r, "--set", set, "--resume", resume]);
+        assert!(err.contains(&format!("`{key}`")), "{set}: {err}");
+    }
+    let after = std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap();
+    assert_eq!(adapter, after);
+    // A learning-rate change is allowed, and the resume says where it starts.
+    let ok = burnish()
+        .args([
+            "train",
+            r,
+            "--set",
+            "train.learning_rate=5e-3",
+            "--resume",
+            resume,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&ok.stderr);
+    assert!(ok.status.success(), "{err}");
+    assert!(
+        err.contains("resuming from") && err.contains("step-000004"),
+        "{err}"
+    );
+}
+
+/// Out-of-range numbers are refused with the key and its range: generation settings that used to act
+/// as greedy or uniform sampling, a zero step budget, an evaluation without new tokens.
+#[test]
+fn numeric_arguments_are_validated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_run(tmp.path(), "");
+    let model = tmp.path().join("tiny-chat");
+    let m = model.to_str().unwrap();
+    for (flag, value, key) in [
+        ("--temperature", "-1", "temperature"),
+        ("--temperature", "nan", "temperature"),
+        ("--temperature", "inf", "temperature"),
+        ("--top-p", "2", "top_p"),
+        ("--top-p", "0", "top_p"),
+        ("--top-p", "-0.5", "top_p"),
+    ] {
+        let err = fails(&["generate", "--model", m, "--prompt", "hi", flag, value]);
+        assert!(err.contains(key), "{flag} {value}: {err}");
+    }
+    let e = RunFile::load(&run, &["train.max_steps=0".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_steps"), "{e}");
+    let sets = tmp.path().join("h.jsonl");
+    std::fs::write(&sets, "{\"prompt\": \"say cat\"}\n").unwrap();
+    let h = sets.to_str().unwrap();
+    let ev = tmp.path().join("ev");
+    let err = fails(&[
+        "eval",
+        "--model",
+        m,
+        "--harmful",
+        h,
+        "--max-new-tokens",
+        "0",
+        "--out",
+        ev.to_str().unwrap(),
+    ]);
+    assert!(err.contains("max_new_tokens"), "{err}");
+}

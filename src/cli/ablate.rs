@@ -16,10 +16,16 @@ pub struct AblateArgs {
     /// Override a config key, e.g. --set method.trials=40 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Replace an earlier run's outputs in the output directory (otherwise such a directory is refused).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 pub fn ablate(a: AblateArgs) -> Result<()> {
-    let file = RunFile::load(&a.config, &a.set)?;
+    let mut file = RunFile::load(&a.config, &a.set)?;
+    if let (true, Some(o)) = (a.overwrite, file.config.output.as_mut()) {
+        o.overwrite = true;
+    }
     if !matches!(file.config.method, MethodConfig::Ablate(_)) {
         bail!(
             "{}: [method] name is `{}`; `burnish ablate` runs name = \"ablate\"",

@@ -29,10 +29,10 @@ pub struct GenerateArgs {
     chat_template: Option<PathBuf>,
     #[arg(long, default_value_t = 128)]
     max_new_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
+    /// 0 = greedy. (Negative values parse, so the range check can say what is wrong with them.)
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     top_k: usize,
@@ -89,6 +89,15 @@ fn generate_on<B: Backend>(a: GenerateArgs, device: &B::Device) -> Result<()> {
         stop_strings: a.stop.clone(),
         pad_id: p.pad_id(),
     };
+    let context = p.config.max_position_embeddings;
+    if prompt_ids.len() + cfg.max_new_tokens > context {
+        eprintln!(
+            "warning: {} prompt tokens + --max-new-tokens {} exceed the model's context of {context} \
+             tokens; positions past it were never trained and output there degrades",
+            prompt_ids.len(),
+            cfg.max_new_tokens
+        );
+    }
     let out = run_generate(
         &p.model,
         std::slice::from_ref(&prompt_ids),

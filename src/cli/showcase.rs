@@ -348,8 +348,17 @@ pub fn showcase(a: ShowcaseArgs) -> Result<()> {
             std::fs::create_dir_all(&dir)?;
             let t = Instant::now();
             let mut args: Vec<String> = match step.kind {
-                Kind::Train => vec!["train".into(), config.display().to_string()],
-                Kind::Ablate => vec!["ablate".into(), config.display().to_string()],
+                // A step that runs again replaces its earlier (changed or unfinished) outputs.
+                Kind::Train => vec![
+                    "train".into(),
+                    config.display().to_string(),
+                    "--overwrite".into(),
+                ],
+                Kind::Ablate => vec![
+                    "ablate".into(),
+                    config.display().to_string(),
+                    "--overwrite".into(),
+                ],
                 Kind::Build => vec![
                     "data".into(),
                     "build".into(),

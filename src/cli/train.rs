@@ -20,10 +20,16 @@ pub struct TrainArgs {
     /// Continue from a checkpoint: the given directory, or the latest one in the output directory.
     #[arg(long, num_args = 0..=1, value_name = "DIR")]
     resume: Option<Option<PathBuf>>,
+    /// Replace an earlier run's outputs in the output directory (otherwise such a directory is refused).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
-    let file = RunFile::load(&a.config, &a.set)?;
+    let mut file = RunFile::load(&a.config, &a.set)?;
+    if let (true, Some(o)) = (a.overwrite, file.config.output.as_mut()) {
+        o.overwrite = true;
+    }
     let progress = Terminal::default();
     let opts = RunOptions {
         resume: a.resume.map(|d| d.map_or(Resume::Latest, Resume::From)),

@@ -44,6 +44,26 @@ impl Default for GenerationConfig {
     }
 }
 
+impl GenerationConfig {
+    /// Range checks: a negative, NaN or infinite temperature would silently act as greedy or as
+    /// uniform sampling, and a `top_p` outside (0, 1] as no filter or an empty one.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::Generate(format!(
+                "temperature = {} must be a finite number >= 0 (0 = greedy)",
+                self.temperature
+            )));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::Generate(format!(
+                "top_p = {} must be in (0, 1] (1 = off)",
+                self.top_p
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
@@ -65,6 +85,7 @@ pub fn generate<B: Backend>(
     cfg: &GenerationConfig,
     tokenizer: Option<&Tokenizer>,
 ) -> Result<Vec<Generated>> {
+    cfg.validate()?;
     if prompts.is_empty() {
         return Ok(vec![]);
     }
@@ -258,6 +279,24 @@ pub fn argmax(xs: &[f32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_settings_out_of_range_are_refused() {
+        let with = |temperature: f32, top_p: f32| GenerationConfig {
+            temperature,
+            top_p,
+            ..Default::default()
+        };
+        for t in [-1.0, f32::NAN, f32::INFINITY] {
+            let e = with(t, 1.0).validate().unwrap_err().to_string();
+            assert!(e.contains("temperature"), "{e}");
+        }
+        for p in [2.0, -0.5, 0.0, f32::NAN] {
+            let e = with(0.7, p).validate().unwrap_err().to_string();
+            assert!(e.contains("top_p"), "{e}");
+        }
+        assert!(with(0.0, 1.0).validate().is_ok() && with(1.5, 0.9).validate().is_ok());
+    }
 
     #[test]
     fn argmax_first_on_ties() {

@@ -34,6 +34,39 @@ pub struct TrainerState {
     /// Training rows consumed (the data order is a pure function of seed and position).
     pub data_cursor: usize,
     pub method: String,
+    /// The run's settings that a resume must not change (model, LoRA, method, data, batch shape,
+    /// seed), as given by the caller; compared key by key on resume. Empty in older checkpoints.
+    #[serde(default)]
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The first setting where `ours` differs from `theirs`, as (dotted key, theirs, ours); keys present
+/// on one side only count as differences.
+pub fn first_difference(
+    key: &str,
+    theirs: &serde_json::Value,
+    ours: &serde_json::Value,
+) -> Option<(String, String, String)> {
+    use serde_json::Value;
+    match (theirs, ours) {
+        (Value::Object(a), Value::Object(b)) => a
+            .keys()
+            .chain(b.keys().filter(|k| !a.contains_key(*k)))
+            .find_map(|k| {
+                let (x, y) = (
+                    a.get(k).unwrap_or(&Value::Null),
+                    b.get(k).unwrap_or(&Value::Null),
+                );
+                first_difference(&format!("{key}.{k}"), x, y)
+            }),
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (x, y))| first_difference(&format!("{key}.{i}"), x, y)),
+        _ if theirs == ours => None,
+        _ => Some((key.to_string(), theirs.to_string(), ours.to_string())),
+    }
 }
 
 fn io(p: &Path, e: std::io::Error) -> Error {
@@ -217,4 +250,28 @@ pub fn load<B: Backend, IB: Backend>(
         Vec::new()
     };
     Ok((state, heads))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_difference;
+    use serde_json::json;
+
+    #[test]
+    fn first_difference_names_the_nested_key() {
+        let a = json!({"r": 4, "target_modules": ["q_proj", "v_proj"], "alpha": 8});
+        assert_eq!(first_difference("lora", &a, &a.clone()), None);
+        let b = json!({"r": 8, "target_modules": ["q_proj", "v_proj"], "alpha": 8});
+        assert_eq!(
+            first_difference("lora", &a, &b),
+            Some(("lora.r".into(), "4".into(), "8".into()))
+        );
+        let c = json!({"r": 4, "target_modules": ["q_proj", "k_proj"], "alpha": 8});
+        assert_eq!(
+            first_difference("lora", &a, &c).unwrap().0,
+            "lora.target_modules.1"
+        );
+        let d = json!({"r": 4, "target_modules": ["q_proj", "v_proj"], "alpha": 8, "extra": 1});
+        assert_eq!(first_difference("lora", &a, &d).unwrap().0, "lora.extra");
+    }
 }

@@ -161,6 +161,7 @@ impl RunConfig {
     /// Range and consistency checks serde cannot make; the message names the key.
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.train.validate()?;
+        self.eval.validate()?;
         let c = &self.model;
         if c.dtype != "f32" {
             return Err(format!(

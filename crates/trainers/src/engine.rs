@@ -99,6 +99,12 @@ impl TrainConfig {
                 self.warmup_ratio
             ));
         }
+        if self.max_steps == Some(0) {
+            return Err(
+                "`train.max_steps` = 0 must be at least 1 (or leave it out and set `train.epochs`)"
+                    .into(),
+            );
+        }
         if self.max_steps.is_none() && self.epochs == 0 {
             return Err("`train.epochs` must be at least 1 (or set `train.max_steps`)".into());
         }
@@ -119,6 +125,9 @@ pub struct EngineConfig {
     pub resume: Option<PathBuf>,
     /// Stops the loop after the current step, with a checkpoint (the CLI's Ctrl-C).
     pub stop: StopToken,
+    /// Settings a resume must not change (model, LoRA, method, data, batch shape), by section name:
+    /// stored in every checkpoint and compared key by key when resuming.
+    pub resume_keys: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -450,6 +459,7 @@ fn save_checkpoint<B: AutodiffBackend, M: Method<B>>(
         seed: cfg.train.seed,
         data_cursor: done * plan.per_step,
         method: method.name().to_string(),
+        config: cfg.resume_keys.clone(),
     };
     checkpoint::save(
         &cfg.out_dir,
@@ -477,9 +487,9 @@ fn resume<B: AutodiffBackend, M: Method<B>>(
     let device = model.model.embed_tokens.device();
     let inner_device = model.model.embed_tokens.val().inner().device();
     let (st, heads) = checkpoint::load(dir, model, opt, &device, &inner_device)?;
-    let mismatch = |key, checkpoint: String, config: String| Error::CheckpointMismatch {
+    let mismatch = |key: &str, checkpoint: String, config: String| Error::CheckpointMismatch {
         path: dir.to_path_buf(),
-        key,
+        key: key.to_string(),
         checkpoint,
         config,
     };
@@ -493,6 +503,13 @@ fn resume<B: AutodiffBackend, M: Method<B>>(
     if st.total_steps != plan.total_steps {
         let (a, b) = (st.total_steps.to_string(), plan.total_steps.to_string());
         return Err(mismatch("total steps", a, b));
+    }
+    // Only the sections this checkpoint recorded (older ones recorded none).
+    for (key, theirs) in &st.config {
+        let ours = cfg.resume_keys.get(key).unwrap_or(&serde_json::Value::Null);
+        if let Some((k, a, b)) = checkpoint::first_difference(key, theirs, ours) {
+            return Err(mismatch(&k, a, b));
+        }
     }
     for (name, t) in heads {
         method.set_head(&name, t);

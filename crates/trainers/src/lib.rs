@@ -60,6 +60,9 @@ pub enum Error {
     Data(#[from] burnish_data::Error),
     #[error("training stopped: {0}")]
     Diverged(String),
+    /// A setting out of range given without a file (from code or flags); the message names the key.
+    #[error("{0}")]
+    Invalid(String),
     // Training.
     /// A tensor file (checkpoint, optimizer state, head) that does not hold what it should.
     #[error("{path}: {what}", path = .0.display(), what = .1)]
@@ -68,11 +71,13 @@ pub enum Error {
     MissingTensor(PathBuf, &'static str),
     #[error("--resume: no finished checkpoint in {}", .0.display())]
     NoCheckpoint(PathBuf),
+    #[error("{dir}: holds another run's outputs ({found}); pass --overwrite (or set `[output] overwrite = true`) to replace them, --resume to continue that run, or choose another `[output] dir`", dir = .dir.display())]
+    OutputInUse { dir: PathBuf, found: String },
     /// A checkpoint written by a run whose config differs in a key that matters to resuming.
     #[error("{path}: checkpoint is from a different run: `{key}` is {checkpoint} there but {config} in this config", path = .path.display())]
     CheckpointMismatch {
         path: PathBuf,
-        key: &'static str,
+        key: String,
         checkpoint: String,
         config: String,
     },

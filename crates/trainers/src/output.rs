@@ -10,7 +10,7 @@ use burnish_core::weights::gguf::GgufFile;
 use burnish_core::{ModelPath, Pretrained};
 use serde::{Deserialize, Serialize};
 
-use crate::Result;
+use crate::{Error, Result};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +20,10 @@ pub struct OutputConfig {
     /// What to write at the end: any of `adapter` (default), `merged` (HF dir), `gguf`.
     #[serde(default = "default_save")]
     pub save: Vec<SaveKind>,
+    /// Replace an earlier run's outputs in `dir` (default false: a directory holding another run is
+    /// refused, so no run's files are overwritten or mixed with another's). `--overwrite` sets it.
+    #[serde(default)]
+    pub overwrite: bool,
 }
 
 impl OutputConfig {
@@ -28,6 +32,7 @@ impl OutputConfig {
         Self {
             dir: dir.into(),
             save: default_save(),
+            overwrite: false,
         }
     }
 }
@@ -42,6 +47,55 @@ pub enum SaveKind {
 
 fn default_save() -> Vec<SaveKind> {
     vec![SaveKind::Adapter]
+}
+
+/// What a run (training or ablation) writes into its directory. `ref_logps.json` is not here: it is a
+/// cache keyed by the data and model it was computed from, valid for any run.
+const RUN_OUTPUTS: &[&str] = &[
+    "run.json",
+    "metrics.jsonl",
+    "checkpoints",
+    "adapter",
+    "merged",
+    "model.gguf",
+    "loss.png",
+    "samples.jsonl",
+    "eval",
+    "eval-before",
+    "report.json",
+    "report.md",
+    "trials.jsonl",
+    "selection.jsonl",
+    "pareto.png",
+    "direction.safetensors",
+];
+
+/// Makes `dir` ready for a new run: created if missing; if it holds an earlier run's outputs, they
+/// are removed when `overwrite` is set and refused otherwise (naming what was found), so two runs'
+/// files never mix (a new run's checkpoints pruned in favour of an old run's, an old adapter beside
+/// new metrics).
+pub fn prepare_dir(dir: &Path, overwrite: bool) -> Result<()> {
+    let found: Vec<&str> = RUN_OUTPUTS
+        .iter()
+        .copied()
+        .filter(|name| dir.join(name).exists())
+        .collect();
+    if !found.is_empty() && !overwrite {
+        return Err(Error::OutputInUse {
+            dir: dir.to_path_buf(),
+            found: found.join(", "),
+        });
+    }
+    for name in found {
+        let p = dir.join(name);
+        let removed = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        removed.map_err(|e| Error::Io(p.clone(), e))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io(dir.to_path_buf(), e))
 }
 
 /// Writes `model` (adapters already merged into its weights) as `merged/` (HF, f32) and/or

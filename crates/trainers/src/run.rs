@@ -34,7 +34,7 @@ use crate::dpo::Dpo;
 use crate::engine::{train as run_engine, EngineConfig, Outcome, StepLog, Summary};
 use crate::eval::{evaluate_config, EvalMeta, EvalReport};
 use crate::method::{Method, Metrics};
-use crate::output::{write_model, SaveKind};
+use crate::output::{prepare_dir, write_model, SaveKind};
 use crate::ppo::{Ppo, PpoParts, Prompt, RewardModel};
 use crate::progress::{Log, Progress, StopToken};
 use crate::reward::{load_head, save_head, Reward};
@@ -125,8 +125,13 @@ fn train_on<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<TrainReport> {
     let started = Instant::now();
-    let out_dir = c.output().expect("checked by run()").dir.clone();
-    std::fs::create_dir_all(&out_dir).map_err(|e| Error::Io(out_dir.clone(), e))?;
+    let output = c.output().expect("checked by run()");
+    let out_dir = output.dir.clone();
+    if opts.resume.is_some() {
+        std::fs::create_dir_all(&out_dir).map_err(|e| Error::Io(out_dir.clone(), e))?;
+    } else {
+        prepare_dir(&out_dir, output.overwrite)?;
+    }
     B::seed(device, c.train.seed);
     let dataset = data_stage::<B::InnerBackend>(c, opts.progress)?;
     let (bundle, mut model) = load_model::<B>(&c.model, device)?.into_parts();
@@ -144,6 +149,7 @@ fn train_on<B: AutodiffBackend>(
         eval_steps: c.eval.steps,
         resume,
         stop: opts.stop.clone(),
+        resume_keys: resume_keys(c),
     };
     let stage = MethodStage {
         config: c,
@@ -167,6 +173,25 @@ fn train_on<B: AutodiffBackend>(
         out_dir,
         seconds,
     })
+}
+
+/// What a resumed run must share with the checkpoint's run: everything that changes shapes or what
+/// the steps compute (the model, LoRA, method, data and its encoding, the batch shape). Learning rate,
+/// schedule, logging and saving may change.
+fn resume_keys(c: &RunConfig) -> serde_json::Map<String, serde_json::Value> {
+    fn json<T: Serialize + ?Sized>(v: &T) -> serde_json::Value {
+        serde_json::to_value(v).expect("config values serialise")
+    }
+    let mut m = serde_json::Map::new();
+    m.insert("model.path".into(), json(&c.model.path));
+    m.insert("model.merge_adapter".into(), json(&c.model.merge_adapter));
+    m.insert("lora".into(), json(&c.lora));
+    m.insert("method".into(), json(&c.method));
+    m.insert("data".into(), json(&c.data));
+    m.insert("train.batch_size".into(), json(&c.train.batch_size));
+    let acc = c.train.gradient_accumulation_steps;
+    m.insert("train.gradient_accumulation_steps".into(), json(&acc));
+    m
 }
 
 /// The model of `[model]`: its weights on `device`, with `merge_adapter` (if any) merged in.
@@ -514,6 +539,7 @@ fn write_run_json(
 /// Ablation after stages 1–2: the prompts of `[data]` and the model, handed to [`crate::ablate::run`].
 fn ablate_stage(c: &RunConfig, cfg: &AblateConfig, opts: &RunOptions<'_>) -> Result<RunReport> {
     let output = c.output().expect("checked by run()");
+    prepare_dir(&output.dir, output.overwrite)?;
     let model = load_model::<Cpu>(&c.model, &Default::default())?;
     let data = build(&c.data, Path::new(""), None)?;
     let Examples::Prompts(prompts) = &data.train else {

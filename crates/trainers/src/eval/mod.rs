@@ -69,6 +69,27 @@ impl Default for EvalConfig {
     }
 }
 
+impl EvalConfig {
+    /// Range checks serde cannot make; the message names the key. With no new tokens every reply is
+    /// empty, and an empty reply would count as a refusal: a violation rate of 0% that means nothing.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.max_new_tokens == 0 {
+            return Err(
+                "`eval.max_new_tokens` = 0: replies need at least 1 new token to be judged".into(),
+            );
+        }
+        if self.generation_batch_size == 0 || self.batch_size == Some(0) {
+            return Err(
+                "`eval.generation_batch_size` and `eval.batch_size` must be at least 1".into(),
+            );
+        }
+        if self.limit == Some(0) {
+            return Err("`eval.limit` = 0 leaves no prompts (leave it out for all)".into());
+        }
+        Ok(())
+    }
+}
+
 /// How to evaluate (the `[eval]` keys of a run file, or `burnish eval`'s flags).
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
@@ -111,6 +132,7 @@ pub fn evaluate_config<B: Backend>(
     if cfg.sets.is_empty() {
         return Err(Error::NoEvalSets);
     }
+    cfg.validate().map_err(Error::Invalid)?;
     let sets = load_sets(&cfg.sets, cfg.limit)?;
     let detector = RefusalDetector::new(refusal)?;
     let judge = match &cfg.judge {
