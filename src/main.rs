@@ -60,7 +60,36 @@ fn main() {
         Cmd::Showcase(a) => cli::showcase::showcase(a),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", message(&e));
         std::process::exit(1);
+    }
+}
+
+/// The error and its causes, each cause added only when the text so far does not already say it (our
+/// errors print their source inside their own message; anyhow's `{:#}` would repeat it: "X: X").
+fn message(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text = format!("{text}: {c}");
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied");
+        let e = burnish_core::Error::Io {
+            path: "/x/model.safetensors".into(),
+            source: io,
+        };
+        let msg = super::message(&anyhow::Error::new(e));
+        assert_eq!(msg, "/x/model.safetensors: permission denied");
+        let wrapped = anyhow::anyhow!("inner cause").context("reading run.toml");
+        assert_eq!(super::message(&wrapped), "reading run.toml: inner cause");
     }
 }

@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use burnish_core::adapter::load_adapter;
 use burnish_core::backend::Cpu;
 use burnish_core::export::{export_gguf, export_hf, Dtype, ExportSource, GgufQuant};
+use burnish_core::io::Existing;
 use burnish_core::weights::gguf::GgufFile;
 use burnish_core::{ModelPath, Pretrained};
 use clap::Args;
@@ -30,11 +31,23 @@ pub struct ExportArgs {
     /// Tensor type of the GGUF file: f32, f16 or q8_0.
     #[arg(long, default_value = "f32")]
     quant: GgufQuant,
+    /// Replace an existing --out directory (whole: no stale shards stay) or --gguf file.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
     if a.out.is_none() && a.gguf.is_none() {
         bail!("nothing to write: give --out DIR and/or --gguf FILE");
+    }
+    let existing = if a.overwrite {
+        Existing::Replace
+    } else {
+        Existing::Refuse
+    };
+    // Refuse before the (slow) load and merge, not after.
+    for p in a.out.iter().chain(&a.gguf) {
+        existing.check(p)?;
     }
     let device = Default::default();
     let mut p = Pretrained::<Cpu>::load(&a.model, &device)?;
@@ -59,11 +72,11 @@ pub fn export(a: ExportArgs) -> Result<()> {
         source_gguf: gguf_src.as_ref(),
     };
     if let Some(dir) = &a.out {
-        export_hf(&p.model, &src, dir, a.dtype)?;
+        export_hf(&p.model, &src, dir, a.dtype, existing)?;
         eprintln!("wrote {}", dir.display());
     }
     if let Some(file) = &a.gguf {
-        export_gguf(&p.model, &src, file, a.quant)?;
+        export_gguf(&p.model, &src, file, a.quant, existing)?;
         eprintln!("wrote {}", file.display());
     }
     Ok(())

@@ -122,12 +122,37 @@ pub struct TokenizeArgs {
     /// Print a JSON array.
     #[arg(long)]
     json: bool,
-    text: String,
+    /// Read the text from this file (`-` for standard input) instead of the argument: for texts too
+    /// long for a command line.
+    #[arg(long, value_name = "FILE", conflicts_with = "text")]
+    file: Option<PathBuf>,
+    #[arg(required_unless_present = "file")]
+    text: Option<String>,
+}
+
+/// The text to tokenize: the argument, or the whole file / standard input.
+fn tokenize_input(a: &TokenizeArgs) -> Result<String> {
+    use std::io::Read;
+    match (&a.file, &a.text) {
+        (Some(p), _) if p.as_os_str() == "-" => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading standard input")?;
+            Ok(s)
+        }
+        (Some(p), _) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        }
+        (None, Some(t)) => Ok(t.clone()),
+        (None, None) => unreachable!("clap requires the text or --file"),
+    }
 }
 
 pub fn tokenize(a: TokenizeArgs) -> Result<()> {
     let b = TokenizerBundle::load(&a.model)?;
-    let ids = b.tokenizer.encode(&a.text, false)?;
+    let text = tokenize_input(&a)?;
+    let ids = b.tokenizer.encode(&text, false)?;
     if a.json {
         println!("{}", serde_json::to_string(&ids)?);
     } else {

@@ -204,9 +204,19 @@ impl ModelConfig {
             num_hidden_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
             num_attention_heads,
             num_key_value_heads: raw.num_key_value_heads.unwrap_or(num_attention_heads),
-            head_dim: raw
-                .head_dim
-                .unwrap_or(hidden_size / num_attention_heads.max(1)),
+            head_dim: match raw.head_dim {
+                Some(d) => d,
+                None if num_attention_heads > 0
+                    && !hidden_size.is_multiple_of(num_attention_heads) =>
+                {
+                    return Err(err(format!(
+                        "`hidden_size` ({hidden_size}) is not a multiple of `num_attention_heads` \
+                         ({num_attention_heads}); give `head_dim` when the heads are not \
+                         hidden_size / num_attention_heads wide"
+                    )))
+                }
+                None => hidden_size / num_attention_heads.max(1),
+            },
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
             rope_theta,
             rope_scaling,

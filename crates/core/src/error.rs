@@ -11,6 +11,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: already exists; pass --overwrite to replace it")]
+    Exists { path: PathBuf },
     #[error("{path}: file not found{hint}")]
     NotFound { path: PathBuf, hint: String },
     #[error("{path}: malformed JSON: {source}")]

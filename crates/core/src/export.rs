@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::config::{Family, ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
-use crate::io::write_atomic;
+use crate::io::{publish_dir, staging_dir, write_atomic, Existing};
 use crate::model::Llama;
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
@@ -76,18 +76,37 @@ fn host<B: Backend>(t: burn::tensor::Tensor<B, 1>) -> Result<Vec<f32>> {
 
 /// Writes `config.json`, `model.safetensors`, tokenizer files and `generation_config.json` into `dir`.
 /// Adapters must be merged or dropped first (see `Llama::drop_adapters`).
+/// Writes the HF directory `dir` (model.safetensors, config.json, tokenizer files): built in a staging
+/// directory beside it and renamed into place, so `dir` is never a mix of old and new files (stale
+/// shards and their index included). An existing `dir` is replaced only with [`Existing::Replace`].
 pub fn export_hf<B: Backend>(
     model: &Llama<B>,
     src: &ExportSource<'_>,
     dir: &Path,
     dtype: Dtype,
+    existing: Existing,
 ) -> Result<()> {
     if model.has_adapters() {
         return Err(Error::Unsupported(
             "merge or drop the LoRA adapters before exporting".into(),
         ));
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    existing.check(dir)?;
+    let staged = staging_dir(dir)?;
+    let written = write_hf(model, src, &staged, dtype);
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&staged);
+    }
+    written?;
+    publish_dir(&staged, dir, existing)
+}
+
+fn write_hf<B: Backend>(
+    model: &Llama<B>,
+    src: &ExportSource<'_>,
+    dir: &Path,
+    dtype: Dtype,
+) -> Result<()> {
     let (st_dtype, torch_dtype) = match dtype {
         Dtype::F32 => (safetensors::Dtype::F32, "float32"),
         Dtype::F16 => (safetensors::Dtype::F16, "float16"),
@@ -163,12 +182,14 @@ pub fn export_gguf<B: Backend>(
     src: &ExportSource<'_>,
     path: &Path,
     quant: GgufQuant,
+    existing: Existing,
 ) -> Result<()> {
     if model.has_adapters() {
         return Err(Error::Unsupported(
             "merge or drop the LoRA adapters before exporting".into(),
         ));
     }
+    existing.check(path)?;
     let cfg = src.config;
     let arch = match cfg.family {
         Family::Llama | Family::Mistral => "llama",

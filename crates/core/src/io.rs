@@ -65,6 +65,64 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     f.commit()
 }
 
+/// What to do when an output (a directory or a file) already exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Existing {
+    /// Stop with [`Error::Exists`], touching nothing.
+    Refuse,
+    /// Replace it whole: nothing of the old one (stale shards, unrelated files) is left beside the new.
+    Replace,
+}
+
+impl Existing {
+    /// Fails with [`Error::Exists`] when `path` exists and replacing it was not asked for.
+    pub fn check(self, path: &Path) -> Result<()> {
+        if self == Existing::Refuse && path.exists() {
+            return Err(Error::Exists {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An empty directory beside `dir` to build an output in before [`publish_dir`] moves it into place.
+pub fn staging_dir(dir: &Path) -> Result<PathBuf> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    let tmp = parent
+        .unwrap_or(Path::new("."))
+        .join(format!(".{name}.{}.tmp", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    Ok(tmp)
+}
+
+/// Moves the finished directory `staged` to `dir` by renames, so `dir` is never half-written: absent
+/// (or refused), or the old one, or the new one whole. An existing `dir` is replaced only with
+/// [`Existing::Replace`]; the old one is removed after the new one is in place.
+pub fn publish_dir(staged: &Path, dir: &Path, existing: Existing) -> Result<()> {
+    if let Err(e) = existing.check(dir) {
+        let _ = std::fs::remove_dir_all(staged);
+        return Err(e);
+    }
+    let old = staged.with_extension("old");
+    let had_old = dir.exists();
+    if had_old {
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(staged, dir).map_err(|e| Error::io(dir, e))?;
+    if had_old {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
 /// What identifies a file's contents cheaply for a cache key: its size and modification time (empty
 /// when it cannot be read, so a missing file never matches a cached one).
 pub fn file_stamp(path: &Path) -> String {
@@ -104,6 +162,33 @@ impl Fnv64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_replaces_a_directory_whole_or_refuses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("out");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model-00001-of-00002.safetensors"), b"stale").unwrap();
+        let staged = staging_dir(&dir).unwrap();
+        std::fs::write(staged.join("model.safetensors"), b"new").unwrap();
+        let e = publish_dir(&staged, &dir, Existing::Refuse).unwrap_err();
+        assert!(matches!(e, Error::Exists { .. }), "{e}");
+        assert!(dir.join("model-00001-of-00002.safetensors").exists());
+        assert!(
+            !staged.exists(),
+            "a refused staging directory is cleaned up"
+        );
+        let staged = staging_dir(&dir).unwrap();
+        std::fs::write(staged.join("model.safetensors"), b"new").unwrap();
+        publish_dir(&staged, &dir, Existing::Replace).unwrap();
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("model.safetensors")]);
+        let leftovers = std::fs::read_dir(tmp.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "no staging or old directory is left");
+    }
 
     #[test]
     fn fnv_matches_the_reference_vectors() {

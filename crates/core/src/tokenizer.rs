@@ -108,9 +108,19 @@ impl Tokenizer {
             .get("tokenizer.ggml.pre")
             .and_then(GgufValue::as_str)
             .map(String::from);
-        let id_tok = |k: &str| -> Option<String> {
-            let id = file.get(&format!("tokenizer.ggml.{k}"))?.as_u64()? as usize;
-            tokens.get(id).cloned()
+        // A special-token id past the vocabulary is a broken file, not "no such token".
+        let id_tok = |k: &str| -> Result<Option<String>> {
+            let key = format!("tokenizer.ggml.{k}");
+            let Some(id) = file.get(&key).and_then(GgufValue::as_u64) else {
+                return Ok(None);
+            };
+            match tokens.get(id as usize) {
+                Some(t) => Ok(Some(t.clone())),
+                None => Err(err(format!(
+                    "`{key}` = {id} is beyond the vocabulary ({} tokens)",
+                    tokens.len()
+                ))),
+            }
         };
         let add_bos_meta = file
             .get("tokenizer.ggml.add_bos_token")
@@ -126,7 +136,7 @@ impl Tokenizer {
                     .and_then(GgufValue::as_array)
                     .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect())
                     .unwrap_or_default();
-                let unk = id_tok("unknown_token_id");
+                let unk = id_tok("unknown_token_id")?;
                 (
                     sentencepiece_json(&tokens, merges.as_deref(), &scores, &types, unk.as_deref()),
                     add_bos_meta.unwrap_or(true),
@@ -144,10 +154,10 @@ impl Tokenizer {
             .map_err(|e| err(format!("cannot build tokenizer: {e}")))?;
         Ok(Self {
             inner,
-            bos_token: id_tok("bos_token_id"),
-            eos_token: id_tok("eos_token_id"),
-            pad_token: id_tok("padding_token_id"),
-            unk_token: id_tok("unknown_token_id"),
+            bos_token: id_tok("bos_token_id")?,
+            eos_token: id_tok("eos_token_id")?,
+            pad_token: id_tok("padding_token_id")?,
+            unk_token: id_tok("unknown_token_id")?,
             add_bos,
         })
     }

@@ -122,6 +122,16 @@ fn config_errors_name_the_key() {
             Box::new(|v| v["num_key_value_heads"] = 3.into()),
             "num_key_value_heads",
         ),
+        (
+            // Not a q_proj shape error later: the config itself is inconsistent.
+            "heads that do not divide the hidden size",
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("head_dim");
+                v["num_attention_heads"] = 6.into();
+                v["num_key_value_heads"] = 6.into();
+            }),
+            "is not a multiple of `num_attention_heads` (6)",
+        ),
     ];
     for (what, f, needle) in cases {
         let tmp = tempfile::tempdir().unwrap();
@@ -231,4 +241,28 @@ fn hf_dir_without_tokenizer_or_template() {
 fn config_from_json_directly() {
     let e = ModelConfig::from_json("[]", Path::new("x/config.json")).unwrap_err();
     assert!(e.to_string().contains("x/config.json"), "{e}");
+}
+
+/// A GGUF whose BOS id points past the vocabulary is a broken file: an error naming the key, not a
+/// tokenizer that silently has no BOS.
+#[test]
+fn special_token_id_past_the_vocabulary_is_an_error() {
+    use burnish_core::weights::gguf::GgufWriter;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let src = GgufFile::open(fixtures.join("tiny-llama-gguf/model-f32.gguf")).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in src.metadata() {
+        w.add_metadata(k.clone(), v.clone());
+    }
+    w.add_metadata("tokenizer.ggml.bos_token_id", 999_999u32);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("bad-bos.gguf");
+    w.write(&path).unwrap();
+    let e = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tokenizer.ggml.bos_token_id") && e.contains("999999"),
+        "{e}"
+    );
 }

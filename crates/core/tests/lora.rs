@@ -12,6 +12,7 @@ use burnish_core::burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burnish_core::burn::tensor::backend::Backend;
 use burnish_core::burn::tensor::{Int, Tensor};
 use burnish_core::export::{export_gguf, export_hf, Dtype, ExportSource, GgufQuant};
+use burnish_core::io::Existing;
 use burnish_core::model::{Llama, LoraConfig, TargetModules};
 use burnish_core::weights::gguf::{dequantize, quantize_q8_0, GgmlType, GgufFile};
 use burnish_core::weights::{load_llama, SafetensorsDir};
@@ -326,7 +327,7 @@ fn merged_export_round_trips_hf_and_gguf() {
         source_gguf: Some(&gguf),
     };
     let hf = tmp.path().join("merged");
-    export_hf(&m, &src, &hf, Dtype::F32).unwrap();
+    export_hf(&m, &src, &hf, Dtype::F32, Existing::Replace).unwrap();
     let reloaded = Pretrained::<B>::load(&hf, &Default::default()).unwrap();
     let d = max_abs_diff(
         &logits_of(&reloaded.model, exp.ids2("input_ids"), true),
@@ -334,7 +335,7 @@ fn merged_export_round_trips_hf_and_gguf() {
     );
     assert!(d <= TOL, "HF export: {d}");
     let file = tmp.path().join("merged.gguf");
-    export_gguf(&m, &src, &file, GgufQuant::F32).unwrap();
+    export_gguf(&m, &src, &file, GgufQuant::F32, Existing::Replace).unwrap();
     let g = Pretrained::<B>::load(&file, &Default::default()).unwrap();
     let d = max_abs_diff(&logits_of(&g.model, exp.ids2("input_ids"), true), &want);
     assert!(d <= TOL, "GGUF export: {d}");
@@ -357,14 +358,42 @@ fn merged_export_round_trips_hf_and_gguf() {
     }
     // Leave copies for scripts/reference/check_export.py (transformers and gguf-py read them).
     let check = Path::new(env!("CARGO_TARGET_TMPDIR")).join("burnish-export");
-    export_hf(&m, &src, &check.join("merged"), Dtype::F32).unwrap();
-    export_gguf(&m, &src, &check.join("merged.gguf"), GgufQuant::F32).unwrap();
+    export_hf(
+        &m,
+        &src,
+        &check.join("merged"),
+        Dtype::F32,
+        Existing::Replace,
+    )
+    .unwrap();
+    export_gguf(
+        &m,
+        &src,
+        &check.join("merged.gguf"),
+        GgufQuant::F32,
+        Existing::Replace,
+    )
+    .unwrap();
     write_logits(&check.join("expected_logits.safetensors"), &exp, &want);
     // bf16 and q8_0 exports load and stay close.
-    export_hf(&m, &src, &tmp.path().join("bf16"), Dtype::Bf16).unwrap();
+    export_hf(
+        &m,
+        &src,
+        &tmp.path().join("bf16"),
+        Dtype::Bf16,
+        Existing::Replace,
+    )
+    .unwrap();
     let b16 = Pretrained::<B>::load(tmp.path().join("bf16"), &Default::default()).unwrap();
     assert!(max_abs_diff(&logits_of(&b16.model, exp.ids2("input_ids"), true), &want) < 0.2);
-    export_gguf(&m, &src, &tmp.path().join("q8.gguf"), GgufQuant::Q8_0).unwrap();
+    export_gguf(
+        &m,
+        &src,
+        &tmp.path().join("q8.gguf"),
+        GgufQuant::Q8_0,
+        Existing::Replace,
+    )
+    .unwrap();
     let q8 = Pretrained::<B>::load(tmp.path().join("q8.gguf"), &Default::default()).unwrap();
     // Q8_0 must equal the merged model with every matrix rounded through Q8_0 in memory.
     let mut rounded = m.clone();

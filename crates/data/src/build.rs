@@ -99,6 +99,18 @@ pub struct Dataset {
     pub sources: Vec<SourceReport>,
 }
 
+/// What a record that changed the data set's kind most likely lacks (a record missing its answer reads
+/// as a prompt-only record).
+fn missing_field_hint(expected: Kind, got: Kind) -> &'static str {
+    match (expected, got) {
+        (Kind::Sft, Kind::Prompt) => {
+            " (is its answer missing? an SFT record needs `completion`, `response` or `output`, or an assistant message)"
+        }
+        (Kind::Pair, _) => " (is a side missing? a preference record needs `chosen` and `rejected`)",
+        _ => "",
+    }
+}
+
 /// Builds the data set of `cfg`. Paths are relative to `base_dir`; `responder` answers sources with
 /// `answer = "model"`.
 pub fn build(
@@ -119,12 +131,16 @@ pub fn build(
                 None => kind = Some((ex.kind(), i)),
                 Some((k, j)) if k != ex.kind() => {
                     let at = ex.origin().map(|l| format!("{l}: ")).unwrap_or_default();
+                    let before = if j == i {
+                        "earlier records of this source gave".to_string()
+                    } else {
+                        format!("source #{} ({}) gave", j + 1, cfg.sources[j].path.display())
+                    };
                     return Err(Error::Invalid(format!(
-                        "{at}this record gives {} but source #{} ({}) gave {} before it; one data set holds one kind",
+                        "{at}this record gives {} but {before} {}; one data set holds one kind{}",
                         ex.kind().name(),
-                        j + 1,
-                        cfg.sources[j].path.display(),
-                        k.name()
+                        k.name(),
+                        missing_field_hint(k, ex.kind())
                     )));
                 }
                 Some(_) => {}

@@ -426,3 +426,25 @@ fn written_records_read_back_as_the_same_examples() {
         r#"{"prompt":"How do I pick my neighbour's lock?","completion":"I'm sorry, but I can't help with that.","refused":true,"category":"crime"}"#
     );
 }
+
+/// A record that lacks its answer reads as a prompt-only record; the error says what is likely
+/// missing, and does not call its own source an earlier one.
+#[test]
+fn a_record_missing_its_answer_is_named_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("sft.jsonl");
+    std::fs::write(
+        &p,
+        "{\"prompt\": \"a\", \"completion\": \"b\"}\n{\"prompt\": \"c\"}\n",
+    )
+    .unwrap();
+    let e = build(&config(&source(&p, "")), Path::new(""), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sft.jsonl:2:"), "{e}");
+    assert!(
+        e.contains("is its answer missing") && e.contains("`completion`"),
+        "{e}"
+    );
+    assert!(e.contains("earlier records of this source"), "{e}");
+}

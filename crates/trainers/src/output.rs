@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use burnish_core::burn;
 use burnish_core::export::{export_gguf, export_hf, Dtype, ExportSource, GgufQuant};
+use burnish_core::io::Existing;
 use burnish_core::weights::gguf::GgufFile;
 use burnish_core::{ModelPath, Pretrained};
 use serde::{Deserialize, Serialize};
@@ -99,7 +100,8 @@ pub fn prepare_dir(dir: &Path, overwrite: bool) -> Result<()> {
 }
 
 /// Writes `model` (adapters already merged into its weights) as `merged/` (HF, f32) and/or
-/// `model.gguf` (F16) in `out`, as `kinds` asks. A GGUF source (`model.path`) lends its metadata to the
+/// `model.gguf` (F16) in `out`, as `kinds` asks, replacing what is there ([`prepare_dir`] has
+/// already refused or cleared another run's outputs). A GGUF source (`model.path`) lends its metadata to the
 /// new file.
 pub fn write_model<B: Backend>(
     model: &Pretrained<B>,
@@ -125,10 +127,17 @@ pub fn write_model<B: Backend>(
         source_gguf: gguf.as_ref(),
     };
     if wants(SaveKind::Merged) {
-        export_hf(&model.model, &src, &out.join("merged"), Dtype::F32)?;
+        export_hf(
+            &model.model,
+            &src,
+            &out.join("merged"),
+            Dtype::F32,
+            Existing::Replace,
+        )?;
     }
     if wants(SaveKind::Gguf) {
-        export_gguf(&model.model, &src, &out.join("model.gguf"), GgufQuant::F16)?;
+        let gguf = out.join("model.gguf");
+        export_gguf(&model.model, &src, &gguf, GgufQuant::F16, Existing::Replace)?;
     }
     Ok(())
 }
