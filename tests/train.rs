@@ -539,6 +539,37 @@ fn resume_refuses_a_changed_run_naming_the_key() {
     );
 }
 
+/// `burnish tokenize` reads long texts from a file or standard input, with the same ids as the argument.
+#[test]
+fn tokenize_reads_a_file_or_stdin() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_chat_model(tmp.path());
+    let m = model.to_str().unwrap();
+    let text = "the cat is on the mat";
+    let ids = |extra: &[&str], stdin: Option<&str>| {
+        let mut child = burnish()
+            .args(["tokenize", "--model", m, "--json"])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let file = tmp.path().join("text.txt");
+    std::fs::write(&file, text).unwrap();
+    let want = ids(&[text], None);
+    assert!(want.starts_with('['), "{want}");
+    assert_eq!(ids(&["--file", file.to_str().unwrap()], None), want);
+    assert_eq!(ids(&["--file", "-"], Some(text)), want);
+}
+
 /// Out-of-range numbers are refused with the key and its range: generation settings that used to act
 /// as greedy or uniform sampling, a zero step budget, an evaluation without new tokens.
 #[test]
@@ -558,10 +589,27 @@ fn numeric_arguments_are_validated() {
         let err = fails(&["generate", "--model", m, "--prompt", "hi", flag, value]);
         assert!(err.contains(key), "{flag} {value}: {err}");
     }
-    let e = RunFile::load(&run, &["train.max_steps=0".into()])
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("max_steps"), "{e}");
+    for (set, key) in [
+        ("train.max_steps=0", "max_steps"),
+        ("train.logging_steps=0", "logging_steps"),
+        ("train.max_grad_norm=-1", "max_grad_norm"),
+        ("train.adamw.beta2=1.0", "beta2"),
+        ("train.adamw.eps=0", "eps"),
+        ("eval.generation_batch_size=0", "generation_batch_size"),
+    ] {
+        let e = RunFile::load(&run, &[set.into()]).unwrap_err().to_string();
+        assert!(e.contains(key), "{set}: {e}");
+    }
+    let err = fails(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "0",
+    ]);
+    assert!(err.contains("max_new_tokens"), "{err}");
     let sets = tmp.path().join("h.jsonl");
     std::fs::write(&sets, "{\"prompt\": \"say cat\"}\n").unwrap();
     let h = sets.to_str().unwrap();

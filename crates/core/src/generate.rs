@@ -48,6 +48,11 @@ impl GenerationConfig {
     /// Range checks: a negative, NaN or infinite temperature would silently act as greedy or as
     /// uniform sampling, and a `top_p` outside (0, 1] as no filter or an empty one.
     pub fn validate(&self) -> Result<()> {
+        if self.max_new_tokens == 0 {
+            return Err(Error::Generate(
+                "max_new_tokens = 0: nothing would be generated (at least 1)".into(),
+            ));
+        }
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return Err(Error::Generate(format!(
                 "temperature = {} must be a finite number >= 0 (0 = greedy)",
@@ -296,6 +301,15 @@ mod tests {
             assert!(e.contains("top_p"), "{e}");
         }
         assert!(with(0.0, 1.0).validate().is_ok() && with(1.5, 0.9).validate().is_ok());
+        let none = GenerationConfig {
+            max_new_tokens: 0,
+            ..Default::default()
+        };
+        assert!(none
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_new_tokens"));
     }
 
     #[test]

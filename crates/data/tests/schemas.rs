@@ -190,7 +190,9 @@ fn every_sft_schema_in_one_file() {
     let e = d.unwrap_err().to_string();
     // Prompt-only records do not mix with SFT ones.
     assert!(
-        e.starts_with("tests/fixtures/sft-mixed.jsonl:6: this record gives prompts but source #1"),
+        e.starts_with(
+            "tests/fixtures/sft-mixed.jsonl:6: this record gives prompts but earlier records of this source gave SFT"
+        ),
         "{e}"
     );
     let d = run(&source(&fixture("sft-mixed.jsonl"), "limit = 5"));

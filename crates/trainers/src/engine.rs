@@ -99,6 +99,35 @@ impl TrainConfig {
                 self.warmup_ratio
             ));
         }
+        if self.logging_steps == 0 || self.save_total_limit == 0 {
+            return Err(
+                "`train.logging_steps` and `train.save_total_limit` must be at least 1".into(),
+            );
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            return Err(format!(
+                "`train.max_grad_norm` = {} must be >= 0 (0 turns clipping off)",
+                self.max_grad_norm
+            ));
+        }
+        let a = &self.adamw;
+        let beta = |b: f64| (0.0..1.0).contains(&b);
+        if !(beta(a.beta1) && beta(a.beta2)) {
+            return Err(format!(
+                "`train.adamw.beta1` = {} and `beta2` = {} must be in [0, 1)",
+                a.beta1, a.beta2
+            ));
+        }
+        if !(a.eps.is_finite()
+            && a.eps > 0.0
+            && a.weight_decay.is_finite()
+            && a.weight_decay >= 0.0)
+        {
+            return Err(format!(
+                "`train.adamw.eps` = {} must be > 0 and `weight_decay` = {} >= 0",
+                a.eps, a.weight_decay
+            ));
+        }
         if self.max_steps == Some(0) {
             return Err(
                 "`train.max_steps` = 0 must be at least 1 (or leave it out and set `train.epochs`)"

@@ -39,6 +39,16 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 pub const MAX_DIMS: u32 = 4;
 /// Deepest nesting of arrays accepted (real files use at most 2).
 const MAX_ARRAY_DEPTH: u32 = 16;
+/// The most entries reserved up front for a count read from the file. A count is checked against the bytes
+/// left before anything is read, but each entry takes more memory than its smallest encoding (a 1-byte
+/// array element becomes a 32-byte `GgufValue`), so reserving the full count of a corrupt multi-GB file
+/// could ask for more memory than the machine has before the first element fails to parse; vectors grow
+/// as entries actually parse instead.
+const MAX_RESERVE: u64 = 4096;
+
+fn reserve(count: u64) -> usize {
+    count.min(MAX_RESERVE) as usize
+}
 const FORMAT: &str = "GGUF";
 
 /// One tensor's entry in the file's tensor table.
@@ -62,7 +72,9 @@ impl GgufTensorInfo {
             .collect()
     }
 
-    /// Number of elements (saturating; for a tensor of an opened file it is exact).
+    /// Number of elements (saturating; for a tensor of an opened file it is exact). For a known type the
+    /// file holds that many elements' bytes; an unknown type's count is only what the header claims, so
+    /// check [`GgmlType::can_dequantize`] before sizing a buffer for [`GgufFile::tensor_f32_into`].
     pub fn n_elements(&self) -> usize {
         self.dims.iter().fold(1usize, |n, &d| {
             n.saturating_mul(usize::try_from(d).unwrap_or(usize::MAX))
@@ -380,7 +392,7 @@ impl<'a> Reader<'a> {
                         value::type_name(elem)
                     ));
                 }
-                let mut items = Vec::with_capacity(count as usize);
+                let mut items = Vec::with_capacity(reserve(count));
                 for i in 0..count {
                     let v = self
                         .value(elem, depth + 1)
@@ -450,8 +462,8 @@ fn parse(buf: &[u8]) -> Result<Parsed, String> {
         ));
     }
 
-    let mut metadata: Vec<(String, GgufValue)> = Vec::with_capacity(n_kv as usize);
-    let mut seen_keys = std::collections::HashSet::with_capacity(n_kv as usize);
+    let mut metadata: Vec<(String, GgufValue)> = Vec::with_capacity(reserve(n_kv));
+    let mut seen_keys = std::collections::HashSet::with_capacity(reserve(n_kv));
     for i in 0..n_kv {
         let key = r
             .string()
@@ -478,8 +490,8 @@ fn parse(buf: &[u8]) -> Result<Parsed, String> {
         },
     };
 
-    let mut tensors: Vec<GgufTensorInfo> = Vec::with_capacity(n_tensors as usize);
-    let mut seen_names = std::collections::HashSet::with_capacity(n_tensors as usize);
+    let mut tensors: Vec<GgufTensorInfo> = Vec::with_capacity(reserve(n_tensors));
+    let mut seen_names = std::collections::HashSet::with_capacity(reserve(n_tensors));
     for i in 0..n_tensors {
         let info = tensor_info(&mut r).map_err(|e| format!("tensor info {i}: {e}"))?;
         if !seen_names.insert(info.name.clone()) {

@@ -109,8 +109,27 @@ impl WeightSource for GgufWeights {
                 None
             };
             if let Some(n_head) = n_head {
-                let rows = shape[0];
-                let cols = if shape.len() == 2 { shape[1] } else { 1 };
+                // The permutation works on whole heads of `head_dim` rows: a weight `[rows, hidden]` or a
+                // bias `[rows]` with `rows = n_head * head_dim`, which is what the model expects anyway.
+                let rows = n_head.checked_mul(self.cfg.head_dim);
+                let cols = match shape[..] {
+                    [r] if Some(r) == rows => Some(1),
+                    [r, c] if Some(r) == rows => Some(c),
+                    _ => None,
+                };
+                let (Some(rows), Some(cols)) = (rows, cols) else {
+                    let rows = rows.unwrap_or(usize::MAX);
+                    return Err(Error::Shape {
+                        path: self.file.path().to_path_buf(),
+                        name,
+                        expected: if shape.len() == 1 {
+                            vec![rows]
+                        } else {
+                            vec![rows, self.cfg.hidden_size]
+                        },
+                        actual: shape,
+                    });
+                };
                 data = unpermute_rows(&data, rows, cols, n_head);
             }
         }
@@ -141,11 +160,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         }
     };
     let key = |k: &str| format!("{arch}.{k}");
-    let uint = |k: &str| {
-        f.get(&key(k))
-            .and_then(GgufValue::as_u64)
-            .map(|v| v as usize)
-    };
+    let uint = |k: &str| f.get(&key(k)).and_then(GgufValue::as_usize);
     let need = |k: &str| uint(k).ok_or_else(|| err(format!("missing metadata `{}`", key(k))));
     let float = |k: &str| f.get(&key(k)).and_then(GgufValue::as_f64);
     let hidden_size = need("embedding_length")?;
@@ -156,7 +171,15 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
             path: path.clone(),
             name: "token_embd.weight".into(),
         })?;
-    let vocab_size = embd.shape()[0];
+    // `[vocab, hidden]`; anything else (a file may claim 0 to 4 dims) cannot be an embedding.
+    let vocab_size = match embd.shape()[..] {
+        [vocab, _] => vocab,
+        ref other => {
+            return Err(err(format!(
+            "tensor `token_embd.weight` has shape {other:?}, expected [vocab_size, {hidden_size}]"
+        )))
+        }
+    };
     if f.tensor_info("rope_freqs.weight").is_some() {
         return Err(Error::Unsupported(format!(
             "{}: per-frequency RoPE factors (`rope_freqs.weight`, Llama 3.1 GGUF) are not supported yet; \
@@ -177,10 +200,11 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
             )))
         }
     };
+    // An id that does not fit u32 is no token id (rather than truncated into one).
     let tok_id = |k: &str| {
         f.get(&format!("tokenizer.ggml.{k}"))
             .and_then(GgufValue::as_u64)
-            .map(|v| v as u32)
+            .and_then(|v| u32::try_from(v).ok())
     };
     let attention_bias = f.tensor_info("blk.0.attn_q.bias").is_some();
     let cfg = ModelConfig {

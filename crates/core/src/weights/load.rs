@@ -90,10 +90,22 @@ pub fn load_llama<B: Backend, S: WeightSource + ?Sized>(
 ) -> Result<Llama<B>> {
     let ld = Loader::<B, S> { src, device };
     let (h, hd) = (cfg.hidden_size, cfg.head_dim);
-    let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+    // A config read from a file (GGUF metadata) may claim sizes whose products overflow: no tensor can
+    // have such a shape.
+    let rows = |heads: usize, what: &str| {
+        heads.checked_mul(hd).ok_or_else(|| Error::Config {
+            path: src.path().to_path_buf(),
+            msg: format!("{what} ({heads}) × head_dim ({hd}) overflows"),
+        })
+    };
+    let (q, kv) = (
+        rows(cfg.num_attention_heads, "num_attention_heads")?,
+        rows(cfg.num_key_value_heads, "num_key_value_heads")?,
+    );
     let norm =
         |name: &str| -> Result<RmsNorm<B>> { Ok(RmsNorm::new(ld.t1(name, h)?, cfg.rms_norm_eps)) };
-    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    // The layer count comes from the file too: grow as layers load rather than trust it for an allocation.
+    let mut layers = Vec::with_capacity(cfg.num_hidden_layers.min(256));
     for i in 0..cfg.num_hidden_layers {
         let p = |rest: &str| HfNames::layer(i, rest);
         layers.push(DecoderLayer {

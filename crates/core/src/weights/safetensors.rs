@@ -3,7 +3,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::tensor::TensorInfo;
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use super::{HostTensor, WeightSource};
 use crate::error::{Error, Result};
@@ -72,8 +73,7 @@ impl SafetensorsDir {
             let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
             // SAFETY: the file is opened read-only; burnish never writes a file it has mapped.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-            let st = SafeTensors::deserialize(&mmap)
-                .map_err(|e| Error::corrupt(&path, "safetensors", e.to_string()))?;
+            let st = SafeTensors::deserialize(&mmap).map_err(|e| corrupt(&path, &mmap, &e))?;
             for name in st.names() {
                 index.insert(name.to_string(), shards.len());
             }
@@ -96,6 +96,99 @@ impl SafetensorsDir {
         let st = SafeTensors::deserialize(&self.shards[i].1).ok()?;
         st.tensor(name).ok().map(|t| format!("{:?}", t.dtype()))
     }
+}
+
+/// The error for a file the safetensors crate refuses: for a problem with one tensor's entry (offsets past
+/// the end of the file, a gap or overlap, a size that does not match the shape) the message names the
+/// tensor, which the crate's own message does not always do.
+fn corrupt(path: &Path, buf: &[u8], e: &SafeTensorError) -> Error {
+    let msg = match e {
+        SafeTensorError::InvalidOffset(_)
+        | SafeTensorError::MetadataIncompleteBuffer
+        | SafeTensorError::TensorInvalidInfo
+        | SafeTensorError::ValidationOverflow
+        | SafeTensorError::MisalignedSlice => tensor_problem(buf),
+        _ => None,
+    };
+    Error::corrupt(path, "safetensors", msg.unwrap_or_else(|| e.to_string()))
+}
+
+/// Finds the first tensor whose entry is wrong, checking what `SafeTensors::deserialize` checks, in the
+/// same order (by data offset); `None` if the header does not even parse (the crate's message says why).
+fn tensor_problem(buf: &[u8]) -> Option<String> {
+    let n = usize::try_from(u64::from_le_bytes(buf.get(..8)?.try_into().ok()?)).ok()?;
+    let header = buf.get(8..n.checked_add(8)?)?;
+    let data_len = buf.len() - 8 - n;
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header).ok()?;
+    let mut tensors = Vec::new();
+    for (name, v) in map {
+        if name != "__metadata__" {
+            let info: TensorInfo = serde_json::from_value(v).ok()?;
+            tensors.push((name, info));
+        }
+    }
+    // Past the end first: it is the likeliest problem (a truncated download) and the one to name.
+    for (name, info) in &tensors {
+        let (s, e) = info.data_offsets;
+        if s.max(e) > data_len {
+            return Some(format!(
+                "tensor `{name}`: data offsets [{s}, {e}] point past the end of the file (its data section \
+                 after the header is {data_len} bytes; truncated download?)"
+            ));
+        }
+    }
+    tensors.sort_by_key(|(_, info)| info.data_offsets);
+    let mut end = 0;
+    for (name, info) in &tensors {
+        let (s, e) = info.data_offsets;
+        if e < s {
+            return Some(format!(
+                "tensor `{name}`: data offsets [{s}, {e}] end before they start"
+            ));
+        }
+        if s != end {
+            return Some(format!(
+                "tensor `{name}`: data starts at byte {s} of the data section, but the tensor before it \
+                 ends at {end} (tensors must be contiguous, without gaps or overlaps)"
+            ));
+        }
+        let bits = info
+            .shape
+            .iter()
+            .try_fold(info.dtype.bitsize(), |n, &d| n.checked_mul(d));
+        match bits {
+            None => return Some(format!("tensor `{name}`: shape {:?} overflows", info.shape)),
+            Some(b) if b % 8 != 0 => {
+                return Some(format!(
+                    "tensor `{name}`: shape {:?} of {:?} is not a whole number of bytes",
+                    info.shape, info.dtype
+                ))
+            }
+            Some(b) if b / 8 != e - s => {
+                return Some(format!(
+                    "tensor `{name}`: shape {:?} of {:?} needs {} bytes but data offsets [{s}, {e}] hold {}",
+                    info.shape,
+                    info.dtype,
+                    b / 8,
+                    e - s
+                ))
+            }
+            Some(_) => {}
+        }
+        end = e;
+    }
+    if end != data_len {
+        return Some(match tensors.last() {
+            Some((name, _)) => format!(
+                "tensor `{name}` (the last) ends at byte {end} of the data section, but the file has \
+                 {data_len} bytes of data after the header"
+            ),
+            None => format!(
+                "the header lists no tensors, but the file has {data_len} bytes of data after it"
+            ),
+        });
+    }
+    None
 }
 
 /// Writes `tensors` (name, shape, little-endian bytes, all of `dtype`) as one safetensors file, atomically.
@@ -138,11 +231,10 @@ impl WeightSource for SafetensorsDir {
             return Ok(None);
         };
         let (path, mmap) = &self.shards[i];
-        let st = SafeTensors::deserialize(mmap)
-            .map_err(|e| Error::corrupt(path, "safetensors", e.to_string()))?;
+        let st = SafeTensors::deserialize(mmap).map_err(|e| corrupt(path, mmap, &e))?;
         let view = st
             .tensor(name)
-            .map_err(|e| Error::corrupt(path, "safetensors", e.to_string()))?;
+            .map_err(|e| Error::corrupt(path, "safetensors", format!("tensor `{name}`: {e}")))?;
         let bytes = view.data();
         let data: Vec<f32> = match view.dtype() {
             Dtype::F32 => bytes

@@ -6,7 +6,7 @@ use std::io::BufRead;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{into_object, read_error, RawRecord, Records};
+use super::{into_object, read_error, RawRecord, Records, MAX_RECORD_BYTES};
 use crate::error::{Error, FieldError, Location, Result};
 
 pub struct JsonLines {
@@ -39,14 +39,18 @@ impl Iterator for JsonLines {
     fn next(&mut self) -> Option<Self::Item> {
         while !self.done {
             self.buf.clear();
-            match self.reader.read_until(b'\n', &mut self.buf) {
-                Ok(0) => self.done = true,
-                Ok(_) => {
+            match read_line_capped(&mut *self.reader, &mut self.buf, MAX_RECORD_BYTES) {
+                Ok((0, _)) => self.done = true,
+                Ok((n, complete)) => {
                     self.line += 1;
+                    let loc = Location::line(&self.path, self.line);
+                    if !complete {
+                        self.buf = Vec::new();
+                        return Some(Err(FieldError::record(too_long("line", n)).at(&loc).into()));
+                    }
                     if self.buf.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    let loc = Location::line(&self.path, self.line);
                     let parsed = serde_json::from_slice(self.buf.trim_ascii_end())
                         .map_err(|e| json_error(&e))
                         .and_then(into_object);
@@ -63,6 +67,49 @@ impl Iterator for JsonLines {
         }
         None
     }
+}
+
+/// Reads through the next `\n` (or to the end of the input) like `read_until`, but keeps at most `max`
+/// bytes in `buf`: the rest of a longer line is read and dropped. Returns the bytes read (0 at the end)
+/// and whether the whole line is in `buf`.
+fn read_line_capped(
+    r: &mut dyn BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<(usize, bool)> {
+    let (mut read, mut complete) = (0, true);
+    loop {
+        let chunk = match r.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok((read, complete));
+        }
+        let (n, end) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        if complete && buf.len() + n <= max {
+            buf.extend_from_slice(&chunk[..n]);
+        } else {
+            complete = false;
+            buf.clear();
+        }
+        r.consume(n);
+        read += n;
+        if end {
+            return Ok((read, complete));
+        }
+    }
+}
+
+fn too_long(what: &str, n: usize) -> String {
+    format!(
+        "{what} of {n} bytes is longer than the {} MiB a record may be; skipped",
+        MAX_RECORD_BYTES >> 20
+    )
 }
 
 /// serde's message with its position relative to the parsed text replaced by the column alone (the
@@ -93,6 +140,7 @@ pub fn open_json(mut reader: Box<dyn BufRead>, path: Arc<Path>) -> Result<Record
             line: lines + 1,
             state: State::Start,
             buf: Vec::new(),
+            element_len: 0,
         })),
         Some(b'{') => Ok(Box::new(JsonLines::starting_at(reader, path, lines))),
         None => Ok(Box::new(std::iter::empty())),
@@ -120,6 +168,8 @@ struct JsonArray {
     line: u64,
     state: State,
     buf: Vec<u8>,
+    /// Bytes of the current element, kept or not (past `MAX_RECORD_BYTES` they are dropped).
+    element_len: usize,
 }
 
 impl JsonArray {
@@ -147,6 +197,7 @@ impl JsonArray {
     /// terminator, or None at end of file.
     fn element(&mut self) -> std::io::Result<Option<u8>> {
         self.buf.clear();
+        self.element_len = 0;
         let (mut depth, mut in_str, mut esc) = (0usize, false, false);
         loop {
             let chunk = self.reader.fill_buf()?;
@@ -177,7 +228,12 @@ impl JsonArray {
                         _ => {}
                     }
                 }
-                self.buf.push(b);
+                self.element_len += 1;
+                if self.element_len <= MAX_RECORD_BYTES {
+                    self.buf.push(b);
+                } else if !self.buf.is_empty() {
+                    self.buf = Vec::new();
+                }
             }
             self.reader.consume(used);
             if end.is_some() {
@@ -226,6 +282,15 @@ impl Iterator for JsonArray {
                     };
                     if end == b']' {
                         self.state = State::Done;
+                    }
+                    if self.element_len > MAX_RECORD_BYTES {
+                        let loc = Location::line(&self.path, start);
+                        return Some(Err(FieldError::record(too_long(
+                            "array element",
+                            self.element_len,
+                        ))
+                        .at(&loc)
+                        .into()));
                     }
                     if self.buf.iter().all(u8::is_ascii_whitespace) {
                         let loc = Location::line(&self.path, start);

@@ -4,6 +4,9 @@
 //!
 //! Errors: a bad record is an `Error::Record` and the reader carries on after it; any other error ends
 //! the stream (the reader yields `None` afterwards).
+//!
+//! One record (a JSON line, a JSON array element, a CSV row) may be at most [`MAX_RECORD_BYTES`]: the
+//! bound on what a reader holds, whatever the input (a small gzip file can inflate to one endless line).
 
 mod delimited;
 mod json;
@@ -19,6 +22,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Location, Result};
+
+/// The longest record a text reader accepts (64 MiB, far beyond any training example): a longer JSON line
+/// or array element is a bad record (skipped, the reader carries on), a longer CSV row ends the read.
+pub const MAX_RECORD_BYTES: usize = 64 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -4,6 +4,10 @@
 //!
 //! Parquet needs random access (the footer is at the end), so a gzipped Parquet file is first
 //! decompressed into an anonymous temporary file, streaming, never into memory.
+//!
+//! The `parquet` crate can panic on a corrupt file (fuzzing found a single flipped bit in a page that makes
+//! its RLE decoder slice past its buffer), so every call into it runs under `catch_unwind` and a panic
+//! becomes an `Error::File` naming the file and row, like any other decoding error.
 
 use std::fs::File;
 use std::path::Path;
@@ -25,12 +29,14 @@ pub fn open(path: Arc<Path>) -> Result<Records> {
     } else {
         file
     };
-    let reader = SerializedFileReader::new(file).map_err(|e| {
-        Error::file(
-            path.to_path_buf(),
-            format!("not a readable Parquet file: {e}"),
-        )
-    })?;
+    let reader = guarded(|| SerializedFileReader::new(file))
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map_err(|e| {
+            Error::file(
+                path.to_path_buf(),
+                format!("not a readable Parquet file: {e}"),
+            )
+        })?;
     let rows = reader.metadata().file_metadata().num_rows().max(0) as u64;
     tracing::debug!(path = %path.display(), rows, "parquet");
     let mut iter = reader.into_iter();
@@ -40,11 +46,15 @@ pub fn open(path: Arc<Path>) -> Result<Records> {
         if done {
             return None;
         }
-        match iter.next()? {
-            Ok(r) => {
+        let next = match guarded(|| iter.next()) {
+            Ok(next) => next?.map_err(|e| e.to_string()),
+            Err(panic) => Err(panic),
+        };
+        match next.and_then(|r| guarded(|| r.to_json_value())) {
+            Ok(value) => {
                 let loc = Location::row(&path, row);
                 row += 1;
-                match r.to_json_value() {
+                match value {
                     serde_json::Value::Object(value) => Some(Ok(RawRecord { loc, value })),
                     other => Some(Err(Error::file(
                         path.to_path_buf(),
@@ -66,4 +76,17 @@ pub fn open(path: Arc<Path>) -> Result<Records> {
             }
         }
     })))
+}
+
+/// Runs a call into the `parquet` crate, turning a panic into a message. The decoder that panicked is not
+/// used again: each caller stops reading the file after an error.
+fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        format!("the Parquet decoder failed on corrupt data ({msg})")
+    })
 }
