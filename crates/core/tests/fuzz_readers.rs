@@ -1562,7 +1562,8 @@ fn regression_gguf_embedding_without_dims() {
     );
 }
 
-/// The same hole one step later (found once the first was fixed): a Q or K projection whose shape is not
+/// The same hole one step later (seen reading the code while fixing the first, and fixed with it; the
+/// structural edits generate such files): a Q or K projection whose shape is not
 /// `[heads × head_dim, hidden]` reached the Q/K row permutation, which indexed an empty shape (panic) or
 /// silently scrambled a 3-d one. Now `Error::Shape` naming the GGUF tensor.
 #[test]
@@ -1709,5 +1710,108 @@ fn regression_gguf_array_count_is_not_trusted_for_allocation() {
         peak < 256 << 10,
         "held {peak} bytes for a {}-byte file",
         b.len()
+    );
+}
+
+/// Found by `fuzz_safetensors_index` (a 1M-case campaign): a `weight_map` naming the shard `"/"` was joined
+/// onto the model directory (giving `/`), opened and mapped, and the error was `/: No such device`, naming
+/// neither the index nor the tensor. Shards that are not file names inside the directory (absolute,
+/// `..`, empty, not a string) are now `Error::Config` naming the index file and the tensor.
+#[test]
+fn regression_safetensors_index_shard_outside_the_directory() {
+    let src = fixture("tiny-llama-sharded");
+    let dir = work_dir("regression-index-shard");
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    let index_path = dir.join("model.safetensors.index.json");
+    let index = std::fs::read_to_string(&index_path).unwrap();
+    SafetensorsDir::open(&dir).unwrap();
+    for bad in [
+        "/",
+        "",
+        "..",
+        "../tiny-llama/model.safetensors",
+        "/etc/passwd",
+        "a/../../b",
+    ] {
+        let text = index.replace(
+            "\"lm_head.weight\": \"model-00003-of-00003.safetensors\"",
+            &format!("\"lm_head.weight\": {}", serde_json::json!(bad)),
+        );
+        assert_ne!(text, index);
+        std::fs::write(&index_path, text).unwrap();
+        let e = SafetensorsDir::open(&dir).err().expect("opened");
+        let msg = e.to_string();
+        assert!(
+            matches!(&e, Error::Config { path, .. } if path == &index_path)
+                && msg.contains(&format!(
+                    "`weight_map`: tensor `lm_head.weight` is in shard {}, which is not a file name \
+                     inside the model directory",
+                    serde_json::json!(bad)
+                )),
+            "{bad:?}: {msg}"
+        );
+    }
+    let text = index.replace(
+        "\"lm_head.weight\": \"model-00003-of-00003.safetensors\"",
+        "\"lm_head.weight\": 3",
+    );
+    std::fs::write(&index_path, text).unwrap();
+    let msg = SafetensorsDir::open(&dir)
+        .err()
+        .expect("opened")
+        .to_string();
+    assert!(
+        msg.contains("tensor `lm_head.weight` is in shard 3"),
+        "{msg}"
+    );
+}
+
+/// Found by review next to the crashes above: `load_llama` reserved `num_hidden_layers` layers up front and
+/// multiplied head counts by `head_dim` unchecked, both straight from GGUF metadata. A `block_count` of
+/// 2^40 asked for petabytes (the allocation failure aborts the process); heads × head_dim wrapped in
+/// release builds. Now the reservation is capped and the product checked.
+#[test]
+fn regression_gguf_model_sizes_from_metadata_are_not_trusted() {
+    let dir = work_dir("regression-model-sizes");
+    let base = GgufModel::parse(&gguf_tiny_model(), &dir);
+    let set = |m: &mut GgufModel, key: &str, v: GgufValue| {
+        m.metadata.iter_mut().find(|(k, _)| k == key).unwrap().1 = v;
+    };
+    // 2^40 layers: layer 0 loads, layer 1 is missing.
+    let mut m = base.clone();
+    set(&mut m, "llama.block_count", GgufValue::U64(1 << 40));
+    let path = dir.join("layers.gguf");
+    std::fs::write(&path, m.emit()).unwrap();
+    let w = GgufWeights::open(&path).unwrap();
+    let e = load_llama::<Cpu, _>(w.config(), &w, &CpuDevice::default()).expect_err("loaded");
+    assert!(
+        matches!(&e, Error::MissingTensor { name, .. } if name == "model.layers.1.self_attn.q_proj.weight"),
+        "{e}"
+    );
+    // 2^33 heads of 2^31: the product overflows.
+    let mut m = base;
+    set(
+        &mut m,
+        "llama.attention.head_count",
+        GgufValue::U64(1 << 33),
+    );
+    set(
+        &mut m,
+        "llama.attention.head_count_kv",
+        GgufValue::U64(1 << 33),
+    );
+    m.metadata
+        .push(("llama.attention.key_length".into(), GgufValue::U64(1 << 31)));
+    let path = dir.join("heads.gguf");
+    std::fs::write(&path, m.emit()).unwrap();
+    let w = GgufWeights::open(&path).unwrap();
+    let e = load_llama::<Cpu, _>(w.config(), &w, &CpuDevice::default()).expect_err("loaded");
+    assert!(
+        e.to_string()
+            .contains("num_attention_heads (8589934592) × head_dim (2147483648) overflows"),
+        "{e}"
     );
 }

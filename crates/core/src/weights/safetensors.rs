@@ -39,11 +39,25 @@ impl SafetensorsDir {
                     path: index_path.clone(),
                     msg: "missing `weight_map`".into(),
                 })?;
-            let mut files: Vec<String> = map
-                .values()
-                .filter_map(|f| f.as_str().map(String::from))
-                .collect();
-            files.sort();
+            // Each shard must be a file inside the model directory: a name such as "/" or "../x" (or a
+            // non-string) is a broken index, named as such rather than opened wherever it points.
+            let mut files: Vec<&str> = Vec::new();
+            for (tensor, f) in map {
+                let inside = f.as_str().filter(|f| {
+                    let p = Path::new(f);
+                    p.components().next().is_some()
+                        && p.components()
+                            .all(|c| matches!(c, std::path::Component::Normal(_)))
+                });
+                files.push(inside.ok_or_else(|| Error::Config {
+                    path: index_path.clone(),
+                    msg: format!(
+                        "`weight_map`: tensor `{tensor}` is in shard {f}, which is not a file name \
+                         inside the model directory"
+                    ),
+                })?);
+            }
+            files.sort_unstable();
             files.dedup();
             files.into_iter().map(|f| dir.join(f)).collect()
         } else {
