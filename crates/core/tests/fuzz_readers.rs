@@ -15,180 +15,24 @@
 //! of this file. docs/reliability.md ("Fuzzed readers") has the campaign numbers.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use burnish_core::backend::{Cpu, CpuDevice};
 use burnish_core::weights::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
 use burnish_core::weights::{load_llama, GgufWeights, HfNames, SafetensorsDir, WeightSource};
 use burnish_core::Error;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, RngSeed, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 
-/// Cases per target when `BURNISH_FUZZ_CASES` is unset: sized so that the three fuzz test binaries together
-/// stay well under 3 minutes on 2 cores in release mode (docs/reliability.md).
-const CI_CASES: u32 = 10_000;
-/// The default seed (any fixed value: CI runs the same cases every time).
-const CI_SEED: u64 = 0x23_F0CC;
+#[path = "fuzz_harness/mod.rs"]
+mod harness;
+use harness::{meter, panic_message, stat, work_dir, Fuzz, Watchdog};
 
-// ---------------------------------------------------------------------------------------------------------
-// Harness: case count, seed, memory meter, watchdog
-
-fn config() -> Config {
-    let cases = std::env::var("BURNISH_FUZZ_CASES")
-        .ok()
-        .map(|v| v.parse().expect("BURNISH_FUZZ_CASES must be a number"))
-        .unwrap_or(CI_CASES);
-    let rng_seed = match std::env::var("BURNISH_FUZZ_SEED").as_deref() {
-        Ok("random") => RngSeed::Random,
-        Ok(s) => RngSeed::Fixed(s.parse().expect("BURNISH_FUZZ_SEED: a number or `random`")),
-        Err(_) => RngSeed::Fixed(CI_SEED),
-    };
-    Config {
-        cases,
-        rng_seed,
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))),
-        source_file: Some(file!()),
-        max_shrink_iters: 2000,
-        ..Config::default()
-    }
-}
-
-/// Counts this thread's live heap bytes, so a case can be checked for allocations out of proportion to its
-/// input (a length field trusted to size a buffer).
-mod meter {
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::cell::Cell;
-
-    pub struct Meter;
-
-    thread_local! {
-        static LIVE: Cell<isize> = const { Cell::new(0) };
-        static PEAK: Cell<isize> = const { Cell::new(0) };
-    }
-
-    fn add(n: isize) {
-        let _ = LIVE.try_with(|live| {
-            let v = live.get() + n;
-            live.set(v);
-            let _ = PEAK.try_with(|p| p.set(p.get().max(v)));
-        });
-    }
-
-    unsafe impl GlobalAlloc for Meter {
-        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-            add(l.size() as isize);
-            unsafe { System.alloc(l) }
-        }
-        unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-            add(l.size() as isize);
-            unsafe { System.alloc_zeroed(l) }
-        }
-        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-            add(-(l.size() as isize));
-            unsafe { System.dealloc(p, l) }
-        }
-        unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-            add(new as isize - l.size() as isize);
-            unsafe { System.realloc(p, l, new) }
-        }
-    }
-
-    /// Runs `f`; returns its result and the most bytes this thread held above the starting level meanwhile
-    /// (requests count before they are served, so a failing huge request is seen too).
-    pub fn peak<T>(f: impl FnOnce() -> T) -> (T, usize) {
-        let base = LIVE.with(Cell::get);
-        PEAK.with(|p| p.set(base));
-        let r = f();
-        (r, (PEAK.with(Cell::get) - base).max(0) as usize)
-    }
-}
-
-#[global_allocator]
-static METER: meter::Meter = meter::Meter;
-
-/// Aborts the process (naming the input file) if one case runs longer than `limit`: a hang would otherwise
-/// only show as a CI timeout.
-struct Watchdog {
-    started_ms: Arc<AtomicU64>,
-    epoch: Instant,
-}
-
-impl Watchdog {
-    fn new(input: &Path, limit: Duration) -> Self {
-        let started_ms = Arc::new(AtomicU64::new(0));
-        let epoch = Instant::now();
-        let (s, input) = (started_ms.clone(), input.to_path_buf());
-        std::thread::spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(500));
-            let t = s.load(Ordering::Relaxed);
-            if t != 0 && epoch.elapsed().as_millis() as u64 > t + limit.as_millis() as u64 {
-                eprintln!(
-                    "fuzz: one case ran over {limit:?} (hang?); its input is {}",
-                    input.display()
-                );
-                std::process::abort();
-            }
-        });
-        Self { started_ms, epoch }
-    }
-
-    fn run<T>(&self, f: impl FnOnce() -> T) -> T {
-        self.started_ms.store(
-            self.epoch.elapsed().as_millis() as u64 + 1,
-            Ordering::Relaxed,
-        );
-        let r = f();
-        self.started_ms.store(0, Ordering::Relaxed);
-        r
-    }
-}
-
-/// Outcome counts per target (printed after a run: how deep the generated inputs get).
-static STATS: std::sync::Mutex<std::collections::BTreeMap<String, u64>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
-
-fn stat(target: &str, what: &str) {
-    *STATS
-        .lock()
-        .unwrap()
-        .entry(format!("{target}: {what}"))
-        .or_default() += 1;
-}
-
-/// A scratch folder of this process (a second run of the test at the same time, e.g. the workspace suite
-/// beside a long campaign, gets its own), removed when dropped.
-struct WorkDir(PathBuf);
-
-impl std::ops::Deref for WorkDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for WorkDir {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn work_dir(target: &str) -> WorkDir {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("fuzz-{target}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    WorkDir(d)
-}
+/// This file's fuzzing: a fixed default seed, so CI runs the same cases every time.
+const FUZZ: Fuzz = Fuzz {
+    seed: 0x23_F0CC,
+    source_file: file!(),
+};
 
 /// Keeps a failing input where it survives the shrinking that follows.
 fn save_failure(target: &str, bytes: &[u8]) -> PathBuf {
@@ -200,13 +44,6 @@ fn save_failure(target: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(format!("{target}-{:016x}.bin", h.finish()));
     std::fs::write(&p, bytes).unwrap();
     p
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic".into())
 }
 
 /// Writes `bytes` to `path`, runs `check` on it under the meter and turns a panic, a violated property or
@@ -240,38 +77,6 @@ fn run_case(
                 saved.display()
             )))
         }
-    }
-}
-
-/// Runs a fuzz target: `cases` inputs from `strategy`, each checked by `case`; prints executions and time.
-fn fuzz<S: Strategy>(
-    target: &str,
-    strategy: S,
-    case: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) where
-    S::Value: std::fmt::Debug,
-{
-    let cfg = config();
-    let (cases, seed) = (cfg.cases, cfg.rng_seed);
-    let mut runner = TestRunner::new(cfg);
-    let t = Instant::now();
-    let result = runner.run(&strategy, case);
-    eprintln!(
-        "fuzz {target}: {cases} cases (seed {seed}) in {:.1} s: {}",
-        t.elapsed().as_secs_f64(),
-        if result.is_ok() {
-            "no failure"
-        } else {
-            "FAILED"
-        }
-    );
-    for (k, v) in STATS.lock().unwrap().iter() {
-        if k.starts_with(&format!("{target}: ")) {
-            eprintln!("  {k}: {v}");
-        }
-    }
-    if let Err(e) = result {
-        panic!("{e}");
     }
 }
 
@@ -1179,7 +984,7 @@ fn fuzz_gguf() {
         1 => structured.prop_map(|(base, edits, bytes)| (Some((base, edits)), Input::Mutated { base, edits: bytes })),
         1 => input(n, false).prop_map(|i| (None, i)),
     ];
-    fuzz("gguf", strategy, |(structural, i)| {
+    FUZZ.run("gguf", strategy, |(structural, i)| {
         let bytes = match (structural, &i) {
             (Some((base, edits)), Input::Mutated { edits: muts, .. }) => {
                 let mut m = models[base].clone();
@@ -1470,7 +1275,7 @@ fn fuzz_safetensors() {
     let dir = work_dir("safetensors");
     let path = dir.join("case.safetensors");
     let wd = Watchdog::new(&path, Duration::from_secs(30));
-    fuzz("safetensors", input(bases.len(), true), |i| {
+    FUZZ.run("safetensors", input(bases.len(), true), |i| {
         let bytes = materialize(&i, &bases, &donors);
         run_case("safetensors", &wd, &path, &bytes, || {
             check_safetensors(&path)
@@ -1500,7 +1305,7 @@ fn fuzz_safetensors_index() {
     ];
     let path = dir.join("model.safetensors.index.json");
     let wd = Watchdog::new(&path, Duration::from_secs(30));
-    fuzz("safetensors-index", input(1, false), |i| {
+    FUZZ.run("safetensors-index", input(1, false), |i| {
         let bytes = materialize(&i, &bases, &donors);
         run_case("safetensors-index", &wd, &path, &bytes, || {
             match SafetensorsDir::open(&dir) {

@@ -18,129 +18,22 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use burnish_data::read::{open, Format};
 use burnish_data::schema::{convert, Columns, Schema};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, RngSeed, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 
-/// Cases when `BURNISH_FUZZ_CASES` is unset (docs/reliability.md: the three fuzz tests together stay well
-/// under 3 minutes on 2 cores in release mode).
-const CI_CASES: u32 = 10_000;
-const CI_SEED: u64 = 0x23_DA7A;
+#[path = "../../core/tests/fuzz_harness/mod.rs"]
+mod harness;
+use harness::{meter, panic_message, stat, work_dir, Fuzz, Watchdog};
 
-// ---------------------------------------------------------------------------------------------------------
-// Harness (as in crates/core/tests/fuzz_readers.rs)
-
-fn config() -> Config {
-    let cases = std::env::var("BURNISH_FUZZ_CASES")
-        .ok()
-        .map(|v| v.parse().expect("BURNISH_FUZZ_CASES must be a number"))
-        .unwrap_or(CI_CASES);
-    let rng_seed = match std::env::var("BURNISH_FUZZ_SEED").as_deref() {
-        Ok("random") => RngSeed::Random,
-        Ok(s) => RngSeed::Fixed(s.parse().expect("BURNISH_FUZZ_SEED: a number or `random`")),
-        Err(_) => RngSeed::Fixed(CI_SEED),
-    };
-    Config {
-        cases,
-        rng_seed,
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))),
-        source_file: Some(file!()),
-        max_shrink_iters: 2000,
-        ..Config::default()
-    }
-}
-
-/// Counts this thread's live heap bytes (see the core crate's fuzz test).
-mod meter {
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::cell::Cell;
-
-    pub struct Meter;
-
-    thread_local! {
-        static LIVE: Cell<isize> = const { Cell::new(0) };
-        static PEAK: Cell<isize> = const { Cell::new(0) };
-    }
-
-    fn add(n: isize) {
-        let _ = LIVE.try_with(|live| {
-            let v = live.get() + n;
-            live.set(v);
-            let _ = PEAK.try_with(|p| p.set(p.get().max(v)));
-        });
-    }
-
-    unsafe impl GlobalAlloc for Meter {
-        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-            add(l.size() as isize);
-            unsafe { System.alloc(l) }
-        }
-        unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-            add(l.size() as isize);
-            unsafe { System.alloc_zeroed(l) }
-        }
-        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-            add(-(l.size() as isize));
-            unsafe { System.dealloc(p, l) }
-        }
-        unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-            add(new as isize - l.size() as isize);
-            unsafe { System.realloc(p, l, new) }
-        }
-    }
-
-    pub fn peak<T>(f: impl FnOnce() -> T) -> (T, usize) {
-        let base = LIVE.with(Cell::get);
-        PEAK.with(|p| p.set(base));
-        let r = f();
-        (r, (PEAK.with(Cell::get) - base).max(0) as usize)
-    }
-}
-
-#[global_allocator]
-static METER: meter::Meter = meter::Meter;
-
-struct Watchdog {
-    started_ms: Arc<AtomicU64>,
-    epoch: Instant,
-}
-
-impl Watchdog {
-    fn new(input: &Path, limit: Duration) -> Self {
-        let started_ms = Arc::new(AtomicU64::new(0));
-        let epoch = Instant::now();
-        let (s, input) = (started_ms.clone(), input.to_path_buf());
-        std::thread::spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(500));
-            let t = s.load(Ordering::Relaxed);
-            if t != 0 && epoch.elapsed().as_millis() as u64 > t + limit.as_millis() as u64 {
-                eprintln!(
-                    "fuzz: one case ran over {limit:?} (hang?); its input is {}",
-                    input.display()
-                );
-                std::process::abort();
-            }
-        });
-        Self { started_ms, epoch }
-    }
-
-    fn run<T>(&self, f: impl FnOnce() -> T) -> T {
-        self.started_ms.store(
-            self.epoch.elapsed().as_millis() as u64 + 1,
-            Ordering::Relaxed,
-        );
-        let r = f();
-        self.started_ms.store(0, Ordering::Relaxed);
-        r
-    }
-}
+/// This file's fuzzing: a fixed default seed, so CI runs the same cases every time.
+const FUZZ: Fuzz = Fuzz {
+    seed: 0x23_DA7A,
+    source_file: file!(),
+};
 
 /// The reader turns the `parquet` crate's panics into errors (`catch_unwind`), but the panic hook still
 /// runs first: printing each one (and, with `RUST_BACKTRACE` set, symbolizing a backtrace, tens of MB that
@@ -160,45 +53,6 @@ fn quiet_parquet_panics() {
     });
 }
 
-/// Outcome counts (printed after a run: how deep the generated inputs get).
-static STATS: std::sync::Mutex<std::collections::BTreeMap<String, u64>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
-
-fn stat(what: String) {
-    *STATS.lock().unwrap().entry(what).or_default() += 1;
-}
-
-/// A scratch folder of this process (a second run of the test at the same time, e.g. the workspace suite
-/// beside a long campaign, gets its own), removed when dropped.
-struct WorkDir(PathBuf);
-
-impl std::ops::Deref for WorkDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for WorkDir {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn work_dir(target: &str) -> WorkDir {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("fuzz-{target}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    WorkDir(d)
-}
-
 fn save_failure(target: &str, name: &str, bytes: &[u8]) -> PathBuf {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -208,42 +62,6 @@ fn save_failure(target: &str, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(format!("{target}-{:016x}-{name}", h.finish()));
     std::fs::write(&p, bytes).unwrap();
     p
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic".into())
-}
-
-fn fuzz<S: Strategy>(
-    target: &str,
-    strategy: S,
-    case: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) where
-    S::Value: std::fmt::Debug,
-{
-    let cfg = config();
-    let (cases, seed) = (cfg.cases, cfg.rng_seed);
-    let mut runner = TestRunner::new(cfg);
-    let t = Instant::now();
-    let result = runner.run(&strategy, case);
-    eprintln!(
-        "fuzz {target}: {cases} cases (seed {seed}) in {:.1} s: {}",
-        t.elapsed().as_secs_f64(),
-        if result.is_ok() {
-            "no failure"
-        } else {
-            "FAILED"
-        }
-    );
-    for (k, v) in STATS.lock().unwrap().iter() {
-        eprintln!("  {target}: {k}: {v}");
-    }
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -531,7 +349,7 @@ fn check_read(path: &Path, format: Option<Format>, max_bytes: usize) -> Result<(
     let kind = format.map_or("by extension".to_string(), |f| format!("as {f:?}"));
     let records = match open(path, format) {
         Err(e) => {
-            stat(format!("open error ({kind})"));
+            stat("data", format!("open error ({kind})"));
             return names_file(&e);
         }
         Ok(r) => r,
@@ -544,7 +362,7 @@ fn check_read(path: &Path, format: Option<Format>, max_bytes: usize) -> Result<(
         }
         match r {
             Ok(rec) => {
-                stat(format!("record ({kind})"));
+                stat("data", format!("record ({kind})"));
                 if *rec.loc.path != *path {
                     return Err(format!("record located in {}", rec.loc));
                 }
@@ -555,14 +373,17 @@ fn check_read(path: &Path, format: Option<Format>, max_bytes: usize) -> Result<(
                 }
             }
             Err(e) => {
-                stat(format!(
-                    "{} ({kind})",
-                    if e.is_record() {
-                        "record error"
-                    } else {
-                        "fatal error"
-                    }
-                ));
+                stat(
+                    "data",
+                    format!(
+                        "{} ({kind})",
+                        if e.is_record() {
+                            "record error"
+                        } else {
+                            "fatal error"
+                        }
+                    ),
+                );
                 names_file(&e)?
             }
         }
@@ -577,7 +398,7 @@ fn fuzz_data_readers() {
     let donors: Vec<Vec<u8>> = bases.iter().map(|b| b.bytes.clone()).collect();
     let dir = work_dir("data");
     let wd = Watchdog::new(&dir, Duration::from_secs(30));
-    fuzz("data", input(bases.len()), |i| {
+    FUZZ.run("data", input(bases.len()), |i| {
         let base = &bases[i.base];
         let mut b = match &i.random {
             Some(r) => r.clone(),

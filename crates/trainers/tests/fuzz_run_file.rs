@@ -16,167 +16,21 @@
 //! numbers.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use burnish_trainers::config::{apply_overrides, RunFile};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, RngSeed, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 
-/// Cases when `BURNISH_FUZZ_CASES` is unset (docs/reliability.md: the three fuzz tests together stay well
-/// under 3 minutes on 2 cores in release mode).
-const CI_CASES: u32 = 10_000;
-const CI_SEED: u64 = 0x23_70_31;
+#[path = "../../core/tests/fuzz_harness/mod.rs"]
+mod harness;
+use harness::{meter, panic_message, stat, work_dir, Fuzz, Watchdog};
 
-// ---------------------------------------------------------------------------------------------------------
-// Harness (as in crates/core/tests/fuzz_readers.rs)
-
-fn config() -> Config {
-    let cases = std::env::var("BURNISH_FUZZ_CASES")
-        .ok()
-        .map(|v| v.parse().expect("BURNISH_FUZZ_CASES must be a number"))
-        .unwrap_or(CI_CASES);
-    let rng_seed = match std::env::var("BURNISH_FUZZ_SEED").as_deref() {
-        Ok("random") => RngSeed::Random,
-        Ok(s) => RngSeed::Fixed(s.parse().expect("BURNISH_FUZZ_SEED: a number or `random`")),
-        Err(_) => RngSeed::Fixed(CI_SEED),
-    };
-    Config {
-        cases,
-        rng_seed,
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))),
-        source_file: Some(file!()),
-        max_shrink_iters: 2000,
-        ..Config::default()
-    }
-}
-
-/// Counts this thread's live heap bytes (see the core crate's fuzz test).
-mod meter {
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::cell::Cell;
-
-    pub struct Meter;
-
-    thread_local! {
-        static LIVE: Cell<isize> = const { Cell::new(0) };
-        static PEAK: Cell<isize> = const { Cell::new(0) };
-    }
-
-    fn add(n: isize) {
-        let _ = LIVE.try_with(|live| {
-            let v = live.get() + n;
-            live.set(v);
-            let _ = PEAK.try_with(|p| p.set(p.get().max(v)));
-        });
-    }
-
-    unsafe impl GlobalAlloc for Meter {
-        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-            add(l.size() as isize);
-            unsafe { System.alloc(l) }
-        }
-        unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-            add(l.size() as isize);
-            unsafe { System.alloc_zeroed(l) }
-        }
-        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-            add(-(l.size() as isize));
-            unsafe { System.dealloc(p, l) }
-        }
-        unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-            add(new as isize - l.size() as isize);
-            unsafe { System.realloc(p, l, new) }
-        }
-    }
-
-    pub fn peak<T>(f: impl FnOnce() -> T) -> (T, usize) {
-        let base = LIVE.with(Cell::get);
-        PEAK.with(|p| p.set(base));
-        let r = f();
-        (r, (PEAK.with(Cell::get) - base).max(0) as usize)
-    }
-}
-
-#[global_allocator]
-static METER: meter::Meter = meter::Meter;
-
-struct Watchdog {
-    started_ms: Arc<AtomicU64>,
-    epoch: Instant,
-}
-
-impl Watchdog {
-    fn new(input: &Path, limit: Duration) -> Self {
-        let started_ms = Arc::new(AtomicU64::new(0));
-        let epoch = Instant::now();
-        let (s, input) = (started_ms.clone(), input.to_path_buf());
-        std::thread::spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(500));
-            let t = s.load(Ordering::Relaxed);
-            if t != 0 && epoch.elapsed().as_millis() as u64 > t + limit.as_millis() as u64 {
-                eprintln!(
-                    "fuzz: one case ran over {limit:?} (hang?); its input is {}",
-                    input.display()
-                );
-                std::process::abort();
-            }
-        });
-        Self { started_ms, epoch }
-    }
-
-    fn run<T>(&self, f: impl FnOnce() -> T) -> T {
-        self.started_ms.store(
-            self.epoch.elapsed().as_millis() as u64 + 1,
-            Ordering::Relaxed,
-        );
-        let r = f();
-        self.started_ms.store(0, Ordering::Relaxed);
-        r
-    }
-}
-
-/// Outcome counts (printed after a run: how deep the generated inputs get).
-static STATS: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
-
-fn stat(what: &'static str) {
-    *STATS.lock().unwrap().entry(what).or_default() += 1;
-}
-
-/// A scratch folder of this process (a second run of the test at the same time, e.g. the workspace suite
-/// beside a long campaign, gets its own), removed when dropped.
-struct WorkDir(PathBuf);
-
-impl std::ops::Deref for WorkDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for WorkDir {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn work_dir(target: &str) -> WorkDir {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("fuzz-{target}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    WorkDir(d)
-}
+/// This file's fuzzing: a fixed default seed, so CI runs the same cases every time.
+const FUZZ: Fuzz = Fuzz {
+    seed: 0x23_70_31,
+    source_file: file!(),
+};
 
 fn save_failure(target: &str, text: &[u8], overrides: &[String]) -> PathBuf {
     use std::hash::{Hash, Hasher};
@@ -192,42 +46,6 @@ fn save_failure(target: &str, text: &[u8], overrides: &[String]) -> PathBuf {
     )
     .unwrap();
     p
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic".into())
-}
-
-fn fuzz<S: Strategy>(
-    target: &str,
-    strategy: S,
-    case: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) where
-    S::Value: std::fmt::Debug,
-{
-    let cfg = config();
-    let (cases, seed) = (cfg.cases, cfg.rng_seed);
-    let mut runner = TestRunner::new(cfg);
-    let t = Instant::now();
-    let result = runner.run(&strategy, case);
-    eprintln!(
-        "fuzz {target}: {cases} cases (seed {seed}) in {:.1} s: {}",
-        t.elapsed().as_secs_f64(),
-        if result.is_ok() {
-            "no failure"
-        } else {
-            "FAILED"
-        }
-    );
-    for (k, v) in STATS.lock().unwrap().iter() {
-        eprintln!("  {target}: {k}: {v}");
-    }
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -765,11 +583,14 @@ fn input(n_bases: usize) -> impl Strategy<Value = Input> {
 fn check_load(path: &Path, text: &[u8], overrides: &[String]) -> Result<(), String> {
     match RunFile::load(path, overrides) {
         Ok(run) => {
-            stat(if overrides.is_empty() {
-                "RunFile::load ok"
-            } else {
-                "RunFile::load ok with --set"
-            });
+            stat(
+                "run-file",
+                if overrides.is_empty() {
+                    "RunFile::load ok"
+                } else {
+                    "RunFile::load ok with --set"
+                },
+            );
             // A loaded config serializes (run.json does this).
             let _ = serde_json::to_string(&run.config).map_err(|e| e.to_string())?;
         }
@@ -786,7 +607,7 @@ fn check_load(path: &Path, text: &[u8], overrides: &[String]) -> Result<(), Stri
     }
     if let Ok(text) = std::str::from_utf8(text) {
         if !overrides.is_empty() && apply_overrides(text, overrides).is_ok() {
-            stat("apply_overrides ok");
+            stat("run-file", "apply_overrides ok");
         }
     }
     Ok(())
@@ -820,7 +641,7 @@ fn fuzz_run_file() {
         }
     }
     let wd = Watchdog::new(&path, Duration::from_secs(30));
-    fuzz("run-file", input(bases.len()), |i| {
+    FUZZ.run("run-file", input(bases.len()), |i| {
         let mut b = i.random.clone().unwrap_or_else(|| bases[i.base].clone());
         for m in &i.edits {
             apply(&mut b, m, &bases);
