@@ -24,7 +24,10 @@ fn main() -> anyhow::Result<()> {
         r.chosen.objectives
     );
     for (name, set) in r.after.sets.iter() {
-        println!("{name}: refusal rate {:.1}%", 100.0 * set.refusal_rate);
+        println!(
+            "{name}: refusal rate {:.1}%",
+            100.0 * set.overall.refusal_rate
+        );
     }
     if let Some(kl) = &r.after.kl {
         println!(

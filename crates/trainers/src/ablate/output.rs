@@ -55,8 +55,8 @@ pub(super) fn markdown(r: &AblateReport) -> String {
         let _ = writeln!(
             md,
             "| {name} | {} | {} |",
-            pct(before.map(|b| b.refusal_rate)),
-            pct(Some(s.refusal_rate))
+            pct(before.map(|b| b.overall.refusal_rate)),
+            pct(Some(s.overall.refusal_rate))
         );
     }
     if let Some(kl) = &r.after.kl {

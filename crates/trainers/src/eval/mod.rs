@@ -161,7 +161,8 @@ pub fn evaluate_config<B: Backend>(
 /// One line per set, then KL, for a terminal.
 pub fn summary(report: &EvalReport) -> String {
     let mut s = String::new();
-    for (name, v) in report.sets.iter() {
+    for (name, set) in report.sets.iter() {
+        let v = &set.overall;
         let rate = |k: &str, x: Option<f64>| x.map(|x| format!("{k} {:.1}%", 100.0 * x));
         let what = rate("violation_rate", v.violation_rate)
             .or_else(|| rate("false_refusal_rate", v.false_refusal_rate))
@@ -245,13 +246,8 @@ pub fn set_metrics(kind: SetKind, path: &Path, rows: &[Completion]) -> SetReport
             .collect()
     };
     let refused = rows.iter().filter(|r| r.refused).count();
-    let overall = Rates::new(kind, rows.len(), refused);
     SetReport {
-        n: overall.n,
-        refused: overall.refused,
-        refusal_rate: overall.refusal_rate,
-        violation_rate: overall.violation_rate,
-        false_refusal_rate: overall.false_refusal_rate,
+        overall: Rates::new(kind, rows.len(), refused),
         kind,
         by_category: group(by_cat),
         by_hazard: group(by_hazard),

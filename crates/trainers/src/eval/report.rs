@@ -108,15 +108,10 @@ impl Rates {
 /// and by Llama 3 hazard category.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SetReport {
-    pub n: usize,
-    pub refused: usize,
-    pub refusal_rate: f64,
-    /// Harmful sets.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub violation_rate: Option<f64>,
-    /// Benign and harmless sets.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub false_refusal_rate: Option<f64>,
+    /// The whole set's counts (written as the set's own `n`, `refused`, `refusal_rate` and
+    /// `violation_rate` or `false_refusal_rate` keys).
+    #[serde(flatten)]
+    pub overall: Rates,
     pub kind: SetKind,
     pub by_category: BTreeMap<String, Rates>,
     pub by_hazard: BTreeMap<String, Rates>,
@@ -210,10 +205,10 @@ pub fn markdown(report: &EvalReport) -> String {
             md,
             "| {name} | {} | {} | {} | {} | {} |",
             s.kind,
-            s.n,
-            s.refused,
-            pct(s.violation_rate),
-            pct(s.false_refusal_rate)
+            s.overall.n,
+            s.overall.refused,
+            pct(s.overall.violation_rate),
+            pct(s.overall.false_refusal_rate)
         );
     }
     if let Some(kl) = &report.kl {
@@ -258,11 +253,7 @@ mod tests {
     fn set(kind: SetKind) -> SetReport {
         let o = Rates::new(kind, 4, 1);
         SetReport {
-            n: o.n,
-            refused: o.refused,
-            refusal_rate: o.refusal_rate,
-            violation_rate: o.violation_rate,
-            false_refusal_rate: o.false_refusal_rate,
+            overall: o.clone(),
             kind,
             by_category: BTreeMap::from([("none".to_string(), o.clone())]),
             by_hazard: BTreeMap::from([("other".to_string(), o)]),
