@@ -99,6 +99,14 @@ pub fn prepare_dir(dir: &Path, overwrite: bool) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::Io(dir.to_path_buf(), e))
 }
 
+/// Whether `kinds` asks for the merged model (a HF directory or a GGUF file), which costs a merged copy
+/// of the weights to make.
+pub fn writes_model(kinds: &[SaveKind]) -> bool {
+    kinds
+        .iter()
+        .any(|k| matches!(k, SaveKind::Merged | SaveKind::Gguf))
+}
+
 /// Writes `model` (adapters already merged into its weights) as `merged/` (HF, f32) and/or
 /// `model.gguf` (F16) in `out`, as `kinds` asks, replacing what is there ([`prepare_dir`] has
 /// already refused or cleared another run's outputs). A GGUF source (`model.path`) lends its metadata to the
@@ -109,7 +117,7 @@ pub fn write_model<B: Backend>(
     kinds: &[SaveKind],
 ) -> Result<()> {
     let wants = |k: SaveKind| kinds.contains(&k);
-    if !wants(SaveKind::Merged) && !wants(SaveKind::Gguf) {
+    if !writes_model(kinds) {
         return Ok(());
     }
     // The config follows the weights: an edit may add MLP biases or units (gated steering).

@@ -34,7 +34,7 @@ use crate::dpo::Dpo;
 use crate::engine::{train as run_engine, EngineConfig, Outcome, StepLog, Summary};
 use crate::eval::{evaluate_config, EvalMeta, EvalReport};
 use crate::method::{Method, Metrics};
-use crate::output::{prepare_dir, write_model, SaveKind};
+use crate::output::{prepare_dir, write_model, writes_model, SaveKind};
 use crate::ppo::{Ppo, PpoParts, Prompt, RewardModel};
 use crate::progress::{Log, Progress, StopToken};
 use crate::reward::{load_head, save_head, Reward};
@@ -451,16 +451,21 @@ fn outputs<B: Backend>(
         let base = c.model.path.display().to_string();
         save_adapter(&trained, &c.lora, &base, &out.join("adapter"))?;
     }
-    let mut merged = trained.clone();
-    merged.drop_adapters(true);
-    let merged = Pretrained::from_parts(&c.model.path, bundle, merged)?;
-    write_model(&merged, out, save)?;
+    // A merged copy of the weights only when a merged model is written.
+    let bundle = if writes_model(save) {
+        let mut merged = trained.clone();
+        merged.drop_adapters(true);
+        let merged = Pretrained::from_parts(&c.model.path, bundle, merged)?;
+        write_model(&merged, out, save)?;
+        merged.into_parts().0
+    } else {
+        bundle
+    };
     if c.eval.sets.is_empty() {
         return Ok(None);
     }
     let mut base = trained.clone();
     base.drop_adapters(false);
-    let (bundle, _) = merged.into_parts();
     let pre = Pretrained::from_parts(&c.model.path, bundle, trained)?;
     let meta = EvalMeta {
         model: c.model.path.clone(),
