@@ -9,7 +9,7 @@ use burn::tensor::{Tensor, TensorData};
 use burnish_core::adapter::{load_adapter, save_adapter};
 use burnish_core::backend::host_f32;
 use burnish_core::burn;
-use burnish_core::io::write_atomic;
+use burnish_core::io::{publish_dir, staging_dir, write_atomic, Existing};
 use burnish_core::weights::{write_safetensors, SafetensorsDir, WeightSource};
 use burnish_core::{Llama, LoraConfig};
 use serde::{Deserialize, Serialize};
@@ -94,12 +94,9 @@ pub fn save<B: Backend, IB: Backend>(
 ) -> Result<PathBuf> {
     let root = checkpoints_dir(out);
     let name = format!("step-{:06}", state.step);
-    let tmp = root.join(format!(".{name}.tmp"));
     let dst = root.join(&name);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    // Built beside its final place and renamed there, so a crash never leaves a partial checkpoint.
+    let tmp = staging_dir(&dst)?;
     save_adapter(model, lora, base_model, &tmp)?;
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (k, st) in &opt.state {
@@ -128,10 +125,7 @@ pub fn save<B: Backend, IB: Backend>(
             .expect("json")
             .as_bytes(),
     )?;
-    if dst.exists() {
-        std::fs::remove_dir_all(&dst).map_err(|e| io(&dst, e))?;
-    }
-    std::fs::rename(&tmp, &dst).map_err(|e| io(&dst, e))?;
+    publish_dir(&tmp, &dst, Existing::Replace)?;
     let mut all = list(out)?;
     while all.len() > keep.max(1) {
         let old = all.remove(0);
