@@ -26,7 +26,7 @@ use proptest::test_runner::TestCaseError;
 
 #[path = "fuzz_harness/mod.rs"]
 mod harness;
-use harness::{meter, panic_message, stat, work_dir, Fuzz, Watchdog};
+use harness::{meter, problem, stat, work_dir, Fuzz, Watchdog};
 
 /// This file's fuzzing: a fixed default seed, so CI runs the same cases every time.
 const FUZZ: Fuzz = Fuzz {
@@ -58,17 +58,7 @@ fn run_case(
     std::fs::write(path, bytes).unwrap();
     let (r, peak) =
         wd.run(|| meter::peak(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(check))));
-    let limit = 64 * bytes.len() + (4 << 20);
-    let problem = match r {
-        Err(p) => Some(format!("panicked: {}", panic_message(&*p))),
-        Ok(Err(msg)) => Some(msg),
-        Ok(Ok(())) if peak > limit => Some(format!(
-            "held {peak} bytes for a {}-byte input (limit {limit})",
-            bytes.len()
-        )),
-        Ok(Ok(())) => None,
-    };
-    match problem {
+    match problem(r, peak, bytes.len()) {
         None => Ok(()),
         Some(msg) => {
             let saved = save_failure(target, bytes);

@@ -27,7 +27,7 @@ use proptest::test_runner::TestCaseError;
 
 #[path = "../../core/tests/fuzz_harness/mod.rs"]
 mod harness;
-use harness::{meter, panic_message, stat, work_dir, Fuzz, Watchdog};
+use harness::{meter, panic_message, problem, stat, work_dir, Fuzz, Watchdog};
 
 /// This file's fuzzing: a fixed default seed, so CI runs the same cases every time.
 const FUZZ: Fuzz = Fuzz {
@@ -447,16 +447,7 @@ fn fuzz_data_readers() {
             })
         });
         let _ = std::fs::remove_file(&path);
-        let limit = 64 * decompressed.max(b.len()) + (4 << 20);
-        let problem = match r {
-            Err(p) => Some(format!("panicked: {}", panic_message(&*p))),
-            Ok(Err(msg)) => Some(msg),
-            Ok(Ok(())) if peak > limit => Some(format!(
-                "held {peak} bytes for {decompressed} input bytes (limit {limit})"
-            )),
-            Ok(Ok(())) => None,
-        };
-        match problem {
+        match problem(r, peak, decompressed.max(b.len())) {
             None => Ok(()),
             Some(msg) => {
                 let saved = save_failure("data", &name, &b);

@@ -24,7 +24,7 @@ use proptest::test_runner::TestCaseError;
 
 #[path = "../../core/tests/fuzz_harness/mod.rs"]
 mod harness;
-use harness::{meter, panic_message, stat, work_dir, Fuzz, Watchdog};
+use harness::{meter, problem, stat, work_dir, Fuzz, Watchdog};
 
 /// This file's fuzzing: a fixed default seed, so CI runs the same cases every time.
 const FUZZ: Fuzz = Fuzz {
@@ -656,16 +656,7 @@ fn fuzz_run_file() {
             })
         });
         let size = b.len() + overrides.iter().map(String::len).sum::<usize>();
-        let limit = 64 * size + (4 << 20);
-        let problem = match r {
-            Err(p) => Some(format!("panicked: {}", panic_message(&*p))),
-            Ok(Err(msg)) => Some(msg),
-            Ok(Ok(())) if peak > limit => Some(format!(
-                "held {peak} bytes for {size} input bytes (limit {limit})"
-            )),
-            Ok(Ok(())) => None,
-        };
-        match problem {
+        match problem(r, peak, size) {
             None => Ok(()),
             Some(msg) => {
                 let saved = save_failure("run-file", &b, &overrides);

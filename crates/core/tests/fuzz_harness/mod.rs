@@ -221,3 +221,21 @@ pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic".into())
 }
+
+/// What went wrong in one case, if anything: a panic, a violated property (the check's message), or more
+/// than `64 × size + 4 MiB` held at once for a `size`-byte input (a length field trusted to size a buffer).
+pub fn problem(
+    outcome: std::thread::Result<Result<(), String>>,
+    peak: usize,
+    size: usize,
+) -> Option<String> {
+    let limit = 64 * size + (4 << 20);
+    match outcome {
+        Err(p) => Some(format!("panicked: {}", panic_message(&*p))),
+        Ok(Err(msg)) => Some(msg),
+        Ok(Ok(())) if peak > limit => Some(format!(
+            "held {peak} bytes for {size} input bytes (limit {limit})"
+        )),
+        Ok(Ok(())) => None,
+    }
+}
