@@ -85,3 +85,55 @@ fn export_refuses_or_replaces_whole() {
     );
     assert_ne!(std::fs::read(&gguf).unwrap(), b"precious");
 }
+
+/// A run that would generate past the model's context says so once, however many batches and sets
+/// it generates in (tiny-llama's context is 256 positions; 300 new tokens overflow it for every
+/// prompt of both sets), and still finishes.
+#[test]
+fn generating_past_the_context_warns_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_chat_model(tmp.path());
+    let prompts = tmp.path().join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"prompt\": \"say the cat\"}\n{\"prompt\": \"say a dog\"}\n",
+    )
+    .unwrap();
+    let p = prompts.to_str().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_burnish"))
+        .args([
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--harmful",
+            p,
+            "--benign",
+            p,
+        ])
+        .args([
+            "--max-new-tokens",
+            "300",
+            "--batch-size",
+            "1",
+            "--no-kl",
+            "--out",
+        ])
+        .arg(tmp.path().join("eval"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let warnings = err
+        .matches("exceed the model's context of 256 tokens")
+        .count();
+    assert_eq!(warnings, 1, "{err}");
+    // Within the context: no warning.
+    let out = Command::new(env!("CARGO_BIN_EXE_burnish"))
+        .args(["eval", "--model", model.to_str().unwrap(), "--harmful", p])
+        .args(["--max-new-tokens", "8", "--no-kl", "--out"])
+        .arg(tmp.path().join("eval2"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("context of"), "{err}");
+}

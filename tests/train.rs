@@ -251,6 +251,15 @@ fn config_errors_are_clear() {
         &["batch_size"],
     );
     check(text.replace("[output]", "[outptu]"), &["outptu"]);
+    // The refusal detector's own checks name the file too.
+    check(
+        format!("{text}\n[data.refusal]\nphrases = [\"  \"]\n"),
+        &["bad.toml", "[data.refusal]", "empty"],
+    );
+    check(
+        format!("{text}\n[data.refusal]\nregexes = [\"(unclosed\"]\n"),
+        &["bad.toml", "[data.refusal] regexes"],
+    );
     check(
         text.replace("tiny-chat", "no-such-model"),
         &["model.path", "no-such-model"],

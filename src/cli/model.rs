@@ -89,15 +89,6 @@ fn generate_on<B: Backend>(a: GenerateArgs, device: &B::Device) -> Result<()> {
         stop_strings: a.stop.clone(),
         pad_id: p.pad_id(),
     };
-    let context = p.config.max_position_embeddings;
-    if prompt_ids.len() + cfg.max_new_tokens > context {
-        eprintln!(
-            "warning: {} prompt tokens + --max-new-tokens {} exceed the model's context of {context} \
-             tokens; positions past it were never trained and output there degrades",
-            prompt_ids.len(),
-            cfg.max_new_tokens
-        );
-    }
     let out = run_generate(
         &p.model,
         std::slice::from_ref(&prompt_ids),

@@ -2,6 +2,8 @@
 //! top-p, seeded), stopping on EOS ids, stop strings or a token budget. Finished rows leave the batch,
 //! so a long straggler does not make every row pay for its steps.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::rngs::StdRng;
@@ -83,7 +85,34 @@ pub struct Generated {
     pub finish: FinishReason,
 }
 
-/// Generates continuations of `prompts` (token ids, no padding) in one batch.
+/// Set by the first warning about generating past the context: a run generates in many batches
+/// (eval sets, PPO rollouts, data answers), and one warning per process says it all.
+static CONTEXT_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// The warning for `prompts` that, with `max_new_tokens` more, would run past `context` positions;
+/// `None` when every prompt fits.
+pub fn context_overflow(
+    prompts: &[Vec<u32>],
+    max_new_tokens: usize,
+    context: usize,
+) -> Option<String> {
+    let longest = prompts.iter().map(Vec::len).max()?;
+    let over = prompts
+        .iter()
+        .filter(|p| p.len() + max_new_tokens > context)
+        .count();
+    (over > 0).then(|| {
+        format!(
+            "{over} of {} prompts (longest {longest} tokens) + max_new_tokens {max_new_tokens} \
+             exceed the model's context of {context} tokens; positions past it were never trained \
+             and output there degrades",
+            prompts.len()
+        )
+    })
+}
+
+/// Generates continuations of `prompts` (token ids, no padding) in one batch. Warns once per process
+/// (`tracing`, level warn) when a prompt plus `max_new_tokens` exceeds the model's context.
 pub fn generate<B: Backend>(
     model: &Llama<B>,
     prompts: &[Vec<u32>],
@@ -107,6 +136,11 @@ pub fn generate<B: Backend>(
         return Err(Error::Generate(format!(
             "token id {bad} is outside the vocabulary ({vocab})"
         )));
+    }
+    if let Some(w) = context_overflow(prompts, cfg.max_new_tokens, model.max_position_embeddings) {
+        if !CONTEXT_WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(target: "burnish", "{w}");
+        }
     }
     let device = model.model.embed_tokens.device();
     let b = prompts.len();
@@ -284,6 +318,16 @@ pub fn argmax(xs: &[f32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn context_overflow_counts_the_prompts_that_do_not_fit() {
+        let prompts = vec![vec![1; 10], vec![1; 200], vec![1; 250]];
+        assert_eq!(context_overflow(&prompts, 6, 256), None);
+        let w = context_overflow(&prompts, 60, 256).unwrap();
+        assert!(w.starts_with("2 of 3 prompts (longest 250 tokens)"), "{w}");
+        assert!(w.contains("context of 256 tokens"), "{w}");
+        assert_eq!(context_overflow(&[], 1000, 256), None);
+    }
 
     #[test]
     fn sampling_settings_out_of_range_are_refused() {

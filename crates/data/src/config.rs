@@ -269,7 +269,12 @@ impl DataConfig {
                 return bad(format!("{name}: answer = \"refusal_pair\" needs refusal_policy = \"label\" (which side of each pair is chosen depends on `label_goal` and `harmful`)"));
             }
         }
-        crate::refusal::RefusalDetector::new(&self.refusal).map(|_| ())
+        // The detector's own checks (empty phrases, bad regexes) name their table; add the file.
+        match crate::refusal::RefusalDetector::new(&self.refusal) {
+            Ok(_) => Ok(()),
+            Err(Error::Invalid(msg)) => bad(msg),
+            Err(e) => Err(e),
+        }
     }
 }
 

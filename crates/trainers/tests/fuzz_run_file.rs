@@ -596,11 +596,7 @@ fn check_load(path: &Path, text: &[u8], overrides: &[String]) -> Result<(), Stri
         }
         Err(e) => {
             let m = e.to_string();
-            // Known and reported (issue #23): the refusal detector's errors (`RefusalDetector::new`, called
-            // by `DataConfig::validate`) are `Error::Invalid` without the file, e.g. `[data.refusal] phrase
-            // "" is empty after normalization`. They name their table; remove this once they name the file.
-            let known_unnamed = m.starts_with("[data.refusal]");
-            if !m.contains(&path.display().to_string()) && !known_unnamed {
+            if !m.contains(&path.display().to_string()) {
                 return Err(format!("error does not name the run file: {m}"));
             }
         }

@@ -245,6 +245,9 @@ pub struct Llama<B: Backend> {
     /// RoPE inverse frequencies (f32, as transformers computes them).
     pub inv_freq: Vec<f32>,
     pub sliding_window: Option<usize>,
+    /// Positions the model was trained on (config.json `max_position_embeddings`); generation past it
+    /// is warned about, not refused.
+    pub max_position_embeddings: usize,
 }
 
 /// Hidden states of each layer, for activation analysis (refusal directions).
@@ -286,6 +289,7 @@ impl<B: Backend> Llama<B> {
             lm_head: (!cfg.tie_word_embeddings).then(|| lin(h, cfg.vocab_size, false)),
             inv_freq: inv_freq(cfg),
             sliding_window: cfg.sliding_window,
+            max_position_embeddings: cfg.max_position_embeddings,
         }
     }
 

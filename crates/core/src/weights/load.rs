@@ -155,5 +155,6 @@ pub fn load_llama<B: Backend, S: WeightSource + ?Sized>(
         lm_head,
         inv_freq: inv_freq(cfg),
         sliding_window: cfg.sliding_window,
+        max_position_embeddings: cfg.max_position_embeddings,
     })
 }
