@@ -34,7 +34,7 @@ fn main() -> anyhow::Result<()> {
         target_modules: TargetModules::Preset("all-linear".into()),
         ..Default::default()
     };
-    m.attach_lora(&lora, &device)?;
+    m.attach_lora(&lora, 0, &device)?;
     // Deterministic pseudo-random token rows (same generator as the PyTorch side).
     let vocab = m.vocab_size() as u64;
     let rows: Vec<Packed> = (0..batch * (steps + 1))

@@ -10,6 +10,7 @@ pub mod generate;
 pub mod io;
 pub mod model;
 pub mod pretrained;
+pub mod rng;
 pub mod template;
 pub mod tokenizer;
 pub mod weights;

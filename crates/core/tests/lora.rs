@@ -260,7 +260,7 @@ fn training_updates_only_adapters() {
         target_modules: TargetModules::Preset("all-linear".into()),
         ..Default::default()
     };
-    m.attach_lora(&cfg, &dev).unwrap();
+    m.attach_lora(&cfg, 0, &dev).unwrap();
     let base_before = weights_host(&m.valid());
     let a_before = m.adapters()[0]
         .1

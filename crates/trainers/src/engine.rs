@@ -321,6 +321,9 @@ fn optimizer_step<B: AutodiffBackend, M: Method<B>>(
 ) -> Result<StepLog> {
     let t = &cfg.train;
     let t0 = Instant::now();
+    // LoRA dropout masks are drawn on the host (the same on every backend); the backend RNG is
+    // seeded too, for anything a method draws on the device.
+    burnish_core::rng::seed_dropout(t.seed.wrapping_add(step as u64));
     B::seed(
         &model.model.embed_tokens.device(),
         t.seed.wrapping_add(step as u64),

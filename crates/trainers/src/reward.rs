@@ -9,7 +9,7 @@ use std::path::Path;
 use burn::module::Param;
 use burn::tensor::activation::log_sigmoid;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use burnish_core::backend::host_f32;
 use burnish_core::burn;
 use burnish_core::{Adapters, Llama, Message};
@@ -152,6 +152,15 @@ pub struct RewardBatch {
     pairs: usize,
 }
 
+/// A fresh `[1, hidden]` reward head: normal(0, 1/sqrt(hidden + 1)),
+/// drawn on the host from `seed` so every backend starts from
+/// the same head.
+pub fn init_head<B: Backend>(hidden: usize, seed: u64, device: &B::Device) -> Tensor<B, 2> {
+    let std = 1.0 / ((hidden + 1) as f64).sqrt();
+    let mut rng = burnish_core::rng::for_tensor(seed, "score.weight");
+    burnish_core::rng::normal(&mut rng, [1, hidden], std, device)
+}
+
 impl<B: AutodiffBackend> Reward<B> {
     pub fn new(
         cfg: RewardConfig,
@@ -159,18 +168,15 @@ impl<B: AutodiffBackend> Reward<B> {
         eval: Vec<TokenizedPair>,
         pad_id: u32,
         eval_batch_size: usize,
-        hidden: usize,
-        device: &B::Device,
+        head: Tensor<B, 2>,
     ) -> Self {
-        let std = 1.0 / ((hidden + 1) as f64).sqrt();
-        let w = Tensor::<B, 2>::random([1, hidden], Distribution::Normal(0.0, std), device);
         Self {
             cfg,
             train,
             eval,
             pad_id,
             eval_batch_size: eval_batch_size.max(1),
-            head: Param::from_tensor(w.require_grad()),
+            head: Param::from_tensor(head.require_grad()),
         }
     }
 

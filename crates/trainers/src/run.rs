@@ -137,7 +137,7 @@ fn train_on<B: AutodiffBackend>(
     let (bundle, mut model) = load_model::<B>(&c.model, device)?.into_parts();
     let resume = resume_dir(opts.resume.as_ref(), &out_dir)?;
     if resume.is_none() {
-        model.attach_lora(&c.lora, device)?;
+        model.attach_lora(&c.lora, c.train.seed, device)?;
     }
     let encoder = ChatEncoder::from_bundle(&bundle, EncodeOptions::from_config(&c.data))?;
     let data = encode(c, &encoder, &bundle, &dataset, opts.progress)?;
@@ -378,9 +378,9 @@ impl<B: AutodiffBackend> MethodStage<'_, B> {
                 self.fit(&mut dpo, model)
             }
             (MethodConfig::Reward(cfg), Encoded::Pairs(train, eval)) => {
-                let (pad, dev) = (self.pad_id, self.device);
+                let head = crate::reward::init_head(hidden, c.train.seed, self.device);
                 let mut rm =
-                    Reward::<B>::new(cfg.clone(), train, eval, pad, eval_batch_size, hidden, dev);
+                    Reward::<B>::new(cfg.clone(), train, eval, self.pad_id, eval_batch_size, head);
                 let (model, summary) = self.fit(&mut rm, model)?;
                 if summary.outcome == Outcome::Finished {
                     let dir = self.engine.out_dir.join("adapter");

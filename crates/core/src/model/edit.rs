@@ -5,7 +5,7 @@ use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use super::lora::{module_path, Lora, LoraConfig, TARGETS};
+use super::lora::{module_path, peft_key, Lora, LoraConfig, TARGETS};
 use super::{Linear, Llama};
 use crate::error::{Error, Result};
 use crate::weights::HfNames;
@@ -245,13 +245,14 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Attaches fresh adapters (A initialised, B = 0) to the configured modules; replaces existing ones.
-    pub fn attach_lora(&mut self, cfg: &LoraConfig, device: &B::Device) -> Result<()> {
+    pub fn attach_lora(&mut self, cfg: &LoraConfig, seed: u64, device: &B::Device) -> Result<()> {
         cfg.validate(self.num_layers())?;
         for (i, short) in self.linear_ids() {
             if cfg.applies(i, short) {
+                let mut rng = crate::rng::for_tensor(seed, &peft_key(&module_path(i, short), 'A'));
                 let lin = self.linear_mut(i, short).expect("known target");
                 let (d_in, d_out) = (lin.in_features(), lin.out_features());
-                lin.lora = Some(Lora::init(cfg, d_in, d_out, device));
+                lin.lora = Some(Lora::init(cfg, d_in, d_out, &mut rng, device));
             }
         }
         Ok(())

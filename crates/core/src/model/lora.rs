@@ -7,10 +7,12 @@
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::Tensor;
+use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::rng;
 use crate::weights::HfNames;
 
 /// Every module LoRA can target, with its HF sub-path in a decoder layer.
@@ -187,18 +189,21 @@ pub struct Lora<B: Backend> {
 }
 
 impl<B: Backend> Lora<B> {
-    /// A fresh adapter: A initialised as configured, B = 0.
-    pub fn init(cfg: &LoraConfig, d_in: usize, d_out: usize, device: &B::Device) -> Self {
+    /// A fresh adapter: A initialised as configured (drawn on the host from `rng`, so every backend
+    /// gets the same values), B = 0.
+    pub fn init(
+        cfg: &LoraConfig,
+        d_in: usize,
+        d_out: usize,
+        rng: &mut StdRng,
+        device: &B::Device,
+    ) -> Self {
         let a = match cfg.init_lora_weights {
+            // PEFT: kaiming_uniform_(a=sqrt(5)) on [r, in], i.e. uniform(±1/sqrt(in)).
             LoraInit::Kaiming => {
-                let bound = 1.0 / (d_in as f64).sqrt();
-                Tensor::random([cfg.r, d_in], Distribution::Uniform(-bound, bound), device)
+                rng::uniform(rng, [cfg.r, d_in], 1.0 / (d_in as f64).sqrt(), device)
             }
-            LoraInit::Gaussian => Tensor::random(
-                [cfg.r, d_in],
-                Distribution::Normal(0.0, 1.0 / cfg.r as f64),
-                device,
-            ),
+            LoraInit::Gaussian => rng::normal(rng, [cfg.r, d_in], 1.0 / cfg.r as f64, device),
         };
         Self::from_tensors(
             a,
@@ -223,10 +228,9 @@ impl<B: Backend> Lora<B> {
     }
 
     /// `scale · B A dropout(x)` for `x` `[n, in]`. Dropout is active only on an autodiff backend
-    /// (training), as Burn's `Dropout`.
+    /// (training), with a host-drawn mask ([`rng::dropout`]).
     pub fn delta(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let [n, d] = x.dims();
-        let x = self.dropout.forward(x.reshape([1, n, d])).reshape([n, d]);
+        let x = rng::dropout(x, self.dropout.prob);
         self.delta_no_dropout(x)
     }
 
