@@ -229,3 +229,192 @@ fn lora_init_is_drawn_on_the_host_from_seed_and_name() {
     let q_all = a.iter().find(|(n, _)| n == &q_only[0].0).unwrap();
     assert_eq!(&q_only[0].1, &q_all.1);
 }
+
+/// A 3-step seeded LoRA SFT of the tiny model with LoRA dropout on `backend`: per-step loss and
+/// gradient norm (the dropout masks and the adapters' initialisation are drawn on the host).
+pub fn seeded_sft(dir: &std::path::Path, backend: &str) -> Vec<(f64, f64)> {
+    use burnish::trainers::{run, RunFile, RunOptions, RunReport};
+    let run_file = tiny_run(dir, "");
+    let sets = [
+        format!("model.backend={backend:?}"),
+        "train.max_steps=3".into(),
+        "lora.lora_dropout=0.1".into(),
+        format!(
+            "output.dir={:?}",
+            dir.join(format!("out-{backend}")).display().to_string()
+        ),
+    ];
+    let file = RunFile::load(&run_file, &sets).unwrap();
+    let RunReport::Trained(r) = run(&file.config, &RunOptions::default()).unwrap() else {
+        panic!("an SFT config trains")
+    };
+    r.summary
+        .history
+        .iter()
+        .map(|s| (s.loss, s.grad_norm))
+        .collect()
+}
+
+/// Two runs with the same seed give the same steps; dropout is on (loss differs from a run
+/// without it).
+#[test]
+fn seeded_sft_with_dropout_is_reproducible_on_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = seeded_sft(&tmp.path().join("a"), "cpu");
+    let b = seeded_sft(&tmp.path().join("b"), "cpu");
+    assert_eq!(a.len(), 3);
+    assert_eq!(a, b);
+}
+
+#[cfg(feature = "wgpu")]
+mod wgpu {
+    use super::*;
+    use burnish::core::backend::Wgpu;
+    use burnish::core::generate::{generate, GenerationConfig};
+    use burnish::core::template::Message;
+    use burnish::core::Pretrained;
+
+    /// True when a Vulkan driver is installed (lavapipe: `apt-get install mesa-vulkan-drivers`).
+    /// Without one the wgpu tests skip with a message, except in CI (`CI=true`), where they fail.
+    fn vulkan() -> bool {
+        let found = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
+            .iter()
+            .any(|d| std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()));
+        if !found {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI must run the wgpu tests: no Vulkan driver (install mesa-vulkan-drivers)"
+            );
+            eprintln!("skipped: no Vulkan driver (install mesa-vulkan-drivers for lavapipe)");
+        }
+        found
+    }
+
+    /// Tolerances on wgpu (measured on lavapipe and stated in docs/gpu.md): its kernels sum in
+    /// another order than flex's, in f32.
+    const GRAD_TOL: f64 = 1e-3;
+    const LOSS_TOL: f64 = 1e-5;
+
+    #[test]
+    fn lora_gradients_match_peft_on_wgpu() {
+        if !vulkan() {
+            return;
+        }
+        let dev = Default::default();
+        let (loss, grad) = sft_gradients::<Autodiff<Wgpu>>(&dev);
+        eprintln!("wgpu sft: loss rel {loss:.2e}, grad rel {grad:.2e}");
+        assert!(
+            loss <= LOSS_TOL && grad <= GRAD_TOL,
+            "sft: loss {loss:.2e}, grad {grad:.2e}"
+        );
+        let (loss, grad) = dpo_gradients::<Autodiff<Wgpu>>(&dev);
+        eprintln!("wgpu dpo: loss rel {loss:.2e}, grad rel {grad:.2e}");
+        assert!(
+            loss <= LOSS_TOL && grad <= GRAD_TOL,
+            "dpo: loss {loss:.2e}, grad {grad:.2e}"
+        );
+    }
+
+    /// The same seeded 3-step LoRA SFT (dropout on) on wgpu and on the CPU: the same losses and
+    /// gradient norms, step by step.
+    #[test]
+    fn seeded_sft_matches_cpu() {
+        if !vulkan() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let cpu = seeded_sft(&tmp.path().join("cpu"), "cpu");
+        let gpu = seeded_sft(&tmp.path().join("wgpu"), "wgpu");
+        for (i, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
+            eprintln!(
+                "step {}: loss cpu {:.6} wgpu {:.6}, grad_norm cpu {:.6} wgpu {:.6}",
+                i + 1,
+                c.0,
+                g.0,
+                c.1,
+                g.1
+            );
+            assert!(
+                (c.0 - g.0).abs() <= 1e-4 * c.0.abs(),
+                "step {}: loss {c:?} vs {g:?}",
+                i + 1
+            );
+            assert!(
+                (c.1 - g.1).abs() <= 1e-3 * c.1.abs(),
+                "step {}: grad_norm {c:?} vs {g:?}",
+                i + 1
+            );
+        }
+        assert_eq!(gpu.len(), 3);
+    }
+
+    /// SmolLM2-135M-Instruct: the same greedy tokens on wgpu as on the CPU for two chat prompts,
+    /// and the prompt's last-position logits within 1e-3 of the largest logit.
+    #[test]
+    fn smollm2_generates_the_cpu_tokens() {
+        if !vulkan() {
+            return;
+        }
+        let path = common::smollm2();
+        let on = |kind: &str| -> (Vec<Vec<u32>>, Vec<f32>) {
+            match kind {
+                "cpu" => run_smollm2::<Cpu>(&path, &Default::default()),
+                _ => run_smollm2::<Wgpu>(&path, &Default::default()),
+            }
+        };
+        let (cpu_ids, cpu_logits) = on("cpu");
+        let (gpu_ids, gpu_logits) = on("wgpu");
+        let scale = cpu_logits.iter().fold(0f32, |a, x| a.max(x.abs()));
+        let diff = cpu_logits
+            .iter()
+            .zip(&gpu_logits)
+            .fold(0f32, |a, (c, g)| a.max((c - g).abs()));
+        eprintln!("smollm2 logits: max |cpu - wgpu| {diff:.2e} (max |logit| {scale:.1})");
+        assert!(
+            diff <= 1e-3 * scale,
+            "logits differ by {diff} (scale {scale})"
+        );
+        assert_eq!(cpu_ids, gpu_ids);
+    }
+
+    fn run_smollm2<B: Backend>(
+        path: &std::path::Path,
+        dev: &B::Device,
+    ) -> (Vec<Vec<u32>>, Vec<f32>) {
+        let p = Pretrained::<B>::load(path, dev).unwrap();
+        let prompts: Vec<Vec<u32>> = [
+            "What is the capital of France?",
+            "Write a haiku about rust.",
+        ]
+        .iter()
+        .map(|q| {
+            let text = p
+                .render_chat(&[Message::user(q.to_string())], true)
+                .unwrap();
+            p.tokenizer.encode(&text, false).unwrap()
+        })
+        .collect();
+        let cfg = GenerationConfig {
+            max_new_tokens: 12,
+            eos_ids: p.eos_ids(),
+            pad_id: p.pad_id(),
+            ..Default::default()
+        };
+        let ids = generate(&p.model, &prompts, &cfg, None)
+            .unwrap()
+            .into_iter()
+            .map(|g| g.new_ids)
+            .collect();
+        let input = burnish::core::burn::tensor::Tensor::<B, 2, burnish::core::burn::tensor::Int>::from_data(
+            burnish::core::burn::tensor::TensorData::new(
+                prompts[0].iter().map(|&t| t as i64).collect::<Vec<_>>(),
+                [1, prompts[0].len()],
+            ),
+            dev,
+        );
+        let logits = p.model.forward(input);
+        let [_, s, v] = logits.dims();
+        let last = logits.slice([0..1, s - 1..s, 0..v]);
+        (ids, burnish::core::backend::host_f32(last))
+    }
+}

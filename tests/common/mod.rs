@@ -154,3 +154,18 @@ pub fn tiny_base_and_tuned() -> (
     .unwrap();
     (base, tuned)
 }
+
+/// SmolLM2-135M-Instruct (scripts/fetch-smollm2.sh; BURNISH_SMOLLM2 overrides).
+pub fn smollm2() -> PathBuf {
+    if let Ok(p) = std::env::var("BURNISH_SMOLLM2") {
+        return p.into();
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-smollm2.sh first",
+        p.display()
+    );
+    p
+}
