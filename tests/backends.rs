@@ -230,6 +230,71 @@ fn lora_init_is_drawn_on_the_host_from_seed_and_name() {
     assert_eq!(&q_only[0].1, &q_all.1);
 }
 
+fn burnish_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_burnish"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Every model command takes `--backend`; a backend that is not compiled in (or a bad device) is
+/// a clear error naming the cargo feature, before any work.
+#[test]
+fn every_command_takes_a_backend() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_run(tmp.path(), "");
+    let (run, model) = (run.to_str().unwrap(), tmp.path().join("tiny-chat"));
+    let model = model.to_str().unwrap();
+    let out = tmp.path().join("x");
+    let out = out.to_str().unwrap();
+    let commands: [&[&str]; 7] = [
+        &["generate", "--model", model, "--prompt", "hi"],
+        &["eval", "--model", model, "--harmful", run, "--out", out],
+        &[
+            "score",
+            "--model",
+            model,
+            "--reward",
+            model,
+            "--prompt",
+            "p",
+            "--response",
+            "r",
+        ],
+        &["export", "--model", model, "--out", out],
+        &["train", run],
+        &["ablate", run],
+        &["data", "build", run, "--out", out],
+    ];
+    let missing = if cfg!(feature = "cuda") {
+        None
+    } else {
+        Some("cuda")
+    };
+    for cmd in commands {
+        let mut args = cmd.to_vec();
+        args.extend(["--backend", "cpu:1"]);
+        let o = burnish_cli(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("one device"),
+            "{args:?}: {err}"
+        );
+        if let Some(feature) = missing {
+            let mut args = cmd.to_vec();
+            args.extend(["--backend", "cuda:1"]);
+            let o = burnish_cli(&args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            let want = format!("--features {feature}");
+            assert!(
+                !o.status.success() && err.contains(&want),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    assert!(!std::path::Path::new(out).exists(), "nothing was written");
+}
+
 /// A 3-step seeded LoRA SFT of the tiny model with LoRA dropout on `backend`: per-step loss and
 /// gradient norm (the dropout masks and the adapters' initialisation are drawn on the host).
 pub fn seeded_sft(dir: &std::path::Path, backend: &str) -> Vec<(f64, f64)> {
@@ -346,6 +411,82 @@ mod wgpu {
             );
         }
         assert_eq!(gpu.len(), 3);
+    }
+
+    /// `burnish eval` and `burnish export` give the same results on wgpu as on the CPU: the same
+    /// greedy completions, and merged weights within 1e-5.
+    #[test]
+    fn eval_and_export_commands_match_cpu() {
+        if !vulkan() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let model = tiny_chat_model(tmp.path());
+        let m = model.to_str().unwrap();
+        let prompts = tmp.path().join("p.jsonl");
+        std::fs::write(
+            &prompts,
+            "{\"prompt\": \"say the cat\"}\n{\"prompt\": \"a dog runs\"}\n",
+        )
+        .unwrap();
+        let adapter = core_fixture("lora/all-linear");
+        let mut completions = vec![];
+        let mut merged = vec![];
+        for backend in ["cpu", "wgpu"] {
+            let dir = tmp.path().join(backend);
+            let (ev, ex) = (dir.join("eval"), dir.join("export"));
+            let o = burnish_cli(&[
+                "eval",
+                "--model",
+                m,
+                "--harmful",
+                prompts.to_str().unwrap(),
+                "--max-new-tokens",
+                "8",
+                "--no-kl",
+                "--backend",
+                backend,
+                "--out",
+                ev.to_str().unwrap(),
+            ]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let text = std::fs::read_to_string(ev.join("completions.jsonl")).unwrap();
+            completions.push(
+                text.lines()
+                    .map(|l| {
+                        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                        v["response"].as_str().unwrap().to_string()
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            let o = burnish_cli(&[
+                "export",
+                "--model",
+                m,
+                "--adapter",
+                adapter.to_str().unwrap(),
+                "--backend",
+                backend,
+                "--out",
+                ex.to_str().unwrap(),
+            ]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let bytes = std::fs::read(ex.join("model.safetensors")).unwrap();
+            let st = SafeTensors::deserialize(&bytes).unwrap();
+            let t = st.tensor("model.layers.1.mlp.down_proj.weight").unwrap();
+            merged.push(
+                t.data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect::<Vec<f32>>(),
+            );
+        }
+        assert_eq!(completions[0], completions[1]);
+        let diff = merged[0]
+            .iter()
+            .zip(&merged[1])
+            .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(diff <= 1e-5, "merged weights differ by {diff}");
     }
 
     /// SmolLM2-135M-Instruct: the same greedy tokens on wgpu as on the CPU for two chat prompts,

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use burnish_core::backend::DeviceSpec;
 use burnish_trainers::config::{MethodConfig, RunFile};
 use burnish_trainers::{AblateReport, RunOptions, RunReport};
 use clap::Args;
@@ -19,12 +20,18 @@ pub struct AblateArgs {
     /// Replace an earlier run's outputs in the output directory (otherwise such a directory is refused).
     #[arg(long)]
     pub overwrite: bool,
+    /// Run on cpu, wgpu, wgpu:N, cuda or cuda:N instead of the run file's [model] backend.
+    #[arg(long)]
+    pub backend: Option<DeviceSpec>,
 }
 
 pub fn ablate(a: AblateArgs) -> Result<()> {
     let mut file = RunFile::load(&a.config, &a.set)?;
     if let (true, Some(o)) = (a.overwrite, file.config.output.as_mut()) {
         o.overwrite = true;
+    }
+    if let Some(b) = a.backend {
+        file.config.model.backend = b;
     }
     if !matches!(file.config.method, MethodConfig::Ablate(_)) {
         bail!(

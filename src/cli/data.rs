@@ -5,7 +5,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use burnish_core::backend::Cpu;
+use burnish_core::backend::DeviceSpec;
+use burnish_core::burn::tensor::backend::Backend;
 use burnish_core::{Pretrained, Tokenizer, TokenizerBundle};
 use burnish_data::build::{process_source, SourceReport};
 use burnish_data::policy::Outcome;
@@ -47,7 +48,7 @@ struct PreviewArgs {
 
 #[derive(Args)]
 struct BuildArgs {
-    /// Run file (TOML); only [model].path and [data] are read.
+    /// Run file (TOML); only [model] and [data] are read.
     config: PathBuf,
     /// Training set (JSON Lines); the eval split, if any, goes beside it as NAME.eval.jsonl.
     #[arg(long)]
@@ -55,6 +56,9 @@ struct BuildArgs {
     /// Override a config key, e.g. --set data.sources.0.limit=50 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Where model answers are generated: cpu, wgpu, wgpu:N, cuda or cuda:N (default: [model] backend).
+    #[arg(long)]
+    backend: Option<DeviceSpec>,
 }
 
 #[derive(Args)]
@@ -86,21 +90,31 @@ pub fn run(a: DataArgs) -> Result<()> {
 }
 
 /// The model, loaded only when a source answers prompts with it.
-fn load_model_if_needed(rf: &RunFile) -> Result<Option<Pretrained<Cpu>>> {
+fn load_model_if_needed<B: Backend>(
+    rf: &RunFile,
+    device: &B::Device,
+) -> Result<Option<Pretrained<B>>> {
     if !rf.config.data.needs_model() {
         return Ok(None);
     }
     let path = &rf.config.model.path;
     eprintln!("loading {} to answer prompts", path.display());
-    Ok(Some(Pretrained::<Cpu>::load(path, &Default::default())?))
+    Ok(Some(Pretrained::<B>::load(path, device)?))
 }
 
 fn preview(a: PreviewArgs) -> Result<()> {
     let rf = RunFile::load(&a.config, &[])?;
+    let spec = rf.config.model.backend;
+    let job = (a, rf);
+    super::on_backend!(spec, preview_on(job: (PreviewArgs, RunFile)))
+}
+
+/// `data preview` with model answers generated on backend `B` (the run file's [model] backend).
+fn preview_on<B: Backend>((a, rf): (PreviewArgs, RunFile), device: &B::Device) -> Result<()> {
     let bundle = TokenizerBundle::load(&rf.config.model.path)?;
     let enc = ChatEncoder::from_bundle(&bundle, EncodeOptions::from_config(&rf.config.data))?;
     let detector = RefusalDetector::new(&rf.config.data.refusal)?;
-    let model = load_model_if_needed(&rf)?;
+    let model = load_model_if_needed::<B>(&rf, device)?;
     let mut responder = model
         .as_ref()
         .map(|m| ModelResponder::new(m, rf.config.data.generate.clone()));
@@ -271,7 +285,14 @@ fn eval_path(out: &Path) -> PathBuf {
 
 fn build_cmd(a: BuildArgs) -> Result<()> {
     let rf = RunFile::load(&a.config, &a.set)?;
-    let model = load_model_if_needed(&rf)?;
+    let spec = a.backend.unwrap_or(rf.config.model.backend);
+    let job = (a, rf);
+    super::on_backend!(spec, build_on(job: (BuildArgs, RunFile)))
+}
+
+/// `data build` with model answers generated on backend `B`.
+fn build_on<B: Backend>((a, rf): (BuildArgs, RunFile), device: &B::Device) -> Result<()> {
+    let model = load_model_if_needed::<B>(&rf, device)?;
     let mut responder = model
         .as_ref()
         .map(|m| ModelResponder::new(m, rf.config.data.generate.clone()));

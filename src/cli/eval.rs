@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use burnish_core::adapter::load_adapter;
-use burnish_core::backend::{Cpu, CpuDevice};
+use burnish_core::backend::DeviceSpec;
+use burnish_core::burn::tensor::backend::Backend;
 use burnish_core::{Llama, Pretrained};
 use burnish_data::RefusalConfig;
 use burnish_trainers::config::RunFile;
@@ -61,12 +62,23 @@ pub struct EvalArgs {
     /// Print report.json to stdout.
     #[arg(long)]
     json: bool,
+    /// cpu, wgpu, wgpu:N, cuda or cuda:N (default: the run file's [model] backend, else cpu).
+    #[arg(long)]
+    backend: Option<DeviceSpec>,
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
+    let spec = match (a.backend, &a.config) {
+        (Some(b), _) => b,
+        (None, Some(c)) => RunFile::load(c, &[])?.config.model.backend,
+        (None, None) => DeviceSpec::CPU,
+    };
+    super::on_backend!(spec, eval_on(a: EvalArgs))
+}
+
+fn eval_on<B: Backend>(a: EvalArgs, device: &B::Device) -> Result<()> {
     let (cfg, refusal, model_path, merge) = settings(&a)?;
-    let device = Default::default();
-    let (model, base) = load(&a, &model_path, merge.as_deref(), &device)?;
+    let (model, base) = load::<B>(&a, &model_path, merge.as_deref(), device)?;
     if base.is_none() && cfg.kl {
         eprintln!("eval: no --base (or --adapter), so KL is not measured");
     }
@@ -88,7 +100,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         &refusal,
         &a.out,
         meta,
-        &device,
+        device,
         &Terminal::default(),
     )?;
     if a.json {
@@ -158,21 +170,21 @@ fn settings(a: &EvalArgs) -> Result<(EvalConfig, RefusalConfig, PathBuf, Option<
 
 /// The model (with `merge` merged and `--adapter` applied) and what KL is measured against: `--base`,
 /// else the model with the adapter off, else nothing.
-fn load(
+fn load<B: Backend>(
     a: &EvalArgs,
     model_path: &Path,
     merge: Option<&Path>,
-    device: &CpuDevice,
-) -> Result<(Pretrained<Cpu>, Option<Llama<Cpu>>)> {
+    device: &B::Device,
+) -> Result<(Pretrained<B>, Option<Llama<B>>)> {
     eprintln!("loading {}", model_path.display());
-    let mut model = Pretrained::<Cpu>::load(model_path, device)?;
+    let mut model = Pretrained::<B>::load(model_path, device)?;
     if let Some(m) = merge {
         load_adapter(&mut model.model, m, device)?;
         model.model.drop_adapters(true);
     }
     let mut base = match &a.base {
         Some(b) => {
-            let base = Pretrained::<Cpu>::load(b, device)?;
+            let base = Pretrained::<B>::load(b, device)?;
             if base.config.vocab_size != model.config.vocab_size {
                 bail!(
                     "--base {}: vocabulary of {} tokens, the model has {}",

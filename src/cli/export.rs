@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use burnish_core::adapter::load_adapter;
-use burnish_core::backend::Cpu;
+use burnish_core::backend::DeviceSpec;
+use burnish_core::burn::tensor::backend::Backend;
 use burnish_core::export::{export_gguf, export_hf, Dtype, ExportSource, GgufQuant};
 use burnish_core::io::Existing;
 use burnish_core::weights::gguf::GgufFile;
@@ -34,25 +35,36 @@ pub struct ExportArgs {
     /// Replace an existing --out directory (whole: no stale shards stay) or --gguf file.
     #[arg(long)]
     overwrite: bool,
+    /// Where the adapter is merged: cpu, wgpu, wgpu:N, cuda or cuda:N (GPUs need the cargo feature).
+    #[arg(long, default_value = "cpu")]
+    backend: DeviceSpec,
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
     if a.out.is_none() && a.gguf.is_none() {
         bail!("nothing to write: give --out DIR and/or --gguf FILE");
     }
-    let existing = if a.overwrite {
-        Existing::Replace
-    } else {
-        Existing::Refuse
-    };
+    let existing = existing(&a);
     // Refuse before the (slow) load and merge, not after.
     for p in a.out.iter().chain(&a.gguf) {
         existing.check(p)?;
     }
-    let device = Default::default();
-    let mut p = Pretrained::<Cpu>::load(&a.model, &device)?;
+    super::on_backend!(a.backend, export_on(a: ExportArgs))
+}
+
+fn existing(a: &ExportArgs) -> Existing {
+    if a.overwrite {
+        Existing::Replace
+    } else {
+        Existing::Refuse
+    }
+}
+
+fn export_on<B: Backend>(a: ExportArgs, device: &B::Device) -> Result<()> {
+    let existing = existing(&a);
+    let mut p = Pretrained::<B>::load(&a.model, device)?;
     if let Some(dir) = &a.adapter {
-        let cfg = load_adapter(&mut p.model, dir, &device)?;
+        let cfg = load_adapter(&mut p.model, dir, device)?;
         eprintln!(
             "merging adapter {} (r={}, alpha={})",
             dir.display(),

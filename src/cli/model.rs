@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use burnish_core::backend::{BackendKind, Cpu};
+use burnish_core::backend::DeviceSpec;
 use burnish_core::burn::tensor::backend::Backend;
 use burnish_core::weights::gguf::GgufFile;
 use burnish_core::weights::SafetensorsDir;
@@ -44,21 +44,13 @@ pub struct GenerateArgs {
     /// Print {"prompt_ids", "new_ids", "text"} as JSON.
     #[arg(long)]
     json: bool,
-    /// cpu, wgpu or cuda (the latter two need the cargo feature).
+    /// cpu, wgpu, wgpu:N, cuda or cuda:N (GPUs need the cargo feature).
     #[arg(long, default_value = "cpu")]
-    backend: BackendKind,
+    backend: DeviceSpec,
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
-    match a.backend {
-        BackendKind::Cpu => generate_on::<Cpu>(a, &Default::default()),
-        #[cfg(feature = "wgpu")]
-        BackendKind::Wgpu => generate_on::<burnish_core::backend::Wgpu>(a, &Default::default()),
-        #[cfg(feature = "cuda")]
-        BackendKind::Cuda => generate_on::<burnish_core::backend::Cuda>(a, &Default::default()),
-        #[allow(unreachable_patterns)]
-        other => anyhow::bail!("backend {other:?} is not compiled in"),
-    }
+    super::on_backend!(a.backend, generate_on(a: GenerateArgs))
 }
 
 fn generate_on<B: Backend>(a: GenerateArgs, device: &B::Device) -> Result<()> {

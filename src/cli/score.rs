@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use burnish_core::adapter::load_adapter;
-use burnish_core::backend::Cpu;
+use burnish_core::backend::DeviceSpec;
+use burnish_core::burn::tensor::backend::Backend;
 use burnish_core::{Message, Pretrained};
 use burnish_data::{ChatEncoder, EncodeOptions};
 use burnish_trainers::reward::{load_head, score_exchanges};
@@ -26,13 +27,19 @@ pub struct ScoreArgs {
     /// Print JSON: {"scores": [...]}.
     #[arg(long)]
     json: bool,
+    /// cpu, wgpu, wgpu:N, cuda or cuda:N (GPUs need the cargo feature).
+    #[arg(long, default_value = "cpu")]
+    backend: DeviceSpec,
 }
 
 pub fn score(a: ScoreArgs) -> Result<()> {
-    let device = Default::default();
-    let (bundle, mut model) = Pretrained::<Cpu>::load(&a.model, &device)?.into_parts();
-    load_adapter(&mut model, &a.reward, &device)?;
-    let head = load_head::<Cpu>(&a.reward, &device)?;
+    super::on_backend!(a.backend, score_on(a: ScoreArgs))
+}
+
+fn score_on<B: Backend>(a: ScoreArgs, device: &B::Device) -> Result<()> {
+    let (bundle, mut model) = Pretrained::<B>::load(&a.model, device)?.into_parts();
+    load_adapter(&mut model, &a.reward, device)?;
+    let head = load_head::<B>(&a.reward, device)?;
     // Each exchange encoded as reward training encoded a pair's side, so the head reads the token it
     // learned on (the assistant turn's end token).
     let encoder = ChatEncoder::from_bundle(&bundle, EncodeOptions::untruncated())?;

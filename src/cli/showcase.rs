@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use burnish_core::backend::DeviceSpec;
 use burnish_core::io::{file_stamp, Fnv64};
 use clap::Args;
 use serde_json::{json, Value};
@@ -31,6 +32,9 @@ pub struct ShowcaseArgs {
     /// Where the example configs live.
     #[arg(long, default_value = "examples/configs")]
     configs: PathBuf,
+    /// Run every step on cpu, wgpu, wgpu:N, cuda or cuda:N (passed to each `burnish` step).
+    #[arg(long)]
+    backend: Option<DeviceSpec>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -214,11 +218,14 @@ fn mark(dir: &Path, k: &str, seconds: f64) -> Result<()> {
     Ok(())
 }
 
-fn burnish(args: &[String], log: &Path) -> Result<()> {
+/// Runs one step as `burnish ARGS [--backend B]`, its output going to `log`.
+fn burnish(args: &[String], log: &Path, backend: Option<DeviceSpec>) -> Result<()> {
     let exe = std::env::current_exe()?;
     let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let backend = backend.map(|b| ["--backend".to_string(), b.to_string()]);
     let status = Command::new(exe)
         .args(args)
+        .args(backend.iter().flatten())
         .stdout(f.try_clone()?)
         .stderr(f)
         .status()?;
@@ -301,7 +308,7 @@ pub fn showcase(a: ShowcaseArgs) -> Result<()> {
             "--out".into(),
             dir.display().to_string(),
         ]);
-        burnish(&args, &dir.join("log.txt"))?;
+        burnish(&args, &dir.join("log.txt"), a.backend)?;
         let s = t.elapsed().as_secs_f64();
         mark(&dir, &k, s)?;
         eprintln!("    done in {}", minutes(s));
@@ -370,7 +377,7 @@ pub fn showcase(a: ShowcaseArgs) -> Result<()> {
             for s in &set {
                 args.extend(["--set".into(), s.clone()]);
             }
-            burnish(&args, &dir.join("log.txt"))?;
+            burnish(&args, &dir.join("log.txt"), a.backend)?;
             let s = t.elapsed().as_secs_f64();
             mark(&dir, &k, s)?;
             seconds.insert(step.name.to_string(), s);

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use burnish_core::backend::DeviceSpec;
 use burnish_trainers::config::RunFile;
 use burnish_trainers::engine::Outcome;
 use burnish_trainers::{Resume, RunOptions, RunReport};
@@ -23,12 +24,18 @@ pub struct TrainArgs {
     /// Replace an earlier run's outputs in the output directory (otherwise such a directory is refused).
     #[arg(long)]
     overwrite: bool,
+    /// Run on cpu, wgpu, wgpu:N, cuda or cuda:N instead of the run file's [model] backend.
+    #[arg(long)]
+    backend: Option<DeviceSpec>,
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
     let mut file = RunFile::load(&a.config, &a.set)?;
     if let (true, Some(o)) = (a.overwrite, file.config.output.as_mut()) {
         o.overwrite = true;
+    }
+    if let Some(b) = a.backend {
+        file.config.model.backend = b;
     }
     let progress = Terminal::default();
     let opts = RunOptions {

@@ -59,6 +59,100 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
+/// A backend and, for GPUs, which device: `cpu`, `wgpu` (the best adapter), `wgpu:N` (the N-th
+/// discrete GPU), `cuda` (= `cuda:0`), `cuda:N`. Written as that string in configs and run.json.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DeviceSpec {
+    pub kind: BackendKind,
+    /// `None`: the backend's default device.
+    pub index: Option<usize>,
+}
+
+impl DeviceSpec {
+    pub const CPU: DeviceSpec = DeviceSpec {
+        kind: BackendKind::Cpu,
+        index: None,
+    };
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind.feature())?;
+        match self.index {
+            Some(i) => write!(f, ":{i}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, index) = match s.split_once(':') {
+            Some((n, i)) => {
+                let i = i.parse::<usize>().map_err(|_| {
+                    format!("device `{s}`: the index after `:` must be a number (e.g. cuda:1)")
+                })?;
+                (n, Some(i))
+            }
+            None => (s, None),
+        };
+        let kind: BackendKind = name.parse()?;
+        if kind == BackendKind::Cpu && index.is_some_and(|i| i > 0) {
+            return Err(format!(
+                "device `{s}`: the CPU backend has one device (`cpu`)"
+            ));
+        }
+        Ok(DeviceSpec { kind, index })
+    }
+}
+
+impl serde::Serialize for DeviceSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Work written once, generic over the backend: [`on_device`] runs it on the backend a
+/// [`DeviceSpec`] names. `B` is the autodiff backend (training); inference uses `B::InnerBackend`.
+pub trait OnDevice {
+    type Output;
+    fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> Self::Output;
+}
+
+/// Runs `job` on the backend and device of `spec`; `Err` names the cargo feature when that backend
+/// is not compiled in.
+pub fn on_device<J: OnDevice>(spec: DeviceSpec, job: J) -> Result<J::Output, String> {
+    let _index = spec.index.unwrap_or(0);
+    Ok(match spec.kind {
+        BackendKind::Cpu => job.run::<Autodiff<Cpu>>(CpuDevice::default()),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => job.run::<Autodiff<Wgpu>>(match spec.index {
+            None => burn::backend::wgpu::WgpuDevice::DefaultDevice,
+            Some(i) => burn::backend::wgpu::WgpuDevice::DiscreteGpu(i),
+        }),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            job.run::<Autodiff<Cuda>>(burn::backend::cuda::CudaDevice::new(_index))
+        }
+        #[allow(unreachable_patterns)]
+        other => {
+            return Err(format!(
+                "backend `{}` is not compiled in; rebuild with `--features {}`",
+                other.feature(),
+                other.feature()
+            ))
+        }
+    })
+}
+
 /// A tensor's values on the host as `f32`, whatever the backend and element type (the one place that
 /// reads device memory back for metrics, reports and cached values).
 pub fn host_f32<B: burn::tensor::backend::Backend, const D: usize>(
@@ -75,4 +169,44 @@ pub fn host_f64<B: burn::tensor::backend::Backend, const D: usize>(
     t: burn::tensor::Tensor<B, D>,
 ) -> Vec<f64> {
     host_f32(t).into_iter().map(f64::from).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_specs_parse_and_print() {
+        let cpu: DeviceSpec = "cpu".parse().unwrap();
+        assert_eq!(cpu, DeviceSpec::CPU);
+        assert_eq!(cpu.to_string(), "cpu");
+        assert_eq!(
+            "cpu:0".parse::<DeviceSpec>().unwrap().kind,
+            BackendKind::Cpu
+        );
+        let e = "cpu:1".parse::<DeviceSpec>().unwrap_err();
+        assert!(e.contains("one device"), "{e}");
+        let e = "cuda:x".parse::<DeviceSpec>().unwrap_err();
+        assert!(e.contains("cuda:x") && e.contains("number"), "{e}");
+        let e = "tpu".parse::<DeviceSpec>().unwrap_err();
+        assert!(e.contains("unknown backend `tpu`"), "{e}");
+        for (s, kind, index) in [
+            ("wgpu", BackendKind::Wgpu, None),
+            ("cuda:1", BackendKind::Cuda, Some(1)),
+        ] {
+            match s.parse::<DeviceSpec>() {
+                Ok(d) => {
+                    assert_eq!((d.kind, d.index), (kind, index));
+                    assert_eq!(d.to_string(), s);
+                }
+                Err(e) => {
+                    assert!(!kind.available(), "{s}: {e}");
+                    assert!(e.contains(&format!("--features {}", kind.feature())), "{e}");
+                }
+            }
+        }
+        let toml: DeviceSpec = serde_json::from_str("\"cpu\"").unwrap();
+        assert_eq!(toml, DeviceSpec::CPU);
+        assert_eq!(serde_json::to_string(&DeviceSpec::CPU).unwrap(), "\"cpu\"");
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burnish_core::backend::BackendKind;
+use burnish_core::backend::DeviceSpec;
 use burnish_core::LoraConfig;
 use burnish_data::DataConfig;
 use serde::{Deserialize, Serialize};
@@ -45,9 +45,10 @@ pub struct RunConfig {
 pub struct ModelSection {
     /// HF model directory or GGUF file (relative to the run file's folder).
     pub path: PathBuf,
-    /// `cpu` (default), `wgpu` or `cuda` (the latter two need the cargo feature).
+    /// `cpu` (default), `wgpu`, `wgpu:N`, `cuda` or `cuda:N` (GPUs need the cargo feature; the
+    /// index picks the device). Every stage of the run (data answers, training, eval) runs there.
     #[serde(default)]
-    pub backend: BackendKind,
+    pub backend: DeviceSpec,
     /// Compute dtype; `f32` (default) is the only one the CPU backend trains in.
     #[serde(default = "f32_name")]
     pub dtype: String,
@@ -61,7 +62,7 @@ impl ModelSection {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
-            backend: BackendKind::default(),
+            backend: DeviceSpec::CPU,
             dtype: f32_name(),
             merge_adapter: None,
         }
@@ -169,10 +170,11 @@ impl RunConfig {
                 c.dtype
             ));
         }
-        if !c.backend.available() {
+        if !c.backend.kind.available() {
             return Err(format!(
-                "`model.backend` = {:?} is not compiled in",
-                c.backend
+                "`model.backend` = \"{}\" is not compiled in (build with `--features {}`)",
+                c.backend,
+                c.backend.kind.feature()
             ));
         }
         if !c.path.exists() {

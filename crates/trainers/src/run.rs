@@ -18,7 +18,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burnish_core::adapter::{load_adapter, save_adapter};
-use burnish_core::backend::{Autodiff, BackendKind, Cpu};
+use burnish_core::backend::{on_device, OnDevice};
 use burnish_core::burn;
 use burnish_core::io::file_stamp;
 use burnish_core::{Llama, Pretrained, TokenizerBundle};
@@ -100,23 +100,28 @@ pub fn run(config: &RunConfig, opts: &RunOptions<'_>) -> Result<RunReport> {
     config.validate().map_err(bad)?;
     config.data.validate(&label)?;
     config.output().map_err(bad)?;
-    if let MethodConfig::Ablate(cfg) = &config.method {
-        return ablate_stage(config, cfg, opts);
+    let spec = config.model.backend;
+    on_device(spec, Stages { config, opts }).map_err(|_| Error::BackendMissing(spec.kind))?
+}
+
+/// The run's stages, generic over the backend `[model] backend` names.
+struct Stages<'a, 'p> {
+    config: &'a RunConfig,
+    opts: &'a RunOptions<'p>,
+}
+
+impl OnDevice for Stages<'_, '_> {
+    type Output = Result<RunReport>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<RunReport> {
+        let (config, opts) = (self.config, self.opts);
+        if let MethodConfig::Ablate(cfg) = &config.method {
+            // Ablation computes no gradients: the inner (non-autodiff) backend.
+            return ablate_stage::<B::InnerBackend>(config, cfg, opts, &device);
+        }
+        let report = train_on::<B>(config, opts, &device)?;
+        Ok(RunReport::Trained(Box::new(report)))
     }
-    let report = match config.model.backend {
-        BackendKind::Cpu => train_on::<Autodiff<Cpu>>(config, opts, &Default::default()),
-        #[cfg(feature = "wgpu")]
-        BackendKind::Wgpu => {
-            train_on::<Autodiff<burnish_core::backend::Wgpu>>(config, opts, &Default::default())
-        }
-        #[cfg(feature = "cuda")]
-        BackendKind::Cuda => {
-            train_on::<Autodiff<burnish_core::backend::Cuda>>(config, opts, &Default::default())
-        }
-        #[allow(unreachable_patterns)]
-        other => Err(Error::BackendMissing(other)),
-    }?;
-    Ok(RunReport::Trained(Box::new(report)))
 }
 
 fn train_on<B: AutodiffBackend>(
@@ -542,10 +547,15 @@ fn write_run_json(
 }
 
 /// Ablation after stages 1–2: the prompts of `[data]` and the model, handed to [`crate::ablate::run`].
-fn ablate_stage(c: &RunConfig, cfg: &AblateConfig, opts: &RunOptions<'_>) -> Result<RunReport> {
+fn ablate_stage<B: Backend>(
+    c: &RunConfig,
+    cfg: &AblateConfig,
+    opts: &RunOptions<'_>,
+    device: &B::Device,
+) -> Result<RunReport> {
     let output = c.output().expect("checked by run()");
     prepare_dir(&output.dir, output.overwrite)?;
-    let model = load_model::<Cpu>(&c.model, &Default::default())?;
+    let model = load_model::<B>(&c.model, device)?;
     let data = build(&c.data, Path::new(""), None)?;
     let Examples::Prompts(prompts) = &data.train else {
         return Err(Error::WrongData {

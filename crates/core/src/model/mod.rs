@@ -254,6 +254,11 @@ pub struct Llama<B: Backend> {
 pub type ResidualTap<'a, B> = &'a mut dyn FnMut(usize, &Tensor<B, 3>);
 
 impl<B: Backend> Llama<B> {
+    /// The device the weights live on.
+    pub fn device(&self) -> B::Device {
+        self.model.embed_tokens.device()
+    }
+
     /// A randomly initialised model (tests, tiny models): normal(0, std) weights, unit norms.
     pub fn init(cfg: &ModelConfig, std: f64, device: &B::Device) -> Self {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);

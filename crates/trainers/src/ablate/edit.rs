@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use burnish_core::backend::Cpu;
+use burnish_core::burn::tensor::backend::Backend;
 use burnish_core::Llama;
 
 use super::directions::unit;
@@ -25,16 +25,16 @@ pub(super) struct Space {
 }
 
 /// Builds edited copies of the unedited model.
-pub(super) struct Editor<'a> {
+pub(super) struct Editor<'a, B: Backend> {
     pub cfg: &'a AblateConfig,
-    pub model: &'a Llama<Cpu>,
+    pub model: &'a Llama<B>,
     pub dirs: &'a Directions,
     /// The candidates' position the edit takes its direction from: the selected one, else the last
     /// (the first generated token's).
     pub position: usize,
 }
 
-impl Editor<'_> {
+impl<B: Backend> Editor<'_, B> {
     fn gated(&self) -> bool {
         self.cfg.mode == Mode::Steer && self.cfg.gate
     }
@@ -109,7 +109,7 @@ impl Editor<'_> {
     }
 
     /// A copy of the model with the edit `params` describe.
-    pub fn build(&self, params: &[f64]) -> Result<Llama<Cpu>> {
+    pub fn build(&self, params: &[f64]) -> Result<Llama<B>> {
         match self.cfg.mode {
             Mode::Ablate => {
                 let r = unit(&self.interpolated(params[0]));
@@ -125,7 +125,7 @@ impl Editor<'_> {
                 };
                 ablate(
                     self.model,
-                    &tensor(&r),
+                    &tensor(&r, &self.model.device()),
                     &k,
                     self.cfg.embeddings,
                     self.cfg.norm_preserving,
@@ -140,7 +140,7 @@ impl Editor<'_> {
                     }
                     None => {
                         let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-                        steer(self.model, l, tensor(&v))
+                        steer(self.model, l, tensor(&v, &self.model.device()))
                     }
                 }
             }

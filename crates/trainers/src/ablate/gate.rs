@@ -7,7 +7,8 @@
 //! vector where the cosine sits at the harmful prompts' mean and nearly nothing at the harmless mean.
 //! It is an ordinary Llama MLP neuron, so it generates, measures KL and exports like any weight.
 
-use burnish_core::backend::{host_f32, Cpu};
+use burnish_core::backend::host_f32;
+use burnish_core::burn::tensor::backend::Backend;
 use burnish_core::Llama;
 use burnish_core::Result;
 
@@ -98,8 +99,8 @@ impl Condition {
 
 /// The gated unit for steering vector `v` into `layer` at threshold fraction `t`: (gate weights over the
 /// MLP's normed input, gate bias, down vector).
-pub fn unit_weights(
-    model: &Llama<Cpu>,
+pub fn unit_weights<B: Backend>(
+    model: &Llama<B>,
     layer: usize,
     v: &[f64],
     cond: &Condition,
@@ -136,15 +137,16 @@ pub fn unit_weights(
 }
 
 /// A copy of `model` with `v` added to the residual stream entering `layer` where the gate is open.
-pub fn steer_gated(
-    model: &Llama<Cpu>,
+pub fn steer_gated<B: Backend>(
+    model: &Llama<B>,
     layer: usize,
     v: &[f64],
     cond: &Condition,
     t: f64,
-) -> Result<Llama<Cpu>> {
+) -> Result<Llama<B>> {
     let (gate, bias, down) = unit_weights(model, layer, v, cond, t);
     let mut m = model.clone();
-    m.add_gated_unit(layer, tensor(&gate), bias, tensor(&down))?;
+    let device = model.device();
+    m.add_gated_unit(layer, tensor(&gate, &device), bias, tensor(&down, &device))?;
     Ok(m)
 }

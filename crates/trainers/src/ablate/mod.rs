@@ -23,8 +23,8 @@ pub mod weights;
 use std::path::Path;
 use std::time::Instant;
 
+use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use burnish_core::backend::Cpu;
 use burnish_core::burn;
 use burnish_core::{Llama, Pretrained};
 use burnish_data::{PromptExample, RefusalConfig};
@@ -42,9 +42,9 @@ use search::{pareto_front, Search, Trial};
 pub use select::{AblateScores, Candidate, Scores, Selection, SteerScores};
 
 /// What an ablation works on; the caller loads the model and builds the data set.
-pub struct AblateJob<'a> {
+pub struct AblateJob<'a, B: Backend> {
     /// The model to edit, any `merge_adapter` already merged.
-    pub model: Pretrained<Cpu>,
+    pub model: Pretrained<B>,
     /// Its file (HF dir or GGUF): export takes GGUF metadata from it; recorded in reports.
     pub model_path: &'a Path,
     /// The `[data]` train split: prompts, each with `harmful` set.
@@ -58,16 +58,16 @@ pub struct AblateJob<'a> {
     pub run_file: Option<&'a Path>,
 }
 
-fn tensor(v: &[f32]) -> Tensor<Cpu, 1> {
-    Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), &Default::default())
+fn tensor<B: Backend>(v: &[f32], device: &B::Device) -> Tensor<B, 1> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), device)
 }
 
 /// Runs an ablation (or steering) end to end (see the module docs) and writes its outputs to
 /// `job.out_dir`: selection.jsonl, trials.jsonl, pareto.png, direction.safetensors, eval-before/,
 /// eval/, merged/ (and model.gguf), report.json and report.md.
-pub fn run(
+pub fn run<B: Backend>(
     cfg: &AblateConfig,
-    job: AblateJob<'_>,
+    job: AblateJob<'_, B>,
     progress: &dyn Progress,
 ) -> Result<AblateReport> {
     let started = Instant::now();
@@ -97,8 +97,8 @@ pub fn run(
 }
 
 /// The chosen edit and how it was found.
-struct Found {
-    edited: Llama<Cpu>,
+struct Found<B: Backend> {
+    edited: Llama<B>,
     layers: usize,
     positions: usize,
     selection: Selection,
@@ -109,11 +109,15 @@ struct Found {
 
 /// Prompts → activations and candidate directions → selection → search → the chosen edit, whose
 /// vectors go to direction.safetensors.
-fn find_edit(cfg: &AblateConfig, job: &AblateJob<'_>, progress: &dyn Progress) -> Result<Found> {
+fn find_edit<B: Backend>(
+    cfg: &AblateConfig,
+    job: &AblateJob<'_, B>,
+    progress: &dyn Progress,
+) -> Result<Found<B>> {
     let model = &job.model;
     let prompts = Prompts::encode(cfg, model, job.prompts, job.eval)?;
     let t = Instant::now();
-    let dirs = Directions::read(cfg, model, &prompts, &Default::default())?;
+    let dirs = Directions::read(cfg, model, &prompts, &model.model.device())?;
     progress.message(&format!(
         "ablate: activations of {} harmful and {} harmless prompts at {} position(s) in {:.1}s",
         prompts.harmful.len(),
@@ -153,8 +157,8 @@ fn find_edit(cfg: &AblateConfig, job: &AblateJob<'_>, progress: &dyn Progress) -
 
 /// Selection (Arditi et al.): one candidate per (layer, position) below `max_layer`, written to
 /// selection.jsonl; with it, the unedited model's refusal score for the report.
-fn select_stage(
-    ctx: &Ctx<'_>,
+fn select_stage<B: Backend>(
+    ctx: &Ctx<'_, B>,
     dirs: &Directions,
     max_layer: usize,
     out: &Path,
@@ -189,7 +193,12 @@ struct Searched {
 }
 
 /// The search, its choice, and pareto.png.
-fn search_stage(ctx: &Ctx<'_>, editor: &Editor<'_>, space: Space, out: &Path) -> Result<Searched> {
+fn search_stage<B: Backend>(
+    ctx: &Ctx<'_, B>,
+    editor: &Editor<'_, B>,
+    space: Space,
+    out: &Path,
+) -> Result<Searched> {
     let t = Instant::now();
     let (objectives, info) = ctx.measure(editor.model)?;
     let trials = run_trials(ctx, editor, space, out)?;
@@ -225,7 +234,12 @@ fn search_stage(ctx: &Ctx<'_>, editor: &Editor<'_>, space: Space, out: &Path) ->
 }
 
 /// The seeded trials. trials.jsonl is rewritten after every trial, so a long run shows its progress.
-fn run_trials(ctx: &Ctx<'_>, editor: &Editor<'_>, space: Space, out: &Path) -> Result<Vec<Trial>> {
+fn run_trials<B: Backend>(
+    ctx: &Ctx<'_, B>,
+    editor: &Editor<'_, B>,
+    space: Space,
+    out: &Path,
+) -> Result<Vec<Trial>> {
     let cfg = ctx.cfg;
     let total = cfg.trials.max(1);
     let startup = cfg.startup_trials + usize::from(space.first.is_some());
@@ -293,20 +307,20 @@ fn choose(cfg: &AblateConfig, trials: &[Trial]) -> Trial {
 
 /// The `[eval]` sets on the unedited model (when `eval_before`) and on the edited one, with KL to the
 /// unedited; then the edited model written as merged/ (and model.gguf when `[output] save` has it).
-fn evaluate_and_export(
+fn evaluate_and_export<B: Backend>(
     cfg: &AblateConfig,
-    job: AblateJob<'_>,
-    edited: Llama<Cpu>,
+    job: AblateJob<'_, B>,
+    edited: Llama<B>,
     progress: &dyn Progress,
 ) -> Result<(Option<EvalReport>, EvalReport)> {
-    let device = Default::default();
+    let device = edited.device();
     let meta = EvalMeta {
         model: job.model_path.to_path_buf(),
         run: job.run_file.map(Path::to_path_buf),
         ..Default::default()
     };
     let (sets, refusal, out) = (job.eval, job.refusal, job.out_dir);
-    let evaluate = |m: &Pretrained<Cpu>, base: Option<&Llama<Cpu>>, dir: &str| {
+    let evaluate = |m: &Pretrained<B>, base: Option<&Llama<B>>, dir: &str| {
         let dir = out.join(dir);
         evaluate_config(
             m,

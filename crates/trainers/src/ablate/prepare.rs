@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use burn::tensor::Tensor;
-use burnish_core::backend::{Cpu, CpuDevice};
 use burnish_core::burn;
+use burnish_core::burn::tensor::backend::Backend;
 use burnish_core::{Llama, Message, Pretrained};
 use burnish_data::{PromptExample, RefusalConfig, RefusalDetector};
 
@@ -30,9 +30,9 @@ pub(super) struct Prompts {
 }
 
 impl Prompts {
-    pub fn encode(
+    pub fn encode<B: Backend>(
         cfg: &AblateConfig,
-        model: &Pretrained<Cpu>,
+        model: &Pretrained<B>,
         data: &[PromptExample],
         eval: &EvalConfig,
     ) -> Result<Self> {
@@ -68,13 +68,13 @@ impl Prompts {
     }
 }
 
-fn chat_ids(model: &Pretrained<Cpu>, messages: &[Message]) -> Result<Vec<u32>> {
+fn chat_ids<B: Backend>(model: &Pretrained<B>, messages: &[Message]) -> Result<Vec<u32>> {
     let text = model.render_chat(messages, true)?;
     Ok(model.tokenizer.encode(&text, false)?)
 }
 
 /// How many tokens the chat template puts after the user's message (with the generation prompt).
-fn post_instruction_len(model: &Pretrained<Cpu>) -> Result<usize> {
+fn post_instruction_len<B: Backend>(model: &Pretrained<B>) -> Result<usize> {
     let marker = "burnish-marker";
     let text = model.render_chat(&[Message::user(marker)], true)?;
     let tail = text.rsplit(marker).next().unwrap_or("");
@@ -100,11 +100,11 @@ pub(super) struct Directions {
 
 impl Directions {
     /// Reads the activations from `model`, or from `directions_from` when the config names one.
-    pub fn read(
+    pub fn read<B: Backend>(
         cfg: &AblateConfig,
-        model: &Pretrained<Cpu>,
+        model: &Pretrained<B>,
         prompts: &Prompts,
-        device: &CpuDevice,
+        device: &B::Device,
     ) -> Result<Self> {
         let pad = model.pad_id();
         let npos = match cfg.positions {
@@ -155,13 +155,17 @@ impl Directions {
 }
 
 /// (layers, hidden size).
-fn shape(m: &Llama<Cpu>) -> (usize, usize) {
+fn shape<B: Backend>(m: &Llama<B>) -> (usize, usize) {
     (m.num_layers(), m.model.embed_tokens.dims()[1])
 }
 
 /// The model the directions are read from instead of the edited one; it must have the same shape.
-fn load_source(path: &Path, model: &Llama<Cpu>, device: &CpuDevice) -> Result<Pretrained<Cpu>> {
-    let other = Pretrained::<Cpu>::load(path, device)?;
+fn load_source<B: Backend>(
+    path: &Path,
+    model: &Llama<B>,
+    device: &B::Device,
+) -> Result<Pretrained<B>> {
+    let other = Pretrained::<B>::load(path, device)?;
     if shape(&other.model) != shape(model) {
         return Err(Error::DirectionsShape {
             path: path.to_path_buf(),
@@ -173,10 +177,10 @@ fn load_source(path: &Path, model: &Llama<Cpu>, device: &CpuDevice) -> Result<Pr
 }
 
 /// The quick measurements selection and search make on the validation prompts.
-pub(super) struct Ctx<'a> {
+pub(super) struct Ctx<'a, B: Backend> {
     pub cfg: &'a AblateConfig,
     /// The unedited model.
-    pub model: &'a Pretrained<Cpu>,
+    pub model: &'a Pretrained<B>,
     pub progress: &'a dyn Progress,
     pub harmful_val: Vec<Vec<u32>>,
     pub harmless_val: Vec<Vec<u32>>,
@@ -185,13 +189,13 @@ pub(super) struct Ctx<'a> {
     /// First tokens of refusals, for the refusal score.
     refusal_ids: Vec<u32>,
     /// The unedited model's next-token log-probabilities on the harmless validation prompts.
-    base_harmless_lp: Tensor<Cpu, 2>,
+    base_harmless_lp: Tensor<B, 2>,
 }
 
-impl<'a> Ctx<'a> {
+impl<'a, B: Backend> Ctx<'a, B> {
     pub fn new(
         cfg: &'a AblateConfig,
-        model: &'a Pretrained<Cpu>,
+        model: &'a Pretrained<B>,
         refusal: &RefusalConfig,
         prompts: Prompts,
         progress: &'a dyn Progress,
@@ -223,9 +227,9 @@ impl<'a> Ctx<'a> {
     }
 }
 
-impl Ctx<'_> {
+impl<B: Backend> Ctx<'_, B> {
     /// Share of `prompts` (token ids) whose greedy answer the detector flags.
-    pub fn refusal_rate(&self, m: &Llama<Cpu>, prompts: &[Vec<u32>]) -> Result<f64> {
+    pub fn refusal_rate(&self, m: &Llama<B>, prompts: &[Vec<u32>]) -> Result<f64> {
         let cfg = burnish_core::GenerationConfig {
             max_new_tokens: self.cfg.max_new_tokens,
             eos_ids: self.model.eos_ids(),
@@ -243,13 +247,13 @@ impl Ctx<'_> {
     }
 
     /// Mean first-token KL(unedited ‖ m) on the harmless validation prompts.
-    pub fn kl(&self, m: &Llama<Cpu>) -> f64 {
+    pub fn kl(&self, m: &Llama<B>) -> f64 {
         let lp = last_logprobs(m, &self.harmless_val, self.pad, self.cfg.batch_size);
         mean_kl(self.base_harmless_lp.clone(), lp)
     }
 
     /// Mean refusal score (log-odds of the refusal tokens first) of `m` on `prompts`.
-    pub fn score(&self, m: &Llama<Cpu>, prompts: &[Vec<u32>]) -> f64 {
+    pub fn score(&self, m: &Llama<B>, prompts: &[Vec<u32>]) -> f64 {
         let lp = last_logprobs(m, prompts, self.pad, self.cfg.batch_size);
         let s = refusal_scores(lp, &self.refusal_ids);
         s.iter().sum::<f64>() / s.len().max(1) as f64
@@ -257,7 +261,7 @@ impl Ctx<'_> {
 
     /// The search's two objectives for `m` (both minimised) and what they came from. Ablation: harmful
     /// refusals and KL; steering: harmful compliance and harmless refusals.
-    pub fn measure(&self, m: &Llama<Cpu>) -> Result<([f64; 2], Measured)> {
+    pub fn measure(&self, m: &Llama<B>) -> Result<([f64; 2], Measured)> {
         let rr = self.refusal_rate(m, &self.harmful_val)?;
         Ok(match self.cfg.mode {
             Mode::Ablate => {

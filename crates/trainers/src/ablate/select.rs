@@ -12,6 +12,7 @@ use super::prepare::{Ctx, Directions};
 use super::weights::{ablate, steer, Kernels};
 use super::{tensor, Mode};
 use crate::Result;
+use burnish_core::burn::tensor::backend::Backend;
 
 /// A scored candidate direction (a line of selection.jsonl).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -71,7 +72,11 @@ impl Selection {
 }
 
 /// Scores every candidate below `max_layer` and picks one.
-pub(super) fn select(ctx: &Ctx<'_>, dirs: &Directions, max_layer: usize) -> Result<Selection> {
+pub(super) fn select<B: Backend>(
+    ctx: &Ctx<'_, B>,
+    dirs: &Directions,
+    max_layer: usize,
+) -> Result<Selection> {
     let candidates = score(ctx, dirs, max_layer)?;
     let (selected, filter) = match ctx.cfg.mode {
         Mode::Ablate => pick_ablate(&candidates, ctx.cfg.kl_bound),
@@ -85,7 +90,11 @@ pub(super) fn select(ctx: &Ctx<'_>, dirs: &Directions, max_layer: usize) -> Resu
 }
 
 /// Scores of the candidates with a direction, in (layer, position) order.
-fn score(ctx: &Ctx<'_>, dirs: &Directions, max_layer: usize) -> Result<Vec<Candidate>> {
+fn score<B: Backend>(
+    ctx: &Ctx<'_, B>,
+    dirs: &Directions,
+    max_layer: usize,
+) -> Result<Vec<Candidate>> {
     let (cfg, model) = (ctx.cfg, &ctx.model.model);
     let npos = dirs.npos;
     let t = Instant::now();
@@ -107,15 +116,16 @@ fn score(ctx: &Ctx<'_>, dirs: &Directions, max_layer: usize) -> Result<Vec<Candi
                 if layer == 0 {
                     return Ok(None);
                 }
-                Ok(Some(
-                    ctx.score(&steer(model, layer, tensor(&r32))?, prompts),
-                ))
+                Ok(Some(ctx.score(
+                    &steer(model, layer, tensor(&r32, &model.device()))?,
+                    prompts,
+                )))
             };
             let scores = match cfg.mode {
                 Mode::Ablate => {
                     let abl = ablate(
                         model,
-                        &tensor(&unit(&r)),
+                        &tensor(&unit(&r), &model.device()),
                         &Kernels::flat(1.0, dirs.layers),
                         cfg.embeddings,
                         cfg.norm_preserving,
