@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-smollm2.sh
-cargo test --release --workspace
-# The GPU code path on wgpu (tests/backends.rs: PEFT gradient parity, a seeded SFT run, eval/export
-# and SmolLM2 against the CPU backend). Without a Vulkan driver these skip with a message, except
-# in CI (CI=true), where they fail; lavapipe (apt-get install mesa-vulkan-drivers) runs them on a CPU.
-cargo test --release --features wgpu --test backends
+# With the wgpu backend compiled in (one release build for everything), so tests/backends.rs also runs
+# the GPU code path against the CPU backend and PEFT: gradient parity, a seeded SFT run, eval and
+# merge, SmolLM2's greedy tokens. Without a Vulkan driver those skip with a message, except in CI
+# (CI=true), where they fail; lavapipe (apt-get install mesa-vulkan-drivers) runs them on a CPU.
+cargo test --release --workspace --features wgpu

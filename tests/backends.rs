@@ -355,9 +355,9 @@ mod wgpu {
         found
     }
 
-    /// Tolerances on wgpu (measured on lavapipe and stated in docs/gpu.md): its kernels sum in
-    /// another order than flex's, in f32.
-    const GRAD_TOL: f64 = 1e-3;
+    /// Tolerances on wgpu, stated in docs/gpu.md: its kernels sum in another order than flex's, in
+    /// f32 (measured on lavapipe: loss 6e-7, gradients 3e-6 relative).
+    const GRAD_TOL: f64 = 1e-4;
     const LOSS_TOL: f64 = 1e-5;
 
     #[test]
@@ -400,12 +400,12 @@ mod wgpu {
                 g.1
             );
             assert!(
-                (c.0 - g.0).abs() <= 1e-4 * c.0.abs(),
+                (c.0 - g.0).abs() <= 1e-5 * c.0.abs(),
                 "step {}: loss {c:?} vs {g:?}",
                 i + 1
             );
             assert!(
-                (c.1 - g.1).abs() <= 1e-3 * c.1.abs(),
+                (c.1 - g.1).abs() <= 1e-4 * c.1.abs(),
                 "step {}: grad_norm {c:?} vs {g:?}",
                 i + 1
             );
@@ -413,80 +413,112 @@ mod wgpu {
         assert_eq!(gpu.len(), 3);
     }
 
-    /// `burnish eval` and `burnish export` give the same results on wgpu as on the CPU: the same
-    /// greedy completions, and merged weights within 1e-5.
+    /// Eval (generation and KL to the adapters-off base) and the merge `export` writes give the same
+    /// results on wgpu as on the CPU: equal greedy completions, KL within 1e-4 relative, merged
+    /// weights within 1e-5. In process, so the shaders compiled by the other tests are reused (a
+    /// `burnish --backend wgpu` process compiles its own: a minute each on lavapipe).
     #[test]
-    fn eval_and_export_commands_match_cpu() {
+    fn eval_and_merge_match_cpu() {
         if !vulkan() {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
         let model = tiny_chat_model(tmp.path());
-        let m = model.to_str().unwrap();
         let prompts = tmp.path().join("p.jsonl");
-        std::fs::write(
+        let lines = "{\"prompt\": \"say the cat\"}\n{\"prompt\": \"a dog runs home\"}\n";
+        std::fs::write(&prompts, lines).unwrap();
+        let (cpu_text, cpu_kl, cpu_w) = eval_and_merge::<Cpu>(
+            &model,
             &prompts,
-            "{\"prompt\": \"say the cat\"}\n{\"prompt\": \"a dog runs\"}\n",
-        )
-        .unwrap();
-        let adapter = core_fixture("lora/all-linear");
-        let mut completions = vec![];
-        let mut merged = vec![];
-        for backend in ["cpu", "wgpu"] {
-            let dir = tmp.path().join(backend);
-            let (ev, ex) = (dir.join("eval"), dir.join("export"));
-            let o = burnish_cli(&[
-                "eval",
-                "--model",
-                m,
-                "--harmful",
-                prompts.to_str().unwrap(),
-                "--max-new-tokens",
-                "8",
-                "--no-kl",
-                "--backend",
-                backend,
-                "--out",
-                ev.to_str().unwrap(),
-            ]);
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            let text = std::fs::read_to_string(ev.join("completions.jsonl")).unwrap();
-            completions.push(
-                text.lines()
-                    .map(|l| {
-                        let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                        v["response"].as_str().unwrap().to_string()
-                    })
-                    .collect::<Vec<_>>(),
-            );
-            let o = burnish_cli(&[
-                "export",
-                "--model",
-                m,
-                "--adapter",
-                adapter.to_str().unwrap(),
-                "--backend",
-                backend,
-                "--out",
-                ex.to_str().unwrap(),
-            ]);
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            let bytes = std::fs::read(ex.join("model.safetensors")).unwrap();
-            let st = SafeTensors::deserialize(&bytes).unwrap();
-            let t = st.tensor("model.layers.1.mlp.down_proj.weight").unwrap();
-            merged.push(
-                t.data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                    .collect::<Vec<f32>>(),
+            &tmp.path().join("cpu"),
+            &Default::default(),
+        );
+        let (gpu_text, gpu_kl, gpu_w) = eval_and_merge::<Wgpu>(
+            &model,
+            &prompts,
+            &tmp.path().join("wgpu"),
+            &Default::default(),
+        );
+        eprintln!("eval: cpu {cpu_text:?} kl {cpu_kl:?}; wgpu kl {gpu_kl:?}");
+        assert_eq!(cpu_text, gpu_text);
+        for (c, g) in cpu_kl.iter().zip(&gpu_kl) {
+            assert!(
+                (c - g).abs() <= 1e-4 * c.abs().max(1e-6),
+                "KL {cpu_kl:?} vs {gpu_kl:?}"
             );
         }
-        assert_eq!(completions[0], completions[1]);
-        let diff = merged[0]
+        let diff = cpu_w
             .iter()
-            .zip(&merged[1])
+            .zip(&gpu_w)
             .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
         assert!(diff <= 1e-5, "merged weights differ by {diff}");
+    }
+
+    /// Completions and KL (first token, per token) of the tiny chat model with lora/all-linear
+    /// against itself without it, and one merged weight, on backend `B`.
+    fn eval_and_merge<B: Backend>(
+        model: &std::path::Path,
+        prompts: &std::path::Path,
+        out: &std::path::Path,
+        dev: &B::Device,
+    ) -> (Vec<String>, [f64; 2], Vec<f32>) {
+        use burnish::trainers::eval::{evaluate_config, EvalConfig, SetKind, SetSpec};
+        let mut p = Pretrained::<B>::load(model, dev).unwrap();
+        load_adapter(&mut p.model, &core_fixture("lora/all-linear"), dev).unwrap();
+        let mut base = p.model.clone();
+        base.drop_adapters(false);
+        let set = |kind| SetSpec {
+            path: prompts.to_path_buf(),
+            kind,
+            name: None,
+            prompt: None,
+            category: None,
+        };
+        let cfg = EvalConfig {
+            sets: vec![
+                set(SetKind::Harmful),
+                SetSpec {
+                    name: Some("harmless".into()),
+                    ..set(SetKind::Harmless)
+                },
+            ],
+            max_new_tokens: 8,
+            ..Default::default()
+        };
+        let report = evaluate_config(
+            &p,
+            Some(&base),
+            &cfg,
+            &Default::default(),
+            out,
+            Default::default(),
+            dev,
+            &burnish::trainers::Log,
+        )
+        .unwrap();
+        let kl = report.kl.expect("KL measured");
+        let text = std::fs::read_to_string(out.join("completions.jsonl")).unwrap();
+        let responses = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["response"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let mut merged = p.model;
+        merged.drop_adapters(true);
+        let (_, _, w) = merged
+            .named_tensors()
+            .into_iter()
+            .find(|(n, _, _)| n == "model.layers.1.mlp.down_proj.weight")
+            .unwrap();
+        (
+            responses,
+            [kl.first_token, kl.per_token],
+            burnish::core::backend::host_f32(w),
+        )
     }
 
     /// SmolLM2-135M-Instruct: the same greedy tokens on wgpu as on the CPU for two chat prompts,
