@@ -111,24 +111,20 @@ pub fn context_overflow(
     })
 }
 
-/// Generates continuations of `prompts` (token ids, no padding) in one batch. Warns once per process
-/// (`tracing`, level warn) when a prompt plus `max_new_tokens` exceeds the model's context.
-pub fn generate<B: Backend>(
+/// Refuses empty prompts, ids outside the vocabulary and stop strings without a tokenizer; warns
+/// (once per process) when a prompt plus `max_new_tokens` passes the model's context.
+fn check_inputs<B: Backend>(
     model: &Llama<B>,
     prompts: &[Vec<u32>],
     cfg: &GenerationConfig,
-    tokenizer: Option<&Tokenizer>,
-) -> Result<Vec<Generated>> {
-    cfg.validate()?;
-    if prompts.is_empty() {
-        return Ok(vec![]);
-    }
+    has_tokenizer: bool,
+) -> Result<()> {
     if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
         return Err(Error::Generate(format!(
             "prompt {i} is empty; at least one token is needed"
         )));
     }
-    if !cfg.stop_strings.is_empty() && tokenizer.is_none() {
+    if !cfg.stop_strings.is_empty() && !has_tokenizer {
         return Err(Error::Generate("stop strings need a tokenizer".into()));
     }
     let vocab = model.vocab_size();
@@ -142,6 +138,23 @@ pub fn generate<B: Backend>(
             tracing::warn!(target: "burnish", "{w}");
         }
     }
+    Ok(())
+}
+
+/// Generates continuations of `prompts` (token ids, no padding) in one batch. Warns once per process
+/// (`tracing`, level warn) when a prompt plus `max_new_tokens` exceeds the model's context.
+pub fn generate<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    cfg: &GenerationConfig,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<Vec<Generated>> {
+    cfg.validate()?;
+    if prompts.is_empty() {
+        return Ok(vec![]);
+    }
+    check_inputs(model, prompts, cfg, tokenizer.is_some())?;
+    let vocab = model.vocab_size();
     let device = model.model.embed_tokens.device();
     let b = prompts.len();
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);

@@ -2,7 +2,7 @@
 //! `StdRng` on the CPU and are then moved to the device, so one seed gives the same run on every
 //! backend (Burn's backend RNGs draw differently on flex, wgpu and cuda).
 
-use std::sync::{Mutex, PoisonError};
+use std::cell::RefCell;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -45,13 +45,16 @@ pub fn normal<B: Backend>(
     Tensor::from_data(TensorData::new(v, [rows, cols]), device)
 }
 
-/// The dropout stream: one generator per process, reseeded by the training loop at every step
-/// (`seed + step`), so masks are the same on every backend and after a resume.
-static DROPOUT: Mutex<Option<StdRng>> = Mutex::new(None);
+thread_local! {
+    /// The dropout stream, reseeded by the training loop at every step (`seed + step`), so masks
+    /// are the same on every backend and after a resume. One per thread: a training loop seeds and
+    /// runs its forward passes on its own thread, so two runs in one process do not share draws.
+    static DROPOUT: RefCell<Option<StdRng>> = const { RefCell::new(None) };
+}
 
-/// Reseeds the dropout stream.
+/// Reseeds this thread's dropout stream.
 pub fn seed_dropout(seed: u64) {
-    *DROPOUT.lock().unwrap_or_else(PoisonError::into_inner) = Some(StdRng::seed_from_u64(seed));
+    DROPOUT.with(|d| *d.borrow_mut() = Some(StdRng::seed_from_u64(seed)));
 }
 
 /// Inverted dropout with a host-drawn mask: each element of `x` kept with probability `1 - p` and
@@ -65,19 +68,18 @@ pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, p: f64) -> Tensor<B,
     let n = shape.num_elements();
     let keep = 1.0 - p;
     let scale = (1.0 / keep) as f32;
-    let mask: Vec<f32> = {
-        let mut guard = DROPOUT.lock().unwrap_or_else(PoisonError::into_inner);
-        let rng = guard.get_or_insert_with(|| StdRng::seed_from_u64(0));
-        (0..n)
-            .map(|_| {
-                if rng.random::<f64>() < keep {
-                    scale
-                } else {
-                    0.0
-                }
-            })
-            .collect()
-    };
+    let mask: Vec<f32> = DROPOUT.with(|d| {
+        let mut d = d.borrow_mut();
+        let rng = d.get_or_insert_with(|| StdRng::seed_from_u64(0));
+        let draw = |_| {
+            if rng.random::<f64>() < keep {
+                scale
+            } else {
+                0.0
+            }
+        };
+        (0..n).map(draw).collect()
+    });
     let mask = Tensor::<B, D>::from_data(TensorData::new(mask, shape), &x.device());
     x * mask
 }
