@@ -3,18 +3,26 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-/// The model families burnish runs. They share one transformer; the family only decides defaults
-/// (Qwen2 has q/k/v biases) and how GGUF files name things.
+/// The model families burnish runs. They share one transformer; the family decides defaults (Qwen2 has
+/// q/k/v biases, Gemma scales its embeddings), the config keys read and written, and how GGUF files name
+/// things. What each family switches on is a field of [`ModelConfig`], not a code path of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     Llama,
     Qwen2,
     Mistral,
+    Qwen3,
+    Gemma2,
+    Gemma3,
 }
+
+/// `model_type` values burnish reads, for error messages.
+pub const SUPPORTED_MODEL_TYPES: &str = "llama, mistral, qwen2, qwen3, gemma2, gemma3_text";
 
 impl Family {
     pub fn model_type(self) -> &'static str {
@@ -22,6 +30,9 @@ impl Family {
             Family::Llama => "llama",
             Family::Qwen2 => "qwen2",
             Family::Mistral => "mistral",
+            Family::Qwen3 => "qwen3",
+            Family::Gemma2 => "gemma2",
+            Family::Gemma3 => "gemma3_text",
         }
     }
 
@@ -30,8 +41,44 @@ impl Family {
             Family::Llama => "LlamaForCausalLM",
             Family::Qwen2 => "Qwen2ForCausalLM",
             Family::Mistral => "MistralForCausalLM",
+            Family::Qwen3 => "Qwen3ForCausalLM",
+            Family::Gemma2 => "Gemma2ForCausalLM",
+            Family::Gemma3 => "Gemma3ForCausalLM",
         }
     }
+
+    /// Gemma's layout: RMSNorm scaling by `1 + weight`, norms before and after attention and MLP,
+    /// embeddings scaled by √hidden, GeGLU.
+    pub fn is_gemma(self) -> bool {
+        matches!(self, Family::Gemma2 | Family::Gemma3)
+    }
+
+    /// llama.cpp permutes the Q/K rows of these architectures into its interleaved RoPE order.
+    pub fn gguf_permutes_qk(self) -> bool {
+        matches!(self, Family::Llama | Family::Mistral)
+    }
+}
+
+/// The MLP's gate activation (HF `hidden_act` / `hidden_activation`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Activation {
+    /// SwiGLU: `silu(gate) * up` (Llama, Qwen, Mistral).
+    #[default]
+    #[serde(rename = "silu")]
+    Silu,
+    /// GeGLU with the tanh approximation of GELU (Gemma's `gelu_pytorch_tanh`).
+    #[serde(rename = "gelu_pytorch_tanh")]
+    GeluTanh,
+}
+
+/// Which attention a layer uses (HF `layer_types`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LayerType {
+    #[serde(rename = "full_attention")]
+    Full,
+    /// Attends to the last `sliding_window` positions only (and, in Gemma 3, uses the local RoPE base).
+    #[serde(rename = "sliding_attention")]
+    Sliding,
 }
 
 /// RoPE frequency scaling, as HF's `rope_scaling`.
@@ -76,6 +123,32 @@ pub struct ModelConfig {
     pub pad_token_id: Option<u32>,
     /// dtype the checkpoint was saved in (informational).
     pub torch_dtype: Option<String>,
+    #[serde(default)]
+    pub hidden_act: Activation,
+    /// Per-head RMSNorm of queries and keys before RoPE (`q_norm`, `k_norm`: Qwen3, Gemma 3).
+    #[serde(default)]
+    pub qk_norm: bool,
+    /// Gemma: every RMSNorm scales by `1 + weight`, each layer has norms before and after attention and
+    /// MLP, and embeddings are multiplied by √hidden.
+    #[serde(default)]
+    pub gemma_layout: bool,
+    /// Attention scores are scaled by `query_pre_attn_scalar^-1/2` instead of `head_dim^-1/2` (Gemma).
+    #[serde(default)]
+    pub query_pre_attn_scalar: Option<f64>,
+    /// `cap * tanh(score / cap)` on attention scores (Gemma 2).
+    #[serde(default)]
+    pub attn_logit_softcapping: Option<f64>,
+    /// `cap * tanh(logit / cap)` on the output logits (Gemma 2).
+    #[serde(default)]
+    pub final_logit_softcapping: Option<f64>,
+    /// One entry per layer; `Sliding` layers attend within `sliding_window`. Empty means every layer is
+    /// `Sliding` when a window is set and `Full` otherwise (configs saved before this field existed).
+    #[serde(default)]
+    pub layer_types: Vec<LayerType>,
+    /// RoPE base of the sliding layers (Gemma 3: 10 000, unscaled); the full layers use `rope_theta`
+    /// and `rope_scaling`.
+    #[serde(default)]
+    pub rope_local_base_freq: Option<f64>,
 }
 
 /// `config.json` as written by transformers; only the fields burnish reads.
@@ -107,6 +180,179 @@ struct RawConfig {
     pad_token_id: Option<serde_json::Value>,
     torch_dtype: Option<String>,
     dtype: Option<String>,
+    /// Gemma's name for `hidden_act`.
+    hidden_activation: Option<String>,
+    query_pre_attn_scalar: Option<f64>,
+    attn_logit_softcapping: Option<f64>,
+    final_logit_softcapping: Option<f64>,
+    layer_types: Option<Vec<String>>,
+    /// Gemma 3 before transformers 5: the sliding layers' RoPE base.
+    rope_local_base_freq: Option<f64>,
+    /// Gemma 3 before transformers 5 wrote no `layer_types`: every `pattern`-th layer is full.
+    sliding_window_pattern: Option<usize>,
+    #[serde(rename = "_sliding_window_pattern")]
+    sliding_window_pattern_v5: Option<usize>,
+}
+
+/// RoPE settings of a config: the full layers' base and scaling, and the sliding layers' base.
+struct Rope {
+    theta: f64,
+    scaling: Option<RopeScaling>,
+    local_base: Option<f64>,
+}
+
+impl RawConfig {
+    fn family(&self, path: &Path) -> Result<Family> {
+        let model_type = self.model_type.clone().unwrap_or_default();
+        let arch = || {
+            self.architectures
+                .as_ref()
+                .and_then(|a| a.first().cloned())
+                .unwrap_or_default()
+        };
+        Ok(match model_type.as_str() {
+            "llama" => Family::Llama,
+            "qwen2" => Family::Qwen2,
+            "mistral" => Family::Mistral,
+            "qwen3" => Family::Qwen3,
+            "gemma2" => Family::Gemma2,
+            "gemma3_text" => Family::Gemma3,
+            "" => {
+                return Err(Error::Config {
+                    path: path.to_path_buf(),
+                    msg: "missing `model_type`".into(),
+                })
+            }
+            "gemma3" => {
+                return Err(Error::Unsupported(format!(
+                    "{}: model_type `gemma3` ({}) is Gemma 3's vision-language checkpoint; burnish \
+                     loads the text model (model_type `gemma3_text`, Gemma3ForCausalLM, as the 270M \
+                     and 1B checkpoints are, or a GGUF of any size)",
+                    path.display(),
+                    arch()
+                )))
+            }
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "{}: model_type `{other}` ({}); burnish supports {SUPPORTED_MODEL_TYPES}",
+                    path.display(),
+                    arch()
+                )))
+            }
+        })
+    }
+
+    fn activation(&self, family: Family, path: &Path) -> Result<Activation> {
+        let key = if family.is_gemma() {
+            ("hidden_activation", &self.hidden_activation)
+        } else {
+            ("hidden_act", &self.hidden_act)
+        };
+        match key.1.as_deref() {
+            None if family.is_gemma() => Ok(Activation::GeluTanh),
+            None | Some("silu") => Ok(Activation::Silu),
+            Some("gelu_pytorch_tanh") => Ok(Activation::GeluTanh),
+            Some(other) => Err(Error::Unsupported(format!(
+                "{}: {} `{other}`; supported: silu (SwiGLU), gelu_pytorch_tanh (GeGLU)",
+                path.display(),
+                key.0
+            ))),
+        }
+    }
+
+    /// transformers 5 writes `rope_parameters` (theta and scaling together; Gemma 3: one entry per layer
+    /// type), earlier versions `rope_theta` + `rope_scaling` (+ Gemma 3's `rope_local_base_freq`).
+    fn rope(&self, family: Family) -> std::result::Result<Rope, String> {
+        let params = self.rope_parameters.as_ref().filter(|p| p.is_object());
+        let per_type = params.filter(|p| p.get("full_attention").is_some_and(|v| v.is_object()));
+        let (full, local) = match per_type {
+            Some(p) => (p.get("full_attention"), p.get("sliding_attention")),
+            None => (params, None),
+        };
+        let theta_of =
+            |p: Option<&serde_json::Value>| p.and_then(|p| p.get("rope_theta")?.as_f64());
+        let scaling = match full {
+            Some(p) if p.get("rope_type").and_then(|t| t.as_str()) != Some("default") => Some(p),
+            Some(_) => None,
+            None => self.rope_scaling.as_ref(),
+        };
+        let scaling = match scaling {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => parse_rope_scaling(v).map_err(|m| format!("rope_scaling: {m}"))?,
+        };
+        if let Some(l) = local {
+            if l.get("rope_type")
+                .and_then(|t| t.as_str())
+                .unwrap_or("default")
+                != "default"
+            {
+                return Err("scaled RoPE on sliding layers is not supported".into());
+            }
+        }
+        let local_base = theta_of(local)
+            .or(self.rope_local_base_freq)
+            .or((family == Family::Gemma3).then_some(10000.0));
+        Ok(Rope {
+            theta: theta_of(full).or(self.rope_theta).unwrap_or(10000.0),
+            scaling,
+            local_base,
+        })
+    }
+
+    /// Which layers slide. Without a window every layer is full.
+    fn layer_types(
+        &self,
+        family: Family,
+        n: usize,
+        window: Option<usize>,
+    ) -> std::result::Result<Vec<LayerType>, String> {
+        if window.is_none() {
+            return Ok(vec![LayerType::Full; n]);
+        }
+        if let Some(names) = &self.layer_types {
+            if names.len() != n {
+                return Err(format!(
+                    "`layer_types` has {} entries for {n} layers",
+                    names.len()
+                ));
+            }
+            return names
+                .iter()
+                .map(|t| match t.as_str() {
+                    "full_attention" => Ok(LayerType::Full),
+                    "sliding_attention" => Ok(LayerType::Sliding),
+                    o => Err(format!(
+                        "`layer_types`: `{o}` (supported: full_attention, sliding_attention)"
+                    )),
+                })
+                .collect();
+        }
+        let pattern = self
+            .sliding_window_pattern
+            .or(self.sliding_window_pattern_v5);
+        Ok(default_layer_types(family, n, pattern))
+    }
+}
+
+/// A family's layer pattern when the config lists none (GGUF files, older configs): Gemma 2 alternates
+/// sliding and global layers, Gemma 3 has `pattern - 1` sliding layers (default 5) before each global
+/// one, and in other families every layer slides once a window is set.
+pub fn default_layer_types(family: Family, n: usize, pattern: Option<usize>) -> Vec<LayerType> {
+    let pattern = pattern.unwrap_or(6).max(1);
+    (0..n)
+        .map(|i| {
+            let sliding = match family {
+                Family::Gemma2 => i % 2 == 0,
+                Family::Gemma3 => (i + 1) % pattern != 0,
+                _ => true,
+            };
+            if sliding {
+                LayerType::Sliding
+            } else {
+                LayerType::Full
+            }
+        })
+        .collect()
 }
 
 fn ids(v: &Option<serde_json::Value>) -> Vec<u32> {
@@ -140,55 +386,23 @@ impl ModelConfig {
             path: path.to_path_buf(),
             msg,
         };
-        let model_type = raw.model_type.clone().unwrap_or_default();
-        let family = match model_type.as_str() {
-            "llama" => Family::Llama,
-            "qwen2" => Family::Qwen2,
-            "mistral" => Family::Mistral,
-            "" => return Err(err("missing `model_type`".into())),
-            other => {
-                let arch = raw
-                    .architectures
-                    .as_ref()
-                    .and_then(|a| a.first().cloned())
-                    .unwrap_or_default();
-                return Err(Error::Unsupported(format!(
-                    "{}: model_type `{other}` ({arch}); burnish supports llama, qwen2 and mistral",
-                    path.display()
-                )));
-            }
-        };
+        let family = raw.family(path)?;
+        let gemma = family.is_gemma();
         let need = |v: Option<usize>, key: &str| v.ok_or_else(|| err(format!("missing `{key}`")));
         let hidden_size = need(raw.hidden_size, "hidden_size")?;
         let num_attention_heads = need(raw.num_attention_heads, "num_attention_heads")?;
-        if let Some(act) = &raw.hidden_act {
-            if act != "silu" {
-                return Err(Error::Unsupported(format!(
-                    "{}: hidden_act `{act}`; only `silu` (SwiGLU) is supported",
-                    path.display()
-                )));
-            }
-        }
-        let params = raw.rope_parameters.as_ref().filter(|p| p.is_object());
-        let rope_theta = params
-            .and_then(|p| p.get("rope_theta")?.as_f64())
-            .or(raw.rope_theta)
-            .unwrap_or(10000.0);
-        let scaling = match params {
-            Some(p) if p.get("rope_type").and_then(|t| t.as_str()) != Some("default") => Some(p),
-            Some(_) => None,
-            None => raw.rope_scaling.as_ref(),
-        };
-        let rope_scaling = match scaling {
-            None | Some(serde_json::Value::Null) => None,
-            Some(v) => parse_rope_scaling(v).map_err(|m| err(format!("rope_scaling: {m}")))?,
-        };
+        let num_hidden_layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
+        let hidden_act = raw.activation(family, path)?;
+        let rope = raw.rope(family).map_err(|m| err(format!("rope: {m}")))?;
         let sliding_window = match (&raw.sliding_window, raw.use_sliding_window, family) {
-            // Qwen2 configs carry a window but only use it when `use_sliding_window` is set.
-            (_, Some(false), _) | (_, None, Family::Qwen2) => None,
+            // Qwen2/3 configs carry a window but only use it when `use_sliding_window` is set.
+            (_, Some(false), _) | (_, None, Family::Qwen2 | Family::Qwen3) => None,
             (Some(serde_json::Value::Number(n)), _, _) => n.as_u64().map(|n| n as usize),
             _ => None,
         };
+        let layer_types = raw
+            .layer_types(family, num_hidden_layers, sliding_window)
+            .map_err(err)?;
         let (attention_bias, o_bias) = match family {
             Family::Qwen2 => (true, false),
             _ => {
@@ -201,7 +415,7 @@ impl ModelConfig {
             vocab_size: need(raw.vocab_size, "vocab_size")?,
             hidden_size,
             intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
-            num_hidden_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads: raw.num_key_value_heads.unwrap_or(num_attention_heads),
             head_dim: match raw.head_dim {
@@ -218,10 +432,12 @@ impl ModelConfig {
                 None => hidden_size / num_attention_heads.max(1),
             },
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta,
-            rope_scaling,
+            rope_theta: rope.theta,
+            rope_scaling: rope.scaling,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(family == Family::Qwen2),
+            tie_word_embeddings: raw
+                .tie_word_embeddings
+                .unwrap_or(matches!(family, Family::Qwen2) || gemma),
             attention_bias,
             o_bias,
             mlp_bias: raw.mlp_bias.unwrap_or(false),
@@ -229,7 +445,15 @@ impl ModelConfig {
             bos_token_id: ids(&raw.bos_token_id).first().copied(),
             eos_token_ids: ids(&raw.eos_token_id),
             pad_token_id: ids(&raw.pad_token_id).first().copied(),
-            torch_dtype: raw.torch_dtype.or(raw.dtype),
+            torch_dtype: raw.torch_dtype.clone().or(raw.dtype.clone()),
+            hidden_act,
+            qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
+            gemma_layout: gemma,
+            query_pre_attn_scalar: gemma.then(|| raw.query_pre_attn_scalar.unwrap_or(256.0)),
+            attn_logit_softcapping: raw.attn_logit_softcapping.filter(|_| gemma),
+            final_logit_softcapping: raw.final_logit_softcapping.filter(|_| gemma),
+            layer_types,
+            rope_local_base_freq: rope.local_base,
         };
         cfg.validate().map_err(err)?;
         Ok(cfg)
@@ -273,7 +497,34 @@ impl ModelConfig {
         {
             return Err("`rms_norm_eps` and `rope_theta` must be positive".into());
         }
+        if !self.layer_types.is_empty() && self.layer_types.len() != self.num_hidden_layers {
+            return Err(format!(
+                "`layer_types` has {} entries for {} layers",
+                self.layer_types.len(),
+                self.num_hidden_layers
+            ));
+        }
+        let positive = [
+            ("query_pre_attn_scalar", self.query_pre_attn_scalar),
+            ("attn_logit_softcapping", self.attn_logit_softcapping),
+            ("final_logit_softcapping", self.final_logit_softcapping),
+            ("rope_local_base_freq", self.rope_local_base_freq),
+        ];
+        for (k, v) in positive {
+            if v.is_some_and(|v| v.is_nan() || v <= 0.0) {
+                return Err(format!("`{k}` must be positive"));
+            }
+        }
         Ok(())
+    }
+
+    /// The attention of layer `i`.
+    pub fn layer_type(&self, i: usize) -> LayerType {
+        match (self.layer_types.get(i), self.sliding_window) {
+            (_, None) => LayerType::Full,
+            (Some(t), _) => *t,
+            (None, Some(_)) => LayerType::Sliding,
+        }
     }
 
     pub fn num_parameters(&self) -> usize {
@@ -291,7 +542,9 @@ impl ModelConfig {
         if self.mlp_bias {
             mlp += 2 * i + h;
         }
-        let layer = attn + mlp + 2 * h;
+        let norms = if self.gemma_layout { 4 * h } else { 2 * h };
+        let qk = if self.qk_norm { 2 * self.head_dim } else { 0 };
+        let layer = attn + mlp + norms + qk;
         let head = if self.tie_word_embeddings { 0 } else { v * h };
         v * h + self.num_hidden_layers * layer + h + head
     }
@@ -308,7 +561,6 @@ impl ModelConfig {
             "num_attention_heads": self.num_attention_heads,
             "num_key_value_heads": self.num_key_value_heads,
             "head_dim": self.head_dim,
-            "hidden_act": "silu",
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
             "max_position_embeddings": self.max_position_embeddings,
@@ -316,13 +568,44 @@ impl ModelConfig {
             "torch_dtype": self.torch_dtype.clone().unwrap_or_else(|| "float32".into()),
         });
         let o = j.as_object_mut().expect("object literal");
-        if self.family != Family::Qwen2 {
+        let act = serde_json::to_value(self.hidden_act).expect("serializable");
+        if self.family.is_gemma() {
+            o.insert("hidden_activation".into(), act);
+            let opt = |v: Option<f64>| v.map_or(Value::Null, Value::from);
+            o.insert(
+                "query_pre_attn_scalar".into(),
+                opt(self.query_pre_attn_scalar),
+            );
+            o.insert(
+                "attn_logit_softcapping".into(),
+                opt(self.attn_logit_softcapping),
+            );
+            o.insert(
+                "final_logit_softcapping".into(),
+                opt(self.final_logit_softcapping),
+            );
+        } else {
+            o.insert("hidden_act".into(), act);
+        }
+        if let Some(b) = self.rope_local_base_freq {
+            o.insert("rope_local_base_freq".into(), b.into());
+        }
+        if self.sliding_window.is_some() {
+            let types: Vec<LayerType> = (0..self.num_hidden_layers)
+                .map(|i| self.layer_type(i))
+                .collect();
+            o.insert(
+                "layer_types".into(),
+                serde_json::to_value(types).expect("serializable"),
+            );
+        }
+        if !matches!(self.family, Family::Qwen2 | Family::Qwen3) {
             o.insert("attention_bias".into(), self.attention_bias.into());
             o.insert("mlp_bias".into(), self.mlp_bias.into());
         }
         if let Some(w) = self.sliding_window {
             o.insert("sliding_window".into(), w.into());
-            if self.family == Family::Qwen2 {
+            if matches!(self.family, Family::Qwen2 | Family::Qwen3) {
                 o.insert("use_sliding_window".into(), true.into());
             }
         }
@@ -350,12 +633,16 @@ impl ModelConfig {
         j
     }
 
+    /// Inverse frequencies of RoPE of the sliding layers when they have a base of their own (Gemma 3),
+    /// unscaled.
+    pub fn rope_inv_freq_local(&self) -> Option<Vec<f64>> {
+        self.rope_local_base_freq
+            .map(|theta| base_inv_freq(theta, self.head_dim))
+    }
+
     /// Inverse frequencies of RoPE for this config, scaling applied (as HF's `_compute_*_parameters`).
     pub fn rope_inv_freq(&self) -> Vec<f64> {
-        let d = self.head_dim;
-        let base: Vec<f64> = (0..d / 2)
-            .map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / d as f64))
-            .collect();
+        let base = base_inv_freq(self.rope_theta, self.head_dim);
         match &self.rope_scaling {
             None => base,
             Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
@@ -385,6 +672,12 @@ impl ModelConfig {
             }
         }
     }
+}
+
+fn base_inv_freq(theta: f64, d: usize) -> Vec<f64> {
+    (0..d / 2)
+        .map(|i| 1.0 / theta.powf((2 * i) as f64 / d as f64))
+        .collect()
 }
 
 fn parse_rope_scaling(v: &serde_json::Value) -> std::result::Result<Option<RopeScaling>, String> {

@@ -6,7 +6,7 @@ use std::path::Path;
 use burn::tensor::backend::Backend;
 use serde_json::{json, Value};
 
-use crate::config::{Family, ModelConfig, RopeScaling};
+use crate::config::{default_layer_types, Family, ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
 use crate::io::{publish_dir, staging_dir, write_atomic, Existing};
 use crate::model::Llama;
@@ -194,6 +194,9 @@ pub fn export_gguf<B: Backend>(
     let arch = match cfg.family {
         Family::Llama | Family::Mistral => "llama",
         Family::Qwen2 => "qwen2",
+        Family::Qwen3 => "qwen3",
+        Family::Gemma2 => "gemma2",
+        Family::Gemma3 => "gemma3",
     };
     let mut w = GgufWriter::new();
     w.add_metadata("general.architecture", arch);
@@ -227,6 +230,31 @@ pub fn export_gguf<B: Backend>(
         cfg.rms_norm_eps as f32,
     );
     w.add_metadata(k("vocab_size"), cfg.vocab_size as u32);
+    if cfg.family.is_gemma() {
+        let fixed = default_layer_types(cfg.family, cfg.num_hidden_layers, None);
+        let types: Vec<_> = (0..cfg.num_hidden_layers)
+            .map(|i| cfg.layer_type(i))
+            .collect();
+        if cfg.sliding_window.is_some() && types != fixed {
+            tracing::warn!(
+                "{}: GGUF has no key for the layer pattern; llama.cpp (and burnish) will read this \
+                 model's sliding and full layers as {}'s fixed pattern, not as this model has them",
+                path.display(),
+                arch
+            );
+        }
+        if let Some(win) = cfg.sliding_window {
+            w.add_metadata(k("attention.sliding_window"), win as u32);
+        }
+        for (key, v) in [
+            ("attn_logit_softcapping", cfg.attn_logit_softcapping),
+            ("final_logit_softcapping", cfg.final_logit_softcapping),
+        ] {
+            if let Some(v) = v {
+                w.add_metadata(k(key), v as f32);
+            }
+        }
+    }
     match &cfg.rope_scaling {
         None => {}
         Some(RopeScaling::Linear { factor }) => {
@@ -244,10 +272,14 @@ pub fn export_gguf<B: Backend>(
         w.add_metadata("tokenizer.chat_template", t.source());
     }
     for (name, shape, t) in model.named_tensors() {
-        let gname = gguf_name(&name)
+        let gname = gguf_name(&name, cfg.family)
             .ok_or_else(|| Error::Unsupported(format!("no GGUF name for `{name}`")))?;
         let mut data = host(t)?;
-        if arch == "llama" {
+        // llama.cpp multiplies Gemma's norms by the stored weight: it stores 1 + w.
+        if cfg.family.is_gemma() && name.ends_with("norm.weight") {
+            data.iter_mut().for_each(|x| *x += 1.0);
+        }
+        if cfg.family.gguf_permutes_qk() {
             let heads = if name.contains("self_attn.q_proj") {
                 Some(cfg.num_attention_heads)
             } else if name.contains("self_attn.k_proj") {

@@ -177,7 +177,7 @@ pub fn generate<B: Backend>(
     let padded = valid.iter().any(|r| !r[0]);
     let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, width]), &device);
     let mask = (padded || model.sliding_window.is_some_and(|w| width > w))
-        .then(|| causal_padding_mask::<B>(&valid, width, model.sliding_window, &device));
+        .then(|| causal_padding_mask::<B>(&valid, width, None, &device));
     let ctx = model.context(positions_tensor::<B>(&pos_rows, &device), mask);
     let mut cache = KvCache::new(model.num_layers());
     let hidden = model.forward_hidden(input, &ctx, Some(&mut cache), None);
@@ -247,7 +247,7 @@ pub fn generate<B: Backend>(
         let still_padded = valid.iter().any(|r| !r[0]);
         let kv = valid[0].len();
         let mask = (still_padded || model.sliding_window.is_some_and(|w| kv > w))
-            .then(|| causal_padding_mask::<B>(&valid, 1, model.sliding_window, &device));
+            .then(|| causal_padding_mask::<B>(&valid, 1, None, &device));
         let pos: Vec<Vec<i64>> = next_pos.iter().map(|&p| vec![p]).collect();
         let ctx = model.context(positions_tensor::<B>(&pos, &device), mask);
         let input = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [n, 1]), &device);

@@ -137,10 +137,16 @@ impl Tokenizer {
                     .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect())
                     .unwrap_or_default();
                 let unk = id_tok("unknown_token_id")?;
-                (
-                    sentencepiece_json(&tokens, merges.as_deref(), &scores, &types, unk.as_deref()),
-                    add_bos_meta.unwrap_or(true),
-                )
+                let arch = file
+                    .get("general.architecture")
+                    .and_then(GgufValue::as_str)
+                    .unwrap_or_default();
+                let json = if arch.starts_with("gemma") {
+                    gemma_json(&tokens, merges.as_deref(), &types, unk.as_deref())
+                } else {
+                    sentencepiece_json(&tokens, merges.as_deref(), &scores, &types, unk.as_deref())
+                };
+                (json, add_bos_meta.unwrap_or(true))
             }
             other => {
                 return Err(err(format!(
@@ -328,16 +334,108 @@ fn sentencepiece_json(
     types: &[i64],
     unk: Option<&str>,
 ) -> Value {
+    let vocab = vocab_json(tokens);
+    let merges = spm_merges(tokens, merges, scores);
+    json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": added_tokens(tokens, types, |_| true),
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false},
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+        "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+            "vocab": vocab, "merges": merges}
+    })
+}
+
+/// Gemma's SentencePiece BPE as transformers rebuilds it from a GGUF (`GemmaTokenizer`): no prefix space,
+/// spaces normalised to `▁`. Two repairs the files need: whitespace tokens stored with real spaces
+/// (`"  "`) are respelled with `▁` (the normaliser turns text into that), and, the file having no merges
+/// and scores that do not follow the merge order, merges are rebuilt ranked by position in the file.
+fn gemma_json(
+    tokens: &[String],
+    merges: Option<&[String]>,
+    types: &[i64],
+    unk: Option<&str>,
+) -> Value {
+    // Python's `str.isspace` (which `strip` uses) also counts the separators U+001C..U+001F.
+    let space = |c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c);
+    let respelled: Vec<String> = tokens
+        .iter()
+        .map(|t| {
+            if t.contains(' ') && t.chars().all(space) {
+                "▁".repeat(t.chars().count())
+            } else {
+                t.clone()
+            }
+        })
+        .collect();
+    let rank: Vec<f64> = (0..tokens.len()).map(|i| -(i as f64)).collect();
+    let vocab = vocab_json(&respelled);
+    let merges = spm_merges(&respelled, merges, &rank);
+    // The whitespace tokens are marked user-defined under their old spelling, which is no longer in the
+    // vocabulary: transformers adds only those that are (it would otherwise grow the vocabulary).
+    let added = added_tokens(tokens, types, |t| vocab.contains_key(t));
+    json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+        "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious",
+            "invert": false},
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"}]},
+        "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+            "vocab": vocab, "merges": merges}
+    })
+}
+
+/// `{token: id}`; a token listed twice keeps its last id, as a Python dict built from the list does.
+fn vocab_json(tokens: &[String]) -> serde_json::Map<String, Value> {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect()
+}
+
+/// Merges as `[left, right]` pairs (tokens may contain spaces): from the file, or recovered from the
+/// vocabulary ranked by `scores` (of the merged token) the way transformers' `generate_merges` does.
+fn spm_merges(tokens: &[String], merges: Option<&[String]>, scores: &[f64]) -> Vec<Value> {
     let vocab_index: HashMap<&str, usize> = tokens
         .iter()
         .enumerate()
         .map(|(i, t)| (t.as_str(), i))
         .collect();
-    let merges: Vec<Value> = match merges {
-        Some(m) => m.iter().map(|s| json!(s)).collect(),
+    match merges {
+        Some(m) => m
+            .iter()
+            .map(|s| match s.split_once(' ') {
+                Some((l, r)) => json!([l, r]),
+                None => json!(s),
+            })
+            .collect(),
         None => {
-            let mut all: Vec<(&str, &str, f64)> = Vec::new();
+            // Each distinct token once, where it first appears, with its last score (a Python dict).
+            let mut unique: Vec<(&str, f64)> = Vec::new();
+            let mut seen: HashMap<&str, usize> = HashMap::new();
             for (tok, &score) in tokens.iter().zip(scores) {
+                match seen.get(tok.as_str()) {
+                    Some(&at) => unique[at].1 = score,
+                    None => {
+                        seen.insert(tok, unique.len());
+                        unique.push((tok, score));
+                    }
+                }
+            }
+            let mut all: Vec<(&str, &str, f64)> = Vec::new();
+            for (tok, score) in unique {
                 let mut local = Vec::new();
                 for (i, _) in tok.char_indices().skip(1) {
                     let (l, r) = tok.split_at(i);
@@ -354,28 +452,7 @@ fn sentencepiece_json(
                     .partial_cmp(&(a.2, a.0.chars().count(), a.1.chars().count()))
                     .unwrap_or(std::cmp::Ordering::Equal)
             });
-            all.into_iter()
-                .map(|(l, r, _)| json!(format!("{l} {r}")))
-                .collect()
+            all.into_iter().map(|(l, r, _)| json!([l, r])).collect()
         }
-    };
-    let vocab: serde_json::Map<String, Value> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), json!(i)))
-        .collect();
-    json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": added_tokens(tokens, types, |_| true),
-        "normalizer": null,
-        "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false},
-        "post_processor": null,
-        "decoder": {"type": "Sequence", "decoders": [
-            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
-            {"type": "ByteFallback"}, {"type": "Fuse"},
-            {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
-        "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
-            "vocab": vocab, "merges": merges}
-    })
+    }
 }

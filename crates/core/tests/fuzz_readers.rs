@@ -693,7 +693,7 @@ fn check_gguf(path: &Path) -> Result<(), String> {
                     Ok(None) if has => return Err(format!("`{name}`: contained but not returned")),
                     Ok(None) => {}
                     Err(e) => {
-                        let gguf = burnish_core::weights::gguf_name(&name).unwrap();
+                        let gguf = burnish_core::weights::gguf_name(&name, cfg.family).unwrap();
                         names_tensor(&e, path, &gguf)?;
                     }
                 }

@@ -224,14 +224,12 @@ impl<B: Backend> Llama<B> {
                     ones.push((HfNames::layer(i, &format!("{sub}.bias")), b.val()));
                 }
             }
-            ones.push((
-                HfNames::layer(i, "input_layernorm.weight"),
-                layer.input_layernorm.weight.val(),
-            ));
-            ones.push((
-                HfNames::layer(i, "post_attention_layernorm.weight"),
-                layer.post_attention_layernorm.weight.val(),
-            ));
+            for (sub, norm) in layer.norms() {
+                ones.push((
+                    HfNames::layer(i, &format!("{sub}.weight")),
+                    norm.weight.val(),
+                ));
+            }
         }
         ones.push((HfNames::NORM.to_string(), self.model.norm.weight.val()));
         if let Some(h) = &self.lm_head {

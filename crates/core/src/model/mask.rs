@@ -46,3 +46,19 @@ pub fn segment_mask<B: Backend>(segments: &[Vec<u32>], device: &B::Device) -> Te
     }
     Tensor::from_data(TensorData::new(data, [b, 1, s, s]), device)
 }
+
+/// `[1, 1, q_len, kv_len]`: what a sliding window of `window` positions excludes for the last `q_len`
+/// of `kv_len` positions (future keys and keys `window` or more positions back), as transformers'
+/// sliding-window mask does.
+pub fn window_band<B: Backend>(
+    q_len: usize,
+    kv_len: usize,
+    window: usize,
+    device: &B::Device,
+) -> Tensor<B, 4, Bool> {
+    let offset = kv_len - q_len;
+    let data: Vec<bool> = (0..q_len)
+        .flat_map(|i| (0..kv_len).map(move |k| k > offset + i || offset + i >= k + window))
+        .collect();
+    Tensor::from_data(TensorData::new(data, [1, 1, q_len, kv_len]), device)
+}

@@ -1,6 +1,9 @@
-//! The Llama-family decoder (Llama 2/3, SmolLM, Qwen2, Mistral). Field names follow HF's module tree
-//! (`model.layers.N.self_attn.q_proj.weight`), so Burn's parameter paths are the checkpoint's names.
+//! The decoder every supported family shares (Llama 2/3, SmolLM, Qwen2/3, Mistral, Gemma 2/3). Field names
+//! follow HF's module tree (`model.layers.N.self_attn.q_proj.weight`), so Burn's parameter paths are the
+//! checkpoint's names. What a family adds is optional here: q/k norms (Qwen3, Gemma 3), norms after
+//! attention and MLP (Gemma), soft-capping (Gemma 2), sliding layers with their own RoPE (Mistral, Gemma).
 
+mod build;
 mod edit;
 mod linear;
 pub mod lora;
@@ -8,9 +11,10 @@ mod mask;
 mod norm;
 mod rope;
 
+pub use build::Parts;
 pub use linear::{frozen, Linear};
 pub use lora::{Lora, LoraConfig, LoraInit, TargetModules};
-pub use mask::{causal_padding_mask, segment_mask};
+pub use mask::{causal_padding_mask, segment_mask, window_band};
 pub use norm::RmsNorm;
 pub use rope::RopeTables;
 
@@ -20,7 +24,8 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation, Bool, Distribution, Int, Tensor, TensorData};
 
-use crate::config::ModelConfig;
+use crate::config::{Activation, ModelConfig};
+use crate::error::Result;
 
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
@@ -28,9 +33,18 @@ pub struct Attention<B: Backend> {
     pub k_proj: Linear<B>,
     pub v_proj: Linear<B>,
     pub o_proj: Linear<B>,
+    /// Per-head RMSNorm of queries and keys, before RoPE (Qwen3, Gemma 3).
+    pub q_norm: Option<RmsNorm<B>>,
+    pub k_norm: Option<RmsNorm<B>>,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// Score scale; `None` is `head_dim^-1/2` (Gemma: `query_pre_attn_scalar^-1/2`).
+    pub scale: Option<f64>,
+    /// `cap * tanh(score / cap)` before masking (Gemma 2).
+    pub softcap: Option<f64>,
+    /// Attends within the model's sliding window, with the local RoPE tables when there are any.
+    pub sliding: bool,
 }
 
 /// Keys and values of past positions, one entry per layer, `[batch, kv_heads, past, head_dim]`.
@@ -86,12 +100,16 @@ impl<B: Backend> KvCache<B> {
 #[derive(Clone, Debug)]
 pub struct Context<B: Backend> {
     pub rope: RopeTables<B>,
+    /// RoPE of the sliding layers when their base differs (Gemma 3).
+    local_rope: Option<RopeTables<B>>,
     /// `[batch, 1, seq, past + seq]`, true = masked. `None` means plain causal attention.
     pub mask: Option<Tensor<B, 4, Bool>>,
     /// The mask repeated over the query heads, `[batch, heads, seq, past + seq]`, built once per pass:
     /// every layer's attention needs it at that shape, and a broadcast view would be materialised by
     /// each of them.
     head_mask: Option<Tensor<B, 4, Bool>>,
+    /// The same for sliding layers, with the window applied; `None` when the window excludes nothing.
+    local_head_mask: Option<Tensor<B, 4, Bool>>,
     /// Which weights the pass uses: LoRA adapters on (default) or off.
     pub adapters: Adapters,
 }
@@ -131,15 +149,29 @@ impl<B: Backend> Attention<B> {
         let [b, s, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let split = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]);
+        let norm = |t: Tensor<B, 4>, n: &Option<RmsNorm<B>>| match n {
+            Some(n) => n.forward(t),
+            None => t,
+        };
         let on = ctx.adapters;
+        let (rope, head_mask) = match (self.sliding, &ctx.local_rope) {
+            (true, Some(local)) => (local, ctx.local_head_mask.as_ref()),
+            (true, None) => (&ctx.rope, ctx.local_head_mask.as_ref()),
+            (false, _) => (&ctx.rope, None),
+        };
+        let head_mask = head_mask.or(ctx.head_mask.as_ref()).cloned();
         // RoPE before the heads move in front of the positions, while the layout is still contiguous.
-        let q = ctx
-            .rope
-            .apply(split(self.q_proj.forward(x.clone(), on), nh))
+        let q = rope
+            .apply(norm(
+                split(self.q_proj.forward(x.clone(), on), nh),
+                &self.q_norm,
+            ))
             .swap_dims(1, 2);
-        let k = ctx
-            .rope
-            .apply(split(self.k_proj.forward(x.clone(), on), nkv))
+        let k = rope
+            .apply(norm(
+                split(self.k_proj.forward(x.clone(), on), nkv),
+                &self.k_norm,
+            ))
             .swap_dims(1, 2);
         let v = split(self.v_proj.forward(x, on), nkv).swap_dims(1, 2);
         let (k, v) = match cache {
@@ -153,13 +185,13 @@ impl<B: Backend> Attention<B> {
             // [b, nh, 1, hd] → [b, nkv, rep, hd], instead of copying K and V `rep` times. With a single
             // query every cached key is in its past, so only the padding/window mask applies.
             let q = q.reshape([b, nkv, rep, hd]);
-            let mask = ctx.head_mask.clone().map(|m| {
+            let mask = head_mask.map(|m| {
                 let mb = m.dims()[0];
                 m.reshape([mb, nkv, rep, t]).expand([b, nkv, rep, t])
             });
             let options = AttentionModuleOptions {
-                scale: None,
-                softcap: None,
+                scale: self.scale,
+                softcap: self.softcap,
                 is_causal: false,
             };
             let y = attention(q, k, v, mask, None, options);
@@ -167,12 +199,11 @@ impl<B: Backend> Attention<B> {
         }
         let (k, v) = (repeat_kv(k, rep), repeat_kv(v, rep));
         let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: ctx.mask.is_none(),
+            scale: self.scale,
+            softcap: self.softcap,
+            is_causal: head_mask.is_none(),
         };
-        let mask = ctx.head_mask.clone();
-        let y = attention(q, k, v, mask, None, options);
+        let y = attention(q, k, v, head_mask, None, options);
         self.o_proj
             .forward(y.swap_dims(1, 2).reshape([b, s, nh * hd]), on)
     }
@@ -194,22 +225,33 @@ pub struct Mlp<B: Backend> {
     pub gate_proj: Linear<B>,
     pub up_proj: Linear<B>,
     pub down_proj: Linear<B>,
+    pub act: Activation,
 }
 
 impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>, adapters: Adapters) -> Tensor<B, 3> {
-        let gate = activation::silu(self.gate_proj.forward(x.clone(), adapters));
+        let gate = self.gate_proj.forward(x.clone(), adapters);
+        let gate = match self.act {
+            Activation::Silu => activation::silu(gate),
+            Activation::GeluTanh => activation::gelu_approximate(gate),
+        };
         self.down_proj
             .forward(gate * self.up_proj.forward(x, adapters), adapters)
     }
 }
 
+/// One block. Llama order: `x + attn(input_norm(x))`, then `h + mlp(post_attention_norm(h))`. Gemma's
+/// sandwich (when `pre_feedforward_layernorm` is there): `x + post_attention_norm(attn(input_norm(x)))`,
+/// then `h + post_feedforward_norm(mlp(pre_feedforward_norm(h)))`; HF's names mean different places in
+/// the two layouts, and they are kept as the checkpoints have them.
 #[derive(Module, Debug)]
 pub struct DecoderLayer<B: Backend> {
     pub self_attn: Attention<B>,
     pub mlp: Mlp<B>,
     pub input_layernorm: RmsNorm<B>,
     pub post_attention_layernorm: RmsNorm<B>,
+    pub pre_feedforward_layernorm: Option<RmsNorm<B>>,
+    pub post_feedforward_layernorm: Option<RmsNorm<B>>,
 }
 
 impl<B: Backend> DecoderLayer<B> {
@@ -219,14 +261,53 @@ impl<B: Backend> DecoderLayer<B> {
         ctx: &Context<B>,
         cache: Option<(&mut KvCache<B>, usize)>,
     ) -> Tensor<B, 3> {
-        let h = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), ctx, cache);
-        h.clone()
-            + self
-                .mlp
-                .forward(self.post_attention_layernorm.forward(h), ctx.adapters)
+        let attn = self
+            .self_attn
+            .forward(self.input_layernorm.forward(x.clone()), ctx, cache);
+        match (
+            &self.pre_feedforward_layernorm,
+            &self.post_feedforward_layernorm,
+        ) {
+            (Some(pre), Some(post)) => {
+                let h = x + self.post_attention_layernorm.forward(attn);
+                let m = self.mlp.forward(pre.forward(h.clone()), ctx.adapters);
+                h + post.forward(m)
+            }
+            _ => {
+                let h = x + attn;
+                h.clone()
+                    + self
+                        .mlp
+                        .forward(self.post_attention_layernorm.forward(h), ctx.adapters)
+            }
+        }
+    }
+
+    /// Every norm of the layer with its HF sub-path, in checkpoint order.
+    pub fn norms(&self) -> Vec<(&'static str, &RmsNorm<B>)> {
+        let mut v = vec![
+            ("input_layernorm", &self.input_layernorm),
+            ("post_attention_layernorm", &self.post_attention_layernorm),
+        ];
+        let opt = [
+            ("pre_feedforward_layernorm", &self.pre_feedforward_layernorm),
+            (
+                "post_feedforward_layernorm",
+                &self.post_feedforward_layernorm,
+            ),
+            ("self_attn.q_norm", &self.self_attn.q_norm),
+            ("self_attn.k_norm", &self.self_attn.k_norm),
+        ];
+        v.extend(opt.into_iter().filter_map(|(n, m)| Some((n, m.as_ref()?))));
+        v
+    }
+
+    /// The norm the MLP reads its input through (Llama: `post_attention_layernorm`; Gemma:
+    /// `pre_feedforward_layernorm`).
+    pub fn mlp_input_norm(&self) -> &RmsNorm<B> {
+        self.pre_feedforward_layernorm
+            .as_ref()
+            .unwrap_or(&self.post_attention_layernorm)
     }
 }
 
@@ -244,7 +325,14 @@ pub struct Llama<B: Backend> {
     pub lm_head: Option<Linear<B>>,
     /// RoPE inverse frequencies (f32, as transformers computes them).
     pub inv_freq: Vec<f32>,
+    /// Those of the sliding layers when they have their own base (Gemma 3).
+    pub local_inv_freq: Option<Vec<f32>>,
+    /// Window of the layers whose attention slides (`Attention::sliding`).
     pub sliding_window: Option<usize>,
+    /// Embeddings are multiplied by this (Gemma: √hidden, rounded to f32 as transformers does).
+    pub embed_scale: Option<f32>,
+    /// `cap * tanh(logit / cap)` on the output (Gemma 2).
+    pub final_softcap: Option<f64>,
     /// Positions the model was trained on (config.json `max_position_embeddings`); generation past it
     /// is warned about, not refused.
     pub max_position_embeddings: usize,
@@ -261,41 +349,27 @@ impl<B: Backend> Llama<B> {
 
     /// A randomly initialised model (tests, tiny models): normal(0, std) weights, unit norms.
     pub fn init(cfg: &ModelConfig, std: f64, device: &B::Device) -> Self {
-        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
-        let lin = |i, o, b| Linear::init(i, o, b, std, device);
-        let norm = |d| RmsNorm::new(Tensor::ones([d], device), cfg.rms_norm_eps);
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|_| DecoderLayer {
-                self_attn: Attention {
-                    q_proj: lin(h, cfg.num_attention_heads * hd, cfg.attention_bias),
-                    k_proj: lin(h, cfg.num_key_value_heads * hd, cfg.attention_bias),
-                    v_proj: lin(h, cfg.num_key_value_heads * hd, cfg.attention_bias),
-                    o_proj: lin(cfg.num_attention_heads * hd, h, cfg.o_bias),
-                    num_heads: cfg.num_attention_heads,
-                    num_kv_heads: cfg.num_key_value_heads,
-                    head_dim: hd,
-                },
-                mlp: Mlp {
-                    gate_proj: lin(h, cfg.intermediate_size, cfg.mlp_bias),
-                    up_proj: lin(h, cfg.intermediate_size, cfg.mlp_bias),
-                    down_proj: lin(cfg.intermediate_size, h, cfg.mlp_bias),
-                },
-                input_layernorm: norm(h),
-                post_attention_layernorm: norm(h),
-            })
-            .collect();
-        let embed = Tensor::random([cfg.vocab_size, h], Distribution::Normal(0.0, std), device);
-        Self {
-            model: LlamaModel {
-                embed_tokens: frozen(embed),
-                layers,
-                norm: norm(h),
-            },
-            lm_head: (!cfg.tie_word_embeddings).then(|| lin(h, cfg.vocab_size, false)),
-            inv_freq: inv_freq(cfg),
-            sliding_window: cfg.sliding_window,
-            max_position_embeddings: cfg.max_position_embeddings,
+        struct Random<'a, B: Backend> {
+            std: f64,
+            unit: f64,
+            device: &'a B::Device,
         }
+        impl<B: Backend> build::Parts<B> for Random<'_, B> {
+            fn linear(&mut self, _: &str, i: usize, o: usize, b: bool) -> Result<Linear<B>> {
+                Ok(Linear::init(i, o, b, self.std, self.device))
+            }
+            fn norm(&mut self, _: &str, len: usize) -> Result<Tensor<B, 1>> {
+                Ok(Tensor::full([len], self.unit, self.device))
+            }
+            fn matrix(&mut self, _: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>> {
+                let dist = Distribution::Normal(0.0, self.std);
+                Ok(Tensor::random(shape, dist, self.device))
+            }
+        }
+        // Gemma's norms scale by 1 + w: a unit norm stores 0.
+        let unit = if cfg.gemma_layout { 0.0 } else { 1.0 };
+        let mut parts = Random { std, unit, device };
+        Self::build(cfg, &mut parts).expect("random parts never fail")
     }
 
     /// Query and key/value head counts (the shapes RoPE is applied to).
@@ -324,11 +398,36 @@ impl<B: Backend> Llama<B> {
         mask: Option<Tensor<B, 4, Bool>>,
     ) -> Context<B> {
         let heads = self.head_counts();
+        let [b, s] = positions.dims();
+        let device = positions.device();
         let head_mask = mask.clone().map(|m| m.repeat_dim(1, heads[0]));
+        // Sliding layers: the mask (or plain causality) with the window band added, when the keys reach
+        // past the window. Key i and query j are `j - i` positions apart in index space for padded and
+        // packed rows alike (padding sits left, segments are contiguous).
+        let kv = mask.as_ref().map_or(s, |m| m.dims()[3]);
+        let slides = self.model.layers.iter().any(|l| l.self_attn.sliding);
+        let local_head_mask = match self.sliding_window {
+            Some(w) if slides && kv > w => {
+                let band = window_band::<B>(s, kv, w, &device);
+                let local = match &mask {
+                    Some(m) => m.clone().bool_or(band.expand(m.dims())),
+                    None => band.expand([b, 1, s, kv]),
+                };
+                Some(local.repeat_dim(1, heads[0]))
+            }
+            _ => None,
+        };
+        let local_rope = self
+            .local_inv_freq
+            .as_ref()
+            .filter(|_| slides)
+            .map(|f| RopeTables::new(f, positions.clone(), &heads));
         Context {
             rope: RopeTables::new(&self.inv_freq, positions, &heads),
+            local_rope,
             mask,
             head_mask,
+            local_head_mask,
             adapters: Adapters::On,
         }
     }
@@ -344,6 +443,9 @@ impl<B: Backend> Llama<B> {
         mut tap: Option<ResidualTap<'_, B>>,
     ) -> Tensor<B, 3> {
         let mut x = burn::tensor::module::embedding(self.model.embed_tokens.val(), input_ids);
+        if let Some(scale) = self.embed_scale {
+            x = x * scale;
+        }
         for (i, layer) in self.model.layers.iter().enumerate() {
             if let Some(tap) = tap.as_mut() {
                 tap(i, &x);
@@ -358,7 +460,7 @@ impl<B: Backend> Llama<B> {
 
     /// Logits `[batch, seq, vocab]` from final hidden states.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
+        let logits = match &self.lm_head {
             Some(head) => head.forward(hidden, Adapters::Off),
             None => {
                 let [b, s, h] = hidden.dims();
@@ -366,6 +468,10 @@ impl<B: Backend> Llama<B> {
                 let v = w.dims()[0];
                 linear::matmul_t(hidden.reshape([b * s, h]), w).reshape([b, s, v])
             }
+        };
+        match self.final_softcap {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
         }
     }
 
@@ -376,11 +482,8 @@ impl<B: Backend> Llama<B> {
         let positions = Tensor::<B, 1, Int>::arange(0..s as i64, &device)
             .unsqueeze_dim::<2>(0)
             .expand([b, s]);
-        let mask = self
-            .sliding_window
-            .filter(|&w| s > w)
-            .map(|w| causal_padding_mask::<B>(&vec![vec![true; s]; b], s, Some(w), &device));
-        let ctx = self.context(positions, mask);
+        // Plain causal attention; `context` adds the window of sliding layers.
+        let ctx = self.context(positions, None);
         self.logits(self.forward_hidden(input_ids, &ctx, None, None))
     }
 }

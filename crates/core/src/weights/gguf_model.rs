@@ -5,11 +5,18 @@ use std::path::Path;
 
 use super::gguf::{GgufFile, GgufValue};
 use super::{HfNames, HostTensor, WeightSource};
-use crate::config::{Family, ModelConfig, RopeScaling};
+use crate::config::{default_layer_types, Activation, Family, ModelConfig, RopeScaling};
+
+/// `general.architecture` values burnish reads, for error messages.
+pub const SUPPORTED_GGUF_ARCHS: &str =
+    "llama (incl. Mistral, SmolLM), qwen2, qwen3, gemma2 and gemma3";
 use crate::error::{Error, Result};
 
 /// llama.cpp's name for a HF tensor name (`model.layers.3.self_attn.q_proj.weight` → `blk.3.attn_q.weight`).
-pub fn gguf_name(hf: &str) -> Option<String> {
+/// Gemma's `post_attention_layernorm` follows attention (llama.cpp: `post_attention_norm`) and its MLP
+/// norm is `pre_feedforward_layernorm`; in Llama the MLP norm is `post_attention_layernorm`. Both are
+/// `ffn_norm` in GGUF.
+pub fn gguf_name(hf: &str, family: Family) -> Option<String> {
     match hf {
         HfNames::EMBED => return Some("token_embd.weight".into()),
         HfNames::NORM => return Some("output_norm.weight".into()),
@@ -22,7 +29,12 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     let (module, suffix) = rest.rsplit_once('.')?;
     let short = match module {
         "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" if family.is_gemma() => "post_attention_norm",
         "post_attention_layernorm" => "ffn_norm",
+        "pre_feedforward_layernorm" if family.is_gemma() => "ffn_norm",
+        "post_feedforward_layernorm" if family.is_gemma() => "post_ffw_norm",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
@@ -87,11 +99,11 @@ impl WeightSource for GgufWeights {
     }
 
     fn contains(&self, hf_name: &str) -> bool {
-        gguf_name(hf_name).is_some_and(|n| self.file.tensor_info(&n).is_some())
+        gguf_name(hf_name, self.cfg.family).is_some_and(|n| self.file.tensor_info(&n).is_some())
     }
 
     fn tensor(&self, hf_name: &str) -> Result<Option<HostTensor>> {
-        let Some(name) = gguf_name(hf_name) else {
+        let Some(name) = gguf_name(hf_name, self.cfg.family) else {
             return Ok(None);
         };
         let Some(info) = self.file.tensor_info(&name) else {
@@ -99,8 +111,13 @@ impl WeightSource for GgufWeights {
         };
         let shape = info.shape();
         let mut data = self.file.tensor_f32(&name)?;
+        // llama.cpp's converter stores Gemma's norm weights as 1 + w (its RMSNorm multiplies by the weight);
+        // the model here keeps HF's w, as transformers' GGUF loader does.
+        if self.cfg.family.is_gemma() && hf_name.ends_with("norm.weight") {
+            data.iter_mut().for_each(|x| *x -= 1.0);
+        }
         // transformers reverse-permutes Q/K for llama-architecture files (Mistral GGUFs say "llama" too).
-        if self.cfg.family != Family::Qwen2 {
+        if self.cfg.family.gguf_permutes_qk() {
             let n_head = if hf_name.contains("q_proj") {
                 Some(self.cfg.num_attention_heads)
             } else if hf_name.contains("k_proj") {
@@ -152,9 +169,12 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
     let family = match arch.as_str() {
         "llama" => Family::Llama,
         "qwen2" => Family::Qwen2,
+        "qwen3" => Family::Qwen3,
+        "gemma2" => Family::Gemma2,
+        "gemma3" => Family::Gemma3,
         other => {
             return Err(Error::Unsupported(format!(
-                "{}: GGUF architecture `{other}`; burnish supports llama (incl. Mistral, SmolLM) and qwen2",
+                "{}: GGUF architecture `{other}`; burnish supports {SUPPORTED_GGUF_ARCHS}",
                 path.display()
             )))
         }
@@ -207,17 +227,23 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
             .and_then(|v| u32::try_from(v).ok())
     };
     let attention_bias = f.tensor_info("blk.0.attn_q.bias").is_some();
+    let num_hidden_layers = need("block_count")?;
+    let head_dim = uint("attention.key_length")
+        .or_else(|| uint("rope.dimension_count"))
+        .unwrap_or(hidden_size / heads.max(1));
+    let gemma = family.is_gemma();
+    // llama.cpp reads a window for Gemma only; its layer pattern and Gemma 3's local RoPE base are fixed
+    // in llama.cpp rather than stored, and are taken the same way here (as transformers does).
+    let sliding_window = uint("attention.sliding_window").filter(|_| gemma);
     let cfg = ModelConfig {
         family,
         vocab_size,
         hidden_size,
         intermediate_size: need("feed_forward_length")?,
-        num_hidden_layers: need("block_count")?,
+        num_hidden_layers,
         num_attention_heads: heads,
         num_key_value_heads: uint("attention.head_count_kv").unwrap_or(heads),
-        head_dim: uint("attention.key_length")
-            .or_else(|| uint("rope.dimension_count"))
-            .unwrap_or(hidden_size / heads.max(1)),
+        head_dim,
         rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
         rope_theta: float("rope.freq_base").unwrap_or(10000.0),
         rope_scaling,
@@ -226,12 +252,49 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         attention_bias,
         o_bias: f.tensor_info("blk.0.attn_output.bias").is_some(),
         mlp_bias: f.tensor_info("blk.0.ffn_up.bias").is_some(),
-        sliding_window: None,
+        sliding_window,
         bos_token_id: tok_id("bos_token_id"),
         eos_token_ids: tok_id("eos_token_id").into_iter().collect(),
         pad_token_id: tok_id("padding_token_id"),
         torch_dtype: None,
+        hidden_act: if gemma {
+            Activation::GeluTanh
+        } else {
+            Activation::Silu
+        },
+        qk_norm: f.tensor_info("blk.0.attn_q_norm.weight").is_some(),
+        gemma_layout: gemma,
+        query_pre_attn_scalar: gemma
+            .then(|| gemma_query_scalar(family, num_hidden_layers, hidden_size, heads, head_dim)),
+        attn_logit_softcapping: float("attn_logit_softcapping").filter(|_| gemma),
+        final_logit_softcapping: float("final_logit_softcapping").filter(|_| gemma),
+        layer_types: match sliding_window {
+            Some(_) => default_layer_types(family, num_hidden_layers, None),
+            None => vec![],
+        },
+        rope_local_base_freq: (family == Family::Gemma3).then_some(10000.0),
     };
     cfg.validate().map_err(err)?;
     Ok(cfg)
+}
+
+/// What Gemma scales queries by, which its GGUF files do not store: `head_dim`, except in the 27B models
+/// (46 layers in Gemma 2, 62 in Gemma 3), whose checkpoints use `hidden / heads`. llama.cpp decides it
+/// the same way, from the layer count.
+fn gemma_query_scalar(
+    family: Family,
+    layers: usize,
+    hidden: usize,
+    heads: usize,
+    hd: usize,
+) -> f64 {
+    let is_27b = matches!(
+        (family, layers),
+        (Family::Gemma2, 46) | (Family::Gemma3, 62)
+    );
+    if is_27b {
+        hidden as f64 / heads.max(1) as f64
+    } else {
+        hd as f64
+    }
 }
