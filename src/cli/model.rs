@@ -155,6 +155,47 @@ pub struct InspectArgs {
     json: bool,
 }
 
+/// What the family adds to the plain Llama block, as `inspect` shows it.
+fn layer_summary(c: &burnish_core::ModelConfig) -> String {
+    use burnish_core::config::{Activation, LayerType};
+    let mut parts = vec![match c.hidden_act {
+        Activation::Silu => "SwiGLU".to_string(),
+        Activation::GeluTanh => "GeGLU (gelu tanh)".to_string(),
+    }];
+    if c.gemma_layout {
+        parts.push(
+            "norms before and after attention and MLP, (1 + w) RMSNorm, embeddings × √hidden"
+                .into(),
+        );
+    }
+    if c.qk_norm {
+        parts.push("q/k norms".into());
+    }
+    if let Some(s) = c.query_pre_attn_scalar {
+        parts.push(format!("query scale {s}^-1/2"));
+    }
+    if let Some(cap) = c.attn_logit_softcapping {
+        parts.push(format!("attention soft-cap {cap}"));
+    }
+    if let Some(cap) = c.final_logit_softcapping {
+        parts.push(format!("final soft-cap {cap}"));
+    }
+    if let Some(w) = c.sliding_window {
+        let sliding = (0..c.num_hidden_layers)
+            .filter(|&i| c.layer_type(i) == LayerType::Sliding)
+            .count();
+        let mut s = format!(
+            "{sliding} of {} layers slide (window {w})",
+            c.num_hidden_layers
+        );
+        if let Some(b) = c.rope_local_base_freq {
+            s += &format!(" with RoPE base {b}");
+        }
+        parts.push(s);
+    }
+    parts.join("; ")
+}
+
 pub fn inspect(a: InspectArgs) -> Result<()> {
     let b = TokenizerBundle::load(&a.model)?;
     let c = &b.config;
@@ -234,6 +275,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             "untied"
         }
     );
+    println!("layers         {}", layer_summary(c));
     println!("dtype on disk  {dtype}");
     println!(
         "tokenizer      {} tokens; bos {:?}, eos {:?}, pad {:?}",

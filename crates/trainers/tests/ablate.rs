@@ -10,7 +10,9 @@ use burnish_core::weights::{load_llama, HfNames, SafetensorsDir};
 use burnish_core::{Llama, ModelConfig};
 use burnish_trainers::ablate::directions::{activations, candidates, mean_activations, unit};
 use burnish_trainers::ablate::gate::{condition, steer_gated};
-use burnish_trainers::ablate::weights::{ablate, steer, Kernels};
+use burnish_trainers::ablate::weights::{
+    ablate, orthogonalize_out, orthogonalize_rows, steer, Kernels,
+};
 
 fn tiny() -> Llama<Cpu> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/tiny-llama");
@@ -267,4 +269,68 @@ fn a_gated_unit_adds_its_vector_only_where_the_gate_opens() {
     let (on, off) = (mean(&h), mean(&l));
     assert!(on > 0.3 * dn, "harmful group shift {on} vs |v| {dn}");
     assert!(off < 0.5 * on, "harmless group shift {off} vs harmful {on}");
+}
+
+/// Full-strength ablation (embeddings included) leaves the residual stream of every family with no
+/// component along the direction, at every layer and position: in Gemma, where o_proj and down_proj
+/// write through a norm, the edit removes the direction the norm maps onto it; the plain edit does not.
+#[test]
+fn ablation_empties_the_direction_in_every_family() {
+    let prompts: Vec<Vec<u32>> = vec![(3..12).collect(), vec![5, 9, 17, 33, 65, 127]];
+    for name in ["tiny-llama", "tiny-qwen3", "tiny-gemma2", "tiny-gemma3"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../core/tests/fixtures")
+            .join(name);
+        let cfg = ModelConfig::from_file(dir.join("config.json")).unwrap();
+        let m: Llama<Cpu> = load_llama(
+            &cfg,
+            &SafetensorsDir::open(&dir).unwrap(),
+            &Default::default(),
+        )
+        .unwrap();
+        let hidden = cfg.hidden_size;
+        let r = unit(
+            &(0..hidden)
+                .map(|i| ((i * 7 % 11) as f64) - 5.0)
+                .collect::<Vec<_>>(),
+        );
+        let rt = Tensor::<Cpu, 1>::from_data(TensorData::new(r, [hidden]), &Default::default());
+        let before = residual_along(&m, &prompts, &rt);
+        let a = ablate(&m, &rt, &Kernels::flat(1.0, m.num_layers()), true, false).unwrap();
+        let after = residual_along(&a, &prompts, &rt);
+        assert!(
+            before > 0.1,
+            "{name}: the direction must be present before ({before})"
+        );
+        assert!(
+            after < 1e-4 * before.max(1.0),
+            "{name}: |x·r| {before} → {after}"
+        );
+        if cfg.gemma_layout {
+            // Editing as for Llama (ignoring the post-norms) would leave the direction in.
+            let mut plain = m.clone();
+            for i in 0..plain.num_layers() {
+                for sub in ["self_attn.o_proj", "mlp.down_proj"] {
+                    let n = HfNames::layer(i, &format!("{sub}.weight"));
+                    let w = plain.weight(&n).unwrap();
+                    plain
+                        .set_weight(&n, orthogonalize_out(w, &rt, 1.0, false))
+                        .unwrap();
+                }
+            }
+            let e = plain.weight(HfNames::EMBED).unwrap();
+            plain
+                .set_weight(HfNames::EMBED, orthogonalize_rows(e, &rt, 1.0, false))
+                .unwrap();
+            let left = residual_along(&plain, &prompts, &rt);
+            assert!(
+                left > 100.0 * after.max(1e-6),
+                "{name}: plain edit leaves {left}"
+            );
+            let e = steer(&m, 1, rt.clone())
+                .err()
+                .expect("steering through a post-norm");
+            assert!(e.to_string().contains("post-feedforward norm"), "{e}");
+        }
+    }
 }

@@ -175,6 +175,19 @@ impl<B: Backend> Llama<B> {
                 self.num_layers()
             )));
         }
+        // Steering is a bias on the previous layer's down_proj; after Gemma's post-feedforward norm it
+        // would be rescaled with the rest of the MLP's output instead of added to the residual stream.
+        if self.model.layers[layer - 1]
+            .post_feedforward_layernorm
+            .is_some()
+        {
+            return Err(Error::Unsupported(
+                "steering adds to the residual stream through the previous layer's down_proj bias, \
+                 which a post-feedforward norm (Gemma) rescales; directional ablation works on these \
+                 models"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 

@@ -83,6 +83,16 @@ pub fn orthogonalize_out<B: Backend>(
     out * (before / after)
 }
 
+/// The direction to remove from a matrix whose output reaches the residual stream through an RMSNorm
+/// with scale `γ` (Gemma's post-attention and post-MLP norms): the residual gets `γ ⊙ o / rms(o)`, and
+/// `r · (γ ⊙ o) = (γ ⊙ r) · o`, so `o ⟂ γ ⊙ r` makes the write orthogonal to `r` whatever `rms(o)` is.
+/// Unit length.
+pub fn through_norm<B: Backend>(r: &Tensor<B, 1>, gamma: &Tensor<B, 1>) -> Tensor<B, 1> {
+    let u = r.clone() * gamma.clone();
+    let n = u.clone().square().sum().sqrt().clamp_min(1e-12);
+    u / n
+}
+
 /// The same for embeddings `[vocab, hidden]`, whose rows are vectors in the residual space.
 pub fn orthogonalize_rows<B: Backend>(
     e: Tensor<B, 2>,
@@ -95,7 +105,8 @@ pub fn orthogonalize_rows<B: Backend>(
 
 /// A copy of `model` (tensors shared, edited ones replaced) with unit direction `r` ablated from
 /// `o_proj` and `down_proj` of every layer at their kernels' strengths, and from `embed_tokens` at the
-/// attention kernel's layer-0 strength when `embeddings` is set.
+/// attention kernel's layer-0 strength when `embeddings` is set. Where a norm follows the matrix
+/// (Gemma's sandwich), the removed direction is the one that norm maps onto `r` ([`through_norm`]).
 pub fn ablate<B: Backend>(
     model: &Llama<B>,
     r: &Tensor<B, 1>,
@@ -105,9 +116,21 @@ pub fn ablate<B: Backend>(
 ) -> Result<Llama<B>> {
     let mut m = model.clone();
     for i in 0..m.num_layers() {
-        for (sub, kernel) in [
-            ("self_attn.o_proj", &kernels.attn),
-            ("mlp.down_proj", &kernels.mlp),
+        let layer = &model.model.layers[i];
+        for (sub, kernel, post_norm) in [
+            (
+                "self_attn.o_proj",
+                &kernels.attn,
+                layer
+                    .pre_feedforward_layernorm
+                    .as_ref()
+                    .map(|_| &layer.post_attention_layernorm),
+            ),
+            (
+                "mlp.down_proj",
+                &kernels.mlp,
+                layer.post_feedforward_layernorm.as_ref(),
+            ),
         ] {
             let w = kernel.weight(i);
             if w == 0.0 {
@@ -117,7 +140,11 @@ pub fn ablate<B: Backend>(
             let cur = m
                 .weight(&name)
                 .expect("every layer has o_proj and down_proj");
-            m.set_weight(&name, orthogonalize_out(cur, r, w, norm_preserving))?;
+            let dir = match post_norm {
+                Some(norm) => through_norm(r, &norm.scale()),
+                None => r.clone(),
+            };
+            m.set_weight(&name, orthogonalize_out(cur, &dir, w, norm_preserving))?;
         }
     }
     let w0 = kernels.attn.weight(0);
