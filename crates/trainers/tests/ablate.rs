@@ -327,9 +327,7 @@ fn ablation_empties_the_direction_in_every_family() {
                 left > 100.0 * after.max(1e-6),
                 "{name}: plain edit leaves {left}"
             );
-            let e = steer(&m, 1, rt.clone())
-                .err()
-                .expect("steering through a post-norm");
+            let e = steer(&m, 1, rt.clone()).expect_err("steering through a post-norm");
             assert!(e.to_string().contains("post-feedforward norm"), "{e}");
         }
     }
