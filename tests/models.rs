@@ -44,12 +44,12 @@ fn unsupported_architecture_names_itself_and_the_supported_ones() {
             .join("crates/core/tests/fixtures/tiny-qwen3/config.json"),
     )
     .unwrap()
-    .replace("\"qwen3\"", "\"phi3\"");
+    .replace("\"qwen3\"", "\"phi4\"");
     std::fs::write(dir.path().join("config.json"), cfg).unwrap();
     let (ok, out) = burnish(&["inspect", "--model", dir.path().to_str().unwrap()]);
     assert!(!ok);
     assert!(
-        out.contains("model_type `phi3`")
+        out.contains("model_type `phi4`")
             && out.contains("gemma3_text")
             && out.contains("config.json"),
         "{out}"

@@ -11,6 +11,9 @@ Writes into crates/core/tests/fixtures/ (relative to the repo root):
                 two RoPE bases (sliding layers 1e4 unscaled, full layers 1e6 with linear scaling),
                 layers [sliding, sliding, full]; config.json in the pre-v5 layout the Hub's
                 checkpoints use (rope_theta, rope_local_base_freq, rope_scaling)
+  tiny-phi3/    Phi3ForCausalLM: fused qkv_proj and gate_up_proj, LongRoPE (short and long factors,
+                attention factor) with original_max_position_embeddings = 8, so the 9-token batch
+                and the greedy run cross into the long factors; config.json in the pre-v5 layout
 
 Each dir: config.json, model.safetensors, expected.safetensors (logits of an unpadded and of a
 left-padded batch, as make_model_fixtures.py, plus `greedy_prompt` and `greedy_tokens`: 8 greedy
@@ -43,6 +46,8 @@ from transformers import (  # noqa: E402
     Gemma2ForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
 )
@@ -61,6 +66,13 @@ def randomize_norms(model, seed: int):
 
 @torch.no_grad()
 def greedy(model, prompt: torch.Tensor) -> torch.Tensor:
+    if model.config.model_type == "phi3":
+        # LongRoPE picks its factors per forward pass from the largest position, so a run with a KV cache
+        # (keys cached under the short factors) differs from full forwards once it crosses
+        # original_max_position_embeddings; the reference is transformers' own cached generate.
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=NEW_TOKENS,
+                             min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
+        return out[:, prompt.shape[1]:]
     ids = prompt.clone()
     for _ in range(NEW_TOKENS):
         logits = mm.forward(model, ids, torch.arange(ids.shape[1]).unsqueeze(0))
@@ -150,6 +162,20 @@ def gemma3_legacy_config(path: Path):
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
+def phi3_legacy_config(path: Path):
+    """Phi-3 checkpoints on the Hub: rope_theta, rope_scaling {type: longrope, short_factor, long_factor}
+    and a top-level original_max_position_embeddings."""
+    cfg = json.loads(path.read_text())
+    rp = dict(cfg.pop("rope_parameters"))
+    cfg["rope_theta"] = rp.pop("rope_theta")
+    cfg["original_max_position_embeddings"] = rp.pop("original_max_position_embeddings")
+    rp.pop("partial_rotary_factor", None)
+    cfg["rope_scaling"] = {"type": rp.pop("rope_type"), **rp}
+    if "dtype" in cfg:
+        cfg["torch_dtype"] = cfg.pop("dtype")
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def main():
     print("versions:", mm.versions())
     common = dict(mm.COMMON)
@@ -183,6 +209,18 @@ def main():
         ("the sliding window", Gemma3TextConfig(**dict(g3, sliding_window=64))),
         ("the local RoPE base", Gemma3TextConfig(**dict(g3, rope_parameters=same_bases))),
     ], legacy=gemma3_legacy_config)
+
+    # ---- Phi-3 ------------------------------------------------------------------------
+    half = 16 // 2  # head_dim 16
+    longrope = {"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 8,
+                "short_factor": [1.0 + 0.05 * i for i in range(half)],
+                "long_factor": [1.5 + 0.5 * i for i in range(half)]}
+    p3 = dict(common, tie_word_embeddings=False, original_max_position_embeddings=8, rope_parameters=longrope,
+              pad_token_id=0, eos_token_id=2, sliding_window=None)
+    short_only = dict(longrope, long_factor=longrope["short_factor"])
+    family("tiny-phi3", Phi3ForCausalLM, Phi3Config(**p3), 13, inp, twins=[
+        ("the long factors", Phi3Config(**dict(p3, rope_parameters=short_only))),
+    ], legacy=phi3_legacy_config)
 
 
 if __name__ == "__main__":

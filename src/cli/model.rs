@@ -171,6 +171,14 @@ fn layer_summary(c: &burnish_core::ModelConfig) -> String {
     if c.qk_norm {
         parts.push("q/k norms".into());
     }
+    if c.fused_projections {
+        parts.push("fused qkv_proj and gate_up_proj".into());
+    }
+    if let Some((_, from, f)) = c.rope_long() {
+        parts.push(format!(
+            "LongRoPE (long factors from position {from}, attention factor {f:.4})"
+        ));
+    }
     if let Some(s) = c.query_pre_attn_scalar {
         parts.push(format!("query scale {s}^-1/2"));
     }

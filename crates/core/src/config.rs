@@ -19,10 +19,11 @@ pub enum Family {
     Qwen3,
     Gemma2,
     Gemma3,
+    Phi3,
 }
 
 /// `model_type` values burnish reads, for error messages.
-pub const SUPPORTED_MODEL_TYPES: &str = "llama, mistral, qwen2, qwen3, gemma2, gemma3_text";
+pub const SUPPORTED_MODEL_TYPES: &str = "llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3";
 
 impl Family {
     pub fn model_type(self) -> &'static str {
@@ -33,6 +34,7 @@ impl Family {
             Family::Qwen3 => "qwen3",
             Family::Gemma2 => "gemma2",
             Family::Gemma3 => "gemma3_text",
+            Family::Phi3 => "phi3",
         }
     }
 
@@ -44,6 +46,7 @@ impl Family {
             Family::Qwen3 => "Qwen3ForCausalLM",
             Family::Gemma2 => "Gemma2ForCausalLM",
             Family::Gemma3 => "Gemma3ForCausalLM",
+            Family::Phi3 => "Phi3ForCausalLM",
         }
     }
 
@@ -94,6 +97,15 @@ pub enum RopeScaling {
     },
     /// Position interpolation: every frequency divided by `factor`.
     Linear { factor: f64 },
+    /// LongRoPE (Phi-3): frequency `i` divided by `short_factor[i]`, or by `long_factor[i]` in a forward
+    /// pass whose largest position reaches `original_max_position_embeddings`; cos and sin are multiplied
+    /// by `attention_factor` (from the config, or `sqrt(1 + ln(max/original) / ln(original))`).
+    Longrope {
+        short_factor: Vec<f64>,
+        long_factor: Vec<f64>,
+        original_max_position_embeddings: usize,
+        attention_factor: f64,
+    },
 }
 
 /// A validated model configuration. Field names are HF's.
@@ -149,6 +161,10 @@ pub struct ModelConfig {
     /// and `rope_scaling`.
     #[serde(default)]
     pub rope_local_base_freq: Option<f64>,
+    /// q, k and v in one `qkv_proj`, gate and up in one `gate_up_proj` (Phi-3), as the checkpoint and
+    /// PEFT adapters have them.
+    #[serde(default)]
+    pub fused_projections: bool,
 }
 
 /// `config.json` as written by transformers; only the fields burnish reads.
@@ -192,6 +208,9 @@ struct RawConfig {
     sliding_window_pattern: Option<usize>,
     #[serde(rename = "_sliding_window_pattern")]
     sliding_window_pattern_v5: Option<usize>,
+    /// Phi-3: the pretraining context LongRoPE's factors are relative to (top level before transformers 5).
+    original_max_position_embeddings: Option<usize>,
+    partial_rotary_factor: Option<f64>,
 }
 
 /// RoPE settings of a config: the full layers' base and scaling, and the sliding layers' base.
@@ -217,6 +236,7 @@ impl RawConfig {
             "qwen3" => Family::Qwen3,
             "gemma2" => Family::Gemma2,
             "gemma3_text" => Family::Gemma3,
+            "phi3" => Family::Phi3,
             "" => {
                 return Err(Error::Config {
                     path: path.to_path_buf(),
@@ -276,9 +296,24 @@ impl RawConfig {
             Some(_) => None,
             None => self.rope_scaling.as_ref(),
         };
+        if let Some(f) = full
+            .and_then(|p| p.get("partial_rotary_factor")?.as_f64())
+            .or(self.partial_rotary_factor)
+            .filter(|&f| f != 1.0)
+        {
+            return Err(format!(
+                "partial_rotary_factor {f}: RoPE on part of each head is not supported"
+            ));
+        }
+        let longrope = LongropeContext {
+            original_max: self.original_max_position_embeddings,
+            max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
+        };
         let scaling = match scaling {
             None | Some(serde_json::Value::Null) => None,
-            Some(v) => parse_rope_scaling(v).map_err(|m| format!("rope_scaling: {m}"))?,
+            Some(v) => {
+                parse_rope_scaling(v, &longrope).map_err(|m| format!("rope_scaling: {m}"))?
+            }
         };
         if let Some(l) = local {
             if l.get("rope_type")
@@ -454,6 +489,7 @@ impl ModelConfig {
             final_logit_softcapping: raw.final_logit_softcapping.filter(|_| gemma),
             layer_types,
             rope_local_base_freq: rope.local_base,
+            fused_projections: family == Family::Phi3,
         };
         cfg.validate().map_err(err)?;
         Ok(cfg)
@@ -496,6 +532,29 @@ impl ModelConfig {
             || self.rope_theta <= 0.0
         {
             return Err("`rms_norm_eps` and `rope_theta` must be positive".into());
+        }
+        if let Some(RopeScaling::Longrope {
+            short_factor,
+            long_factor,
+            ..
+        }) = &self.rope_scaling
+        {
+            let half = self.head_dim / 2;
+            if short_factor.len() != half || long_factor.len() != half {
+                return Err(format!(
+                    "rope_scaling: longrope needs head_dim / 2 = {half} short and long factors, \
+                     got {} and {}",
+                    short_factor.len(),
+                    long_factor.len()
+                ));
+            }
+            if short_factor
+                .iter()
+                .chain(long_factor)
+                .any(|f| f.is_nan() || *f <= 0.0)
+            {
+                return Err("rope_scaling: longrope factors must be positive".into());
+            }
         }
         if !self.layer_types.is_empty() && self.layer_types.len() != self.num_hidden_layers {
             return Err(format!(
@@ -587,6 +646,16 @@ impl ModelConfig {
         } else {
             o.insert("hidden_act".into(), act);
         }
+        if let Some(RopeScaling::Longrope {
+            original_max_position_embeddings,
+            ..
+        }) = &self.rope_scaling
+        {
+            o.insert(
+                "original_max_position_embeddings".into(),
+                (*original_max_position_embeddings).into(),
+            );
+        }
         if let Some(b) = self.rope_local_base_freq {
             o.insert("rope_local_base_freq".into(), b.into());
         }
@@ -640,12 +709,34 @@ impl ModelConfig {
             .map(|theta| base_inv_freq(theta, self.head_dim))
     }
 
+    /// LongRoPE's long-context frequencies, the position from which a pass uses them, and the factor
+    /// cos and sin are scaled by.
+    pub fn rope_long(&self) -> Option<(Vec<f64>, usize, f64)> {
+        match &self.rope_scaling {
+            Some(RopeScaling::Longrope {
+                long_factor,
+                original_max_position_embeddings,
+                attention_factor,
+                ..
+            }) => {
+                let base = base_inv_freq(self.rope_theta, self.head_dim);
+                Some((
+                    divide(&base, long_factor),
+                    *original_max_position_embeddings,
+                    *attention_factor,
+                ))
+            }
+            _ => None,
+        }
+    }
+
     /// Inverse frequencies of RoPE for this config, scaling applied (as HF's `_compute_*_parameters`).
     pub fn rope_inv_freq(&self) -> Vec<f64> {
         let base = base_inv_freq(self.rope_theta, self.head_dim);
         match &self.rope_scaling {
             None => base,
             Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
+            Some(RopeScaling::Longrope { short_factor, .. }) => divide(&base, short_factor),
             Some(RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
@@ -674,13 +765,27 @@ impl ModelConfig {
     }
 }
 
+fn divide(base: &[f64], factors: &[f64]) -> Vec<f64> {
+    base.iter().zip(factors).map(|(f, e)| f / e).collect()
+}
+
 fn base_inv_freq(theta: f64, d: usize) -> Vec<f64> {
     (0..d / 2)
         .map(|i| 1.0 / theta.powf((2 * i) as f64 / d as f64))
         .collect()
 }
 
-fn parse_rope_scaling(v: &serde_json::Value) -> std::result::Result<Option<RopeScaling>, String> {
+/// What LongRoPE needs from outside `rope_scaling` in older configs.
+#[derive(Default)]
+struct LongropeContext {
+    original_max: Option<usize>,
+    max_position_embeddings: usize,
+}
+
+fn parse_rope_scaling(
+    v: &serde_json::Value,
+    ctx: &LongropeContext,
+) -> std::result::Result<Option<RopeScaling>, String> {
     let kind = v
         .get("rope_type")
         .or_else(|| v.get("type"))
@@ -702,10 +807,47 @@ fn parse_rope_scaling(v: &serde_json::Value) -> std::result::Result<Option<RopeS
             high_freq_factor: num("high_freq_factor")?,
             original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
         })),
+        // Phi-3's first releases called it "su".
+        "longrope" | "su" => parse_longrope(v, ctx).map(Some),
         other => Err(format!(
-            "rope_type `{other}` is not supported (supported: llama3, linear)"
+            "rope_type `{other}` is not supported (supported: llama3, linear, longrope)"
         )),
     }
+}
+
+fn parse_longrope(
+    v: &serde_json::Value,
+    ctx: &LongropeContext,
+) -> std::result::Result<RopeScaling, String> {
+    let factors = |k: &str| -> std::result::Result<Vec<f64>, String> {
+        v.get(k)
+            .and_then(|a| a.as_array())
+            .and_then(|a| a.iter().map(|x| x.as_f64()).collect::<Option<Vec<_>>>())
+            .ok_or(format!("missing list of numbers `{k}`"))
+    };
+    let original = v
+        .get("original_max_position_embeddings")
+        .and_then(|x| x.as_u64())
+        .map(|x| x as usize)
+        .or(ctx.original_max)
+        .filter(|&o| o > 1)
+        .ok_or("longrope needs `original_max_position_embeddings` (> 1)")?;
+    let factor = v
+        .get("factor")
+        .and_then(|x| x.as_f64())
+        .unwrap_or(ctx.max_position_embeddings as f64 / original as f64);
+    // transformers: the paper's attention factor unless the config gives one.
+    let attention_factor = match v.get("attention_factor").and_then(|x| x.as_f64()) {
+        Some(a) => a,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+    };
+    Ok(RopeScaling::Longrope {
+        short_factor: factors("short_factor")?,
+        long_factor: factors("long_factor")?,
+        original_max_position_embeddings: original,
+        attention_factor,
+    })
 }
 
 /// Where a model lives: a HF directory or a single GGUF file.

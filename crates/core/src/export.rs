@@ -197,6 +197,7 @@ pub fn export_gguf<B: Backend>(
         Family::Qwen3 => "qwen3",
         Family::Gemma2 => "gemma2",
         Family::Gemma3 => "gemma3",
+        Family::Phi3 => "phi3",
     };
     let mut w = GgufWriter::new();
     w.add_metadata("general.architecture", arch);
@@ -230,6 +231,9 @@ pub fn export_gguf<B: Backend>(
         cfg.rms_norm_eps as f32,
     );
     w.add_metadata(k("vocab_size"), cfg.vocab_size as u32);
+    if let (Family::Phi3, Some(win)) = (cfg.family, cfg.sliding_window) {
+        w.add_metadata(k("attention.sliding_window"), win as u32);
+    }
     if cfg.family.is_gemma() {
         let fixed = default_layer_types(cfg.family, cfg.num_hidden_layers, None);
         let types: Vec<_> = (0..cfg.num_hidden_layers)
@@ -260,6 +264,26 @@ pub fn export_gguf<B: Backend>(
         Some(RopeScaling::Linear { factor }) => {
             w.add_metadata(k("rope.scaling.type"), "linear");
             w.add_metadata(k("rope.scaling.factor"), *factor as f32);
+        }
+        Some(RopeScaling::Longrope {
+            short_factor,
+            long_factor,
+            original_max_position_embeddings,
+            attention_factor,
+        }) => {
+            // As llama.cpp's converter writes Phi-3: factors as tensors, the rest as metadata.
+            w.add_metadata(
+                k("rope.scaling.original_context_length"),
+                *original_max_position_embeddings as u32,
+            );
+            w.add_metadata(k("rope.scaling.attn_factor"), *attention_factor as f32);
+            for (name, f) in [
+                ("rope_factors_long.weight", long_factor),
+                ("rope_factors_short.weight", short_factor),
+            ] {
+                let data: Vec<f32> = f.iter().map(|&x| x as f32).collect();
+                w.add_tensor(name.to_string(), &[data.len()], &data, GgmlType::F32)?;
+            }
         }
         Some(RopeScaling::Llama3 { .. }) => {
             return Err(Error::Unsupported(

@@ -1,4 +1,4 @@
-//! Qwen3, Gemma 2 and Gemma 3 against transformers and PEFT (fixtures from
+//! Qwen3, Gemma 2, Gemma 3 and Phi-3 against transformers and PEFT (fixtures from
 //! scripts/reference/make_family_fixtures.py): logits of an unpadded and a left-padded batch, greedy
 //! tokens through the KV cache, PEFT adapter logits (on and merged), and export round trips (HF
 //! directory and GGUF, each family under its own names).
@@ -7,7 +7,7 @@ mod common;
 
 use burnish_core::adapter::load_adapter;
 use burnish_core::burn::tensor::{Int, Tensor};
-use burnish_core::config::{Family, LayerType};
+use burnish_core::config::{Family, LayerType, RopeScaling};
 use burnish_core::export::{export_gguf, export_hf, Dtype, ExportSource, GgufQuant};
 use burnish_core::generate::{generate, GenerationConfig};
 use burnish_core::io::Existing;
@@ -18,7 +18,7 @@ use burnish_core::{Error, ModelConfig, Pretrained, Tokenizer};
 use common::*;
 
 const TOL: f32 = 1e-4;
-const FAMILIES: [&str; 3] = ["tiny-qwen3", "tiny-gemma2", "tiny-gemma3"];
+const FAMILIES: [&str; 4] = ["tiny-qwen3", "tiny-gemma2", "tiny-gemma3", "tiny-phi3"];
 
 fn load(name: &str) -> (ModelConfig, Llama<B>) {
     let dir = fixture(name);
@@ -58,6 +58,25 @@ fn configs_read_each_familys_keys() {
     use LayerType::*;
     assert_eq!(g3.layer_types, [Sliding, Sliding, Full]);
     assert_eq!(g3.sliding_window, Some(4));
+    // Phi-3 in the Hub's layout: rope_scaling {type: longrope} and a top-level original context.
+    let (p3, m) = load("tiny-phi3");
+    assert_eq!(p3.family, Family::Phi3);
+    assert!(p3.fused_projections);
+    let l = &m.model.layers[0];
+    assert!(l.self_attn.qkv_proj.is_some() && l.self_attn.q_proj.is_none());
+    assert!(l.mlp.gate_up_proj.is_some() && l.mlp.gate_proj.is_none());
+    match &p3.rope_scaling {
+        Some(RopeScaling::Longrope {
+            original_max_position_embeddings,
+            attention_factor,
+            ..
+        }) => {
+            assert_eq!(*original_max_position_embeddings, 8);
+            let want = (1.0 + (256.0f64 / 8.0).ln() / 8f64.ln()).sqrt();
+            assert!((attention_factor - want).abs() < 1e-12);
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -109,10 +128,13 @@ fn greedy_tokens_match_transformers() {
             max_new_tokens: want.len(),
             ..Default::default()
         };
-        // Alone, and left-padded beside a longer prompt (the window then covers padding too).
-        let longer: Vec<u32> = (3..12).collect();
-        let out = generate(&m, &[prompt.clone(), longer], &cfg, None).unwrap();
-        assert_eq!(out[0].new_ids, want, "{name}: padded batch");
+        // Alone, and left-padded beside a longer prompt (the window then covers padding too). Not for
+        // Phi-3: LongRoPE picks its factors from the batch's largest position, in transformers too.
+        if name != "tiny-phi3" {
+            let longer: Vec<u32> = (3..12).collect();
+            let out = generate(&m, &[prompt.clone(), longer], &cfg, None).unwrap();
+            assert_eq!(out[0].new_ids, want, "{name}: padded batch");
+        }
         let out = generate(&m, &[prompt], &cfg, None).unwrap();
         assert_eq!(out[0].new_ids, want, "{name}");
     }
@@ -184,6 +206,21 @@ fn exports_round_trip_under_each_familys_names() {
         if cfg.qk_norm {
             assert!(meta.tensor_info("blk.0.attn_q_norm.weight").is_some());
         }
+        if cfg.fused_projections {
+            // llama.cpp's names (gguf-py's MODEL_TENSORS[PHI3]): fused qkv, gate+up fused as ffn_up.
+            for t in [
+                "blk.0.attn_qkv.weight",
+                "blk.0.ffn_up.weight",
+                "rope_factors_long.weight",
+                "rope_factors_short.weight",
+            ] {
+                assert!(meta.tensor_info(t).is_some(), "{name}: GGUF lacks {t}");
+            }
+            assert_eq!(
+                g.config.rope_scaling, cfg.rope_scaling,
+                "{name}: LongRoPE through GGUF"
+            );
+        }
         if cfg.gemma_layout {
             assert!(meta.tensor_info("blk.0.post_ffw_norm.weight").is_some());
             assert!(meta
@@ -197,7 +234,7 @@ fn exports_round_trip_under_each_familys_names() {
 fn unsupported_architectures_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(fixture("tiny-qwen3/config.json")).unwrap();
-    for (model_type, needle) in [("phi3", "model_type `phi3`"), ("gemma3", "vision-language")] {
+    for (model_type, needle) in [("phi4", "model_type `phi4`"), ("gemma3", "vision-language")] {
         let path = tmp.path().join(format!("{model_type}.json"));
         let edited = text.replace("\"qwen3\"", &format!("\"{model_type}\""));
         std::fs::write(&path, edited).unwrap();
@@ -208,7 +245,7 @@ fn unsupported_architectures_are_named() {
             msg.contains(needle) && msg.contains(&*path.to_string_lossy()),
             "{msg}"
         );
-        if model_type == "phi3" {
+        if model_type == "phi4" {
             assert!(
                 msg.contains("gemma3_text") && msg.contains("qwen3"),
                 "{msg}"

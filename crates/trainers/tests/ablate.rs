@@ -277,7 +277,13 @@ fn a_gated_unit_adds_its_vector_only_where_the_gate_opens() {
 #[test]
 fn ablation_empties_the_direction_in_every_family() {
     let prompts: Vec<Vec<u32>> = vec![(3..12).collect(), vec![5, 9, 17, 33, 65, 127]];
-    for name in ["tiny-llama", "tiny-qwen3", "tiny-gemma2", "tiny-gemma3"] {
+    for name in [
+        "tiny-llama",
+        "tiny-qwen3",
+        "tiny-gemma2",
+        "tiny-gemma3",
+        "tiny-phi3",
+    ] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../core/tests/fixtures")
             .join(name);

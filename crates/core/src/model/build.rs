@@ -5,7 +5,9 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use super::{frozen, inv_freq, Attention, DecoderLayer, Linear, Llama, LlamaModel, Mlp, RmsNorm};
+use super::{
+    frozen, inv_freq, Attention, DecoderLayer, Linear, Llama, LlamaModel, LongRope, Mlp, RmsNorm,
+};
 use crate::config::{LayerType, ModelConfig};
 use crate::error::Result;
 use crate::weights::HfNames;
@@ -47,6 +49,11 @@ impl<B: Backend> Llama<B> {
             },
             lm_head,
             inv_freq: inv_freq(cfg),
+            long_rope: cfg.rope_long().map(|(f, from, a)| LongRope {
+                inv_freq: f.into_iter().map(|x| x as f32).collect(),
+                from,
+                attention_factor: a as f32,
+            }),
             local_inv_freq: cfg
                 .rope_inv_freq_local()
                 .map(|f| f.into_iter().map(|x| x as f32).collect()),
@@ -73,14 +80,34 @@ fn decoder_layer<B: Backend>(
     let p = |rest: &str| HfNames::layer(i, rest);
     let ab = cfg.attention_bias;
     // Checkpoint order (attention, MLP, norms): a truncated file fails at the first tensor it lacks.
-    let q_proj = parts.linear(&p("self_attn.q_proj"), h, q, ab)?;
-    let k_proj = parts.linear(&p("self_attn.k_proj"), h, kv, ab)?;
-    let v_proj = parts.linear(&p("self_attn.v_proj"), h, kv, ab)?;
+    let fused = cfg.fused_projections;
+    let (q_proj, k_proj, v_proj, qkv_proj) = if fused {
+        let qkv = parts.linear(&p("self_attn.qkv_proj"), h, q + 2 * kv, ab)?;
+        (None, None, None, Some(qkv))
+    } else {
+        (
+            Some(parts.linear(&p("self_attn.q_proj"), h, q, ab)?),
+            Some(parts.linear(&p("self_attn.k_proj"), h, kv, ab)?),
+            Some(parts.linear(&p("self_attn.v_proj"), h, kv, ab)?),
+            None,
+        )
+    };
     let o_proj = parts.linear(&p("self_attn.o_proj"), q, h, cfg.o_bias)?;
     let mb = cfg.mlp_bias;
+    let (gate_proj, up_proj, gate_up_proj) = if fused {
+        let gu = parts.linear(&p("mlp.gate_up_proj"), h, 2 * inter, mb)?;
+        (None, None, Some(gu))
+    } else {
+        (
+            Some(parts.linear(&p("mlp.gate_proj"), h, inter, mb)?),
+            Some(parts.linear(&p("mlp.up_proj"), h, inter, mb)?),
+            None,
+        )
+    };
     let mlp = Mlp {
-        gate_proj: parts.linear(&p("mlp.gate_proj"), h, inter, mb)?,
-        up_proj: parts.linear(&p("mlp.up_proj"), h, inter, mb)?,
+        gate_proj,
+        up_proj,
+        gate_up_proj,
         down_proj: parts.linear(&p("mlp.down_proj"), inter, h, mb)?,
         act: cfg.hidden_act,
     };
@@ -109,6 +136,7 @@ fn decoder_layer<B: Backend>(
         q_proj,
         k_proj,
         v_proj,
+        qkv_proj,
         o_proj,
         q_norm,
         k_norm,

@@ -18,36 +18,41 @@ impl<B: Backend> Llama<B> {
     /// Layer `i`'s linear `short` (`q_proj`, ..., `down_proj`).
     pub fn linear(&self, layer: usize, short: &str) -> Option<&Linear<B>> {
         let l = self.model.layers.get(layer)?;
-        Some(match short {
-            "q_proj" => &l.self_attn.q_proj,
-            "k_proj" => &l.self_attn.k_proj,
-            "v_proj" => &l.self_attn.v_proj,
-            "o_proj" => &l.self_attn.o_proj,
-            "gate_proj" => &l.mlp.gate_proj,
-            "up_proj" => &l.mlp.up_proj,
-            "down_proj" => &l.mlp.down_proj,
-            _ => return None,
-        })
+        match short {
+            "q_proj" => l.self_attn.q_proj.as_ref(),
+            "k_proj" => l.self_attn.k_proj.as_ref(),
+            "v_proj" => l.self_attn.v_proj.as_ref(),
+            "qkv_proj" => l.self_attn.qkv_proj.as_ref(),
+            "o_proj" => Some(&l.self_attn.o_proj),
+            "gate_proj" => l.mlp.gate_proj.as_ref(),
+            "up_proj" => l.mlp.up_proj.as_ref(),
+            "gate_up_proj" => l.mlp.gate_up_proj.as_ref(),
+            "down_proj" => Some(&l.mlp.down_proj),
+            _ => None,
+        }
     }
 
     pub fn linear_mut(&mut self, layer: usize, short: &str) -> Option<&mut Linear<B>> {
         let l = self.model.layers.get_mut(layer)?;
-        Some(match short {
-            "q_proj" => &mut l.self_attn.q_proj,
-            "k_proj" => &mut l.self_attn.k_proj,
-            "v_proj" => &mut l.self_attn.v_proj,
-            "o_proj" => &mut l.self_attn.o_proj,
-            "gate_proj" => &mut l.mlp.gate_proj,
-            "up_proj" => &mut l.mlp.up_proj,
-            "down_proj" => &mut l.mlp.down_proj,
-            _ => return None,
-        })
+        match short {
+            "q_proj" => l.self_attn.q_proj.as_mut(),
+            "k_proj" => l.self_attn.k_proj.as_mut(),
+            "v_proj" => l.self_attn.v_proj.as_mut(),
+            "qkv_proj" => l.self_attn.qkv_proj.as_mut(),
+            "o_proj" => Some(&mut l.self_attn.o_proj),
+            "gate_proj" => l.mlp.gate_proj.as_mut(),
+            "up_proj" => l.mlp.up_proj.as_mut(),
+            "gate_up_proj" => l.mlp.gate_up_proj.as_mut(),
+            "down_proj" => Some(&mut l.mlp.down_proj),
+            _ => None,
+        }
     }
 
     /// (layer, short name) of every linear layer, in checkpoint order.
     pub fn linear_ids(&self) -> Vec<(usize, &'static str)> {
         (0..self.num_layers())
             .flat_map(|i| TARGETS.iter().map(move |t| (i, t.0)))
+            .filter(|&(i, short)| self.linear(i, short).is_some())
             .collect()
     }
 
@@ -177,6 +182,13 @@ impl<B: Backend> Llama<B> {
         }
         // Steering is a bias on the previous layer's down_proj; after Gemma's post-feedforward norm it
         // would be rescaled with the rest of the MLP's output instead of added to the residual stream.
+        if self.model.layers[layer - 1].mlp.gate_up_proj.is_some() {
+            return Err(Error::Unsupported(
+                "steering writes MLP biases, which Phi-3's checkpoints (fused gate_up_proj) cannot \
+                 carry; directional ablation works on these models"
+                    .into(),
+            ));
+        }
         if self.model.layers[layer - 1]
             .post_feedforward_layernorm
             .is_some()
@@ -195,7 +207,9 @@ impl<B: Backend> Llama<B> {
     fn ensure_mlp_bias(&mut self, device: &B::Device) {
         for i in 0..self.num_layers() {
             for short in ["gate_proj", "up_proj", "down_proj"] {
-                let lin = self.linear_mut(i, short).expect("known target");
+                let Some(lin) = self.linear_mut(i, short) else {
+                    continue;
+                };
                 if lin.bias.is_none() {
                     lin.bias = Some(super::linear::frozen(Tensor::zeros(
                         [lin.out_features()],
@@ -228,7 +242,9 @@ impl<B: Backend> Llama<B> {
         let mut ones = Vec::new();
         for (i, layer) in self.model.layers.iter().enumerate() {
             for (short, sub) in TARGETS {
-                let lin = self.linear(i, short).expect("known target");
+                let Some(lin) = self.linear(i, short) else {
+                    continue;
+                };
                 push2(
                     HfNames::layer(i, &format!("{sub}.weight")),
                     lin.weight.val(),
@@ -258,13 +274,32 @@ impl<B: Backend> Llama<B> {
     /// Attaches fresh adapters (A initialised, B = 0) to the configured modules; replaces existing ones.
     pub fn attach_lora(&mut self, cfg: &LoraConfig, seed: u64, device: &B::Device) -> Result<()> {
         cfg.validate(self.num_layers())?;
+        let mut attached = 0;
         for (i, short) in self.linear_ids() {
             if cfg.applies(i, short) {
                 let mut rng = crate::rng::for_tensor(seed, &peft_key(&module_path(i, short), 'A'));
-                let lin = self.linear_mut(i, short).expect("known target");
+                let lin = self.linear_mut(i, short).expect("listed by linear_ids");
                 let (d_in, d_out) = (lin.in_features(), lin.out_features());
                 lin.lora = Some(Lora::init(cfg, d_in, d_out, &mut rng, device));
+                attached += 1;
             }
+        }
+        if attached == 0 {
+            // PEFT refuses this too ("Target modules ... not found"): an adapter on nothing trains nothing.
+            let here: Vec<&str> = self
+                .linear_ids()
+                .into_iter()
+                .filter(|&(i, _)| i == 0)
+                .map(|(_, s)| s)
+                .collect();
+            return Err(Error::Config {
+                path: "[lora]".into(),
+                msg: format!(
+                    "target_modules {:?} match no linear layer of this model; it has {}",
+                    cfg.target_modules,
+                    here.join(", ")
+                ),
+            });
         }
         Ok(())
     }
@@ -287,16 +322,18 @@ impl<B: Backend> Llama<B> {
             let a = &mut layer.self_attn;
             let m = &mut layer.mlp;
             let lins = [
-                ("q_proj", &mut a.q_proj),
-                ("k_proj", &mut a.k_proj),
-                ("v_proj", &mut a.v_proj),
-                ("o_proj", &mut a.o_proj),
-                ("gate_proj", &mut m.gate_proj),
-                ("up_proj", &mut m.up_proj),
-                ("down_proj", &mut m.down_proj),
+                ("q_proj", a.q_proj.as_mut()),
+                ("k_proj", a.k_proj.as_mut()),
+                ("v_proj", a.v_proj.as_mut()),
+                ("qkv_proj", a.qkv_proj.as_mut()),
+                ("o_proj", Some(&mut a.o_proj)),
+                ("gate_proj", m.gate_proj.as_mut()),
+                ("up_proj", m.up_proj.as_mut()),
+                ("gate_up_proj", m.gate_up_proj.as_mut()),
+                ("down_proj", Some(&mut m.down_proj)),
             ];
             for (short, lin) in lins {
-                if let Some(l) = lin.lora.as_mut() {
+                if let Some(l) = lin.and_then(|l| l.lora.as_mut()) {
                     out.push((module_path(i, short), l));
                 }
             }
@@ -320,7 +357,7 @@ impl<B: Backend> Llama<B> {
 
     fn fold(&mut self, merge: bool) {
         for (i, short) in self.linear_ids() {
-            let lin = self.linear_mut(i, short).expect("known target");
+            let lin = self.linear_mut(i, short).expect("listed by linear_ids");
             let Some(lora) = lin.lora.as_mut() else {
                 continue;
             };
@@ -343,7 +380,9 @@ impl<B: Backend> Llama<B> {
             self.unmerge_adapters();
         }
         for (i, short) in self.linear_ids() {
-            self.linear_mut(i, short).expect("known target").lora = None;
+            self.linear_mut(i, short)
+                .expect("listed by linear_ids")
+                .lora = None;
         }
     }
 }

@@ -16,13 +16,15 @@ use crate::rng;
 use crate::weights::HfNames;
 
 /// Every module LoRA can target, with its HF sub-path in a decoder layer.
-pub const TARGETS: [(&str, &str); 7] = [
+pub const TARGETS: [(&str, &str); 9] = [
     ("q_proj", "self_attn.q_proj"),
     ("k_proj", "self_attn.k_proj"),
     ("v_proj", "self_attn.v_proj"),
+    ("qkv_proj", "self_attn.qkv_proj"),
     ("o_proj", "self_attn.o_proj"),
     ("gate_proj", "mlp.gate_proj"),
     ("up_proj", "mlp.up_proj"),
+    ("gate_up_proj", "mlp.gate_up_proj"),
     ("down_proj", "mlp.down_proj"),
 ];
 

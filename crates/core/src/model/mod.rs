@@ -22,16 +22,18 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{activation, Bool, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{activation, Bool, Distribution, ElementConversion, Int, Tensor, TensorData};
 
 use crate::config::{Activation, ModelConfig};
 use crate::error::Result;
 
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
-    pub q_proj: Linear<B>,
-    pub k_proj: Linear<B>,
-    pub v_proj: Linear<B>,
+    /// Separate q/k/v projections, or Phi-3's fused `qkv_proj` (rows q, then k, then v).
+    pub q_proj: Option<Linear<B>>,
+    pub k_proj: Option<Linear<B>>,
+    pub v_proj: Option<Linear<B>>,
+    pub qkv_proj: Option<Linear<B>>,
     pub o_proj: Linear<B>,
     /// Per-head RMSNorm of queries and keys, before RoPE (Qwen3, Gemma 3).
     pub q_norm: Option<RmsNorm<B>>,
@@ -160,20 +162,13 @@ impl<B: Backend> Attention<B> {
             (false, _) => (&ctx.rope, None),
         };
         let head_mask = head_mask.or(ctx.head_mask.as_ref()).cloned();
+        let (q, k, v) = self.project(x, on);
         // RoPE before the heads move in front of the positions, while the layout is still contiguous.
-        let q = rope
-            .apply(norm(
-                split(self.q_proj.forward(x.clone(), on), nh),
-                &self.q_norm,
-            ))
-            .swap_dims(1, 2);
+        let q = rope.apply(norm(split(q, nh), &self.q_norm)).swap_dims(1, 2);
         let k = rope
-            .apply(norm(
-                split(self.k_proj.forward(x.clone(), on), nkv),
-                &self.k_norm,
-            ))
+            .apply(norm(split(k, nkv), &self.k_norm))
             .swap_dims(1, 2);
-        let v = split(self.v_proj.forward(x, on), nkv).swap_dims(1, 2);
+        let v = split(v, nkv).swap_dims(1, 2);
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),
@@ -209,6 +204,30 @@ impl<B: Backend> Attention<B> {
     }
 }
 
+impl<B: Backend> Attention<B> {
+    /// Queries, keys and values `[batch, seq, heads · head_dim]`, from separate or fused projections.
+    fn project(&self, x: Tensor<B, 3>, on: Adapters) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
+        match (&self.qkv_proj, &self.q_proj, &self.k_proj, &self.v_proj) {
+            (Some(qkv), ..) => {
+                let (q, kv) = (
+                    self.num_heads * self.head_dim,
+                    self.num_kv_heads * self.head_dim,
+                );
+                let mut parts = qkv.forward(x, on).split_with_sizes(vec![q, kv, kv], 2);
+                let v = parts.pop().expect("three parts");
+                let k = parts.pop().expect("three parts");
+                (parts.pop().expect("three parts"), k, v)
+            }
+            (None, Some(q), Some(k), Some(v)) => (
+                q.forward(x.clone(), on),
+                k.forward(x.clone(), on),
+                v.forward(x, on),
+            ),
+            _ => unreachable!("Llama::build gives either qkv_proj or q_proj, k_proj and v_proj"),
+        }
+    }
+}
+
 /// Grouped-query attention: each KV head serves `n_rep` query heads.
 fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
     if n_rep == 1 {
@@ -222,21 +241,33 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
 
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
-    pub gate_proj: Linear<B>,
-    pub up_proj: Linear<B>,
+    /// Separate gate and up projections, or Phi-3's fused `gate_up_proj` (rows gate, then up).
+    pub gate_proj: Option<Linear<B>>,
+    pub up_proj: Option<Linear<B>>,
+    pub gate_up_proj: Option<Linear<B>>,
     pub down_proj: Linear<B>,
     pub act: Activation,
 }
 
 impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>, adapters: Adapters) -> Tensor<B, 3> {
-        let gate = self.gate_proj.forward(x.clone(), adapters);
+        let (gate, up) = match (&self.gate_up_proj, &self.gate_proj, &self.up_proj) {
+            (Some(fused), ..) => {
+                let inter = self.down_proj.in_features();
+                let mut parts = fused
+                    .forward(x, adapters)
+                    .split_with_sizes(vec![inter, inter], 2);
+                let up = parts.pop().expect("two parts");
+                (parts.pop().expect("two parts"), up)
+            }
+            (None, Some(g), Some(u)) => (g.forward(x.clone(), adapters), u.forward(x, adapters)),
+            _ => unreachable!("Llama::build gives either gate_up_proj or gate_proj and up_proj"),
+        };
         let gate = match self.act {
             Activation::Silu => activation::silu(gate),
             Activation::GeluTanh => activation::gelu_approximate(gate),
         };
-        self.down_proj
-            .forward(gate * self.up_proj.forward(x, adapters), adapters)
+        self.down_proj.forward(gate * up, adapters)
     }
 }
 
@@ -327,6 +358,8 @@ pub struct Llama<B: Backend> {
     pub inv_freq: Vec<f32>,
     /// Those of the sliding layers when they have their own base (Gemma 3).
     pub local_inv_freq: Option<Vec<f32>>,
+    /// LongRoPE's long-context frequencies (Phi-3).
+    pub long_rope: Option<LongRope>,
     /// Window of the layers whose attention slides (`Attention::sliding`).
     pub sliding_window: Option<usize>,
     /// Embeddings are multiplied by this (Gemma: √hidden, rounded to f32 as transformers does).
@@ -336,6 +369,16 @@ pub struct Llama<B: Backend> {
     /// Positions the model was trained on (config.json `max_position_embeddings`); generation past it
     /// is warned about, not refused.
     pub max_position_embeddings: usize,
+}
+
+/// LongRoPE (Phi-3): a forward pass whose largest position reaches `from` uses `inv_freq` instead of the
+/// model's (short) frequencies, and every pass scales cos and sin by `attention_factor`, as transformers'
+/// `longrope` rotary embedding does per call.
+#[derive(Clone, Debug)]
+pub struct LongRope {
+    pub inv_freq: Vec<f32>,
+    pub from: usize,
+    pub attention_factor: f32,
 }
 
 /// Hidden states of each layer, for activation analysis (refusal directions).
@@ -422,8 +465,21 @@ impl<B: Backend> Llama<B> {
             .as_ref()
             .filter(|_| slides)
             .map(|f| RopeTables::new(f, positions.clone(), &heads));
+        let rope = match &self.long_rope {
+            Some(long) => {
+                // One host read per pass: which frequency set depends on the largest position.
+                let max: i64 = positions.clone().max().into_scalar().elem();
+                let freqs = if max + 1 > long.from as i64 {
+                    &long.inv_freq
+                } else {
+                    &self.inv_freq
+                };
+                RopeTables::new(freqs, positions, &heads).scaled(long.attention_factor)
+            }
+            None => RopeTables::new(&self.inv_freq, positions, &heads),
+        };
         Context {
-            rope: RopeTables::new(&self.inv_freq, positions, &heads),
+            rope,
             local_rope,
             mask,
             head_mask,

@@ -56,6 +56,17 @@ impl<B: Backend> RopeTables<B> {
         }
     }
 
+    /// cos and sin multiplied by `f` (LongRoPE's attention factor: q and k both scaled by it).
+    pub fn scaled(mut self, f: f32) -> Self {
+        self.cos = self.cos * f;
+        self.sin = self.sin * f;
+        for (_, c, s) in self.full.iter_mut() {
+            *c = c.clone() * f;
+            *s = s.clone() * f;
+        }
+        self
+    }
+
     /// Rotates `[batch, seq, heads, head_dim]`.
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, s, h, d] = x.dims();

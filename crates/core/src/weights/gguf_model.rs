@@ -9,7 +9,7 @@ use crate::config::{default_layer_types, Activation, Family, ModelConfig, RopeSc
 
 /// `general.architecture` values burnish reads, for error messages.
 pub const SUPPORTED_GGUF_ARCHS: &str =
-    "llama (incl. Mistral, SmolLM), qwen2, qwen3, gemma2 and gemma3";
+    "llama (incl. Mistral, SmolLM), qwen2, qwen3, gemma2, gemma3 and phi3";
 use crate::error::{Error, Result};
 
 /// llama.cpp's name for a HF tensor name (`model.layers.3.self_attn.q_proj.weight` → `blk.3.attn_q.weight`).
@@ -42,6 +42,9 @@ pub fn gguf_name(hf: &str, family: Family) -> Option<String> {
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
+        // Phi-3's fused projections; llama.cpp keeps gate and up fused as `ffn_up` (rows gate, up).
+        "self_attn.qkv_proj" => "attn_qkv",
+        "mlp.gate_up_proj" if family == Family::Phi3 => "ffn_up",
         _ => return None,
     };
     Some(format!("blk.{layer}.{short}.{suffix}"))
@@ -172,6 +175,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         "qwen3" => Family::Qwen3,
         "gemma2" => Family::Gemma2,
         "gemma3" => Family::Gemma3,
+        "phi3" => Family::Phi3,
         other => {
             return Err(Error::Unsupported(format!(
                 "{}: GGUF architecture `{other}`; burnish supports {SUPPORTED_GGUF_ARCHS}",
@@ -207,7 +211,9 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
             path.display()
         )));
     }
+    let longrope = phi3_longrope(f, &key)?;
     let rope_scaling = match f.get(&key("rope.scaling.type")).and_then(GgufValue::as_str) {
+        _ if longrope.is_some() => longrope,
         None | Some("none") => None,
         Some("linear") => Some(RopeScaling::Linear {
             factor: float("rope.scaling.factor")
@@ -234,7 +240,8 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
     let gemma = family.is_gemma();
     // llama.cpp reads a window for Gemma only; its layer pattern and Gemma 3's local RoPE base are fixed
     // in llama.cpp rather than stored, and are taken the same way here (as transformers does).
-    let sliding_window = uint("attention.sliding_window").filter(|_| gemma);
+    let sliding_window =
+        uint("attention.sliding_window").filter(|_| gemma || family == Family::Phi3);
     let cfg = ModelConfig {
         family,
         vocab_size,
@@ -273,6 +280,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
             None => vec![],
         },
         rope_local_base_freq: (family == Family::Gemma3).then_some(10000.0),
+        fused_projections: family == Family::Phi3,
     };
     cfg.validate().map_err(err)?;
     Ok(cfg)
@@ -297,4 +305,52 @@ fn gemma_query_scalar(
     } else {
         hd as f64
     }
+}
+
+/// LongRoPE as llama.cpp's converter stores it for Phi-3: the factors as tensors `rope_factors_long` and
+/// `rope_factors_short`, the original context and the attention factor as metadata.
+fn phi3_longrope(f: &GgufFile, key: &dyn Fn(&str) -> String) -> Result<Option<RopeScaling>> {
+    let (Some(_), Some(_)) = (
+        f.tensor_info("rope_factors_long.weight"),
+        f.tensor_info("rope_factors_short.weight"),
+    ) else {
+        return Ok(None);
+    };
+    let path = f.path().to_path_buf();
+    let err = |msg: String| Error::Config {
+        path: path.clone(),
+        msg,
+    };
+    let read = |name: &str| -> Result<Vec<f64>> {
+        Ok(f.tensor_f32(name)?.into_iter().map(f64::from).collect())
+    };
+    let original = f
+        .get(&key("rope.scaling.original_context_length"))
+        .and_then(GgufValue::as_usize)
+        .filter(|&o| o > 1)
+        .ok_or_else(|| {
+            err(format!(
+                "LongRoPE factors without `{}`",
+                key("rope.scaling.original_context_length")
+            ))
+        })?;
+    let context = f
+        .get(&key("context_length"))
+        .and_then(GgufValue::as_usize)
+        .unwrap_or(original);
+    let factor = context as f64 / original as f64;
+    let attention_factor = match f
+        .get(&key("rope.scaling.attn_factor"))
+        .and_then(GgufValue::as_f64)
+    {
+        Some(a) => a,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+    };
+    Ok(Some(RopeScaling::Longrope {
+        short_factor: read("rope_factors_short.weight")?,
+        long_factor: read("rope_factors_long.weight")?,
+        original_max_position_embeddings: original,
+        attention_factor,
+    }))
 }
