@@ -67,9 +67,9 @@ def randomize_norms(model, seed: int):
 @torch.no_grad()
 def greedy(model, prompt: torch.Tensor) -> torch.Tensor:
     if model.config.model_type == "phi3":
-        # LongRoPE picks its factors per forward pass from the largest position, so a run with a KV cache
-        # (keys cached under the short factors) differs from full forwards once it crosses
-        # original_max_position_embeddings; the reference is transformers' own cached generate.
+        # LongRoPE picks its factors per forward pass from the largest position, and Phi-3's
+        # prepare_inputs_for_generation drops the cache once, when the sequence first grows past
+        # original_max_position_embeddings; the reference is transformers' own generate.
         out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=NEW_TOKENS,
                              min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
         return out[:, prompt.shape[1]:]

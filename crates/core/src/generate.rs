@@ -175,6 +175,13 @@ pub fn generate<B: Backend>(
         );
     }
     let padded = valid.iter().any(|r| !r[0]);
+    // Every row's tokens and positions so far, kept only for a model whose cache may have to be rebuilt.
+    let mut history: Option<(Vec<Vec<i64>>, Vec<Vec<i64>>)> = model.long_rope.as_ref().map(|_| {
+        (
+            ids.chunks(width).map(<[i64]>::to_vec).collect(),
+            pos_rows.clone(),
+        )
+    });
     let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, width]), &device);
     let mask = (padded || model.sliding_window.is_some_and(|w| width > w))
         .then(|| causal_padding_mask::<B>(&valid, width, None, &device));
@@ -236,6 +243,10 @@ pub fn generate<B: Backend>(
                 &device,
             );
             cache.select_rows(rows);
+            if let Some((ids, pos)) = history.as_mut() {
+                *ids = keep.iter().map(|&i| ids[i].clone()).collect();
+                *pos = keep.iter().map(|&i| pos[i].clone()).collect();
+            }
             valid = keep.iter().map(|&i| valid[i].clone()).collect();
             next_pos = keep.iter().map(|&i| next_pos[i]).collect();
             active = keep.iter().map(|&i| active[i]).collect();
@@ -244,8 +255,28 @@ pub fn generate<B: Backend>(
         for row in valid.iter_mut() {
             row.push(true);
         }
-        let still_padded = valid.iter().any(|r| !r[0]);
         let kv = valid[0].len();
+        if let Some((ids, pos)) = history.as_mut() {
+            for (i, &t) in tokens.iter().enumerate() {
+                ids[i].push(t);
+                pos[i].push(next_pos[i]);
+            }
+            // transformers' Phi-3 drops its cache once, when the sequence first grows past LongRoPE's
+            // original context, and recomputes every key with the long factors
+            // (`prepare_inputs_for_generation`); so does this.
+            if model.long_rope.as_ref().is_some_and(|l| kv == l.from + 1) {
+                let flat: Vec<i64> = ids.iter().flatten().copied().collect();
+                let input = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [n, kv]), &device);
+                let mask = causal_padding_mask::<B>(&valid, kv, None, &device);
+                let ctx = model.context(positions_tensor::<B>(pos, &device), Some(mask));
+                cache = KvCache::new(model.num_layers());
+                let hidden = model.forward_hidden(input, &ctx, Some(&mut cache), None);
+                last = hidden.slice([0..n, kv - 1..kv]);
+                next_pos.iter_mut().for_each(|p| *p += 1);
+                continue;
+            }
+        }
+        let still_padded = valid.iter().any(|r| !r[0]);
         let mask = (still_padded || model.sliding_window.is_some_and(|w| kv > w))
             .then(|| causal_padding_mask::<B>(&valid, 1, None, &device));
         let pos: Vec<Vec<i64>> = next_pos.iter().map(|&p| vec![p]).collect();

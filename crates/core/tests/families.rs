@@ -216,10 +216,23 @@ fn exports_round_trip_under_each_familys_names() {
             ] {
                 assert!(meta.tensor_info(t).is_some(), "{name}: GGUF lacks {t}");
             }
-            assert_eq!(
-                g.config.rope_scaling, cfg.rope_scaling,
-                "{name}: LongRoPE through GGUF"
-            );
+            // Stored as f32: equal to that precision.
+            let (
+                Some(RopeScaling::Longrope {
+                    short_factor: a,
+                    attention_factor: fa,
+                    ..
+                }),
+                Some(RopeScaling::Longrope {
+                    short_factor: b,
+                    attention_factor: fb,
+                    ..
+                }),
+            ) = (&g.config.rope_scaling, &cfg.rope_scaling)
+            else {
+                panic!("{name}: LongRoPE lost through GGUF");
+            };
+            assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6) && (fa - fb).abs() < 1e-6);
         }
         if cfg.gemma_layout {
             assert!(meta.tensor_info("blk.0.post_ffw_norm.weight").is_some());
@@ -252,4 +265,32 @@ fn unsupported_architectures_are_named() {
             );
         }
     }
+}
+
+#[test]
+fn lora_targets_follow_the_familys_modules() {
+    use burnish_core::model::{LoraConfig, TargetModules};
+    let (_, mut phi) = load("tiny-phi3");
+    // PEFT's Llama default (q_proj, v_proj) names nothing in Phi-3: an error listing what it has.
+    let e = phi
+        .attach_lora(&LoraConfig::default(), 0, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("qkv_proj") && e.contains("gate_up_proj"), "{e}");
+    let all = LoraConfig {
+        target_modules: TargetModules::Preset("all-linear".into()),
+        ..Default::default()
+    };
+    phi.attach_lora(&all, 0, &Default::default()).unwrap();
+    let mut names: Vec<String> = phi.adapters().into_iter().map(|(n, _)| n).collect();
+    names.retain(|n| n.starts_with("model.layers.0."));
+    assert_eq!(
+        names,
+        [
+            "model.layers.0.self_attn.qkv_proj",
+            "model.layers.0.self_attn.o_proj",
+            "model.layers.0.mlp.gate_up_proj",
+            "model.layers.0.mlp.down_proj"
+        ]
+    );
 }

@@ -85,7 +85,13 @@ fn llama3_rope_scaling() {
 #[test]
 fn qwen2_with_bias() {
     let m = load_dir("tiny-qwen2");
-    assert!(m.model.layers[0].self_attn.q_proj.bias.is_some());
+    assert!(m.model.layers[0]
+        .self_attn
+        .q_proj
+        .as_ref()
+        .unwrap()
+        .bias
+        .is_some());
     check_plain(&m, "tiny-qwen2/expected.safetensors");
     check_padded(&m, "tiny-qwen2/expected.safetensors");
 }
