@@ -67,17 +67,30 @@ pub struct EvalArgs {
     backend: Option<DeviceSpec>,
 }
 
-pub fn eval(a: EvalArgs) -> Result<()> {
-    let spec = match (a.backend, &a.config) {
-        (Some(b), _) => b,
-        (None, Some(c)) => RunFile::load(c, &[])?.config.model.backend,
-        (None, None) => DeviceSpec::CPU,
-    };
-    super::on_backend!(spec, eval_on(a: EvalArgs))
+/// What `eval` runs with: the run file (read once) and the flags combined.
+struct Settings {
+    cfg: EvalConfig,
+    refusal: RefusalConfig,
+    model: PathBuf,
+    merge: Option<PathBuf>,
+    backend: DeviceSpec,
 }
 
-fn eval_on<B: Backend>(a: EvalArgs, device: &B::Device) -> Result<()> {
-    let (cfg, refusal, model_path, merge) = settings(&a)?;
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let s = settings(&a)?;
+    let spec = s.backend;
+    let job = (a, s);
+    super::on_backend!(spec, eval_on(job: (EvalArgs, Settings)))
+}
+
+fn eval_on<B: Backend>((a, s): (EvalArgs, Settings), device: &B::Device) -> Result<()> {
+    let Settings {
+        cfg,
+        refusal,
+        model: model_path,
+        merge,
+        ..
+    } = s;
     let (model, base) = load::<B>(&a, &model_path, merge.as_deref(), device)?;
     if base.is_none() && cfg.kl {
         eprintln!("eval: no --base (or --adapter), so KL is not measured");
@@ -112,20 +125,28 @@ fn eval_on<B: Backend>(a: EvalArgs, device: &B::Device) -> Result<()> {
 }
 
 /// `[eval]` and `[data.refusal]` of the run file (or defaults) with the flags applied, the model file,
-/// and the adapter to merge into it.
-fn settings(a: &EvalArgs) -> Result<(EvalConfig, RefusalConfig, PathBuf, Option<PathBuf>)> {
+/// the adapter to merge into it and the backend (`--backend`, else the run file's, else the CPU).
+fn settings(a: &EvalArgs) -> Result<Settings> {
     // A run file's paths come resolved against its folder.
-    let (mut cfg, refusal, model_path, merge) = match &a.config {
+    let (mut cfg, refusal, model_path, merge, backend) = match &a.config {
         Some(c) => {
             let rc = RunFile::load(c, &[])?.config;
             let model = a.model.clone().unwrap_or(rc.model.path);
-            (rc.eval, rc.data.refusal, model, rc.model.merge_adapter)
+            let backend = rc.model.backend;
+            (
+                rc.eval,
+                rc.data.refusal,
+                model,
+                rc.model.merge_adapter,
+                backend,
+            )
         }
         None => {
             let Some(m) = a.model.clone() else {
                 bail!("--model is required (or --config RUN.toml)")
             };
-            (EvalConfig::default(), RefusalConfig::default(), m, None)
+            let none = (EvalConfig::default(), RefusalConfig::default());
+            (none.0, none.1, m, None, DeviceSpec::CPU)
         }
     };
     // Flags add sets (relative to the working directory, so they are made absolute) and override options.
@@ -165,7 +186,13 @@ fn settings(a: &EvalArgs) -> Result<(EvalConfig, RefusalConfig, PathBuf, Option<
             .with_context(|| format!("--hazard `{h}`: expected CATEGORY=HAZARD"))?;
         cfg.hazards.insert(k.trim().into(), v.trim().into());
     }
-    Ok((cfg, refusal, model_path, merge))
+    Ok(Settings {
+        cfg,
+        refusal,
+        model: model_path,
+        merge,
+        backend: a.backend.unwrap_or(backend),
+    })
 }
 
 /// The model (with `merge` merged and `--adapter` applied) and what KL is measured against: `--base`,

@@ -130,7 +130,6 @@ pub trait OnDevice {
 /// Runs `job` on the backend and device of `spec`; `Err` names the cargo feature when that backend
 /// is not compiled in.
 pub fn on_device<J: OnDevice>(spec: DeviceSpec, job: J) -> Result<J::Output, String> {
-    let _index = spec.index.unwrap_or(0);
     Ok(match spec.kind {
         BackendKind::Cpu => job.run::<Autodiff<Cpu>>(CpuDevice::default()),
         #[cfg(feature = "wgpu")]
@@ -139,9 +138,9 @@ pub fn on_device<J: OnDevice>(spec: DeviceSpec, job: J) -> Result<J::Output, Str
             Some(i) => burn::backend::wgpu::WgpuDevice::DiscreteGpu(i),
         }),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => {
-            job.run::<Autodiff<Cuda>>(burn::backend::cuda::CudaDevice::new(_index))
-        }
+        BackendKind::Cuda => job.run::<Autodiff<Cuda>>(burn::backend::cuda::CudaDevice::new(
+            spec.index.unwrap_or(0),
+        )),
         #[allow(unreachable_patterns)]
         other => {
             return Err(format!(

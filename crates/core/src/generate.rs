@@ -143,6 +143,9 @@ fn check_inputs<B: Backend>(
 
 /// Generates continuations of `prompts` (token ids, no padding) in one batch. Warns once per process
 /// (`tracing`, level warn) when a prompt plus `max_new_tokens` exceeds the model's context.
+/// Token ids or positions, one row per sequence.
+type Rows = Vec<Vec<i64>>;
+
 pub fn generate<B: Backend>(
     model: &Llama<B>,
     prompts: &[Vec<u32>],
@@ -176,7 +179,7 @@ pub fn generate<B: Backend>(
     }
     let padded = valid.iter().any(|r| !r[0]);
     // Every row's tokens and positions so far, kept only for a model whose cache may have to be rebuilt.
-    let mut history: Option<(Vec<Vec<i64>>, Vec<Vec<i64>>)> = model.long_rope.as_ref().map(|_| {
+    let mut history: Option<(Rows, Rows)> = model.long_rope.as_ref().map(|_| {
         (
             ids.chunks(width).map(<[i64]>::to_vec).collect(),
             pos_rows.clone(),
