@@ -627,6 +627,44 @@ impl ModelConfig {
             "torch_dtype": self.torch_dtype.clone().unwrap_or_else(|| "float32".into()),
         });
         let o = j.as_object_mut().expect("object literal");
+        self.family_keys(o);
+        if !matches!(self.family, Family::Qwen2 | Family::Qwen3) {
+            o.insert("attention_bias".into(), self.attention_bias.into());
+            o.insert("mlp_bias".into(), self.mlp_bias.into());
+        }
+        if let Some(w) = self.sliding_window {
+            o.insert("sliding_window".into(), w.into());
+            if matches!(self.family, Family::Qwen2 | Family::Qwen3) {
+                o.insert("use_sliding_window".into(), true.into());
+            }
+        }
+        if let Some(rs) = &self.rope_scaling {
+            o.insert(
+                "rope_scaling".into(),
+                serde_json::to_value(rs).expect("serializable"),
+            );
+        }
+        if let Some(b) = self.bos_token_id {
+            o.insert("bos_token_id".into(), b.into());
+        }
+        match self.eos_token_ids.as_slice() {
+            [] => {}
+            [e] => {
+                o.insert("eos_token_id".into(), (*e).into());
+            }
+            es => {
+                o.insert("eos_token_id".into(), es.to_vec().into());
+            }
+        }
+        if let Some(p) = self.pad_token_id {
+            o.insert("pad_token_id".into(), p.into());
+        }
+        j
+    }
+
+    /// The keys only some families have: Gemma's activation name, query scalar and soft-caps, Phi-3's
+    /// original context, Gemma 3's local RoPE base, and the per-layer attention types.
+    fn family_keys(&self, o: &mut serde_json::Map<String, Value>) {
         let act = serde_json::to_value(self.hidden_act).expect("serializable");
         if self.family.is_gemma() {
             o.insert("hidden_activation".into(), act);
@@ -668,38 +706,6 @@ impl ModelConfig {
                 serde_json::to_value(types).expect("serializable"),
             );
         }
-        if !matches!(self.family, Family::Qwen2 | Family::Qwen3) {
-            o.insert("attention_bias".into(), self.attention_bias.into());
-            o.insert("mlp_bias".into(), self.mlp_bias.into());
-        }
-        if let Some(w) = self.sliding_window {
-            o.insert("sliding_window".into(), w.into());
-            if matches!(self.family, Family::Qwen2 | Family::Qwen3) {
-                o.insert("use_sliding_window".into(), true.into());
-            }
-        }
-        if let Some(rs) = &self.rope_scaling {
-            o.insert(
-                "rope_scaling".into(),
-                serde_json::to_value(rs).expect("serializable"),
-            );
-        }
-        if let Some(b) = self.bos_token_id {
-            o.insert("bos_token_id".into(), b.into());
-        }
-        match self.eos_token_ids.as_slice() {
-            [] => {}
-            [e] => {
-                o.insert("eos_token_id".into(), (*e).into());
-            }
-            es => {
-                o.insert("eos_token_id".into(), es.to_vec().into());
-            }
-        }
-        if let Some(p) = self.pad_token_id {
-            o.insert("pad_token_id".into(), p.into());
-        }
-        j
     }
 
     /// Inverse frequencies of RoPE of the sliding layers when they have a base of their own (Gemma 3),

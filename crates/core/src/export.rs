@@ -215,6 +215,47 @@ pub fn export_gguf<B: Backend>(
             GgufQuant::Q8_0 => 7,
         },
     );
+    shape_metadata(&mut w, cfg, arch, path);
+    rope_metadata(&mut w, cfg, arch)?;
+    tokenizer_metadata(&mut w, src)?;
+    if let Some(t) = src.template {
+        w.add_metadata("tokenizer.chat_template", t.source());
+    }
+    for (name, shape, t) in model.named_tensors() {
+        let gname = gguf_name(&name, cfg.family)
+            .ok_or_else(|| Error::Unsupported(format!("no GGUF name for `{name}`")))?;
+        let mut data = host(t)?;
+        // llama.cpp multiplies Gemma's norms by the stored weight: it stores 1 + w.
+        if cfg.family.is_gemma() && name.ends_with("norm.weight") {
+            data.iter_mut().for_each(|x| *x += 1.0);
+        }
+        if cfg.family.gguf_permutes_qk() {
+            let heads = if name.contains("self_attn.q_proj") {
+                Some(cfg.num_attention_heads)
+            } else if name.contains("self_attn.k_proj") {
+                Some(cfg.num_key_value_heads)
+            } else {
+                None
+            };
+            if let Some(h) = heads {
+                let cols = if shape.len() == 2 { shape[1] } else { 1 };
+                data = permute_rows(&data, shape[0], cols, h);
+            }
+        }
+        let target = match (shape.len(), quant) {
+            (1, _) | (_, GgufQuant::F32) => GgmlType::F32,
+            (_, GgufQuant::F16) => GgmlType::F16,
+            // Q8_0 blocks are 32 wide; other rows fall back to F16, as llama.cpp's quantizer does.
+            (_, GgufQuant::Q8_0) if shape[shape.len() - 1] % 32 == 0 => GgmlType::Q8_0,
+            (_, GgufQuant::Q8_0) => GgmlType::F16,
+        };
+        w.add_tensor(gname, &shape, &data, target)?;
+    }
+    w.write(path)
+}
+
+/// The model's shape and family settings under `{arch}.*`, as llama.cpp's converter writes them.
+fn shape_metadata(w: &mut GgufWriter, cfg: &ModelConfig, arch: &str, path: &Path) {
     let k = |s: &str| format!("{arch}.{s}");
     w.add_metadata(k("context_length"), cfg.max_position_embeddings as u32);
     w.add_metadata(k("embedding_length"), cfg.hidden_size as u32);
@@ -259,6 +300,12 @@ pub fn export_gguf<B: Backend>(
             }
         }
     }
+}
+
+/// RoPE scaling: linear as metadata, LongRoPE (Phi-3) as factor tensors plus metadata; Llama 3's scaling
+/// (a `rope_freqs` tensor) is not written yet.
+fn rope_metadata(w: &mut GgufWriter, cfg: &ModelConfig, arch: &str) -> Result<()> {
+    let k = |s: &str| format!("{arch}.{s}");
     match &cfg.rope_scaling {
         None => {}
         Some(RopeScaling::Linear { factor }) => {
@@ -291,41 +338,7 @@ pub fn export_gguf<B: Backend>(
             ))
         }
     }
-    tokenizer_metadata(&mut w, src)?;
-    if let Some(t) = src.template {
-        w.add_metadata("tokenizer.chat_template", t.source());
-    }
-    for (name, shape, t) in model.named_tensors() {
-        let gname = gguf_name(&name, cfg.family)
-            .ok_or_else(|| Error::Unsupported(format!("no GGUF name for `{name}`")))?;
-        let mut data = host(t)?;
-        // llama.cpp multiplies Gemma's norms by the stored weight: it stores 1 + w.
-        if cfg.family.is_gemma() && name.ends_with("norm.weight") {
-            data.iter_mut().for_each(|x| *x += 1.0);
-        }
-        if cfg.family.gguf_permutes_qk() {
-            let heads = if name.contains("self_attn.q_proj") {
-                Some(cfg.num_attention_heads)
-            } else if name.contains("self_attn.k_proj") {
-                Some(cfg.num_key_value_heads)
-            } else {
-                None
-            };
-            if let Some(h) = heads {
-                let cols = if shape.len() == 2 { shape[1] } else { 1 };
-                data = permute_rows(&data, shape[0], cols, h);
-            }
-        }
-        let target = match (shape.len(), quant) {
-            (1, _) | (_, GgufQuant::F32) => GgmlType::F32,
-            (_, GgufQuant::F16) => GgmlType::F16,
-            // Q8_0 blocks are 32 wide; other rows fall back to F16, as llama.cpp's quantizer does.
-            (_, GgufQuant::Q8_0) if shape[shape.len() - 1] % 32 == 0 => GgmlType::Q8_0,
-            (_, GgufQuant::Q8_0) => GgmlType::F16,
-        };
-        w.add_tensor(gname, &shape, &data, target)?;
-    }
-    w.write(path)
+    Ok(())
 }
 
 /// Tokenizer metadata: copied from the source GGUF when there is one, else rebuilt from tokenizer.json

@@ -264,17 +264,8 @@ pub fn generate<B: Backend>(
                 ids[i].push(t);
                 pos[i].push(next_pos[i]);
             }
-            // transformers' Phi-3 drops its cache once, when the sequence first grows past LongRoPE's
-            // original context, and recomputes every key with the long factors
-            // (`prepare_inputs_for_generation`); so does this.
             if model.long_rope.as_ref().is_some_and(|l| kv == l.from + 1) {
-                let flat: Vec<i64> = ids.iter().flatten().copied().collect();
-                let input = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [n, kv]), &device);
-                let mask = causal_padding_mask::<B>(&valid, kv, None, &device);
-                let ctx = model.context(positions_tensor::<B>(pos, &device), Some(mask));
-                cache = KvCache::new(model.num_layers());
-                let hidden = model.forward_hidden(input, &ctx, Some(&mut cache), None);
-                last = hidden.slice([0..n, kv - 1..kv]);
+                (cache, last) = refill(model, ids, pos, &valid);
                 next_pos.iter_mut().for_each(|p| *p += 1);
                 continue;
             }
@@ -291,6 +282,26 @@ pub fn generate<B: Backend>(
         }
     }
     Ok(out)
+}
+
+/// transformers' Phi-3 drops its cache once, when the sequence first grows past LongRoPE's original
+/// context, and recomputes every key with the long factors (`prepare_inputs_for_generation`); so does
+/// this: a fresh cache from every row's tokens so far, and the hidden state of the last position.
+fn refill<B: Backend>(
+    model: &Llama<B>,
+    ids: &Rows,
+    pos: &Rows,
+    valid: &[Vec<bool>],
+) -> (KvCache<B>, Tensor<B, 3>) {
+    let device = model.device();
+    let (n, kv) = (ids.len(), valid[0].len());
+    let flat: Vec<i64> = ids.iter().flatten().copied().collect();
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [n, kv]), &device);
+    let mask = causal_padding_mask::<B>(valid, kv, None, &device);
+    let ctx = model.context(positions_tensor::<B>(pos, &device), Some(mask));
+    let mut cache = KvCache::new(model.num_layers());
+    let hidden = model.forward_hidden(input, &ctx, Some(&mut cache), None);
+    (cache, hidden.slice([0..n, kv - 1..kv]))
 }
 
 /// Chooses the next token from one row of logits.
