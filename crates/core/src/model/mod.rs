@@ -3,6 +3,7 @@
 //! checkpoint's names. What a family adds is optional here: q/k norms (Qwen3, Gemma 3), norms after
 //! attention and MLP (Gemma), soft-capping (Gemma 2), sliding layers with their own RoPE (Mistral, Gemma).
 
+mod attend;
 mod build;
 mod edit;
 mod linear;
@@ -11,6 +12,7 @@ mod mask;
 mod norm;
 mod rope;
 
+pub use attend::{attend, AttendOptions};
 pub use build::Parts;
 pub use linear::{frozen, Linear};
 pub use lora::{Lora, LoraConfig, LoraInit, TargetModules};
@@ -192,13 +194,13 @@ impl<B: Backend> Attention<B> {
             let y = attention(q, k, v, mask, None, options);
             return self.o_proj.forward(y.reshape([b, 1, nh * hd]), on);
         }
-        let (k, v) = (repeat_kv(k, rep), repeat_kv(v, rep));
-        let options = AttentionModuleOptions {
+        // Training and prefill: the lean operation under autodiff (no per-layer score tensors kept for
+        // the backward pass), Burn's attention otherwise.
+        let options = AttendOptions {
             scale: self.scale,
             softcap: self.softcap,
-            is_causal: head_mask.is_none(),
         };
-        let y = attention(q, k, v, head_mask, None, options);
+        let y = attend(q, k, v, head_mask, options);
         self.o_proj
             .forward(y.swap_dims(1, 2).reshape([b, s, nh * hd]), on)
     }
@@ -226,17 +228,6 @@ impl<B: Backend> Attention<B> {
             _ => unreachable!("Llama::build gives either qkv_proj or q_proj, k_proj and v_proj"),
         }
     }
-}
-
-/// Grouped-query attention: each KV head serves `n_rep` query heads.
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
-    if n_rep == 1 {
-        return x;
-    }
-    let [b, nkv, t, hd] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, nkv, n_rep, t, hd])
-        .reshape([b, nkv * n_rep, t, hd])
 }
 
 #[derive(Module, Debug)]

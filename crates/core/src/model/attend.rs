@@ -1,0 +1,426 @@
+//! Scaled dot-product attention for training: one autodiff operation whose backward recomputes the
+//! scores block by block, instead of Burn 0.21's autodiff attention, which is the decomposed formula and
+//! keeps every intermediate `[batch, heads, seq, seq]` tensor of every layer alive until the backward pass
+//! (scores, masked scores, exponentials, probabilities). Here a layer keeps only its queries, keys,
+//! values and output; the backward rebuilds one block of query rows at a time, as memory-efficient
+//! attention does. Grouped-query attention is folded into the query axis (`[b, kv_heads, rep · seq, d]`),
+//! so keys and values are never repeated per query head in the backward pass.
+//!
+//! The forward pass is the inner backend's own attention kernel (flex's flash attention on the CPU,
+//! CubeCL's on GPUs). Which backends get the lean operation is decided by type: the model is generic over
+//! `Backend` and Burn has no hook to replace an autodiff op, so `attend` recognises the autodiff
+//! backends burnish runs on (CPU, and wgpu/CUDA when compiled in) and gives every other backend the
+//! reference path (K/V repeated, Burn's attention). Both compute the same function; the tests below
+//! check values and gradients against the reference.
+
+use std::any::Any;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{activation, Bool, Tensor, TensorData, TensorPrimitive};
+
+/// Elements of one block of recomputed scores in the backward pass (`[batch, kv_heads, rows, keys]`):
+/// 4M f32 values, 16 MB, so a block is a few large matrix products and never a sequence-squared buffer.
+const BLOCK_SCORES: usize = 1 << 22;
+
+/// What attention computes besides Q, K, V and the mask.
+#[derive(Clone, Copy, Debug)]
+pub struct AttendOptions {
+    /// Score scale; `None` is `head_dim^-1/2`.
+    pub scale: Option<f64>,
+    /// `cap · tanh(score / cap)` before masking (Gemma 2).
+    pub softcap: Option<f64>,
+}
+
+impl AttendOptions {
+    fn scale(&self, head_dim: usize) -> f64 {
+        self.scale.unwrap_or(1.0 / (head_dim as f64).sqrt())
+    }
+
+    fn burn(&self, is_causal: bool) -> AttentionModuleOptions {
+        AttentionModuleOptions {
+            scale: self.scale,
+            softcap: self.softcap,
+            is_causal,
+        }
+    }
+}
+
+/// `softmax(mask(softcap(Q·Kᵀ·scale)))·V` for queries `[b, heads, s, d]` and keys/values
+/// `[b, kv_heads, t, d]` (each KV head serves `heads / kv_heads` query heads). `mask` is
+/// `[b, heads, s, t]`, true = masked; `None` is causal attention over the last `s` of `t` positions.
+pub fn attend<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    options: AttendOptions,
+) -> Tensor<B, 4> {
+    attend_blocked(
+        Args {
+            q,
+            k,
+            v,
+            mask,
+            options,
+        },
+        BLOCK_SCORES,
+    )
+}
+
+/// The inputs of one attention call, moved through the backend dispatch in one piece.
+struct Args<B: Backend> {
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    options: AttendOptions,
+}
+
+fn attend_blocked<B: Backend>(args: Args<B>, block: usize) -> Tensor<B, 4> {
+    let args = match lean_on::<B, crate::backend::Cpu>(args, block) {
+        Ok(y) => return y,
+        Err(args) => args,
+    };
+    #[cfg(feature = "wgpu")]
+    let args = match lean_on::<B, crate::backend::Wgpu>(args, block) {
+        Ok(y) => return y,
+        Err(args) => args,
+    };
+    #[cfg(feature = "cuda")]
+    let args = match lean_on::<B, crate::backend::Cuda>(args, block) {
+        Ok(y) => return y,
+        Err(args) => args,
+    };
+    reference(args.q, args.k, args.v, args.mask, args.options)
+}
+
+/// The decomposed path: K/V repeated over the query heads of their group, Burn's attention.
+pub fn reference<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    options: AttendOptions,
+) -> Tensor<B, 4> {
+    let rep = q.dims()[1] / k.dims()[1];
+    let burn_options = options.burn(mask.is_none());
+    attention(
+        q,
+        repeat_kv(k, rep),
+        repeat_kv(v, rep),
+        mask,
+        None,
+        burn_options,
+    )
+}
+
+/// Grouped-query attention: each KV head serves `n_rep` query heads.
+pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, nkv, t, hd] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, nkv, n_rep, t, hd])
+        .reshape([b, nkv * n_rep, t, hd])
+}
+
+/// Runs the lean operation when `B` is `Autodiff<I>`; gives the arguments back otherwise. The
+/// downcasts cannot fail once the type matched: they only name the type the compiler already has.
+fn lean_on<B: Backend, I: Backend>(args: Args<B>, block: usize) -> Result<Tensor<B, 4>, Args<B>> {
+    if std::any::TypeId::of::<B>() != std::any::TypeId::of::<Autodiff<I>>() {
+        return Err(args);
+    }
+    fn cast<T: 'static, U: 'static>(x: T) -> U {
+        *(Box::new(x) as Box<dyn Any>)
+            .downcast::<U>()
+            .expect("the backend type matched")
+    }
+    let y = lean::<I, burn::backend::autodiff::checkpoint::strategy::NoCheckpointing>(
+        cast(args.q),
+        cast(args.k),
+        cast(args.v),
+        args.mask.map(cast),
+        args.options,
+        block,
+    );
+    Ok(cast(y))
+}
+
+/// Inputs and output the backward pass needs, on the inner backend.
+#[derive(Clone, Debug)]
+struct Saved<B: Backend> {
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    out: Tensor<B, 4>,
+    options: AttendOptions,
+    block: usize,
+}
+
+#[derive(Debug)]
+struct LeanAttention;
+
+fn inner<B: Backend>(p: burn::tensor::ops::FloatTensor<B>) -> Tensor<B, 4> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+fn lean<I: Backend, C: CheckpointStrategy>(
+    q: Tensor<Autodiff<I, C>, 4>,
+    k: Tensor<Autodiff<I, C>, 4>,
+    v: Tensor<Autodiff<I, C>, 4>,
+    mask: Option<Tensor<Autodiff<I, C>, 4, Bool>>,
+    options: AttendOptions,
+    block: usize,
+) -> Tensor<Autodiff<I, C>, 4> {
+    let (q, k, v) = (
+        q.into_primitive().tensor(),
+        k.into_primitive().tensor(),
+        v.into_primitive().tensor(),
+    );
+    let mask: Option<Tensor<I, 4, Bool>> = mask.map(|m| Tensor::from_primitive(m.into_primitive()));
+    let (qi, ki, vi) = (
+        inner::<I>(q.primitive.clone()),
+        inner::<I>(k.primitive.clone()),
+        inner::<I>(v.primitive.clone()),
+    );
+    let out = forward(qi.clone(), ki.clone(), vi.clone(), mask.clone(), options);
+    let prep = LeanAttention
+        .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
+        .compute_bound()
+        .stateful();
+    let out_primitive = match prep {
+        OpsKind::Tracked(prep) => {
+            let saved = Saved {
+                q: qi,
+                k: ki,
+                v: vi,
+                mask,
+                out: out.clone(),
+                options,
+                block,
+            };
+            prep.finish(saved, out.into_primitive().tensor())
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out.into_primitive().tensor()),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out_primitive))
+}
+
+/// The inner backend's attention kernel, grouped-query heads folded into the query axis when a mask
+/// is given (a causal call keeps the kernel's causal fast path and repeats K/V for the kernel only).
+fn forward<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    options: AttendOptions,
+) -> Tensor<B, 4> {
+    let [b, h, s, d] = q.dims();
+    let [_, g, t, _] = k.dims();
+    match mask {
+        Some(mask) if h != g => {
+            let rows = h / g * s;
+            let mb = mask.dims()[0];
+            let y = attention(
+                q.reshape([b, g, rows, d]),
+                k,
+                v,
+                Some(mask.reshape([mb, g, rows, t])),
+                None,
+                options.burn(false),
+            );
+            y.reshape([b, h, s, d])
+        }
+        mask => reference(q, k, v, mask, options),
+    }
+}
+
+impl<B: Backend> Backward<B, 3> for LeanAttention {
+    type State = Saved<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dout = inner::<B>(grads.consume::<B>(&ops.node));
+        let (dq, dk, dv) = backward(ops.state, dout);
+        for (parent, grad) in ops.parents.into_iter().zip([dq, dk, dv]) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, grad.into_primitive().tensor());
+            }
+        }
+    }
+}
+
+/// Gradients of Q, K and V, one block of query rows at a time in the folded layout `[b, g, rep·s, ·]`:
+/// `P = softmax(S)`, `dV += Pᵀ·dO`, `dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O))`, through the soft-cap
+/// (`1 − tanh²`) and the scale, `dQ = dS·K`, `dK += dSᵀ·Q`.
+fn backward<B: Backend>(
+    saved: Saved<B>,
+    dout: Tensor<B, 4>,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let Saved {
+        q,
+        k,
+        v,
+        mask,
+        out,
+        options,
+        block,
+    } = saved;
+    let [b, h, s, d] = q.dims();
+    let [_, g, t, _] = k.dims();
+    let rows = h / g * s;
+    let scale = options.scale(d);
+    let q = q.reshape([b, g, rows, d]);
+    let dout = dout.reshape([b, g, rows, d]);
+    let delta = (dout.clone() * out.reshape([b, g, rows, d])).sum_dim(3);
+    let mask = mask.map(|m| {
+        let mb = m.dims()[0];
+        m.reshape([mb, g, rows, t])
+    });
+    let (kt, vt) = (k.clone().swap_dims(2, 3), v.clone().swap_dims(2, 3));
+    let step = (block / (b * g * t).max(1)).clamp(1, rows);
+    let device = q.device();
+    let mut dk = Tensor::<B, 4>::zeros([b, g, t, d], &device);
+    let mut dv = Tensor::<B, 4>::zeros([b, g, t, d], &device);
+    let mut dq = Vec::with_capacity(rows.div_ceil(step));
+    for r0 in (0..rows).step_by(step) {
+        let r1 = (r0 + step).min(rows);
+        let qb = q.clone().slice([0..b, 0..g, r0..r1, 0..d]);
+        let dob = dout.clone().slice([0..b, 0..g, r0..r1, 0..d]);
+        let mut scores = qb.clone().matmul(kt.clone()) * scale;
+        let tanh = options.softcap.map(|cap| {
+            let th = (scores.clone() / cap).tanh();
+            scores = th.clone() * cap;
+            th
+        });
+        let masked = match &mask {
+            Some(m) => {
+                let mb = m.dims()[0];
+                m.clone()
+                    .slice([0..mb, 0..g, r0..r1, 0..t])
+                    .expand([b, g, r1 - r0, t])
+            }
+            None => causal_rows::<B>(r0..r1, s, t, &device).expand([b, g, r1 - r0, t]),
+        };
+        let p = activation::softmax(scores.mask_fill(masked, f32::NEG_INFINITY), 3);
+        dv = dv + p.clone().swap_dims(2, 3).matmul(dob.clone());
+        let db = delta.clone().slice([0..b, 0..g, r0..r1, 0..1]);
+        let mut ds = p * (dob.matmul(vt.clone()) - db);
+        if let Some(th) = tanh {
+            ds = ds * (th.powi_scalar(2).neg() + 1.0);
+        }
+        let ds = ds * scale;
+        dq.push(ds.clone().matmul(k.clone()));
+        dk = dk + ds.swap_dims(2, 3).matmul(qb);
+    }
+    let dq = Tensor::cat(dq, 2).reshape([b, h, s, d]);
+    (dq, dk, dv)
+}
+
+/// `[1, 1, rows, t]`: the causal mask of folded query rows `rows` (row `r` is position `r mod s` of
+/// the last `s` of `t` positions).
+fn causal_rows<B: Backend>(
+    rows: std::ops::Range<usize>,
+    s: usize,
+    t: usize,
+    device: &B::Device,
+) -> Tensor<B, 4, Bool> {
+    let offset = t - s;
+    let n = rows.len();
+    let data: Vec<bool> = rows
+        .flat_map(|r| (0..t).map(move |k| k > offset + r % s))
+        .collect();
+    Tensor::from_data(TensorData::new(data, [1, 1, n, t]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Autodiff, Cpu};
+    use burn::tensor::Distribution;
+
+    type Ad = Autodiff<Cpu>;
+
+    fn random(shape: [usize; 4], seed: u64) -> Tensor<Ad, 4> {
+        <Cpu as Backend>::seed(&Default::default(), seed);
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default()).require_grad()
+    }
+
+    fn padding_mask(b: usize, h: usize, s: usize) -> Tensor<Ad, 4, Bool> {
+        // Row 1 has two left-padding positions (attending only to themselves), row 0 none.
+        let valid: Vec<Vec<bool>> = (0..b)
+            .map(|r| (0..s).map(|i| r == 0 || i >= 2).collect())
+            .collect();
+        crate::model::causal_padding_mask::<Ad>(&valid, s, None, &Default::default())
+            .repeat_dim(1, h)
+    }
+
+    fn max_diff(a: Tensor<Cpu, 4>, b: Tensor<Cpu, 4>) -> f32 {
+        let scale: f32 = b.clone().abs().max().into_scalar();
+        let diff: f32 = (a - b).abs().max().into_scalar();
+        diff / scale.max(1e-6)
+    }
+
+    /// Output and Q/K/V gradients of the lean op against Burn's decomposed attention, in several
+    /// blocks, with grouped-query heads, masks, soft-capping and a custom scale.
+    fn check(mask: bool, softcap: Option<f64>, scale: Option<f64>, block: usize) {
+        let (b, h, g, s, d) = (2, 4, 2, 7, 8);
+        let q = random([b, h, s, d], 1);
+        let k = random([b, g, s, d], 2);
+        let v = random([b, g, s, d], 3);
+        let dout = random([b, h, s, d], 4).detach();
+        let mask = mask.then(|| padding_mask(b, h, s));
+        let options = AttendOptions { scale, softcap };
+        let run = |lean: bool| {
+            let (q2, k2, v2) = (q.clone(), k.clone(), v.clone());
+            let args = Args {
+                q: q2.clone(),
+                k: k2.clone(),
+                v: v2.clone(),
+                mask: mask.clone(),
+                options,
+            };
+            let y = if lean {
+                attend_blocked(args, block)
+            } else {
+                reference(args.q, args.k, args.v, args.mask, options)
+            };
+            let grads = (y.clone() * dout.clone()).sum().backward();
+            let g = |x: &Tensor<Ad, 4>| x.grad(&grads).expect("tracked");
+            (y.inner(), g(&q2), g(&k2), g(&v2))
+        };
+        let (y1, dq1, dk1, dv1) = run(true);
+        let (y0, dq0, dk0, dv0) = run(false);
+        for (name, a, b) in [
+            ("out", y1, y0),
+            ("dq", dq1, dq0),
+            ("dk", dk1, dk0),
+            ("dv", dv1, dv0),
+        ] {
+            let diff = max_diff(a, b);
+            assert!(diff < 1e-5, "{name}: relative difference {diff}");
+        }
+    }
+
+    #[test]
+    fn causal_matches_the_decomposed_gradients() {
+        check(false, None, None, usize::MAX);
+        // 2·2·7 = 28 score elements per folded row: blocks of 2 rows, the last one short.
+        check(false, None, None, 28 * 2 * 2);
+    }
+
+    #[test]
+    fn masked_softcapped_and_scaled_match_the_decomposed_gradients() {
+        check(true, None, None, 28 * 3);
+        check(true, Some(5.0), Some(0.3), 28 * 3);
+        check(false, Some(2.0), None, 28 * 5);
+    }
+}
