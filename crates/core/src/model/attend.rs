@@ -2,8 +2,8 @@
 //! scores block by block, instead of Burn 0.21's autodiff attention, which is the decomposed formula and
 //! keeps every intermediate `[batch, heads, seq, seq]` tensor of every layer alive until the backward pass
 //! (scores, masked scores, exponentials, probabilities). Here a layer keeps only its queries, keys,
-//! values and output; the backward rebuilds one block of query rows at a time, as memory-efficient
-//! attention does. Grouped-query attention is folded into the query axis (`[b, kv_heads, rep · seq, d]`),
+//! values and output (and the probabilities, when they are small); the backward rebuilds one block of
+//! query rows at a time, as memory-efficient attention does. Grouped-query attention is folded into the query axis (`[b, kv_heads, rep · seq, d]`),
 //! so keys and values are never repeated per query head in the backward pass.
 //!
 //! The forward pass is the inner backend's own attention kernel (flex's flash attention on the CPU,
@@ -25,9 +25,11 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation, Bool, Tensor, TensorData, TensorPrimitive};
 
-/// Elements of one block of recomputed scores in the backward pass (`[batch, kv_heads, rows, keys]`):
-/// 4M f32 values, 16 MB, so a block is a few large matrix products and never a sequence-squared buffer.
-const BLOCK_SCORES: usize = 1 << 22;
+/// Score elements (`[batch, kv_heads, rows, keys]`) a layer may keep for its backward pass, and the size
+/// of one block of recomputed scores when it keeps none: 8M f32 values, 32 MB. Below it the
+/// probabilities are kept (SmolLM2 at 4×256: 9 MB a layer) and the backward pass recomputes nothing;
+/// above it (SmolLM2 at 1×2048: 151 MB a layer) they are recomputed, a block at a time.
+const BLOCK_SCORES: usize = 1 << 23;
 
 /// What attention computes besides Q, K, V and the mask.
 #[derive(Clone, Copy, Debug)]
@@ -162,8 +164,17 @@ struct Saved<B: Backend> {
     v: Tensor<B, 4>,
     mask: Option<Tensor<B, 4, Bool>>,
     out: Tensor<B, 4>,
+    /// The probabilities (and soft-cap tanh) when the layer's scores fit in `KEEP_SCORES`.
+    probs: Option<Probs<B>>,
     options: AttendOptions,
     block: usize,
+}
+
+/// Softmax probabilities `[b, g, rows, t]` in the folded layout, and `tanh(S / cap)` when soft-capped.
+#[derive(Clone, Debug)]
+struct Probs<B: Backend> {
+    p: Tensor<B, 4>,
+    tanh: Option<Tensor<B, 4>>,
 }
 
 #[derive(Debug)]
@@ -192,27 +203,41 @@ fn lean<I: Backend, C: CheckpointStrategy>(
         inner::<I>(k.primitive.clone()),
         inner::<I>(v.primitive.clone()),
     );
-    let out = forward(qi.clone(), ki.clone(), vi.clone(), mask.clone(), options);
     let prep = LeanAttention
         .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
         .compute_bound()
         .stateful();
-    let out_primitive = match prep {
+    let out = match prep {
         OpsKind::Tracked(prep) => {
+            let [b, h, s, _] = qi.dims();
+            let [_, g, t, _] = ki.dims();
+            // Small layers keep their probabilities (one score-sized tensor instead of the decomposed
+            // formula's several), so the backward pass needs no recomputation; large ones recompute.
+            let (out, probs) = if b * g * (h / g * s) * t <= block {
+                let (out, probs) = forward_keeping(&qi, &ki, &vi, mask.as_ref(), options);
+                (out, Some(probs))
+            } else {
+                let out = forward(qi.clone(), ki.clone(), vi.clone(), mask.clone(), options);
+                (out, None)
+            };
             let saved = Saved {
                 q: qi,
                 k: ki,
                 v: vi,
                 mask,
                 out: out.clone(),
+                probs,
                 options,
                 block,
             };
             prep.finish(saved, out.into_primitive().tensor())
         }
-        OpsKind::UnTracked(prep) => prep.finish(out.into_primitive().tensor()),
+        OpsKind::UnTracked(prep) => {
+            let out = forward(qi, ki, vi, mask, options);
+            prep.finish(out.into_primitive().tensor())
+        }
     };
-    Tensor::from_primitive(TensorPrimitive::Float(out_primitive))
+    Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
 /// The inner backend's attention kernel, grouped-query heads folded into the query axis when a mask
@@ -244,6 +269,68 @@ fn forward<B: Backend>(
     }
 }
 
+/// The forward pass as one block of the backward's formula, keeping the probabilities.
+fn forward_keeping<B: Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    mask: Option<&Tensor<B, 4, Bool>>,
+    options: AttendOptions,
+) -> (Tensor<B, 4>, Probs<B>) {
+    let [b, h, s, d] = q.dims();
+    let g = k.dims()[1];
+    let rows = h / g * s;
+    let mask = mask.map(|m| fold_mask(m.clone(), g, rows));
+    let qf = q.clone().reshape([b, g, rows, d]);
+    let probs = probabilities(
+        qf,
+        k.clone().swap_dims(2, 3),
+        mask.as_ref(),
+        0..rows,
+        s,
+        options,
+    );
+    let out = probs.p.clone().matmul(v.clone()).reshape([b, h, s, d]);
+    (out, probs)
+}
+
+/// A `[b, heads, s, t]` mask as `[b, g, rep·s, t]`, the folded layout's rows.
+fn fold_mask<B: Backend>(mask: Tensor<B, 4, Bool>, g: usize, rows: usize) -> Tensor<B, 4, Bool> {
+    let [mb, _, _, t] = mask.dims();
+    mask.reshape([mb, g, rows, t])
+}
+
+/// Softmax probabilities of the query rows `range` (`qb` is those rows, `kt` the keys transposed):
+/// scale, soft-cap, mask (the folded mask's rows, or causal), softmax over the keys.
+fn probabilities<B: Backend>(
+    qb: Tensor<B, 4>,
+    kt: Tensor<B, 4>,
+    mask: Option<&Tensor<B, 4, Bool>>,
+    range: std::ops::Range<usize>,
+    s: usize,
+    options: AttendOptions,
+) -> Probs<B> {
+    let [b, g, n, d] = qb.dims();
+    let t = kt.dims()[3];
+    let mut scores = qb.matmul(kt) * options.scale(d);
+    let tanh = options.softcap.map(|cap| {
+        let th = (scores.clone() / cap).tanh();
+        scores = th.clone() * cap;
+        th
+    });
+    let masked = match mask {
+        Some(m) => {
+            let mb = m.dims()[0];
+            m.clone()
+                .slice([0..mb, 0..g, range, 0..t])
+                .expand([b, g, n, t])
+        }
+        None => causal_rows::<B>(range, s, t, &scores.device()).expand([b, g, n, t]),
+    };
+    let p = activation::softmax(scores.mask_fill(masked, f32::NEG_INFINITY), 3);
+    Probs { p, tanh }
+}
+
 impl<B: Backend> Backward<B, 3> for LeanAttention {
     type State = Saved<B>;
 
@@ -258,9 +345,9 @@ impl<B: Backend> Backward<B, 3> for LeanAttention {
     }
 }
 
-/// Gradients of Q, K and V, one block of query rows at a time in the folded layout `[b, g, rep·s, ·]`:
-/// `P = softmax(S)`, `dV += Pᵀ·dO`, `dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O))`, through the soft-cap
-/// (`1 − tanh²`) and the scale, `dQ = dS·K`, `dK += dSᵀ·Q`.
+/// Gradients of Q, K and V, one block of query rows at a time in the folded layout `[b, g, rep·s, ·]`
+/// (one block when the probabilities were kept): `dV += Pᵀ·dO`, `dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O))`,
+/// through the soft-cap (`1 − tanh²`) and the scale, `dQ = dS·K`, `dK += dSᵀ·Q`.
 fn backward<B: Backend>(
     saved: Saved<B>,
     dout: Tensor<B, 4>,
@@ -271,6 +358,7 @@ fn backward<B: Backend>(
         v,
         mask,
         out,
+        mut probs,
         options,
         block,
     } = saved;
@@ -281,12 +369,12 @@ fn backward<B: Backend>(
     let q = q.reshape([b, g, rows, d]);
     let dout = dout.reshape([b, g, rows, d]);
     let delta = (dout.clone() * out.reshape([b, g, rows, d])).sum_dim(3);
-    let mask = mask.map(|m| {
-        let mb = m.dims()[0];
-        m.reshape([mb, g, rows, t])
-    });
+    let mask = mask.map(|m| fold_mask(m, g, rows));
     let (kt, vt) = (k.clone().swap_dims(2, 3), v.clone().swap_dims(2, 3));
-    let step = (block / (b * g * t).max(1)).clamp(1, rows);
+    let step = match probs {
+        Some(_) => rows,
+        None => (block / (b * g * t).max(1)).clamp(1, rows),
+    };
     let device = q.device();
     let mut dk = Tensor::<B, 4>::zeros([b, g, t, d], &device);
     let mut dv = Tensor::<B, 4>::zeros([b, g, t, d], &device);
@@ -295,22 +383,9 @@ fn backward<B: Backend>(
         let r1 = (r0 + step).min(rows);
         let qb = q.clone().slice([0..b, 0..g, r0..r1, 0..d]);
         let dob = dout.clone().slice([0..b, 0..g, r0..r1, 0..d]);
-        let mut scores = qb.clone().matmul(kt.clone()) * scale;
-        let tanh = options.softcap.map(|cap| {
-            let th = (scores.clone() / cap).tanh();
-            scores = th.clone() * cap;
-            th
+        let Probs { p, tanh } = probs.take().unwrap_or_else(|| {
+            probabilities(qb.clone(), kt.clone(), mask.as_ref(), r0..r1, s, options)
         });
-        let masked = match &mask {
-            Some(m) => {
-                let mb = m.dims()[0];
-                m.clone()
-                    .slice([0..mb, 0..g, r0..r1, 0..t])
-                    .expand([b, g, r1 - r0, t])
-            }
-            None => causal_rows::<B>(r0..r1, s, t, &device).expand([b, g, r1 - r0, t]),
-        };
-        let p = activation::softmax(scores.mask_fill(masked, f32::NEG_INFINITY), 3);
         dv = dv + p.clone().swap_dims(2, 3).matmul(dob.clone());
         let db = delta.clone().slice([0..b, 0..g, r0..r1, 0..1]);
         let mut ds = p * (dob.matmul(vt.clone()) - db);
@@ -421,6 +496,8 @@ mod tests {
     fn masked_softcapped_and_scaled_match_the_decomposed_gradients() {
         check(true, None, None, 28 * 3);
         check(true, Some(5.0), Some(0.3), 28 * 3);
+        // Probabilities kept from the forward pass (everything fits one block).
+        check(true, Some(5.0), Some(0.3), usize::MAX);
         check(false, Some(2.0), None, 28 * 5);
     }
 }
