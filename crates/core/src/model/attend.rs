@@ -86,21 +86,46 @@ struct Args<B: Backend> {
 }
 
 fn attend_blocked<B: Backend>(args: Args<B>, block: usize) -> Tensor<B, 4> {
-    let args = match lean_on::<B, crate::backend::Cpu>(args, block) {
+    let args = match lean_on::<B, crate::backend::Cpu>(args, block, lean_cpu) {
         Ok(y) => return y,
         Err(args) => args,
     };
     #[cfg(feature = "wgpu")]
-    let args = match lean_on::<B, crate::backend::Wgpu>(args, block) {
+    let args = match lean_on::<B, crate::backend::Wgpu>(args, block, lean_wgpu) {
         Ok(y) => return y,
         Err(args) => args,
     };
     #[cfg(feature = "cuda")]
-    let args = match lean_on::<B, crate::backend::Cuda>(args, block) {
+    let args = match lean_on::<B, crate::backend::Cuda>(args, block, lean_cuda) {
         Ok(y) => return y,
         Err(args) => args,
     };
     reference(args.q, args.k, args.v, args.mask, args.options)
+}
+
+// One non-generic entry per backend, so the operation is compiled once, here, and not again in every
+// crate and test binary that instantiates the model for some backend (that doubled the test build).
+fn lean_cpu(
+    args: Args<Autodiff<crate::backend::Cpu>>,
+    block: usize,
+) -> Tensor<Autodiff<crate::backend::Cpu>, 4> {
+    lean(args.q, args.k, args.v, args.mask, args.options, block)
+}
+
+#[cfg(feature = "wgpu")]
+fn lean_wgpu(
+    args: Args<Autodiff<crate::backend::Wgpu>>,
+    block: usize,
+) -> Tensor<Autodiff<crate::backend::Wgpu>, 4> {
+    lean(args.q, args.k, args.v, args.mask, args.options, block)
+}
+
+#[cfg(feature = "cuda")]
+fn lean_cuda(
+    args: Args<Autodiff<crate::backend::Cuda>>,
+    block: usize,
+) -> Tensor<Autodiff<crate::backend::Cuda>, 4> {
+    lean(args.q, args.k, args.v, args.mask, args.options, block)
 }
 
 /// The decomposed path: K/V repeated over the query heads of their group, Burn's attention.
@@ -134,9 +159,13 @@ pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
         .reshape([b, nkv * n_rep, t, hd])
 }
 
-/// Runs the lean operation when `B` is `Autodiff<I>`; gives the arguments back otherwise. The
-/// downcasts cannot fail once the type matched: they only name the type the compiler already has.
-fn lean_on<B: Backend, I: Backend>(args: Args<B>, block: usize) -> Result<Tensor<B, 4>, Args<B>> {
+/// Runs `op` when `B` is `Autodiff<I>`; gives the arguments back otherwise. The downcasts cannot fail
+/// once the type matched: they only name the type the compiler already has.
+fn lean_on<B: Backend, I: Backend>(
+    args: Args<B>,
+    block: usize,
+    op: fn(Args<Autodiff<I>>, usize) -> Tensor<Autodiff<I>, 4>,
+) -> Result<Tensor<B, 4>, Args<B>> {
     if std::any::TypeId::of::<B>() != std::any::TypeId::of::<Autodiff<I>>() {
         return Err(args);
     }
@@ -145,15 +174,14 @@ fn lean_on<B: Backend, I: Backend>(args: Args<B>, block: usize) -> Result<Tensor
             .downcast::<U>()
             .expect("the backend type matched")
     }
-    let y = lean::<I, burn::backend::autodiff::checkpoint::strategy::NoCheckpointing>(
-        cast(args.q),
-        cast(args.k),
-        cast(args.v),
-        args.mask.map(cast),
-        args.options,
-        block,
-    );
-    Ok(cast(y))
+    let args = Args {
+        q: cast(args.q),
+        k: cast(args.k),
+        v: cast(args.v),
+        mask: args.mask.map(cast),
+        options: args.options,
+    };
+    Ok(cast(op(args, block)))
 }
 
 /// Inputs and output the backward pass needs, on the inner backend.
