@@ -27,6 +27,10 @@ pub struct TrainArgs {
     /// Run on cpu, wgpu, wgpu:N, cuda or cuda:N instead of the run file's [model] backend.
     #[arg(long)]
     backend: Option<DeviceSpec>,
+    /// Data-parallel workers, one per device, e.g. --devices cuda:0,cuda:1 (sets [train] devices and
+    /// the backend; --devices cpu,cpu runs two workers on the CPU).
+    #[arg(long, value_delimiter = ',', value_name = "DEVICE,...")]
+    devices: Option<Vec<DeviceSpec>>,
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
@@ -36,6 +40,10 @@ pub fn train(a: TrainArgs) -> Result<()> {
     }
     if let Some(b) = a.backend {
         file.config.model.backend = b;
+    }
+    if let Some(d) = a.devices.filter(|d| !d.is_empty()) {
+        file.config.model.backend = d[0];
+        file.config.train.devices = d;
     }
     let progress = Terminal::default();
     let opts = RunOptions {

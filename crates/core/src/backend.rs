@@ -130,17 +130,60 @@ pub trait OnDevice {
 /// Runs `job` on the backend and device of `spec`; `Err` names the cargo feature when that backend
 /// is not compiled in.
 pub fn on_device<J: OnDevice>(spec: DeviceSpec, job: J) -> Result<J::Output, String> {
-    Ok(match spec.kind {
-        BackendKind::Cpu => job.run::<Autodiff<Cpu>>(CpuDevice::default()),
+    on_devices(&[spec], First(job))
+}
+
+/// Work on several devices of one backend (data-parallel training): [`on_devices`] hands it the
+/// devices its specs name, in order.
+pub trait OnDevices {
+    type Output;
+    fn run<B: burn::tensor::backend::AutodiffBackend>(
+        self,
+        devices: Vec<B::Device>,
+    ) -> Self::Output;
+}
+
+/// [`OnDevice`] as [`OnDevices`] with one device.
+struct First<J>(J);
+
+impl<J: OnDevice> OnDevices for First<J> {
+    type Output = J::Output;
+    fn run<B: burn::tensor::backend::AutodiffBackend>(self, mut d: Vec<B::Device>) -> J::Output {
+        self.0.run::<B>(d.swap_remove(0))
+    }
+}
+
+/// Runs `job` on the backend that every spec in `specs` names (at least one; one kind), with one
+/// device per spec (a spec may repeat: two workers on one device). `Err` says why not: no specs,
+/// several backends, or a backend that is not compiled in (naming its cargo feature).
+pub fn on_devices<J: OnDevices>(specs: &[DeviceSpec], job: J) -> Result<J::Output, String> {
+    let Some(first) = specs.first() else {
+        return Err("no device given".into());
+    };
+    if let Some(other) = specs.iter().find(|s| s.kind != first.kind) {
+        return Err(format!(
+            "devices `{first}` and `{other}` are on different backends; one run uses one backend"
+        ));
+    }
+    Ok(match first.kind {
+        BackendKind::Cpu => job.run::<Autodiff<Cpu>>(vec![CpuDevice::default(); specs.len()]),
         #[cfg(feature = "wgpu")]
-        BackendKind::Wgpu => job.run::<Autodiff<Wgpu>>(match spec.index {
-            None => burn::backend::wgpu::WgpuDevice::DefaultDevice,
-            Some(i) => burn::backend::wgpu::WgpuDevice::DiscreteGpu(i),
-        }),
+        BackendKind::Wgpu => job.run::<Autodiff<Wgpu>>(
+            specs
+                .iter()
+                .map(|s| match s.index {
+                    None => burn::backend::wgpu::WgpuDevice::DefaultDevice,
+                    Some(i) => burn::backend::wgpu::WgpuDevice::DiscreteGpu(i),
+                })
+                .collect(),
+        ),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => job.run::<Autodiff<Cuda>>(burn::backend::cuda::CudaDevice::new(
-            spec.index.unwrap_or(0),
-        )),
+        BackendKind::Cuda => job.run::<Autodiff<Cuda>>(
+            specs
+                .iter()
+                .map(|s| burn::backend::cuda::CudaDevice::new(s.index.unwrap_or(0)))
+                .collect(),
+        ),
         #[allow(unreachable_patterns)]
         other => {
             return Err(format!(

@@ -180,6 +180,7 @@ impl RunConfig {
         if !c.path.exists() {
             return Err(format!("`model.path`: {} does not exist", c.path.display()));
         }
+        self.validate_devices()?;
         crate::eval::HazardMap::new(&self.eval.hazards)
             .map_err(|m| format!("[eval.hazards]: {m}"))?;
         match &self.method {
@@ -188,6 +189,38 @@ impl RunConfig {
             MethodConfig::Ppo(p) => p.validate_with(&self.train),
             MethodConfig::Sft(_) | MethodConfig::Reward(_) => Ok(()),
         }
+    }
+
+    /// The devices a run trains on: `[train] devices`, else `[model] backend`.
+    pub fn devices(&self) -> Vec<DeviceSpec> {
+        match self.train.devices.is_empty() {
+            true => vec![self.model.backend],
+            false => self.train.devices.clone(),
+        }
+    }
+
+    fn validate_devices(&self) -> std::result::Result<(), String> {
+        let devices = &self.train.devices;
+        let Some(first) = devices.first() else {
+            return Ok(());
+        };
+        if first.kind != self.model.backend.kind {
+            return Err(format!(
+                "`train.devices` = [\"{first}\", ...] and `model.backend` = \"{}\" name different backends; \
+                 set `model.backend` to the devices' backend (or leave `train.devices` out)",
+                self.model.backend
+            ));
+        }
+        if devices.len() > 1 {
+            if let MethodConfig::Ppo(_) | MethodConfig::Ablate(_) = self.method {
+                return Err(format!(
+                    "`train.devices` lists {} devices, but method `{}` runs on one device",
+                    devices.len(),
+                    self.method.name()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `[output]`, which training and ablation need.

@@ -230,6 +230,7 @@ pub struct DpoBatch {
     reference: Option<Vec<f32>>,
 }
 
+#[derive(Clone)]
 pub struct Dpo {
     pub cfg: DpoConfig,
     pub train: Vec<TokenizedPair>,
@@ -455,6 +456,10 @@ impl<B: AutodiffBackend> Method<B> for Dpo {
             }
         };
         pair_loss(&self.cfg, policy, reference, &counts, batch.pairs)
+    }
+
+    fn replica(&self, _device: &B::Device) -> Option<Self> {
+        Some(self.clone())
     }
 
     fn evaluate(&self, model: &Llama<B::InnerBackend>) -> Metrics {

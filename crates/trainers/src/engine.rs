@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Param};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
-use burnish_core::backend::host_f64;
+use burnish_core::backend::{host_f64, DeviceSpec};
 use burnish_core::burn;
 use burnish_core::model::lora::peft_key;
 use burnish_core::{Llama, LoraConfig};
@@ -21,6 +21,7 @@ use crate::checkpoint::{self, TrainerState};
 use crate::method::{Method, Metrics};
 use crate::optim::{clip_factor, lr_at, AdamW, AdamWConfig, Schedule};
 use crate::progress::{Progress, StopToken};
+use crate::team::{Post, Team};
 use crate::{Error, Result};
 
 /// `[train]`: the optimisation loop's settings.
@@ -55,6 +56,10 @@ pub struct TrainConfig {
     pub save_steps: usize,
     /// Checkpoints kept (default 2; the oldest is deleted).
     pub save_total_limit: usize,
+    /// Data-parallel workers, one per entry (e.g. `["cuda:0", "cuda:1"]`; an entry may repeat, and
+    /// `["cpu", "cpu"]` runs two workers on the CPU). Empty (default): `[model] backend` alone. Every
+    /// micro-batch is split across them; the run is the one-device run (docs/distributed.md).
+    pub devices: Vec<DeviceSpec>,
 }
 
 impl Default for TrainConfig {
@@ -74,6 +79,7 @@ impl Default for TrainConfig {
             logging_steps: 1,
             save_steps: 0,
             save_total_limit: 2,
+            devices: Vec::new(),
         }
     }
 }
@@ -134,6 +140,13 @@ impl TrainConfig {
                     .into(),
             );
         }
+        if let Some(first) = self.devices.first() {
+            if let Some(other) = self.devices.iter().find(|d| d.kind != first.kind) {
+                return Err(format!(
+                    "`train.devices`: `{first}` and `{other}` are different backends; one run uses one backend"
+                ));
+            }
+        }
         if self.max_steps.is_none() && self.epochs == 0 {
             return Err("`train.epochs` must be at least 1 (or set `train.max_steps`)".into());
         }
@@ -176,8 +189,12 @@ pub struct StepLog {
     pub lr: f64,
     /// Before clipping.
     pub grad_norm: f64,
+    /// Over every device of a data-parallel run.
     pub tokens_per_s: f64,
     pub step_seconds: f64,
+    /// Seconds of the step spent summing gradients across devices (data-parallel runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allreduce_seconds: Option<f64>,
     /// The method's metrics (means over the step's loss units, e.g. `rewards/accuracies`), its
     /// step metrics (PPO's rollout statistics) and held-out `eval_*` metrics when it evaluated.
     #[serde(flatten)]
@@ -237,12 +254,32 @@ impl Plan {
 /// Summed gradients of one step, by parameter key (PEFT's adapter keys, the methods' head names).
 type Grads<B> = BTreeMap<String, Tensor<B, 2>>;
 
-/// Runs the loop. `model` carries freshly attached adapters (or gets them from the checkpoint on resume).
+/// Runs the loop on the model's device. `model` carries freshly attached adapters (or gets them from
+/// the checkpoint on resume). [`crate::parallel::train_on_devices`] runs it on several devices.
 pub fn train<B: AutodiffBackend, M: Method<B>>(
+    method: &mut M,
+    model: Llama<B>,
+    cfg: &EngineConfig,
+    progress: &dyn Progress,
+) -> Result<(Llama<B>, Summary)> {
+    run_loop(method, model, cfg, progress, &Team::solo())
+}
+
+/// What the leading worker keeps across steps: metrics.jsonl, the logged rows, the last evaluation.
+struct Books {
+    log: Option<MetricsFile>,
+    history: Vec<StepLog>,
+    eval: Metrics,
+}
+
+/// The loop of one worker; `team` is [`Team::solo`] on one device. Every worker takes every step;
+/// only the leader evaluates, logs and checkpoints, and its decision to stop is shared.
+pub(crate) fn run_loop<B: AutodiffBackend, M: Method<B>>(
     method: &mut M,
     mut model: Llama<B>,
     cfg: &EngineConfig,
     progress: &dyn Progress,
+    team: &Team,
 ) -> Result<(Llama<B>, Summary)> {
     let rows = method.train_len();
     if rows == 0 {
@@ -251,66 +288,108 @@ pub fn train<B: AutodiffBackend, M: Method<B>>(
     let plan = Plan::new(&cfg.train, rows);
     let mut opt = AdamW::<B::InnerBackend>::new(cfg.train.adamw.clone());
     std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::Io(cfg.out_dir.clone(), e))?;
-    let metrics_path = cfg.out_dir.join("metrics.jsonl");
-    let (start, mut history) = match &cfg.resume {
+    let (start, history) = match &cfg.resume {
         Some(dir) => resume(dir, method, &mut model, &mut opt, cfg, &plan, progress)?,
         None => (0, Vec::new()),
     };
-    let mut log = MetricsFile::open(&metrics_path, &history)?;
+    let log = match team.is_leader() {
+        true => Some(MetricsFile::open(
+            &cfg.out_dir.join("metrics.jsonl"),
+            &history,
+        )?),
+        false => None,
+    };
+    let mut books = Books {
+        log,
+        history,
+        eval: Metrics::new(),
+    };
     let started = Instant::now();
-    let mut eval = Metrics::new();
     progress.step(start, plan.total_steps, "");
+    let mut outcome = Outcome::Finished;
     for step in start..plan.total_steps {
-        let mut row = optimizer_step(method, &mut model, &mut opt, cfg, &plan, step)?;
-        let done = row.step;
-        let is_last = done == plan.total_steps;
-        let due = cfg.eval_steps > 0 && done % cfg.eval_steps == 0;
-        if is_last || due {
-            let m = method.evaluate(&model.valid());
-            row.metrics.extend(m.clone());
-            if is_last {
-                eval = m;
-            }
-        }
-        if done % cfg.train.logging_steps.max(1) == 0 || is_last {
-            log.append(&row)?;
-            history.push(row.clone());
-        }
-        progress.step(done, plan.total_steps, &status(&row));
-        let stopped = cfg.stop.is_stopped();
-        let save_due = cfg.train.save_steps > 0 && done % cfg.train.save_steps == 0;
-        if save_due || is_last || stopped {
-            save_checkpoint(method, &model, &opt, cfg, &plan, done)?;
-        }
-        if stopped && !is_last {
-            progress.finish();
-            let summary = Summary {
-                outcome: Outcome::Interrupted(done),
-                steps: done,
-                total_steps: plan.total_steps,
-                last: Some(row),
-                eval_metrics: eval,
-                seconds: started.elapsed().as_secs_f64(),
-                history,
-            };
-            return Ok((model, summary));
+        let mut row = optimizer_step(method, &mut model, &mut opt, cfg, &plan, step, team)?;
+        let verdict = match team.is_leader() {
+            true => after_step(
+                method, &model, &opt, cfg, &plan, &mut row, &mut books, progress,
+            ),
+            false => Ok(false),
+        };
+        if team.agree(verdict)? && row.step < plan.total_steps {
+            outcome = Outcome::Interrupted(row.step);
+            break;
         }
     }
     progress.finish();
+    let steps = match outcome {
+        Outcome::Interrupted(done) => done,
+        Outcome::Finished => plan.total_steps,
+    };
     let summary = Summary {
-        outcome: Outcome::Finished,
-        steps: plan.total_steps,
+        outcome,
+        steps,
         total_steps: plan.total_steps,
-        last: history.last().cloned(),
-        eval_metrics: eval,
+        last: books.history.last().cloned(),
+        eval_metrics: books.eval,
         seconds: started.elapsed().as_secs_f64(),
-        history,
+        history: books.history,
     };
     Ok((model, summary))
 }
 
-/// One optimizer step: the step's micro-batches, accumulated gradients of the loss normalised by the
-/// step's loss units, the global-norm clip, and AdamW on the adapters and heads.
+/// The leader's part of a step: held-out evaluation when due, the metrics line, progress, and a
+/// checkpoint when due, at the end, or when asked to stop. Returns whether to stop.
+#[allow(clippy::too_many_arguments)]
+fn after_step<B: AutodiffBackend, M: Method<B>>(
+    method: &M,
+    model: &Llama<B>,
+    opt: &AdamW<B::InnerBackend>,
+    cfg: &EngineConfig,
+    plan: &Plan,
+    row: &mut StepLog,
+    books: &mut Books,
+    progress: &dyn Progress,
+) -> Result<bool> {
+    let done = row.step;
+    let is_last = done == plan.total_steps;
+    let due = cfg.eval_steps > 0 && done.is_multiple_of(cfg.eval_steps);
+    if is_last || due {
+        let m = method.evaluate(&model.valid());
+        row.metrics.extend(m.clone());
+        if is_last {
+            books.eval = m;
+        }
+    }
+    if done.is_multiple_of(cfg.train.logging_steps.max(1)) || is_last {
+        if let Some(log) = &mut books.log {
+            log.append(row)?;
+        }
+        books.history.push(row.clone());
+    }
+    progress.step(done, plan.total_steps, &status(row));
+    let stopped = cfg.stop.is_stopped();
+    let save_due = cfg.train.save_steps > 0 && done.is_multiple_of(cfg.train.save_steps);
+    if save_due || is_last || stopped {
+        save_checkpoint(method, model, opt, cfg, plan, done)?;
+    }
+    Ok(stopped)
+}
+
+/// The micro-batches' rows of optimizer step `step`.
+fn step_rows(t: &TrainConfig, plan: &Plan, step: usize) -> Vec<Vec<usize>> {
+    let cursor = step * plan.per_step;
+    (0..t.gradient_accumulation_steps)
+        .map(|a| {
+            (0..t.batch_size)
+                .map(|i| row_at(cursor + a * t.batch_size + i, plan.rows, t.seed))
+                .collect()
+        })
+        .collect()
+}
+
+/// One optimizer step: the step's micro-batches (this worker's shares of them), accumulated
+/// gradients of the loss normalised by the step's loss units, summed across workers, the
+/// global-norm clip, and AdamW on the adapters and heads.
 fn optimizer_step<B: AutodiffBackend, M: Method<B>>(
     method: &mut M,
     model: &mut Llama<B>,
@@ -318,6 +397,7 @@ fn optimizer_step<B: AutodiffBackend, M: Method<B>>(
     cfg: &EngineConfig,
     plan: &Plan,
     step: usize,
+    team: &Team,
 ) -> Result<StepLog> {
     let t = &cfg.train;
     let t0 = Instant::now();
@@ -329,21 +409,27 @@ fn optimizer_step<B: AutodiffBackend, M: Method<B>>(
         t.seed.wrapping_add(step as u64),
     );
     method.prepare_step(&model.valid(), step)?;
-    let cursor = step * plan.per_step;
-    let batches: Vec<M::Batch> = (0..t.gradient_accumulation_steps)
-        .map(|a| {
-            let rows: Vec<usize> = (0..t.batch_size)
-                .map(|i| row_at(cursor + a * t.batch_size + i, plan.rows, t.seed))
-                .collect();
-            method.batch(&rows)
-        })
-        .collect();
-    let units: f64 = batches.iter().map(|b| method.units(b)).sum();
-    let tokens: usize = batches.iter().map(|b| method.tokens(b)).sum();
+    let micro = step_rows(t, plan, step);
+    // Units and tokens of the whole step, which every worker counts alike.
+    let full: Vec<M::Batch> = micro.iter().map(|rows| method.batch(rows)).collect();
+    let units: f64 = full.iter().map(|b| method.units(b)).sum();
+    let tokens: usize = full.iter().map(|b| method.tokens(b)).sum();
     if units <= 0.0 {
         return Err(Error::NoLossUnits(step + 1));
     }
-    let (grads, loss_sum, sums) = accumulate(method, model, &batches, units);
+    let mine: Vec<M::Batch> = match team.size() {
+        1 => full,
+        _ => micro
+            .iter()
+            .map(|rows| team.share(rows))
+            .filter(|rows| !rows.is_empty())
+            .map(|rows| method.batch(rows))
+            .collect(),
+    };
+    let keys = trainable(method, model);
+    let device = model.model.embed_tokens.val().inner().device();
+    let local = team.guard(|| accumulate(method, model, &mine, units));
+    let (grads, loss_sum, sums, reduce_secs) = reduce(team, &keys, local, &device)?;
     let loss = loss_sum / units;
     let grad_norm = grads
         .values()
@@ -367,27 +453,96 @@ fn optimizer_step<B: AutodiffBackend, M: Method<B>>(
         plan.warmup,
         plan.total_steps,
     );
-    apply_update(
-        method,
-        model,
-        opt,
-        grads,
-        clip_factor(grad_norm, Some(t.max_grad_norm)),
-        lr,
-    );
+    let clip = clip_factor(grad_norm, Some(t.max_grad_norm));
+    apply_update(method, model, opt, grads, clip, lr);
     let mut metrics: Metrics = sums.into_iter().map(|(k, v)| (k, v / units)).collect();
     metrics.extend(method.step_metrics());
     let secs = t0.elapsed().as_secs_f64();
     Ok(StepLog {
         step: step + 1,
-        epoch: (cursor + plan.per_step) as f64 / plan.rows as f64,
+        epoch: ((step + 1) * plan.per_step) as f64 / plan.rows as f64,
         loss,
         lr,
         grad_norm,
         tokens_per_s: tokens as f64 / secs,
         step_seconds: secs,
+        allreduce_seconds: (team.size() > 1).then_some(reduce_secs),
         metrics,
     })
+}
+
+/// The trainable parameters (adapters, then the method's heads) by key, with their shapes: the
+/// order of the all-reduced bucket.
+fn trainable<B: AutodiffBackend, M: Method<B>>(
+    method: &M,
+    model: &Llama<B>,
+) -> Vec<(String, [usize; 2])> {
+    let mut keys = Vec::new();
+    for (path, lora) in model.adapters() {
+        for (which, p) in [('A', &lora.lora_A), ('B', &lora.lora_B)] {
+            keys.push((peft_key(&path, which), p.val().dims()));
+        }
+    }
+    for (name, p) in method.heads() {
+        keys.push((name, p.val().dims()));
+    }
+    keys
+}
+
+/// This worker's gradients, loss and metric sums, and those of every other worker, summed: the
+/// host values through the team's exchange, the gradients as one flat bucket through the
+/// all-reduce (timed). On one device, what `local` holds.
+type Local<B> = (Grads<B>, f64, Metrics);
+
+fn reduce<B: Backend>(
+    team: &Team,
+    keys: &[(String, [usize; 2])],
+    local: Result<Local<B>>,
+    device: &B::Device,
+) -> Result<(Grads<B>, f64, Metrics, f64)> {
+    if team.size() == 1 {
+        let (g, l, m) = local?;
+        return Ok((g, l, m, 0.0));
+    }
+    let post = match &local {
+        Ok((g, loss_sum, sums)) => Ok(Post {
+            loss_sum: *loss_sum,
+            sums: sums.clone(),
+            present: keys.iter().map(|(k, _)| g.contains_key(k)).collect(),
+            stop: false,
+        }),
+        Err(e) => Err(e.to_string()),
+    };
+    let posts = team.gather(post);
+    let (mut grads, _, _) = local?;
+    let posts = posts?;
+    let loss_sum = posts.iter().map(|p| p.loss_sum).sum();
+    let mut sums = Metrics::new();
+    for (k, v) in posts.iter().flat_map(|p| &p.sums) {
+        *sums.entry(k.clone()).or_default() += v;
+    }
+    let present = |i: usize| posts.iter().any(|p| p.present[i]);
+    let t0 = Instant::now();
+    let flat: Vec<Tensor<B, 1>> = keys
+        .iter()
+        .map(|(k, [r, c])| match grads.remove(k) {
+            Some(g) => g.reshape([r * c]),
+            None => Tensor::zeros([r * c], device),
+        })
+        .collect();
+    let total = team.all_reduce(Tensor::cat(flat, 0))?;
+    let mut out = Grads::new();
+    let mut at = 0;
+    for (i, (k, [r, c])) in keys.iter().enumerate() {
+        if present(i) {
+            out.insert(
+                k.clone(),
+                total.clone().slice(at..at + r * c).reshape([*r, *c]),
+            );
+        }
+        at += r * c;
+    }
+    Ok((out, loss_sum, sums, t0.elapsed().as_secs_f64()))
 }
 
 /// Forward and backward over the micro-batches: summed gradients, loss sum and metric sums.
@@ -396,7 +551,7 @@ fn accumulate<B: AutodiffBackend, M: Method<B>>(
     model: &Llama<B>,
     batches: &[M::Batch],
     units: f64,
-) -> (Grads<B::InnerBackend>, f64, Metrics) {
+) -> Local<B::InnerBackend> {
     let mut grads: Grads<B::InnerBackend> = BTreeMap::new();
     let mut loss_sum = 0.0;
     let mut sums = Metrics::new();
@@ -629,6 +784,7 @@ mod tests {
             grad_norm: 0.5,
             tokens_per_s: 100.0,
             step_seconds: 2.0,
+            allreduce_seconds: None,
             metrics: Metrics::from([("rewards/accuracies".to_string(), 0.75)]),
         };
         let text = line(&row);

@@ -24,12 +24,14 @@ pub mod loss;
 pub mod method;
 pub mod optim;
 pub mod output;
+pub mod parallel;
 pub mod plot;
 pub mod ppo;
 pub mod progress;
 pub mod reward;
 pub mod run;
 pub mod sft;
+pub mod team;
 
 pub use ablate::{AblateConfig, AblateJob, AblateReport};
 pub use config::{MethodConfig, ModelSection, RunConfig, RunFile};
@@ -96,6 +98,15 @@ pub enum Error {
     EmptyResponse,
     #[error("{path}: plotting failed: {msg}", path = .0.display(), msg = .1)]
     Plot(PathBuf, String),
+    /// A worker of a data-parallel run failed; the run stopped on every device.
+    #[error("data-parallel worker {rank} ({device}): {message}")]
+    Worker {
+        rank: usize,
+        device: String,
+        message: String,
+    },
+    #[error("method `{0}` trains on one device; set one entry in `train.devices`")]
+    OneDeviceOnly(&'static str),
     #[error("backend {0:?} is not compiled in (build with `--features {feature}`)", feature = .0.feature())]
     BackendMissing(burnish_core::backend::BackendKind),
     // Evaluation and ablation.

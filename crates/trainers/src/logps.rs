@@ -1,7 +1,6 @@
 //! Log-probabilities of labelled tokens, shared by SFT (token NLL), DPO (sequence log-probs) and RLHF.
 //! The LM head is applied only at labelled positions: it is the largest matmul of a small model.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use burnish_core::burn;
@@ -10,13 +9,23 @@ use burnish_data::Batch;
 
 use crate::loss::shifted_targets;
 
-/// Logits `[n, vocab]` at the positions whose next token is labelled, the `n` targets, and the batch row
-/// each comes from. `Adapters::Off` runs the base model (the reference of DPO and PPO).
-pub fn labelled_logits<B: Backend>(
+/// The labelled tokens of a batch under a model: their log-probabilities `[n]`, the targets, the batch
+/// row each comes from, and how many targets are the model's argmax (token accuracy).
+pub struct Labelled<B: Backend> {
+    pub logps: Tensor<B, 1>,
+    pub targets: Vec<i64>,
+    pub owner: Vec<usize>,
+    pub correct: usize,
+}
+
+/// [`Labelled`] for the positions whose next token is labelled; `None` when there is none.
+/// `Adapters::Off` runs the base model (the reference of DPO and PPO). The LM head is applied at
+/// those positions only, block by block, without holding `[n, vocab]` logits (`Llama::target_logps`).
+pub fn labelled_logps<B: Backend>(
     model: &Llama<B>,
     batch: &Batch,
     adapters: Adapters,
-) -> Option<(Tensor<B, 2>, Vec<i64>, Vec<usize>)> {
+) -> Option<Labelled<B>> {
     let device = model.model.embed_tokens.device();
     let (rows, targets) = shifted_targets(&batch.labels, batch.rows, batch.len);
     if rows.is_empty() {
@@ -30,19 +39,15 @@ pub fn labelled_logits<B: Backend>(
     let [b, s, h] = hidden.dims();
     let owner = rows.iter().map(|&r| r as usize / batch.len).collect();
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.clone(), [rows.len()]), &device);
-    let picked = hidden
-        .reshape([b * s, h])
-        .select(0, idx)
-        .unsqueeze_dim::<3>(0);
-    Some((model.logits(picked).squeeze_dim::<2>(0), targets, owner))
-}
-
-/// Log-probability of each target under `logits` `[n, vocab]`: `[n]`.
-pub fn target_logps<B: Backend>(logits: Tensor<B, 2>, targets: &[i64]) -> Tensor<B, 1> {
-    let n = targets.len();
-    let idx =
-        Tensor::<B, 2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), &logits.device());
-    log_softmax(logits, 1).gather(1, idx).squeeze_dim::<1>(1)
+    let picked = hidden.reshape([b * s, h]).select(0, idx);
+    let (logps, argmax) = model.target_logps(picked, &targets);
+    let correct = argmax.iter().zip(&targets).filter(|(p, t)| p == t).count();
+    Some(Labelled {
+        logps,
+        targets,
+        owner,
+        correct,
+    })
 }
 
 /// Sums `values` `[n]` into `rows` buckets by `owner` (a one-hot matmul: differentiable, and tiny next to
@@ -64,15 +69,14 @@ pub fn sequence_logps<B: Backend>(
     adapters: Adapters,
 ) -> (Tensor<B, 1>, Vec<usize>) {
     let mut counts = vec![0usize; batch.rows];
-    let Some((logits, targets, owner)) = labelled_logits(model, batch, adapters) else {
+    let Some(l) = labelled_logps(model, batch, adapters) else {
         let device = model.model.embed_tokens.device();
         return (Tensor::zeros([batch.rows], &device), counts);
     };
-    for &r in &owner {
+    for &r in &l.owner {
         counts[r] += 1;
     }
-    let logps = target_logps(logits, &targets);
-    (sum_by_row(logps, &owner, batch.rows), counts)
+    (sum_by_row(l.logps, &l.owner, batch.rows), counts)
 }
 
 /// Final hidden states `[n, hidden]` at the positions that predict each continuation token (from the
@@ -121,19 +125,5 @@ mod tests {
         let v = Tensor::<Cpu, 1>::from_floats([1.0, 2.0, 3.0, 4.0], &Default::default());
         let s = sum_by_row(v, &[0, 2, 2, 0], 3);
         assert_eq!(s.into_data().to_vec::<f32>().unwrap(), vec![5.0, 0.0, 5.0]);
-    }
-
-    #[test]
-    fn target_logps_are_log_softmax_entries() {
-        let l = Tensor::<Cpu, 2>::from_data(
-            TensorData::new(vec![0.0f32, 3f32.ln(), 0.0, 0.0], [2, 2]),
-            &Default::default(),
-        );
-        let got = target_logps(l, &[1, 0])
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        assert!((got[0] - 0.75f32.ln()).abs() < 1e-6);
-        assert!((got[1] - 0.5f32.ln()).abs() < 1e-6);
     }
 }

@@ -59,6 +59,15 @@ pub trait Method<B: AutodiffBackend> {
 
     /// Metrics on the held-out split, already averaged; empty when there is none.
     fn evaluate(&self, model: &Llama<B::InnerBackend>) -> Metrics;
+
+    /// A copy for another worker of a data-parallel run, its heads on `device` (same parameter ids);
+    /// `None` (the default) when the method trains on one device only.
+    fn replica(&self, _device: &B::Device) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 /// Held-out metrics from sums over `n` units: each as `eval_<name>` mean, plus `eval_loss`.

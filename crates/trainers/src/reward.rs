@@ -238,6 +238,18 @@ impl<B: AutodiffBackend> Method<B> for Reward<B> {
         }
     }
 
+    fn replica(&self, device: &B::Device) -> Option<Self> {
+        let head = Tensor::from_inner(self.head.val().inner().to_device(device)).require_grad();
+        Some(Self {
+            cfg: self.cfg.clone(),
+            train: self.train.clone(),
+            eval: self.eval.clone(),
+            pad_id: self.pad_id,
+            eval_batch_size: self.eval_batch_size,
+            head: Param::initialized(self.head.id, head),
+        })
+    }
+
     fn evaluate(&self, model: &Llama<B::InnerBackend>) -> Metrics {
         if self.eval.is_empty() {
             return Metrics::new();

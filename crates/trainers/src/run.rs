@@ -18,7 +18,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burnish_core::adapter::{load_adapter, save_adapter};
-use burnish_core::backend::{on_device, OnDevice};
+use burnish_core::backend::{on_devices, DeviceSpec, OnDevices};
 use burnish_core::burn;
 use burnish_core::io::file_stamp;
 use burnish_core::{Llama, Pretrained, TokenizerBundle};
@@ -35,6 +35,7 @@ use crate::engine::{train as run_engine, EngineConfig, Outcome, StepLog, Summary
 use crate::eval::{evaluate_config, EvalMeta, EvalReport};
 use crate::method::{Method, Metrics};
 use crate::output::{prepare_dir, write_model, writes_model, SaveKind};
+use crate::parallel::train_on_devices;
 use crate::ppo::{Ppo, PpoParts, Prompt, RewardModel};
 use crate::progress::{Log, Progress, StopToken};
 use crate::reward::{load_head, save_head, Reward};
@@ -100,8 +101,8 @@ pub fn run(config: &RunConfig, opts: &RunOptions<'_>) -> Result<RunReport> {
     config.validate().map_err(bad)?;
     config.data.validate(&label)?;
     config.output().map_err(bad)?;
-    let spec = config.model.backend;
-    on_device(spec, Stages { config, opts }).map_err(|_| Error::BackendMissing(spec.kind))?
+    let specs = config.devices();
+    on_devices(&specs, Stages { config, opts }).map_err(|_| Error::BackendMissing(specs[0].kind))?
 }
 
 /// The run's stages, generic over the backend `[model] backend` names.
@@ -110,16 +111,16 @@ struct Stages<'a, 'p> {
     opts: &'a RunOptions<'p>,
 }
 
-impl OnDevice for Stages<'_, '_> {
+impl OnDevices for Stages<'_, '_> {
     type Output = Result<RunReport>;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<RunReport> {
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<RunReport> {
         let (config, opts) = (self.config, self.opts);
         if let MethodConfig::Ablate(cfg) = &config.method {
             // Ablation computes no gradients: the inner (non-autodiff) backend.
-            return ablate_stage::<B::InnerBackend>(config, cfg, opts, &device);
+            return ablate_stage::<B::InnerBackend>(config, cfg, opts, &devices[0]);
         }
-        let report = train_on::<B>(config, opts, &device)?;
+        let report = train_on::<B>(config, opts, &devices)?;
         Ok(RunReport::Trained(Box::new(report)))
     }
 }
@@ -127,8 +128,9 @@ impl OnDevice for Stages<'_, '_> {
 fn train_on<B: AutodiffBackend>(
     c: &RunConfig,
     opts: &RunOptions<'_>,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> Result<TrainReport> {
+    let device = &devices[0];
     let started = Instant::now();
     let output = c.output().expect("checked by run()");
     let out_dir = output.dir.clone();
@@ -162,7 +164,8 @@ fn train_on<B: AutodiffBackend>(
         bundle: &bundle,
         pad_id: bundle.pad_id(),
         progress: opts.progress,
-        device,
+        devices,
+        labels: c.devices().iter().map(DeviceSpec::to_string).collect(),
     };
     let (model, summary) = stage.run(data, model)?;
     let eval = match summary.outcome {
@@ -344,12 +347,19 @@ struct MethodStage<'a, B: AutodiffBackend> {
     bundle: &'a TokenizerBundle,
     pad_id: u32,
     progress: &'a dyn Progress,
-    device: &'a B::Device,
+    /// The workers' devices (one unless `[train] devices` lists several); the model is on the first.
+    devices: &'a [B::Device],
+    labels: Vec<String>,
 }
 
 impl<B: AutodiffBackend> MethodStage<'_, B> {
-    fn fit<M: Method<B>>(&self, method: &mut M, model: Llama<B>) -> Result<(Llama<B>, Summary)> {
-        run_engine(method, model, self.engine, self.progress)
+    fn fit<M: Method<B> + Send>(
+        &self,
+        method: &mut M,
+        model: Llama<B>,
+    ) -> Result<(Llama<B>, Summary)> {
+        let (engine, progress) = (self.engine, self.progress);
+        train_on_devices(method, model, engine, self.devices, &self.labels, progress)
     }
 
     fn run(&self, data: Encoded, model: Llama<B>) -> Result<(Llama<B>, Summary)> {
@@ -383,7 +393,7 @@ impl<B: AutodiffBackend> MethodStage<'_, B> {
                 self.fit(&mut dpo, model)
             }
             (MethodConfig::Reward(cfg), Encoded::Pairs(train, eval)) => {
-                let head = crate::reward::init_head(hidden, c.train.seed, self.device);
+                let head = crate::reward::init_head(hidden, c.train.seed, &self.devices[0]);
                 let mut rm =
                     Reward::<B>::new(cfg.clone(), train, eval, self.pad_id, eval_batch_size, head);
                 let (model, summary) = self.fit(&mut rm, model)?;
@@ -407,7 +417,9 @@ impl<B: AutodiffBackend> MethodStage<'_, B> {
                     samples: Some(crate::ppo::samples_path(&self.engine.out_dir)),
                     hidden,
                 };
-                self.fit(&mut Ppo::<B>::new(parts, self.device), model)
+                // One device (the config is checked): PPO's rollouts are not split across workers.
+                let mut ppo = Ppo::<B>::new(parts, &self.devices[0]);
+                run_engine(&mut ppo, model, self.engine, self.progress)
             }
             _ => unreachable!("encode() checks the data kind against the method"),
         }

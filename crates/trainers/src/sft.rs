@@ -8,8 +8,8 @@ use burnish_core::{Adapters, Llama};
 use burnish_data::{Batch, Packed};
 use serde::{Deserialize, Serialize};
 
-use crate::logps::labelled_logits;
-use crate::loss::{shifted_targets, token_nll};
+use crate::logps::labelled_logps;
+use crate::loss::shifted_targets;
 use crate::method::{Method, Metrics};
 
 /// Supervised fine-tuning: cross entropy on assistant tokens (masks come from `[data]`).
@@ -17,6 +17,7 @@ use crate::method::{Method, Metrics};
 #[serde(deny_unknown_fields)]
 pub struct SftConfig {}
 
+#[derive(Clone)]
 pub struct Sft {
     pub train: Vec<Packed>,
     pub eval: Vec<Packed>,
@@ -27,11 +28,8 @@ pub struct Sft {
 /// Summed NLL, target count and correct argmax predictions of a batch (adapters on, with LoRA
 /// dropout while training: SFT is the one method that keeps it, as TRL's SFTTrainer).
 pub fn batch_nll<B: Backend>(model: &Llama<B>, batch: &Batch) -> (Tensor<B, 1>, usize, usize) {
-    match labelled_logits(model, batch, Adapters::On) {
-        Some((logits, targets, _)) => {
-            let (sum, correct) = token_nll(logits, &targets);
-            (sum, targets.len(), correct)
-        }
+    match labelled_logps(model, batch, Adapters::On) {
+        Some(l) => (l.logps.sum().neg(), l.targets.len(), l.correct),
         None => (Tensor::zeros([1], &model.model.embed_tokens.device()), 0, 0),
     }
 }
@@ -74,6 +72,10 @@ impl<B: AutodiffBackend> Method<B> for Sft {
             sum,
             Metrics::from([("token_accuracy".into(), correct as f64)]),
         )
+    }
+
+    fn replica(&self, _device: &B::Device) -> Option<Self> {
+        Some(self.clone())
     }
 
     fn evaluate(&self, model: &Llama<B::InnerBackend>) -> Metrics {

@@ -170,11 +170,6 @@ fn lean_on<B: Backend, I: Backend>(
     if std::any::TypeId::of::<B>() != std::any::TypeId::of::<Autodiff<I>>() {
         return Err(args);
     }
-    fn cast<T: 'static, U: 'static>(x: T) -> U {
-        *(Box::new(x) as Box<dyn Any>)
-            .downcast::<U>()
-            .expect("the backend type matched")
-    }
     let args = Args {
         q: cast(args.q),
         k: cast(args.k),
@@ -183,6 +178,14 @@ fn lean_on<B: Backend, I: Backend>(
         options: args.options,
     };
     Ok(cast(op(args, block)))
+}
+
+/// `x` as the type `U` it is known to be (a generic backend's tensor as the concrete backend's, once
+/// their `TypeId`s matched).
+pub(crate) fn cast<T: 'static, U: 'static>(x: T) -> U {
+    *(Box::new(x) as Box<dyn Any>)
+        .downcast::<U>()
+        .expect("the backend type matched")
 }
 
 /// Inputs and output the backward pass needs, on the inner backend.

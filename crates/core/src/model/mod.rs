@@ -6,6 +6,7 @@
 mod attend;
 mod build;
 mod edit;
+mod head;
 mod linear;
 pub mod lora;
 mod mask;
@@ -520,6 +521,37 @@ impl<B: Backend> Llama<B> {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,
         }
+    }
+
+    /// Log-probabilities of `targets` under the next-token distribution at final hidden states
+    /// `hidden` `[n, h]`, and each row's argmax token: `log_softmax(logits(hidden))[target]` without
+    /// holding the `[n, vocab]` logits (model/head.rs).
+    pub fn target_logps(&self, hidden: Tensor<B, 2>, targets: &[i64]) -> (Tensor<B, 1>, Vec<i64>) {
+        let weight = match &self.lm_head {
+            None => Some(self.model.embed_tokens.val()),
+            Some(h) if h.bias.is_none() && !h.lora.as_ref().is_some_and(|l| l.merged) => {
+                Some(h.weight.val())
+            }
+            Some(_) => None,
+        };
+        if let Some(w) = weight {
+            return head::target_logps(hidden, w, targets, self.final_softcap);
+        }
+        // A head with a bias or a merged adapter: the full logits.
+        let n = targets.len();
+        let logits = self
+            .logits(hidden.unsqueeze_dim::<3>(0))
+            .squeeze_dim::<2>(0);
+        let top = logits.clone().argmax(1).into_data().convert::<i64>();
+        let idx = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(targets.to_vec(), [n, 1]),
+            &logits.device(),
+        );
+        let lp = burn::tensor::activation::log_softmax(logits, 1).gather(1, idx);
+        (
+            lp.squeeze_dim::<1>(1),
+            top.to_vec().expect("converted to i64"),
+        )
     }
 
     /// Logits for unpadded sequences: positions 0..seq, causal attention, no cache.

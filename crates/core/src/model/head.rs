@@ -1,0 +1,327 @@
+//! Log-probabilities of target tokens through the LM head, for training losses, without holding the
+//! `[tokens, vocab]` logits. Rows are taken a block at a time (32 MB of logits), each block's logits
+//! reduced to the targets' log-probabilities and the argmax, then dropped.
+//!
+//! Under autodiff (CPU, and wgpu/CUDA when compiled in) this is one operation whose backward needs
+//! no logits either: a target's log-probability depends on its own hidden row only, so the forward
+//! pass also computes, per row, `J = ∂ log p(target) / ∂ hidden = W[target] − Σ_v p_v · W[v]`
+//! (`[tokens, hidden]`, through the soft-cap's `1 − tanh²` when there is one), and the backward pass is
+//! `d hidden = d logp · J`. That is the work the ordinary backward does on the full logits, moved into
+//! the forward pass's blocks. It requires a frozen head (LoRA never adapts `lm_head` here); a head
+//! that requires gradients takes the same blocks through Burn's own autodiff.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
+
+use super::attend::cast;
+use super::linear::matmul_t;
+
+/// Logit elements of one block of rows: 8M f32 values, 32 MB (SmolLM2's 49,152-token vocabulary: 170
+/// rows a block).
+const BLOCK_LOGITS: usize = 1 << 23;
+
+/// The targets' log-probabilities `[n]` under `softcap(hidden · Wᵀ)` for `hidden` `[n, h]` and the
+/// head `w` `[vocab, h]`, and each row's argmax token.
+pub(crate) fn target_logps<B: Backend>(
+    hidden: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    targets: &[i64],
+    softcap: Option<f64>,
+) -> (Tensor<B, 1>, Vec<i64>) {
+    target_logps_blocked(hidden, w, targets, softcap, BLOCK_LOGITS)
+}
+
+fn target_logps_blocked<B: Backend>(
+    hidden: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    targets: &[i64],
+    softcap: Option<f64>,
+    block: usize,
+) -> (Tensor<B, 1>, Vec<i64>) {
+    if !w.is_require_grad() {
+        let args = (hidden, w);
+        let args = match lean_on::<B, crate::backend::Cpu>(args, targets, softcap, block, lean_cpu)
+        {
+            Ok(y) => return y,
+            Err(args) => args,
+        };
+        #[cfg(feature = "wgpu")]
+        let args =
+            match lean_on::<B, crate::backend::Wgpu>(args, targets, softcap, block, lean_wgpu) {
+                Ok(y) => return y,
+                Err(args) => args,
+            };
+        #[cfg(feature = "cuda")]
+        let args =
+            match lean_on::<B, crate::backend::Cuda>(args, targets, softcap, block, lean_cuda) {
+                Ok(y) => return y,
+                Err(args) => args,
+            };
+        let b = blocks(args.0, args.1, targets, softcap, block, false);
+        return (b.logps, b.argmax);
+    }
+    let b = blocks(hidden, w, targets, softcap, block, false);
+    (b.logps, b.argmax)
+}
+
+type LeanFn<I> = fn(
+    (Tensor<Autodiff<I>, 2>, Tensor<Autodiff<I>, 2>),
+    &[i64],
+    Option<f64>,
+    usize,
+) -> (Tensor<Autodiff<I>, 1>, Vec<i64>);
+
+// One non-generic entry per backend, compiled once here (as attend.rs does).
+fn lean_cpu(
+    (h, w): (
+        Tensor<Autodiff<crate::backend::Cpu>, 2>,
+        Tensor<Autodiff<crate::backend::Cpu>, 2>,
+    ),
+    targets: &[i64],
+    softcap: Option<f64>,
+    block: usize,
+) -> (Tensor<Autodiff<crate::backend::Cpu>, 1>, Vec<i64>) {
+    lean(h, w.inner(), targets, softcap, block)
+}
+
+#[cfg(feature = "wgpu")]
+fn lean_wgpu(
+    (h, w): (
+        Tensor<Autodiff<crate::backend::Wgpu>, 2>,
+        Tensor<Autodiff<crate::backend::Wgpu>, 2>,
+    ),
+    targets: &[i64],
+    softcap: Option<f64>,
+    block: usize,
+) -> (Tensor<Autodiff<crate::backend::Wgpu>, 1>, Vec<i64>) {
+    lean(h, w.inner(), targets, softcap, block)
+}
+
+#[cfg(feature = "cuda")]
+fn lean_cuda(
+    (h, w): (
+        Tensor<Autodiff<crate::backend::Cuda>, 2>,
+        Tensor<Autodiff<crate::backend::Cuda>, 2>,
+    ),
+    targets: &[i64],
+    softcap: Option<f64>,
+    block: usize,
+) -> (Tensor<Autodiff<crate::backend::Cuda>, 1>, Vec<i64>) {
+    lean(h, w.inner(), targets, softcap, block)
+}
+
+/// Runs `op` when `B` is `Autodiff<I>`; gives the tensors back otherwise.
+#[allow(clippy::type_complexity)]
+fn lean_on<B: Backend, I: Backend>(
+    (h, w): (Tensor<B, 2>, Tensor<B, 2>),
+    targets: &[i64],
+    softcap: Option<f64>,
+    block: usize,
+    op: LeanFn<I>,
+) -> Result<(Tensor<B, 1>, Vec<i64>), (Tensor<B, 2>, Tensor<B, 2>)> {
+    if std::any::TypeId::of::<B>() != std::any::TypeId::of::<Autodiff<I>>() {
+        return Err((h, w));
+    }
+    let (logps, argmax) = op((cast(h), cast(w)), targets, softcap, block);
+    Ok((cast(logps), argmax))
+}
+
+#[derive(Debug)]
+struct HeadLogps;
+
+impl<B: Backend> Backward<B, 1> for HeadLogps {
+    /// `∂ log p(target) / ∂ hidden`, `[n, h]`.
+    type State = Tensor<B, 2>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g: Tensor<B, 1> =
+            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+        let dh = ops.state * g.unsqueeze_dim::<2>(1);
+        if let [Some(node)] = ops.parents {
+            grads.register::<B>(node.id, dh.into_primitive().tensor());
+        }
+    }
+}
+
+fn lean<I: Backend, C: CheckpointStrategy>(
+    hidden: Tensor<Autodiff<I, C>, 2>,
+    w: Tensor<I, 2>,
+    targets: &[i64],
+    softcap: Option<f64>,
+    block: usize,
+) -> (Tensor<Autodiff<I, C>, 1>, Vec<i64>) {
+    let h = hidden.into_primitive().tensor();
+    let hi: Tensor<I, 2> = Tensor::from_primitive(TensorPrimitive::Float(h.primitive.clone()));
+    let prep = HeadLogps
+        .prepare::<C>([h.node.clone()])
+        .compute_bound()
+        .stateful();
+    let (out, argmax) = match prep {
+        OpsKind::Tracked(prep) => {
+            let b = blocks(hi, w, targets, softcap, block, true);
+            let jac = b.jac.expect("asked for");
+            (
+                prep.finish(jac, b.logps.into_primitive().tensor()),
+                b.argmax,
+            )
+        }
+        OpsKind::UnTracked(prep) => {
+            let b = blocks(hi, w, targets, softcap, block, false);
+            (prep.finish(b.logps.into_primitive().tensor()), b.argmax)
+        }
+    };
+    (Tensor::from_primitive(TensorPrimitive::Float(out)), argmax)
+}
+
+/// What the blocks produce: log-probabilities `[n]`, argmax tokens, and `∂ logp / ∂ hidden` `[n, h]`
+/// when asked for.
+struct Blocks<B: Backend> {
+    logps: Tensor<B, 1>,
+    argmax: Vec<i64>,
+    jac: Option<Tensor<B, 2>>,
+}
+
+fn blocks<B: Backend>(
+    hidden: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    targets: &[i64],
+    softcap: Option<f64>,
+    block: usize,
+    want_jac: bool,
+) -> Blocks<B> {
+    let [n, _] = hidden.dims();
+    let vocab = w.dims()[0];
+    let device = hidden.device();
+    let rows = (block / vocab.max(1)).max(1);
+    let (mut logps, mut jacs, mut argmax) = (Vec::new(), Vec::new(), Vec::with_capacity(n));
+    for r0 in (0..n).step_by(rows) {
+        let r1 = (r0 + rows).min(n);
+        let t = &targets[r0..r1];
+        let idx =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(t.to_vec(), [r1 - r0, 1]), &device);
+        let mut z = matmul_t(hidden.clone().slice(r0..r1), w.clone());
+        let tanh = softcap.map(|cap| {
+            let th = (z.clone() / cap).tanh();
+            z = th.clone() * cap;
+            th
+        });
+        let top = z.clone().argmax(1).into_data().convert::<i64>();
+        argmax.extend(top.to_vec::<i64>().expect("converted to i64"));
+        let max = z.clone().max_dim(1);
+        let lse = (z.clone() - max.clone()).exp().sum_dim(1).log() + max;
+        let zt = z.clone().gather(1, idx.clone());
+        logps.push((zt - lse.clone()).squeeze_dim::<1>(1));
+        if want_jac {
+            // ∂ logp / ∂ z_v = 1[v = target] − p_v, times 1 − tanh² through the soft-cap.
+            let mut p = (z - lse).exp();
+            let mut wt = w.clone().select(0, idx.clone().squeeze_dim::<1>(1));
+            if let Some(th) = tanh {
+                let d = th.powi_scalar(2).neg().add_scalar(1.0);
+                wt = wt * d.clone().gather(1, idx);
+                p = p * d;
+            }
+            jacs.push(wt - p.matmul(w.clone()));
+        }
+    }
+    Blocks {
+        logps: Tensor::cat(logps, 0),
+        argmax,
+        jac: want_jac.then(|| Tensor::cat(jacs, 0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cpu;
+    use burn::tensor::activation::log_softmax;
+    use burn::tensor::Distribution;
+
+    type Ad = Autodiff<Cpu>;
+
+    fn reference(
+        h: Tensor<Ad, 2>,
+        w: Tensor<Ad, 2>,
+        targets: &[i64],
+        softcap: Option<f64>,
+    ) -> (Tensor<Ad, 1>, Vec<i64>) {
+        let mut z = h.matmul(w.transpose());
+        if let Some(cap) = softcap {
+            z = (z / cap).tanh() * cap;
+        }
+        let n = targets.len();
+        let idx = Tensor::<Ad, 2, Int>::from_data(
+            TensorData::new(targets.to_vec(), [n, 1]),
+            &Default::default(),
+        );
+        let top = z.clone().argmax(1).into_data().convert::<i64>();
+        let lp = log_softmax(z, 1).gather(1, idx).squeeze_dim::<1>(1);
+        (lp, top.to_vec().unwrap())
+    }
+
+    fn max_diff<const D: usize>(a: Tensor<Cpu, D>, b: Tensor<Cpu, D>) -> f32 {
+        (a - b).abs().max().into_scalar()
+    }
+
+    /// Values, argmax and the hidden states' gradient (under a non-uniform upstream gradient, as DPO
+    /// gives) equal the full-logits computation, in one block and in blocks of 3 rows.
+    fn check(softcap: Option<f64>, block: usize) {
+        let device = Default::default();
+        let (n, h, v) = (10, 8, 23);
+        let hidden = Tensor::<Cpu, 2>::random([n, h], Distribution::Normal(0.0, 1.0), &device);
+        let w = Tensor::<Ad, 2>::random([v, h], Distribution::Normal(0.0, 1.0), &device);
+        let targets: Vec<i64> = (0..n as i64).map(|i| (i * 7 + 3) % v as i64).collect();
+        let weights = Tensor::<Ad, 1>::from_floats(
+            [0.5, -1.0, 2.0, 0.1, 1.0, -0.3, 0.7, 1.5, -2.0, 0.2],
+            &device,
+        );
+        let run = |lean: bool| {
+            let x = Tensor::<Ad, 2>::from_inner(hidden.clone()).require_grad();
+            let (lp, top) = match lean {
+                true => target_logps_blocked(x.clone(), w.clone(), &targets, softcap, block),
+                false => reference(x.clone(), w.clone(), &targets, softcap),
+            };
+            let g = (lp.clone() * weights.clone()).sum().backward();
+            (lp.inner(), top, x.grad(&g).unwrap())
+        };
+        let (lp, top, g) = run(true);
+        let (lp_ref, top_ref, g_ref) = run(false);
+        assert!(max_diff(lp, lp_ref) < 1e-5);
+        assert_eq!(top, top_ref);
+        assert!(max_diff(g, g_ref) < 1e-5);
+    }
+
+    #[test]
+    fn matches_the_full_logits_in_one_block_and_in_blocks() {
+        check(None, 1 << 20);
+        check(None, 3 * 23);
+    }
+
+    #[test]
+    fn matches_the_full_logits_through_a_softcap() {
+        check(Some(2.0), 1 << 20);
+        check(Some(2.0), 3 * 23);
+    }
+
+    #[test]
+    fn a_head_that_requires_gradients_gets_them() {
+        let device = Default::default();
+        let hidden = Tensor::<Ad, 2>::random([4, 3], Distribution::Normal(0.0, 1.0), &device);
+        let w = Tensor::<Ad, 2>::random([5, 3], Distribution::Normal(0.0, 1.0), &device);
+        let grad_of = |lean: bool| {
+            let w = Tensor::<Ad, 2>::from_inner(w.clone().inner()).require_grad();
+            let (lp, _) = match lean {
+                true => target_logps_blocked(hidden.clone(), w.clone(), &[1, 2, 0, 4], None, 10),
+                false => reference(hidden.clone(), w.clone(), &[1, 2, 0, 4], None),
+            };
+            let g = lp.sum().backward();
+            w.grad(&g).unwrap()
+        };
+        assert!(max_diff(grad_of(true), grad_of(false)) < 1e-5);
+    }
+}

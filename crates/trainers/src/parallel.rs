@@ -1,0 +1,128 @@
+//! Data-parallel training: one worker thread per device (`[train] devices`), each with a replica of
+//! the model and of the method. Every micro-batch of a one-device run is split into contiguous shares,
+//! one per worker; each worker runs forward and backward on its share with the loss normalised by the
+//! *global* loss units, the adapter and head gradients are summed across workers as one flat bucket
+//! by Burn's collective all-reduce, and every replica takes the same clipped AdamW step. So the losses
+//! and the adapters are those of the one-device run, up to float summation order (docs/distributed.md).
+//! The loop is the engine's; [`crate::team`] is how the workers talk.
+
+use std::sync::Mutex;
+
+use burn::collective::{self, CollectiveConfig, PeerId};
+use burn::module::Module;
+use burn::tensor::backend::AutodiffBackend;
+use burnish_core::burn;
+use burnish_core::Llama;
+
+use crate::engine::{run_loop, EngineConfig, Summary};
+use crate::method::Method;
+use crate::progress::Progress;
+use crate::team::{panic_text, Team};
+use crate::{Error, Result};
+
+/// Burn's collective keeps one registry per backend type in the process: one data-parallel run at a
+/// time (tests run in parallel threads).
+static ONE_RUN: Mutex<()> = Mutex::new(());
+
+/// Non-leading workers report nothing.
+struct Silent;
+impl Progress for Silent {
+    fn message(&self, _: &str) {}
+}
+
+/// [`crate::engine::train`] on `devices` (one worker per entry; an entry may repeat). The model is on
+/// `devices[0]`; every other worker gets a copy of it and of the method there. With one device this
+/// is `engine::train`. Methods that cannot be replicated (PPO) are refused by name.
+pub fn train_on_devices<B: AutodiffBackend, M: Method<B> + Send>(
+    method: &mut M,
+    model: Llama<B>,
+    cfg: &EngineConfig,
+    devices: &[B::Device],
+    labels: &[String],
+    progress: &dyn Progress,
+) -> Result<(Llama<B>, Summary)> {
+    if devices.len() <= 1 {
+        return crate::engine::train(method, model, cfg, progress);
+    }
+    if labels.len() != devices.len() {
+        return Err(Error::Invalid(format!(
+            "{} devices but {} device labels",
+            devices.len(),
+            labels.len()
+        )));
+    }
+    let _one = ONE_RUN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut others = Vec::with_capacity(devices.len() - 1);
+    for d in &devices[1..] {
+        let m = method
+            .replica(d)
+            .ok_or(Error::OneDeviceOnly(method.name()))?;
+        // `fork` gives the adapters new autodiff leaves, so the workers' graphs stay apart.
+        others.push((m, model.clone().fork(d)));
+    }
+    let mut teams = Team::members(labels).into_iter();
+    let team = teams.next().expect("two devices or more");
+    collective::reset_collective::<B::InnerBackend>();
+    let config = CollectiveConfig::default().with_num_devices(devices.len());
+    let (lead, rest) = std::thread::scope(|s| {
+        let handles: Vec<_> = others
+            .into_iter()
+            .zip(&devices[1..])
+            .zip(teams)
+            .map(|(((mut m, replica), d), team)| {
+                let config = config.clone();
+                s.spawn(move || -> Result<()> {
+                    worker::<B, ()>(&team, d, config, || {
+                        run_loop(&mut m, replica, cfg, &Silent, &team).map(drop)
+                    })
+                })
+            })
+            .collect();
+        let lead = worker::<B, _>(&team, &devices[0], config, || {
+            run_loop(method, model, cfg, progress, &team)
+        });
+        drop(team);
+        let rest: Vec<Result<()>> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|p| Err(Error::Invalid(panic_text(p.as_ref()))))
+            })
+            .collect();
+        (lead, rest)
+    });
+    collective::reset_collective::<B::InnerBackend>();
+    match lead {
+        Ok(done) => Ok(done),
+        // The leader only saw that another worker stopped: that worker's own error is the cause.
+        Err(Error::Worker { rank, device, .. }) if rank > 0 => match &rest[rank - 1] {
+            Err(e) => Err(Error::Worker {
+                rank,
+                device,
+                message: e.to_string(),
+            }),
+            Ok(()) => Err(Error::Worker {
+                rank,
+                device,
+                message: "the worker ended early".into(),
+            }),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// A worker's life: registered with the collective, its loop, unregistered.
+fn worker<B: AutodiffBackend, T>(
+    team: &Team,
+    device: &B::Device,
+    config: CollectiveConfig,
+    run: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let id = PeerId::from(team.rank());
+    collective::register::<B::InnerBackend>(id, device.clone(), config)
+        .map_err(|e| team.collective_error(e))?;
+    let out = run();
+    // Unregistering only matters to a later run, which resets the registry anyway.
+    let _ = collective::finish_collective::<B::InnerBackend>(id);
+    out
+}
