@@ -195,6 +195,11 @@ pub struct StepLog {
     /// Seconds of the step spent summing gradients across devices (data-parallel runs only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allreduce_seconds: Option<f64>,
+    /// Peak resident memory of the process so far, MB (Linux; absent elsewhere). On the CPU backend
+    /// this is the training's memory; on a GPU backend it is the host side only (Burn 0.21 reports no
+    /// peak device memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mb: Option<f64>,
     /// The method's metrics (means over the step's loss units, e.g. `rewards/accuracies`), its
     /// step metrics (PPO's rollout statistics) and held-out `eval_*` metrics when it evaluated.
     #[serde(flatten)]
@@ -467,8 +472,17 @@ fn optimizer_step<B: AutodiffBackend, M: Method<B>>(
         tokens_per_s: tokens as f64 / secs,
         step_seconds: secs,
         allreduce_seconds: (team.size() > 1).then_some(reduce_secs),
+        peak_rss_mb: peak_rss_mb(),
         metrics,
     })
+}
+
+/// The process's peak resident set (`VmHWM` in /proc/self/status), MB; `None` where there is none.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    let kb: f64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 /// The trainable parameters (adapters, then the method's heads) by key, with their shapes: the
@@ -785,6 +799,7 @@ mod tests {
             tokens_per_s: 100.0,
             step_seconds: 2.0,
             allreduce_seconds: None,
+            peak_rss_mb: Some(812.5),
             metrics: Metrics::from([("rewards/accuracies".to_string(), 0.75)]),
         };
         let text = line(&row);
@@ -794,5 +809,7 @@ mod tests {
         let back: StepLog = serde_json::from_str(&text).unwrap();
         assert_eq!(back.metrics, row.metrics);
         assert_eq!(back.step, 3);
+        assert_eq!(v["peak_rss_mb"], 812.5);
+        assert!(v.get("allreduce_seconds").is_none());
     }
 }
