@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burnish_core::backend::DeviceSpec;
+use burnish_core::backend::{BackendKind, DeviceSpec};
 use burnish_core::LoraConfig;
 use burnish_data::DataConfig;
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,7 @@ use crate::dpo::DpoConfig;
 use crate::engine::TrainConfig;
 use crate::eval::EvalConfig;
 use crate::output::OutputConfig;
+use crate::parallel::GPU_WHY;
 use crate::ppo::PpoConfig;
 use crate::reward::RewardConfig;
 use crate::sft::SftConfig;
@@ -170,6 +171,7 @@ impl RunConfig {
                 c.dtype
             ));
         }
+        self.validate_devices()?;
         if !c.backend.kind.available() {
             return Err(format!(
                 "`model.backend` = \"{}\" is not compiled in (build with `--features {}`)",
@@ -180,7 +182,6 @@ impl RunConfig {
         if !c.path.exists() {
             return Err(format!("`model.path`: {} does not exist", c.path.display()));
         }
-        self.validate_devices()?;
         crate::eval::HazardMap::new(&self.eval.hazards)
             .map_err(|m| format!("[eval.hazards]: {m}"))?;
         match &self.method {
@@ -209,6 +210,14 @@ impl RunConfig {
                 "`train.devices` = [\"{first}\", ...] and `model.backend` = \"{}\" name different backends; \
                  set `model.backend` to the devices' backend (or leave `train.devices` out)",
                 self.model.backend
+            ));
+        }
+        if devices.len() > 1 && first.kind != BackendKind::Cpu {
+            return Err(format!(
+                "`train.devices` lists {} `{}` devices: data-parallel training runs on the CPU \
+                 backend only for now ({GPU_WHY}); train on one GPU (one entry)",
+                devices.len(),
+                first.kind.feature()
             ));
         }
         if devices.len() > 1 {

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use burn::collective::{self, CollectiveConfig, PeerId};
 use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
+use burnish_core::backend::Cpu;
 use burnish_core::burn;
 use burnish_core::Llama;
 
@@ -19,6 +20,11 @@ use crate::method::Method;
 use crate::progress::Progress;
 use crate::team::{panic_text, Team};
 use crate::{Error, Result};
+
+/// Why several GPU workers are refused (docs/distributed.md).
+pub const GPU_WHY: &str =
+    "two workers on one wgpu device gave NaN or wrong losses at the second step, \
+     a race between worker threads on Burn 0.21's GPU backends that is not found yet";
 
 /// Burn's collective keeps one registry per backend type in the process: one data-parallel run at a
 /// time (tests run in parallel threads).
@@ -49,6 +55,11 @@ pub fn train_on_devices<B: AutodiffBackend, M: Method<B> + Send>(
             "{} devices but {} device labels",
             devices.len(),
             labels.len()
+        )));
+    }
+    if std::any::TypeId::of::<B::InnerBackend>() != std::any::TypeId::of::<Cpu>() {
+        return Err(Error::Invalid(format!(
+            "data-parallel training runs on the CPU backend only for now ({GPU_WHY})"
         )));
     }
     let _one = ONE_RUN.lock().unwrap_or_else(|p| p.into_inner());
