@@ -107,38 +107,7 @@ fn sft_on_two_and_three_workers_is_the_one_worker_run() {
 /// A pair-trained method (`dpo` or `reward`) on 1, 2 and 3 workers; returns the three output dirs.
 fn pairs_on_workers(method: &str) -> (tempfile::TempDir, [PathBuf; 3]) {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_chat_model(dir.path());
-    let data = pair_data(dir.path(), 20);
-    let text = format!(
-        r#"[model]
-path = "{}"
-
-[lora]
-r = 4
-lora_alpha = 8
-target_modules = "all-linear"
-
-[data]
-max_length = 64
-
-[[data.sources]]
-path = "{}"
-
-[method]
-name = "{method}"
-
-[train]
-learning_rate = 1e-2
-seed = 3
-
-[output]
-dir = "out"
-"#,
-        model.display(),
-        data.display()
-    );
-    let run = dir.path().join("run.toml");
-    std::fs::write(&run, text).unwrap();
+    let run = pair_run(dir.path(), &format!("name = \"{method}\""), 25);
     let one = train(&run, "one", 1, &SHAPE);
     let two = train(&run, "two", 2, &SHAPE);
     let three = train(&run, "three", 3, &SHAPE);

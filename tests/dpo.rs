@@ -13,43 +13,7 @@ use burnish::trainers::logps::sequence_logps;
 use common::*;
 
 fn dpo_run(dir: &Path, method: &str) -> PathBuf {
-    let model = tiny_chat_model(dir);
-    let data = pair_data(dir, 40);
-    let text = format!(
-        r#"[model]
-path = "{}"
-
-[lora]
-r = 4
-lora_alpha = 8
-target_modules = "all-linear"
-
-[data]
-max_length = 64
-eval_fraction = 0.2
-
-[[data.sources]]
-path = "{}"
-
-[method]
-name = "dpo"
-{method}
-
-[train]
-learning_rate = 1e-2
-batch_size = 4
-max_steps = 8
-seed = 3
-
-[output]
-dir = "out"
-"#,
-        model.display(),
-        data.display()
-    );
-    let p = dir.join("run.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+    pair_run(dir, &format!("name = \"dpo\"\n{method}"), 40)
 }
 
 fn train(run: &Path) -> String {

@@ -63,9 +63,15 @@ pub fn tiny_sft_data(dir: &Path, n: usize) -> PathBuf {
 
 /// A run file for the tiny model; `extra` is appended (TOML).
 pub fn tiny_run(dir: &Path, extra: &str) -> PathBuf {
-    let model = tiny_chat_model(dir);
     let data = tiny_sft_data(dir, 24);
-    let text = format!(
+    let text = tiny_run_text(dir, &data, "shuffle = false", "", extra);
+    write_run(dir, &text)
+}
+
+/// The tiny model's run file: LoRA r4 all-linear, one data source, 8 steps of 4 rows at lr 1e-2.
+fn tiny_run_text(dir: &Path, data: &Path, data_extra: &str, method: &str, extra: &str) -> String {
+    let model = tiny_chat_model(dir);
+    format!(
         r#"[model]
 path = "{}"
 
@@ -76,11 +82,12 @@ target_modules = "all-linear"
 
 [data]
 max_length = 64
-shuffle = false
+{data_extra}
 
 [[data.sources]]
 path = "{}"
 
+{method}
 [train]
 learning_rate = 1e-2
 batch_size = 4
@@ -93,7 +100,10 @@ dir = "out"
 "#,
         model.display(),
         data.display()
-    );
+    )
+}
+
+fn write_run(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("run.toml");
     std::fs::write(&p, text).unwrap();
     p
@@ -112,6 +122,15 @@ pub fn losses(out: &Path) -> Vec<(u64, f64)> {
         .iter()
         .map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap()))
         .collect()
+}
+
+/// A run file for the tiny model on `pairs` preference pairs (20% held out), 8 steps of 4 pairs;
+/// `method` is the `[method]` body, e.g. `name = "dpo"`.
+pub fn pair_run(dir: &Path, method: &str, pairs: usize) -> PathBuf {
+    let data = pair_data(dir, pairs);
+    let method = format!("[method]\n{method}\n");
+    let text = tiny_run_text(dir, &data, "eval_fraction = 0.2", &method, "");
+    write_run(dir, &text)
 }
 
 /// Preference pairs with one consistent preference: answers starting "the" over answers starting "a".
