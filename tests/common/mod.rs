@@ -63,6 +63,7 @@ pub fn tiny_sft_data(dir: &Path, n: usize) -> PathBuf {
 
 /// A run file for the tiny model; `extra` is appended (TOML).
 pub fn tiny_run(dir: &Path, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
     let data = tiny_sft_data(dir, 24);
     let text = tiny_run_text(dir, &data, "shuffle = false", "", extra);
     write_run(dir, &text)
@@ -127,6 +128,7 @@ pub fn losses(out: &Path) -> Vec<(u64, f64)> {
 /// A run file for the tiny model on `pairs` preference pairs (20% held out), 8 steps of 4 pairs;
 /// `method` is the `[method]` body, e.g. `name = "dpo"`.
 pub fn pair_run(dir: &Path, method: &str, pairs: usize) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
     let data = pair_data(dir, pairs);
     let method = format!("[method]\n{method}\n");
     let text = tiny_run_text(dir, &data, "eval_fraction = 0.2", &method, "");
