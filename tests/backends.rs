@@ -298,17 +298,25 @@ fn every_command_takes_a_backend() {
 /// A 3-step seeded LoRA SFT of the tiny model with LoRA dropout on `backend`: per-step loss and
 /// gradient norm (the dropout masks and the adapters' initialisation are drawn on the host).
 pub fn seeded_sft(dir: &std::path::Path, backend: &str) -> Vec<(f64, f64)> {
+    seeded_sft_with(
+        dir,
+        backend,
+        &["train.max_steps=3", "lora.lora_dropout=0.1"],
+    )
+}
+
+/// [`seeded_sft`] with other `--set` overrides than its steps and dropout.
+pub fn seeded_sft_with(dir: &std::path::Path, backend: &str, set: &[&str]) -> Vec<(f64, f64)> {
     use burnish::trainers::{run, RunFile, RunOptions, RunReport};
     let run_file = tiny_run(dir, "");
-    let sets = [
+    let mut sets = vec![
         format!("model.backend={backend:?}"),
-        "train.max_steps=3".into(),
-        "lora.lora_dropout=0.1".into(),
         format!(
             "output.dir={:?}",
             dir.join(format!("out-{backend}")).display().to_string()
         ),
     ];
+    sets.extend(set.iter().map(|s| s.to_string()));
     let file = RunFile::load(&run_file, &sets).unwrap();
     let RunReport::Trained(r) = run(&file.config, &RunOptions::default()).unwrap() else {
         panic!("an SFT config trains")
@@ -411,6 +419,34 @@ mod wgpu {
             );
         }
         assert_eq!(gpu.len(), 3);
+    }
+
+    /// Data-parallel on a GPU backend: two workers sharing the wgpu device give the one-worker CPU
+    /// run's losses and gradient norms (no dropout: each worker draws its own masks).
+    #[test]
+    fn two_workers_on_wgpu_match_one_on_cpu() {
+        if !vulkan() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let set = ["train.max_steps=3", "train.batch_size=3"];
+        let cpu = seeded_sft_with(&tmp.path().join("cpu"), "cpu", &set);
+        let two = [&set[..], &["train.devices=[\"wgpu\", \"wgpu\"]"]].concat();
+        let gpu = seeded_sft_with(&tmp.path().join("wgpu"), "wgpu", &two);
+        eprintln!("cpu {cpu:?}\nwgpu x2 {gpu:?}");
+        assert_eq!(gpu.len(), 3);
+        for (i, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
+            assert!(
+                (c.0 - g.0).abs() <= 1e-5 * c.0.abs(),
+                "step {}: {c:?} vs {g:?}",
+                i + 1
+            );
+            assert!(
+                (c.1 - g.1).abs() <= 1e-4 * c.1.abs(),
+                "step {}: {c:?} vs {g:?}",
+                i + 1
+            );
+        }
     }
 
     /// Eval (generation and KL to the adapters-off base) and the merge `export` writes give the same

@@ -27,8 +27,8 @@ pub struct TrainArgs {
     /// Run on cpu, wgpu, wgpu:N, cuda or cuda:N instead of the run file's [model] backend.
     #[arg(long)]
     backend: Option<DeviceSpec>,
-    /// Data-parallel workers, one per device, e.g. --devices cpu,cpu (sets [train] devices and the
-    /// backend; several GPUs are refused for now, docs/distributed.md).
+    /// Data-parallel workers, one per device, e.g. --devices cuda:0,cuda:1 (sets [train] devices and
+    /// the backend; --devices cpu,cpu runs two workers on the CPU).
     #[arg(long, value_delimiter = ',', value_name = "DEVICE,...")]
     devices: Option<Vec<DeviceSpec>>,
 }

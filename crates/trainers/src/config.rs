@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burnish_core::backend::{BackendKind, DeviceSpec};
+use burnish_core::backend::DeviceSpec;
 use burnish_core::LoraConfig;
 use burnish_data::DataConfig;
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,6 @@ use crate::dpo::DpoConfig;
 use crate::engine::TrainConfig;
 use crate::eval::EvalConfig;
 use crate::output::OutputConfig;
-use crate::parallel::GPU_WHY;
 use crate::ppo::PpoConfig;
 use crate::reward::RewardConfig;
 use crate::sft::SftConfig;
@@ -210,14 +209,6 @@ impl RunConfig {
                 "`train.devices` = [\"{first}\", ...] and `model.backend` = \"{}\" name different backends; \
                  set `model.backend` to the devices' backend (or leave `train.devices` out)",
                 self.model.backend
-            ));
-        }
-        if devices.len() > 1 && first.kind != BackendKind::Cpu {
-            return Err(format!(
-                "`train.devices` lists {} `{}` devices: data-parallel training runs on the CPU \
-                 backend only for now ({GPU_WHY}); train on one GPU (one entry)",
-                devices.len(),
-                first.kind.feature()
             ));
         }
         if devices.len() > 1 {

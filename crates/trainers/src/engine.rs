@@ -56,10 +56,9 @@ pub struct TrainConfig {
     pub save_steps: usize,
     /// Checkpoints kept (default 2; the oldest is deleted).
     pub save_total_limit: usize,
-    /// Data-parallel workers, one per entry (`["cpu", "cpu"]` runs two workers on the CPU; several GPU
-    /// devices are refused until a race between GPU worker threads is found). Empty (default):
-    /// `[model] backend` alone. Every micro-batch is split across them; the run is the one-device run
-    /// (docs/distributed.md).
+    /// Data-parallel workers, one per entry (e.g. `["cuda:0", "cuda:1"]`; an entry may repeat, and
+    /// `["cpu", "cpu"]` runs two workers on the CPU). Empty (default): `[model] backend` alone. Every
+    /// micro-batch is split across them; the run is the one-device run (docs/distributed.md).
     pub devices: Vec<DeviceSpec>,
 }
 

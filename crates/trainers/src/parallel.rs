@@ -9,9 +9,10 @@
 use std::sync::Mutex;
 
 use burn::collective::{self, CollectiveConfig, PeerId};
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::AutodiffBackend;
-use burnish_core::backend::Cpu;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
 use burnish_core::burn;
 use burnish_core::Llama;
 
@@ -21,14 +22,30 @@ use crate::progress::Progress;
 use crate::team::{panic_text, Team};
 use crate::{Error, Result};
 
-/// Why several GPU workers are refused (docs/distributed.md).
-pub const GPU_WHY: &str =
-    "two workers on one wgpu device gave NaN or wrong losses at the second step, \
-     a race between worker threads on Burn 0.21's GPU backends that is not found yet";
-
 /// Burn's collective keeps one registry per backend type in the process: one data-parallel run at a
 /// time (tests run in parallel threads).
 static ONE_RUN: Mutex<()> = Mutex::new(());
+
+/// Copies every parameter into a buffer of its own on `device`, through the host. Replicas that
+/// shared the frozen base's buffers (Burn's `fork` on the same device copies nothing) trained wrong
+/// on wgpu: NaN or wrong losses at the second step on lavapipe, a race between worker threads on
+/// Burn 0.21's GPU backend. With a copy each, two wgpu workers match the CPU run (tests/backends.rs).
+/// It costs the base's size per extra worker, as distinct GPUs would anyway.
+struct DeepCopy<'a, B: Backend> {
+    device: &'a B::Device,
+}
+
+impl<B: Backend> ModuleMapper<B> for DeepCopy<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let grad = tensor.is_require_grad();
+        let mut copy = Tensor::from_data(tensor.to_data(), self.device);
+        if grad {
+            copy = copy.require_grad();
+        }
+        Param::from_mapped_value(id, copy, mapper)
+    }
+}
 
 /// Non-leading workers report nothing.
 struct Silent;
@@ -57,19 +74,13 @@ pub fn train_on_devices<B: AutodiffBackend, M: Method<B> + Send>(
             labels.len()
         )));
     }
-    if std::any::TypeId::of::<B::InnerBackend>() != std::any::TypeId::of::<Cpu>() {
-        return Err(Error::Invalid(format!(
-            "data-parallel training runs on the CPU backend only for now ({GPU_WHY})"
-        )));
-    }
     let _one = ONE_RUN.lock().unwrap_or_else(|p| p.into_inner());
     let mut others = Vec::with_capacity(devices.len() - 1);
     for d in &devices[1..] {
         let m = method
             .replica(d)
             .ok_or(Error::OneDeviceOnly(method.name()))?;
-        // `fork` gives the adapters new autodiff leaves, so the workers' graphs stay apart.
-        others.push((m, model.clone().fork(d)));
+        others.push((m, model.clone()));
     }
     let mut teams = Team::members(labels).into_iter();
     let team = teams.next().expect("two devices or more");
@@ -83,6 +94,10 @@ pub fn train_on_devices<B: AutodiffBackend, M: Method<B> + Send>(
             .map(|(((mut m, replica), d), team)| {
                 let config = config.clone();
                 s.spawn(move || -> Result<()> {
+                    // A copy of every buffer, made on this worker's thread: no tensor is shared
+                    // with another worker (adapters become fresh autodiff leaves too). Sharing the
+                    // frozen base between threads gave NaN or wrong sums at step 2 on wgpu.
+                    let replica = replica.map(&mut DeepCopy { device: d });
                     worker::<B, ()>(&team, d, config, || {
                         run_loop(&mut m, replica, cfg, &Silent, &team).map(drop)
                     })
