@@ -431,9 +431,16 @@ fn optimizer_step<B: AutodiffBackend, M: Method<B>>(
             .map(|rows| method.batch(rows))
             .collect(),
     };
-    let keys = trainable(method, model);
+    let params = trainable(method, model);
     let device = model.model.embed_tokens.val().inner().device();
-    let local = team.guard(|| accumulate(method, model, &mine, units));
+    let local = team.guard(|| accumulate(method, model, &params, &mine, units));
+    let keys: Vec<(String, [usize; 2])> = match team.size() {
+        1 => Vec::new(),
+        _ => params
+            .iter()
+            .map(|(k, p)| (k.clone(), p.val().dims()))
+            .collect(),
+    };
     let (grads, loss_sum, sums, reduce_secs) = reduce(team, &keys, local, &device)?;
     let loss = loss_sum / units;
     let grad_norm = grads
@@ -485,29 +492,28 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// The trainable parameters (adapters, then the method's heads) by key, with their shapes: the
-/// order of the all-reduced bucket.
+/// The trainable parameters (adapters, then the method's heads) by key: the order of the
+/// all-reduced bucket.
 fn trainable<B: AutodiffBackend, M: Method<B>>(
     method: &M,
     model: &Llama<B>,
-) -> Vec<(String, [usize; 2])> {
-    let mut keys = Vec::new();
+) -> Vec<(String, Param<Tensor<B, 2>>)> {
+    let mut params = Vec::new();
     for (path, lora) in model.adapters() {
         for (which, p) in [('A', &lora.lora_A), ('B', &lora.lora_B)] {
-            keys.push((peft_key(&path, which), p.val().dims()));
+            params.push((peft_key(&path, which), p.clone()));
         }
     }
-    for (name, p) in method.heads() {
-        keys.push((name, p.val().dims()));
-    }
-    keys
+    params.extend(method.heads());
+    params
 }
+
+/// A worker's summed gradients, loss sum and metric sums.
+type Local<B> = (Grads<B>, f64, Metrics);
 
 /// This worker's gradients, loss and metric sums, and those of every other worker, summed: the
 /// host values through the team's exchange, the gradients as one flat bucket through the
 /// all-reduce (timed). On one device, what `local` holds.
-type Local<B> = (Grads<B>, f64, Metrics);
-
 fn reduce<B: Backend>(
     team: &Team,
     keys: &[(String, [usize; 2])],
@@ -559,10 +565,12 @@ fn reduce<B: Backend>(
     Ok((out, loss_sum, sums, t0.elapsed().as_secs_f64()))
 }
 
-/// Forward and backward over the micro-batches: summed gradients, loss sum and metric sums.
+/// Forward and backward over the micro-batches: summed gradients of `params`, loss sum and metric
+/// sums.
 fn accumulate<B: AutodiffBackend, M: Method<B>>(
     method: &M,
     model: &Llama<B>,
+    params: &[(String, Param<Tensor<B, 2>>)],
     batches: &[M::Batch],
     units: f64,
 ) -> Local<B::InnerBackend> {
@@ -576,23 +584,13 @@ fn accumulate<B: AutodiffBackend, M: Method<B>>(
         for (k, v) in m {
             *sums.entry(k).or_default() += v;
         }
-        let mut add = |key: String, gr: Tensor<B::InnerBackend, 2>| {
-            let acc = match grads.remove(&key) {
-                Some(prev) => prev + gr,
-                None => gr,
-            };
-            grads.insert(key, acc);
-        };
-        for (path, lora) in model.adapters() {
-            for (which, p) in [('A', &lora.lora_A), ('B', &lora.lora_B)] {
-                if let Some(gr) = p.val().grad(&g) {
-                    add(peft_key(&path, which), gr);
-                }
-            }
-        }
-        for (name, p) in method.heads() {
+        for (key, p) in params {
             if let Some(gr) = p.val().grad(&g) {
-                add(name, gr);
+                let acc = match grads.remove(key) {
+                    Some(prev) => prev + gr,
+                    None => gr,
+                };
+                grads.insert(key.clone(), acc);
             }
         }
     }

@@ -121,13 +121,16 @@ pub fn train_on_devices<B: AutodiffBackend, M: Method<B> + Send>(
     match lead {
         Ok(done) => Ok(done),
         // The leader only saw that another worker stopped: that worker's own error is the cause.
-        Err(Error::Worker { rank, device, .. }) if rank > 0 => match &rest[rank - 1] {
-            Err(e) => Err(Error::Worker {
+        Err(Error::Worker { rank, device, .. }) if rank > 0 => match rest.into_iter().nth(rank - 1)
+        {
+            // Already naming the worker (e.g. a collective error): as it is.
+            Some(Err(e @ Error::Worker { .. })) => Err(e),
+            Some(Err(e)) => Err(Error::Worker {
                 rank,
                 device,
                 message: e.to_string(),
             }),
-            Ok(()) => Err(Error::Worker {
+            Some(Ok(())) | None => Err(Error::Worker {
                 rank,
                 device,
                 message: "the worker ended early".into(),
