@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/fetch-smollm2.sh
 # Gemma 3 270M (Gemma Terms of Use: fetched here, never committed) for crates/core/tests/gemma3.rs.
 scripts/fetch-gemma3.sh
-# The families' own chat templates (Qwen3, Gemma 2, Phi-3.5) for crates/core/tests/templates.rs.
+# The families' own chat templates (Qwen3, Gemma 2, Gemma 3, Phi-3.5) for crates/core/tests/templates.rs.
 scripts/fetch-templates.sh
 # With the wgpu backend compiled in (one build for everything), so tests/backends.rs also runs
 # the GPU code path against the CPU backend and PEFT: gradient parity, a seeded SFT run, eval and

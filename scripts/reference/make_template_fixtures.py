@@ -4,7 +4,7 @@
     scripts/fetch-templates.sh
     /work/venv/bin/python scripts/reference/make_template_fixtures.py
 
-For each model's own template (Qwen3 with its thinking blocks and tools, Gemma 2, Phi-3.5; fetched into
+For each model's own template (Qwen3 with its thinking blocks and tools, Gemma 2, Gemma 3, Phi-3.5; fetched into
 models/templates/ by scripts/fetch-templates.sh, never committed) and a set of conversations written
 here, transformers' `render_jinja_template` (what `apply_chat_template(tokenize=False)` calls) gives
 the text, or the exception a template raises. Output: crates/core/tests/fixtures/templates/expected.json.
@@ -44,6 +44,15 @@ TEMPLATES = {
         ([U1, A1], False, {}),
         ([SYS, U1], True, {}),
         ([U1, U2], True, {}),
+    ]),
+    # Gemma 3 folds a system message into the first user turn (Gemma 2 raises on one).
+    "gemma3": ("google-gemma-3-it.jinja", "<bos>", "<eos>", [
+        ([U1], True, {}),
+        ([SYS, U1, A1, U2], True, {}),
+        ([SYS, U1], False, {}),
+        ([U1, A1], False, {}),
+        ([U1, U2], True, {}),
+        ([SYS, A1], True, {}),
     ]),
     "phi3": ("microsoft-Phi-3.5-mini-instruct.jinja", "<s>", "<|endoftext|>", [
         ([SYS, U1], True, {}),

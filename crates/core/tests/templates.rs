@@ -1,6 +1,6 @@
-//! The families' own chat templates (Qwen3 with thinking blocks and tools, Gemma 2, Phi-3.5) rendered
-//! as transformers renders them (reference: scripts/reference/make_template_fixtures.py), including the
-//! exceptions a template raises. The templates come from scripts/fetch-templates.sh (the test command
+//! The families' own chat templates (Qwen3 with thinking blocks and tools, Gemma 2, Gemma 3, Phi-3.5)
+//! rendered as transformers renders them (reference: scripts/reference/make_template_fixtures.py),
+//! including the exceptions a template raises. The templates come from scripts/fetch-templates.sh (the test command
 //! runs it); without them the test skips with a message, except in CI (CI=true), where it fails.
 
 mod common;
