@@ -99,7 +99,8 @@ fn load_model_if_needed<B: Backend>(
     }
     let path = &rf.config.model.path;
     eprintln!("loading {} to answer prompts", path.display());
-    Ok(Some(Pretrained::<B>::load(path, device)?))
+    let dtype = rf.config.model.dtype;
+    Ok(Some(Pretrained::<B>::load_as(path, device, dtype)?))
 }
 
 fn preview(a: PreviewArgs) -> Result<()> {

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use burnish_core::adapter::load_adapter;
 use burnish_core::backend::DeviceSpec;
 use burnish_core::burn::tensor::backend::Backend;
-use burnish_core::{Llama, Pretrained};
+use burnish_core::{Llama, Precision, Pretrained};
 use burnish_data::RefusalConfig;
 use burnish_trainers::config::RunFile;
 use burnish_trainers::eval::{evaluate_config, summary, EvalConfig, EvalMeta, SetKind, SetSpec};
@@ -65,6 +65,10 @@ pub struct EvalArgs {
     /// cpu, wgpu, wgpu:N, cuda or cuda:N (default: the run file's [model] backend, else cpu).
     #[arg(long)]
     backend: Option<DeviceSpec>,
+    /// f32, bf16 or f16 for the base's weight matrices and their matmuls, of the model and of --base
+    /// (default: the run file's [model] dtype, else f32).
+    #[arg(long)]
+    dtype: Option<Precision>,
 }
 
 /// What `eval` runs with: the run file (read once) and the flags combined.
@@ -74,6 +78,7 @@ struct Settings {
     model: PathBuf,
     merge: Option<PathBuf>,
     backend: DeviceSpec,
+    dtype: Precision,
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
@@ -89,9 +94,10 @@ fn eval_on<B: Backend>((a, s): (EvalArgs, Settings), device: &B::Device) -> Resu
         refusal,
         model: model_path,
         merge,
+        dtype,
         ..
     } = s;
-    let (model, base) = load::<B>(&a, &model_path, merge.as_deref(), device)?;
+    let (model, base) = load::<B>(&a, &model_path, merge.as_deref(), dtype, device)?;
     if base.is_none() && cfg.kl {
         eprintln!("eval: no --base (or --adapter), so KL is not measured");
     }
@@ -128,25 +134,19 @@ fn eval_on<B: Backend>((a, s): (EvalArgs, Settings), device: &B::Device) -> Resu
 /// the adapter to merge into it and the backend (`--backend`, else the run file's, else the CPU).
 fn settings(a: &EvalArgs) -> Result<Settings> {
     // A run file's paths come resolved against its folder.
-    let (mut cfg, refusal, model_path, merge, backend) = match &a.config {
+    let (mut cfg, refusal, model_path, merge, (backend, dtype)) = match &a.config {
         Some(c) => {
             let rc = RunFile::load(c, &[])?.config;
             let model = a.model.clone().unwrap_or(rc.model.path);
-            let backend = rc.model.backend;
-            (
-                rc.eval,
-                rc.data.refusal,
-                model,
-                rc.model.merge_adapter,
-                backend,
-            )
+            let on = (rc.model.backend, rc.model.dtype);
+            (rc.eval, rc.data.refusal, model, rc.model.merge_adapter, on)
         }
         None => {
             let Some(m) = a.model.clone() else {
                 bail!("--model is required (or --config RUN.toml)")
             };
             let none = (EvalConfig::default(), RefusalConfig::default());
-            (none.0, none.1, m, None, DeviceSpec::CPU)
+            (none.0, none.1, m, None, (DeviceSpec::CPU, Precision::F32))
         }
     };
     // Flags add sets (relative to the working directory, so they are made absolute) and override options.
@@ -192,6 +192,7 @@ fn settings(a: &EvalArgs) -> Result<Settings> {
         model: model_path,
         merge,
         backend: a.backend.unwrap_or(backend),
+        dtype: a.dtype.unwrap_or(dtype),
     })
 }
 
@@ -201,17 +202,18 @@ fn load<B: Backend>(
     a: &EvalArgs,
     model_path: &Path,
     merge: Option<&Path>,
+    dtype: Precision,
     device: &B::Device,
 ) -> Result<(Pretrained<B>, Option<Llama<B>>)> {
     eprintln!("loading {}", model_path.display());
-    let mut model = Pretrained::<B>::load(model_path, device)?;
+    let mut model = Pretrained::<B>::load_as(model_path, device, dtype)?;
     if let Some(m) = merge {
         load_adapter(&mut model.model, m, device)?;
         model.model.drop_adapters(true);
     }
     let mut base = match &a.base {
         Some(b) => {
-            let base = Pretrained::<B>::load(b, device)?;
+            let base = Pretrained::<B>::load_as(b, device, dtype)?;
             if base.config.vocab_size != model.config.vocab_size {
                 bail!(
                     "--base {}: vocabulary of {} tokens, the model has {}",

@@ -8,7 +8,8 @@ use burnish_core::burn::tensor::backend::Backend;
 use burnish_core::weights::gguf::GgufFile;
 use burnish_core::weights::SafetensorsDir;
 use burnish_core::{
-    generate as run_generate, GenerationConfig, Message, ModelPath, Pretrained, TokenizerBundle,
+    generate as run_generate, GenerationConfig, Message, ModelPath, Precision, Pretrained,
+    TokenizerBundle,
 };
 use clap::Args;
 
@@ -47,6 +48,10 @@ pub struct GenerateArgs {
     /// cpu, wgpu, wgpu:N, cuda or cuda:N (GPUs need the cargo feature).
     #[arg(long, default_value = "cpu")]
     backend: DeviceSpec,
+    /// f32, bf16 or f16: the dtype of the base's weight matrices and their matmuls (activations,
+    /// norms and softmax stay f32).
+    #[arg(long, default_value = "f32")]
+    dtype: Precision,
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
@@ -54,7 +59,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
 }
 
 fn generate_on<B: Backend>(a: GenerateArgs, device: &B::Device) -> Result<()> {
-    let mut p = Pretrained::<B>::load(&a.model, device)?;
+    let mut p = Pretrained::<B>::load_as(&a.model, device, a.dtype)?;
     if let Some(path) = &a.chat_template {
         let src =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

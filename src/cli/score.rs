@@ -6,7 +6,7 @@ use anyhow::Result;
 use burnish_core::adapter::load_adapter;
 use burnish_core::backend::DeviceSpec;
 use burnish_core::burn::tensor::backend::Backend;
-use burnish_core::{Message, Pretrained};
+use burnish_core::{Message, Precision, Pretrained};
 use burnish_data::{ChatEncoder, EncodeOptions};
 use burnish_trainers::reward::{load_head, score_exchanges};
 use clap::Args;
@@ -30,6 +30,10 @@ pub struct ScoreArgs {
     /// cpu, wgpu, wgpu:N, cuda or cuda:N (GPUs need the cargo feature).
     #[arg(long, default_value = "cpu")]
     backend: DeviceSpec,
+    /// f32, bf16 or f16: the dtype of the base's weight matrices and their matmuls (activations,
+    /// norms and softmax stay f32).
+    #[arg(long, default_value = "f32")]
+    dtype: Precision,
 }
 
 pub fn score(a: ScoreArgs) -> Result<()> {
@@ -37,7 +41,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
 }
 
 fn score_on<B: Backend>(a: ScoreArgs, device: &B::Device) -> Result<()> {
-    let (bundle, mut model) = Pretrained::<B>::load(&a.model, device)?.into_parts();
+    let (bundle, mut model) = Pretrained::<B>::load_as(&a.model, device, a.dtype)?.into_parts();
     load_adapter(&mut model, &a.reward, device)?;
     let head = load_head::<B>(&a.reward, device)?;
     // Each exchange encoded as reward training encoded a pair's side, so the head reads the token it

@@ -9,9 +9,10 @@ use serde_json::Value;
 use crate::config::{ModelConfig, ModelPath};
 use crate::error::{Error, Result};
 use crate::model::Llama;
+use crate::precision::Precision;
 use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
-use crate::weights::{load_llama, GgufWeights, SafetensorsDir};
+use crate::weights::{load_llama_as, GgufWeights, SafetensorsDir};
 
 pub struct Pretrained<B: Backend> {
     pub path: ModelPath,
@@ -153,20 +154,29 @@ impl<B: Backend> std::fmt::Debug for Pretrained<B> {
 
 impl<B: Backend> Pretrained<B> {
     pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
+        Self::load_as(path, device, Precision::F32)
+    }
+
+    /// [`Pretrained::load`] with the base's weight matrices in `precision` (crate::precision).
+    pub fn load_as(
+        path: impl AsRef<Path>,
+        device: &B::Device,
+        precision: Precision,
+    ) -> Result<Self> {
         let path = ModelPath::detect(path)?;
         let (bundle, model) = match &path {
             ModelPath::HfDir(dir) => {
                 let bundle = TokenizerBundle::load(dir)?;
                 bundle.check_vocab()?;
                 let weights = SafetensorsDir::open(dir)?;
-                let model = load_llama(&bundle.config, &weights, device)?;
+                let model = load_llama_as(&bundle.config, &weights, device, precision)?;
                 (bundle, model)
             }
             ModelPath::Gguf(file) => {
                 let weights = GgufWeights::open(file)?;
                 let bundle = TokenizerBundle::from_gguf(&weights)?;
                 bundle.check_vocab()?;
-                let model = load_llama(&bundle.config, &weights, device)?;
+                let model = load_llama_as(&bundle.config, &weights, device, precision)?;
                 (bundle, model)
             }
         };

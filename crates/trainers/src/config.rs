@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use burnish_core::backend::DeviceSpec;
-use burnish_core::LoraConfig;
+use burnish_core::{LoraConfig, Precision};
 use burnish_data::DataConfig;
 use serde::{Deserialize, Serialize};
 
@@ -49,9 +49,11 @@ pub struct ModelSection {
     /// index picks the device). Every stage of the run (data answers, training, eval) runs there.
     #[serde(default)]
     pub backend: DeviceSpec,
-    /// Compute dtype; `f32` (default) is the only one the CPU backend trains in.
-    #[serde(default = "f32_name")]
-    pub dtype: String,
+    /// `f32` (default), `bf16` or `f16`: the dtype of the frozen base's weight matrices and of the
+    /// matmuls with them; activations, norms, softmax, losses, LoRA and the optimizer stay f32
+    /// (burnish_core::precision). Data answers, training and eval all use it.
+    #[serde(default)]
+    pub dtype: Precision,
     /// An adapter merged into the base before training (e.g. train on a safety-tuned variant).
     #[serde(default)]
     pub merge_adapter: Option<PathBuf>,
@@ -63,14 +65,10 @@ impl ModelSection {
         Self {
             path: path.into(),
             backend: DeviceSpec::CPU,
-            dtype: f32_name(),
+            dtype: Precision::F32,
             merge_adapter: None,
         }
     }
-}
-
-fn f32_name() -> String {
-    "f32".into()
 }
 
 /// `[method]`: `name` picks the method; the other keys are that method's options.
@@ -164,12 +162,6 @@ impl RunConfig {
         self.train.validate()?;
         self.eval.validate()?;
         let c = &self.model;
-        if c.dtype != "f32" {
-            return Err(format!(
-                "`model.dtype` = \"{}\": training runs in f32",
-                c.dtype
-            ));
-        }
         self.validate_devices()?;
         if !c.backend.kind.available() {
             return Err(format!(

@@ -39,7 +39,9 @@ impl<B: Backend> ModuleMapper<B> for DeepCopy<'_, B> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, tensor, mapper) = param.consume();
         let grad = tensor.is_require_grad();
-        let mut copy = Tensor::from_data(tensor.to_data(), self.device);
+        // In the tensor's own dtype: a bf16 base must stay bf16 (the default would convert to f32).
+        let dtype = tensor.dtype();
+        let mut copy = Tensor::from_data(tensor.to_data(), (self.device, dtype));
         if grad {
             copy = copy.require_grad();
         }

@@ -21,7 +21,7 @@ use burnish_core::adapter::{load_adapter, save_adapter};
 use burnish_core::backend::{on_devices, DeviceSpec, OnDevices};
 use burnish_core::burn;
 use burnish_core::io::file_stamp;
-use burnish_core::{Llama, Pretrained, TokenizerBundle};
+use burnish_core::{Llama, Precision, Pretrained, TokenizerBundle};
 use burnish_data::{
     build, pack, ChatEncoder, EncodeOptions, Examples, ModelResponder, Packed, PromptExample,
     TokenStats, TokenizedExample, TokenizedPair,
@@ -204,7 +204,7 @@ fn resume_keys(c: &RunConfig) -> serde_json::Map<String, serde_json::Value> {
 
 /// The model of `[model]`: its weights on `device`, with `merge_adapter` (if any) merged in.
 fn load_model<B: Backend>(m: &ModelSection, device: &B::Device) -> Result<Pretrained<B>> {
-    let mut model = Pretrained::<B>::load(&m.path, device)?;
+    let mut model = Pretrained::<B>::load_as(&m.path, device, m.dtype)?;
     if let Some(adapter) = &m.merge_adapter {
         load_adapter(&mut model.model, adapter, device)?;
         model.model.drop_adapters(true);
@@ -432,7 +432,7 @@ fn reward_model<B: Backend>(c: &RunConfig, dir: Option<&Path>) -> Result<Option<
         return Ok(None);
     };
     let device = Default::default();
-    let mut rm = Pretrained::<B>::load(&c.model.path, &device)?;
+    let mut rm = Pretrained::<B>::load_as(&c.model.path, &device, c.model.dtype)?;
     load_adapter(&mut rm.model, dir, &device)?;
     let head = load_head::<B>(dir, &device)?;
     Ok(Some(RewardModel {
@@ -444,8 +444,13 @@ fn reward_model<B: Backend>(c: &RunConfig, dir: Option<&Path>) -> Result<Option<
 /// What identifies the reference model's weights for the reference log-prob cache.
 fn model_identity(m: &ModelSection) -> String {
     let merged = m.merge_adapter.as_deref();
+    // The dtype changes the reference log-probs; f32 keeps the identity older caches were keyed by.
+    let dtype = match m.dtype {
+        Precision::F32 => String::new(),
+        p => format!("|{p}"),
+    };
     format!(
-        "{}|{}|{:?}|{}",
+        "{}|{}|{:?}|{}{dtype}",
         m.path.display(),
         file_stamp(&m.path),
         merged,

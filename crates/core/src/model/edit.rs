@@ -3,8 +3,9 @@
 
 use burn::module::Param;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
+use super::linear::to_dtype;
 use super::lora::{module_path, peft_key, Lora, LoraConfig, TARGETS};
 use super::{Linear, Llama};
 use crate::error::{Error, Result};
@@ -65,9 +66,15 @@ impl<B: Backend> Llama<B> {
         Some((i.parse().ok()?, short))
     }
 
-    /// A weight matrix by HF name, in HF orientation (`[out, in]`; embeddings `[vocab, hidden]`). With a
-    /// merged adapter this is the merged weight.
+    /// A weight matrix by HF name, in HF orientation (`[out, in]`; embeddings `[vocab, hidden]`), in
+    /// f32 whatever the base's precision. With a merged adapter this is the merged weight.
     pub fn weight(&self, name: &str) -> Option<Tensor<B, 2>> {
+        let w = self.stored_weight(name)?;
+        Some(to_dtype(w, DType::F32))
+    }
+
+    /// The matrix as the model holds it (in the base's precision).
+    fn stored_weight(&self, name: &str) -> Option<Tensor<B, 2>> {
         match name {
             HfNames::EMBED => Some(self.model.embed_tokens.val()),
             HfNames::LM_HEAD => self.lm_head.as_ref().map(|h| h.weight.val()),
@@ -78,9 +85,11 @@ impl<B: Backend> Llama<B> {
         }
     }
 
-    /// Replaces a weight matrix by HF name; the shape must not change. The new weight is frozen.
+    /// Replaces a weight matrix by HF name; the shape must not change. The new weight is frozen and
+    /// stored in the base's precision.
     pub fn set_weight(&mut self, name: &str, value: Tensor<B, 2>) -> Result<()> {
-        let current = self.weight(name).ok_or_else(|| bad_name(name))?;
+        let current = self.stored_weight(name).ok_or_else(|| bad_name(name))?;
+        let value = to_dtype(value, current.dtype());
         if current.dims() != value.dims() {
             return Err(Error::Shape {
                 path: "set_weight".into(),
@@ -159,6 +168,7 @@ impl<B: Backend> Llama<B> {
                 (zeros(), 0.0, zeros(), 0.0)
             };
             let grow = |lin: &mut Linear<B>, row: Tensor<B, 1>, bias: f32| {
+                let row = to_dtype(row, lin.weight.val().dtype());
                 let w = Tensor::cat(vec![lin.weight.val(), row.unsqueeze_dim(0)], 0);
                 let b = lin.bias.as_ref().expect("just set").val();
                 lin.weight = super::linear::frozen(w);
@@ -167,6 +177,7 @@ impl<B: Backend> Llama<B> {
             grow(self.linear_mut(i, "gate_proj").expect("known"), g, gb);
             grow(self.linear_mut(i, "up_proj").expect("known"), zeros(), ub);
             let lin = self.linear_mut(i, "down_proj").expect("known");
+            let d = to_dtype(d, lin.weight.val().dtype());
             let w = Tensor::cat(vec![lin.weight.val(), d.unsqueeze_dim(1)], 1);
             lin.weight = super::linear::frozen(w);
         }
@@ -364,8 +375,8 @@ impl<B: Backend> Llama<B> {
             if lora.merged == merge {
                 continue;
             }
-            let delta = lora.delta_weight().detach();
             let w = lin.weight.val();
+            let delta = to_dtype(lora.delta_weight().detach(), w.dtype());
             let w = if merge { w + delta } else { w - delta };
             lin.weight = Param::initialized(lin.weight.id, w);
             lora.merged = merge;

@@ -19,7 +19,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 
 use super::attend::cast;
-use super::linear::matmul_t;
+use super::linear::{matmul_t, to_dtype};
 
 /// Logit elements of one block of rows: 8M f32 values, 32 MB (SmolLM2's 49,152-token vocabulary: 170
 /// rows a block).
@@ -220,12 +220,15 @@ fn blocks<B: Backend>(
             // ∂ logp / ∂ z_v = 1[v = target] − p_v, times 1 − tanh² through the soft-cap.
             let mut p = (z - lse).exp();
             let mut wt = w.clone().select(0, idx.clone().squeeze_dim::<1>(1));
+            wt = to_dtype(wt, hidden.dtype());
             if let Some(th) = tanh {
                 let d = th.powi_scalar(2).neg().add_scalar(1.0);
                 wt = wt * d.clone().gather(1, idx);
                 p = p * d;
             }
-            jacs.push(wt - p.matmul(w.clone()));
+            // p · W in the head's dtype (a bf16/f16 base), back to the activations' f32.
+            let pw = to_dtype(to_dtype(p, w.dtype()).matmul(w.clone()), hidden.dtype());
+            jacs.push(wt - pw);
         }
     }
     Blocks {

@@ -17,10 +17,38 @@ pub struct Linear<B: Backend> {
     pub lora: Option<Lora<B>>,
 }
 
-/// `x · Wᵀ` for `x` `[rows, in]` and `W` `[out, in]`. For a few rows (decoding) it is computed as
-/// `(W · xᵀ)ᵀ`: the CPU gemm reads W row-major, much faster than W as a column-major right-hand side,
-/// and the transpose back is of a small `[out, rows]` result.
+/// `x · Wᵀ` for `x` `[rows, in]` and `W` `[out, in]`, in W's dtype, the result in x's: a bf16/f16 base
+/// (crate::precision) meets f32 activations here, through explicit casts (GPU backends would not
+/// notice a mismatch).
 pub(crate) fn matmul_t<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    let (xd, wd) = (x.dtype(), w.dtype());
+    if xd == wd {
+        return matmul_t_same(x, w);
+    }
+    matmul_t_same(x.cast(float(wd)), w).cast(float(xd))
+}
+
+/// A float tensor's dtype as the type `cast` takes.
+pub(crate) fn float(d: burn::tensor::DType) -> burn::tensor::FloatDType {
+    d.into()
+}
+
+/// `t` in `dtype` (a no-op when it already is).
+pub(crate) fn to_dtype<B: Backend, const D: usize>(
+    t: Tensor<B, D>,
+    dtype: burn::tensor::DType,
+) -> Tensor<B, D> {
+    if t.dtype() == dtype {
+        t
+    } else {
+        t.cast(float(dtype))
+    }
+}
+
+/// [`matmul_t`] for operands of one dtype. For a few rows (decoding) it is computed as `(W · xᵀ)ᵀ`:
+/// the CPU gemm reads W row-major, much faster than W as a column-major right-hand side, and the
+/// transpose back is of a small `[out, rows]` result.
+fn matmul_t_same<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
     const FEW_ROWS: usize = 32;
     // Burn's CPU backend runs a single matmul below ~7M multiply-adds on one thread, but a batch of
     // matmuls above ~2M in parallel: a mid-sized decode matmul (q/o projections) split into two

@@ -29,6 +29,7 @@ use burn::tensor::{activation, Bool, Distribution, ElementConversion, Int, Tenso
 
 use crate::config::{Activation, ModelConfig};
 use crate::error::Result;
+use crate::precision::Precision;
 
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
@@ -382,6 +383,31 @@ impl<B: Backend> Llama<B> {
         self.model.embed_tokens.device()
     }
 
+    /// The precision of the base's weight matrices (crate::precision).
+    pub fn precision(&self) -> Precision {
+        Precision::of(self.model.embed_tokens.val().dtype()).unwrap_or_default()
+    }
+
+    /// The model with its base's weight matrices (linears, embeddings, an untied head) cast to
+    /// `precision`; biases, norms and LoRA adapters stay f32. One matrix at a time, so the device
+    /// holds at most one extra matrix during the cast.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        let dtype = precision.dtype();
+        let cast = |p: &mut Param<Tensor<B, 2>>| {
+            if p.val().dtype() != dtype {
+                *p = Param::initialized(p.id, linear::to_dtype(p.val(), dtype));
+            }
+        };
+        cast(&mut self.model.embed_tokens);
+        if let Some(h) = self.lm_head.as_mut() {
+            cast(&mut h.weight);
+        }
+        for (i, short) in self.linear_ids() {
+            cast(&mut self.linear_mut(i, short).expect("listed").weight);
+        }
+        self
+    }
+
     /// A randomly initialised model (tests, tiny models): normal(0, std) weights, unit norms.
     pub fn init(cfg: &ModelConfig, std: f64, device: &B::Device) -> Self {
         struct Random<'a, B: Backend> {
@@ -490,7 +516,10 @@ impl<B: Backend> Llama<B> {
         mut cache: Option<&mut KvCache<B>>,
         mut tap: Option<ResidualTap<'_, B>>,
     ) -> Tensor<B, 3> {
-        let mut x = burn::tensor::module::embedding(self.model.embed_tokens.val(), input_ids);
+        let embed = self.model.embed_tokens.val();
+        let mut x = burn::tensor::module::embedding(embed, input_ids);
+        // A bf16/f16 base (crate::precision): the residual stream is f32.
+        x = linear::to_dtype(x, burn::tensor::DType::F32);
         if let Some(scale) = self.embed_scale {
             x = x * scale;
         }

@@ -1,10 +1,11 @@
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 
 use super::{HostTensor, WeightSource};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::{Linear, Llama, Parts};
+use crate::precision::Precision;
 
 /// HF checkpoint names, built the same way the module tree is laid out.
 pub struct HfNames;
@@ -33,6 +34,8 @@ impl HfNames {
 struct Loader<'a, B: Backend, S: WeightSource + ?Sized> {
     src: &'a S,
     device: &'a B::Device,
+    /// Of the weight matrices (crate::precision); vectors (norms, biases) stay f32.
+    matrices: DType,
 }
 
 impl<B: Backend, S: WeightSource + ?Sized> Loader<'_, B, S> {
@@ -54,9 +57,10 @@ impl<B: Backend, S: WeightSource + ?Sized> Loader<'_, B, S> {
 
     fn t2(&self, name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>> {
         let t = self.host(name, &shape)?;
+        // Converted on the host: the device never holds an f32 copy of a bf16/f16 base.
         Ok(Tensor::from_data(
             TensorData::new(t.data, shape),
-            self.device,
+            (self.device, self.matrices),
         ))
     }
 
@@ -100,6 +104,16 @@ pub fn load_llama<B: Backend, S: WeightSource + ?Sized>(
     src: &S,
     device: &B::Device,
 ) -> Result<Llama<B>> {
+    load_llama_as(cfg, src, device, Precision::F32)
+}
+
+/// [`load_llama`] with the weight matrices in `precision` (crate::precision).
+pub fn load_llama_as<B: Backend, S: WeightSource + ?Sized>(
+    cfg: &ModelConfig,
+    src: &S,
+    device: &B::Device,
+    precision: Precision,
+) -> Result<Llama<B>> {
     // A config read from a file (GGUF metadata) may claim sizes whose products overflow: no tensor can
     // have such a shape.
     let hd = cfg.head_dim;
@@ -114,5 +128,13 @@ pub fn load_llama<B: Backend, S: WeightSource + ?Sized>(
             });
         }
     }
-    Llama::build(cfg, &mut Loader::<B, S> { src, device })
+    let matrices = precision.dtype();
+    Llama::build(
+        cfg,
+        &mut Loader::<B, S> {
+            src,
+            device,
+            matrices,
+        },
+    )
 }

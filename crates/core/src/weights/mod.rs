@@ -7,7 +7,7 @@ mod load;
 mod safetensors;
 
 pub use gguf_model::{config_from_gguf, gguf_name, permute_rows, unpermute_rows, GgufWeights};
-pub use load::{load_llama, HfNames};
+pub use load::{load_llama, load_llama_as, HfNames};
 pub use safetensors::{write_safetensors, SafetensorsDir};
 
 use std::path::Path;

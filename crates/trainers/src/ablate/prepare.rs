@@ -165,7 +165,7 @@ fn load_source<B: Backend>(
     model: &Llama<B>,
     device: &B::Device,
 ) -> Result<Pretrained<B>> {
-    let other = Pretrained::<B>::load(path, device)?;
+    let other = Pretrained::<B>::load_as(path, device, model.precision())?;
     if shape(&other.model) != shape(model) {
         return Err(Error::DirectionsShape {
             path: path.to_path_buf(),
