@@ -12,8 +12,8 @@ use burnish::core::backend::{Autodiff, Cpu};
 use burnish::core::burn::tensor::backend::{AutodiffBackend, Backend};
 use burnish::core::model::lora::peft_key;
 use burnish::core::model::{LoraConfig, TargetModules};
-use burnish::core::weights::{load_llama, SafetensorsDir};
-use burnish::core::{Llama, ModelConfig};
+use burnish::core::weights::{load_llama, load_llama_as, SafetensorsDir};
+use burnish::core::{Llama, ModelConfig, Precision};
 use burnish::data::{Completion, Packed, TokenizedExample, TokenizedPair};
 use burnish::trainers::{Dpo, DpoConfig, Method, Sft};
 use common::*;
@@ -65,11 +65,13 @@ impl Fixture {
     }
 }
 
-/// tiny-llama with the PEFT adapter of lora/all-linear (B non-zero), on backend `B`.
-fn model<B: Backend>(device: &B::Device) -> Llama<B> {
+/// tiny-llama with the PEFT adapter of lora/all-linear (B non-zero), on backend `B`, its base's weight
+/// matrices in `precision`.
+fn model<B: Backend>(device: &B::Device, precision: Precision) -> Llama<B> {
     let dir = core_fixture("tiny-llama");
     let cfg = ModelConfig::from_file(dir.join("config.json")).unwrap();
-    let mut m = load_llama(&cfg, &SafetensorsDir::open(&dir).unwrap(), device).unwrap();
+    let src = SafetensorsDir::open(&dir).unwrap();
+    let mut m = load_llama_as(&cfg, &src, device, precision).unwrap();
     load_adapter(&mut m, &core_fixture("lora/all-linear"), device).unwrap();
     m
 }
@@ -114,8 +116,16 @@ fn compare<B: AutodiffBackend>(
 /// SFT: transformers' mean cross entropy over labelled tokens of a right-padded batch, and its
 /// gradients with respect to every lora_A and lora_B.
 pub fn sft_gradients<B: AutodiffBackend>(device: &B::Device) -> (f64, f64) {
+    sft_gradients_in::<B>(device, Precision::F32)
+}
+
+/// [`sft_gradients`] with the base in `precision`.
+pub fn sft_gradients_in<B: AutodiffBackend>(
+    device: &B::Device,
+    precision: Precision,
+) -> (f64, f64) {
     let fx = Fixture::open();
-    let m = model::<B>(device);
+    let m = model::<B>(device, precision);
     let mask = fx.rows("sft.attention_mask");
     let rows: Vec<Packed> = fx
         .rows("sft.input_ids")
@@ -147,8 +157,16 @@ pub fn sft_gradients<B: AutodiffBackend>(device: &B::Device) -> (f64, f64) {
 /// DPO (sigmoid, beta 0.1) on two pairs, the reference being the adapters-off model: loss and
 /// adapter gradients.
 pub fn dpo_gradients<B: AutodiffBackend>(device: &B::Device) -> (f64, f64) {
+    dpo_gradients_in::<B>(device, Precision::F32)
+}
+
+/// [`dpo_gradients`] with the base in `precision`.
+pub fn dpo_gradients_in<B: AutodiffBackend>(
+    device: &B::Device,
+    precision: Precision,
+) -> (f64, f64) {
     let fx = Fixture::open();
-    let m = model::<B>(device);
+    let m = model::<B>(device, precision);
     let completion = |name: &str| {
         let ids = fx.ids(name);
         Completion {
@@ -188,6 +206,59 @@ fn lora_gradients_match_peft_on_cpu() {
         loss <= 1e-5 && grad <= 1e-4,
         "dpo: loss rel {loss:.2e}, grad rel {grad:.2e}"
     );
+}
+
+/// With the base in bf16 or f16 (burnish_core::precision) the same SFT and DPO steps stay close to
+/// PEFT's f32 loss and gradients: stated tolerances, measured with margin (the largest |Δ| of each
+/// gradient tensor over its largest |value|). f16 must be closer than bf16, as its 11 significant bits
+/// against 8 make it; a missing cast would fail on this backend, which asserts dtypes.
+#[test]
+fn lora_gradients_with_a_bf16_or_f16_base_stay_close_to_peft() {
+    let dev = Default::default();
+    let mut seen = Vec::new();
+    for (p, loss_tol, grad_tol) in [(Precision::Bf16, 1e-2, 1e-1), (Precision::F16, 2e-3, 2e-2)] {
+        let (sl, sg) = sft_gradients_in::<Autodiff<Cpu>>(&dev, p);
+        let (dl, dg) = dpo_gradients_in::<Autodiff<Cpu>>(&dev, p);
+        eprintln!("cpu {p}: sft loss rel {sl:.2e}, grad rel {sg:.2e}; dpo loss rel {dl:.2e}, grad rel {dg:.2e}");
+        assert!(
+            sl <= loss_tol && sg <= grad_tol,
+            "{p} sft: {sl:.2e} {sg:.2e}"
+        );
+        assert!(
+            dl <= loss_tol && dg <= grad_tol,
+            "{p} dpo: {dl:.2e} {dg:.2e}"
+        );
+        assert!(sg > 1e-6, "{p}: the gradients are not f32's");
+        seen.push(sg.max(dg));
+    }
+    assert!(seen[1] < seen[0], "f16 {} vs bf16 {}", seen[1], seen[0]);
+}
+
+/// A seeded 3-step LoRA SFT with the base in bf16 tracks the f32 run: losses within 1%, gradient
+/// norms within 5%, and not equal to them (the base really is bf16).
+#[test]
+fn seeded_sft_with_a_bf16_base_tracks_f32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f32_run = seeded_sft(&tmp.path().join("f32"), "cpu");
+    let bf16 = seeded_sft_with(
+        &tmp.path().join("bf16"),
+        "cpu",
+        &[
+            "train.max_steps=3",
+            "lora.lora_dropout=0.1",
+            "model.dtype=\"bf16\"",
+        ],
+    );
+    eprintln!("f32 {f32_run:?}\nbf16 {bf16:?}");
+    assert_eq!(bf16.len(), 3);
+    assert_ne!(bf16, f32_run);
+    for ((l, g), (l32, g32)) in bf16.iter().zip(&f32_run) {
+        assert!((l - l32).abs() <= 1e-2 * l32.abs(), "loss {l} vs {l32}");
+        assert!(
+            (g - g32).abs() <= 5e-2 * g32.abs(),
+            "grad norm {g} vs {g32}"
+        );
+    }
 }
 
 /// LoRA's A is drawn on the host from the seed and the tensor's name: the same seed gives the same

@@ -157,3 +157,32 @@ fn worker<B: AutodiffBackend, T>(
     let _ = collective::finish_collective::<B::InnerBackend>(id);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burnish_core::backend::{Autodiff, Cpu};
+    use burnish_core::burn::module::Module;
+    use burnish_core::{Llama, ModelConfig, Precision};
+
+    /// A worker's copy keeps every tensor's dtype and values: a bf16 base stays bf16 (a copy through
+    /// the default dtype would silently train the other workers on an f32 base).
+    #[test]
+    fn a_copy_keeps_every_tensors_dtype_and_values() {
+        type B = Autodiff<Cpu>;
+        let json = r#"{"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 1,
+            "vocab_size": 16, "max_position_embeddings": 64, "rms_norm_eps": 1e-5}"#;
+        let cfg = ModelConfig::from_json(json, std::path::Path::new("test.json")).unwrap();
+        let device = Default::default();
+        let model = Llama::<B>::init(&cfg, 0.1, &device).with_precision(Precision::Bf16);
+        let copy = model.clone().map(&mut DeepCopy { device: &device });
+        assert_eq!(copy.precision(), Precision::Bf16);
+        let (a, b) = (model.named_tensors(), copy.named_tensors());
+        assert_eq!(a.len(), b.len());
+        for ((name, _, x), (_, _, y)) in a.into_iter().zip(b) {
+            assert_eq!(x.dtype(), y.dtype(), "{name}");
+            assert!(x.equal(y).all().into_scalar(), "{name}");
+        }
+    }
+}
