@@ -3,10 +3,16 @@
 
     python scripts/bench/compare_torch.py [--model models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf]
         [--threads 2] [--batch 4] [--seq 256] [--steps 3] [--rank 16]
+        [--device cpu|cuda] [--dtype f32|bf16] [--shape llama-3.2-1b]
 
-Same model (the GGUF, dequantized to float32 by both), same LoRA (all linear layers, r, alpha = 2r),
-same batch of deterministic token rows, loss on every token, AdamW. Step 1 is warm-up; the mean of the
-remaining steps is reported. Each side runs in a fresh process so ru_maxrss is its own peak memory.
+Same model (the GGUF, dequantized by both; or with --shape random weights in Llama 3.2 1B's config),
+same LoRA (all linear layers, r, alpha = 2r), same batch of deterministic token rows, loss on every
+token, AdamW. --dtype bf16 loads the base in bf16 on both sides (PEFT keeps its adapters in f32, as
+burnish does). Step 1 is warm-up; the mean of the remaining steps is reported. Each side runs in a
+fresh process so ru_maxrss is its own peak memory; on --device cuda the peak GPU memory of each side
+is nvidia-smi's largest reading while it ran (and PyTorch's own max_memory_allocated).
+The GPU comparison of issue 18: --device cuda --dtype bf16 at 16 x 512 (SmolLM2) and
+--shape llama-3.2-1b at 8 x 1024; burnish needs a `--features cuda` build (BURNISH_BENCH_FEATURES=cuda).
 """
 import argparse, json, os, subprocess, sys
 
@@ -18,9 +24,18 @@ import json, sys, time, torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 path, threads, batch, seq, steps, rank = sys.argv[1], *map(int, sys.argv[2:7])
+device, dtype, shape = sys.argv[7], {"f32": torch.float32, "bf16": torch.bfloat16}[sys.argv[8]], sys.argv[9]
 torch.set_num_threads(threads)
-d, f = path.rsplit("/", 1)
-model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+if shape == "llama-3.2-1b":
+    from transformers import LlamaConfig
+    cfg = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_attention_heads=32, num_key_value_heads=8,
+                      head_dim=64, num_hidden_layers=16, vocab_size=128256, max_position_embeddings=131072,
+                      rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+else:
+    d, f = path.rsplit("/", 1)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=dtype)
+model = model.to(device)
 model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM"))
 model.train()
 vocab = model.config.vocab_size
@@ -28,16 +43,19 @@ opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1
 times = []
 for s in range(steps + 1):
     rows = [[(r * 7919 + t * 104729) % vocab for t in range(seq)] for r in range(s * batch, (s + 1) * batch)]
-    ids = torch.tensor(rows)
+    ids = torch.tensor(rows, device=device)
+    if device == "cuda": torch.cuda.synchronize()
     t0 = time.time()
     loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
     opt.step(); opt.zero_grad()
+    if device == "cuda": torch.cuda.synchronize()
     times.append(time.time() - t0)
 mean = sum(times[1:]) / len(times[1:])
+gpu = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
 print(json.dumps({"impl": "pytorch+peft", "batch": batch, "seq": seq, "rank": rank, "steps": steps,
-                  "step_seconds": mean, "tokens_per_s": batch * seq / mean}))
+                  "step_seconds": mean, "tokens_per_s": batch * seq / mean, "torch_max_allocated_mb": gpu}))
 """
 
 
@@ -49,17 +67,27 @@ def main():
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
+    ap.add_argument("--shape", choices=["file", "llama-3.2-1b"], default="file")
     a = ap.parse_args()
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
     exe = bench_binary("sft_step")
     dims = [str(a.batch), str(a.seq), str(a.steps), str(a.rank)]
-    torch_r = run([sys.executable, "-c", TORCH_CHILD, a.model, str(a.threads)] + dims, env)
-    ours = run([exe, a.model, "--batch", dims[0], "--seq", dims[1], "--steps", dims[2], "--rank", dims[3]], env)
+    gpu = a.device == "cuda"
+    torch_r = run([sys.executable, "-c", TORCH_CHILD, a.model, str(a.threads)] + dims + [a.device, a.dtype, a.shape],
+                  env, gpu=gpu)
+    shape = ["--shape", a.shape] if a.shape != "file" else []
+    ours = run([exe, a.model, "--batch", dims[0], "--seq", dims[1], "--steps", dims[2], "--rank", dims[3],
+                "--backend", a.device, "--dtype", a.dtype] + shape, env, gpu=gpu)
+    mem = "peak_gpu_mb" if gpu else "peak_rss_mb"
     for r in (torch_r, ours):
-        print(f"{r['impl']:13s}: {r['tokens_per_s']:7.1f} tokens/s ({r['step_seconds']:.2f} s/step), peak RSS {r['peak_rss_mb']:.0f} MB")
+        print(f"{r['impl']:13s}: {r['tokens_per_s']:7.1f} tokens/s ({r['step_seconds']:.2f} s/step), "
+              f"{mem} {r[mem]:.0f} MB")
     print(f"ratio burnish/pytorch: throughput {ours['tokens_per_s'] / torch_r['tokens_per_s']:.2f}x, "
-          f"memory {ours['peak_rss_mb'] / torch_r['peak_rss_mb']:.2f}x")
-    print(json.dumps({"threads": a.threads, "pytorch": torch_r, "burnish": ours}))
+          f"memory {ours[mem] / torch_r[mem]:.2f}x")
+    print(json.dumps({"threads": a.threads, "device": a.device, "dtype": a.dtype, "shape": a.shape,
+                      "pytorch": torch_r, "burnish": ours}))
 
 
 if __name__ == "__main__":
