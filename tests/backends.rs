@@ -460,7 +460,7 @@ mod wgpu {
     }
 
     /// The same seeded 3-step LoRA SFT (dropout on) on wgpu and on the CPU: the same losses and
-    /// gradient norms, step by step.
+    /// gradient norms, step by step; metrics.jsonl reports the wgpu pool's memory.
     #[test]
     fn seeded_sft_matches_cpu() {
         if !vulkan() {
@@ -490,6 +490,16 @@ mod wgpu {
             );
         }
         assert_eq!(gpu.len(), 3);
+        // The device's memory pool is reported on wgpu, not on the CPU.
+        for row in metrics(&tmp.path().join("wgpu/out-wgpu")) {
+            let mb = row["device_reserved_mb"]
+                .as_f64()
+                .expect("device_reserved_mb on wgpu");
+            assert!(mb > 0.0, "{row}");
+        }
+        for row in metrics(&tmp.path().join("cpu/out-cpu")) {
+            assert!(row.get("device_reserved_mb").is_none(), "{row}");
+        }
     }
 
     /// Data-parallel on a GPU backend: two workers sharing the wgpu device give the one-worker CPU

@@ -213,9 +213,52 @@ pub fn host_f64<B: burn::tensor::backend::Backend, const D: usize>(
     host_f32(t).into_iter().map(f64::from).collect()
 }
 
+/// What a GPU backend's memory pool holds on one device, MB (cubecl's own accounting; Burn 0.21 has
+/// no memory API of its own). The pool keeps the pages it grew to, so `reserved_mb` read after a
+/// training step is the pool's high-water mark so far, an upper bound of the step's peak in use.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeviceMemory {
+    /// Bytes in live tensors.
+    pub in_use_mb: f64,
+    /// Bytes the pool holds (in use, padding and free pages).
+    pub reserved_mb: f64,
+}
+
+/// The device memory of `device` when it is a wgpu or CUDA device; `None` on the CPU backend (its
+/// memory is the process's) and for backends not compiled in. Works for a backend's device and its
+/// autodiff wrapper's alike (they share the device type).
+pub fn device_memory<D: std::any::Any>(device: &D) -> Option<DeviceMemory> {
+    let any = device as &dyn std::any::Any;
+    #[cfg(feature = "wgpu")]
+    if let Some(d) = any.downcast_ref::<burn::backend::wgpu::WgpuDevice>() {
+        return pool_memory::<cubecl::wgpu::WgpuRuntime>(d);
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(d) = any.downcast_ref::<burn::backend::cuda::CudaDevice>() {
+        return pool_memory::<cubecl::cuda::CudaRuntime>(d);
+    }
+    let _ = any;
+    None
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn pool_memory<R: cubecl::Runtime>(device: &R::Device) -> Option<DeviceMemory> {
+    let usage = R::client(device).memory_usage().ok()?;
+    let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+    Some(DeviceMemory {
+        in_use_mb: mb(usage.bytes_in_use),
+        reserved_mb: mb(usage.bytes_reserved),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpu_backend_has_no_device_memory() {
+        assert_eq!(device_memory(&CpuDevice::default()), None);
+    }
 
     #[test]
     fn device_specs_parse_and_print() {

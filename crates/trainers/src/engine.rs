@@ -10,7 +10,7 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
-use burnish_core::backend::{host_f64, DeviceSpec};
+use burnish_core::backend::{device_memory, host_f64, DeviceSpec};
 use burnish_core::burn;
 use burnish_core::model::lora::peft_key;
 use burnish_core::{Llama, LoraConfig};
@@ -196,10 +196,14 @@ pub struct StepLog {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allreduce_seconds: Option<f64>,
     /// Peak resident memory of the process so far, MB (Linux; absent elsewhere). On the CPU backend
-    /// this is the training's memory; on a GPU backend it is the host side only (Burn 0.21 reports no
-    /// peak device memory).
+    /// this is the training's memory; on a GPU backend it is the host side only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rss_mb: Option<f64>,
+    /// GPU backends: what the device's memory pool holds after the step, MB — the pool keeps the pages
+    /// it grew to, so this is its high-water mark so far, an upper bound of the peak in use
+    /// (burnish_core::backend::device_memory). This worker's device only; absent on the CPU backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_reserved_mb: Option<f64>,
     /// The method's metrics (means over the step's loss units, e.g. `rewards/accuracies`), its
     /// step metrics (PPO's rollout statistics) and held-out `eval_*` metrics when it evaluated.
     #[serde(flatten)]
@@ -480,6 +484,7 @@ fn optimizer_step<B: AutodiffBackend, M: Method<B>>(
         step_seconds: secs,
         allreduce_seconds: (team.size() > 1).then_some(reduce_secs),
         peak_rss_mb: peak_rss_mb(),
+        device_reserved_mb: device_memory(&device).map(|m| m.reserved_mb),
         metrics,
     })
 }
@@ -798,6 +803,7 @@ mod tests {
             step_seconds: 2.0,
             allreduce_seconds: None,
             peak_rss_mb: Some(812.5),
+            device_reserved_mb: None,
             metrics: Metrics::from([("rewards/accuracies".to_string(), 0.75)]),
         };
         let text = line(&row);
