@@ -141,11 +141,11 @@ fn check_inputs<B: Backend>(
     Ok(())
 }
 
-/// Generates continuations of `prompts` (token ids, no padding) in one batch. Warns once per process
-/// (`tracing`, level warn) when a prompt plus `max_new_tokens` exceeds the model's context.
 /// Token ids or positions, one row per sequence.
 type Rows = Vec<Vec<i64>>;
 
+/// Generates continuations of `prompts` (token ids, no padding) in one batch. Warns once per process
+/// (`tracing`, level warn) when a prompt plus `max_new_tokens` exceeds the model's context.
 pub fn generate<B: Backend>(
     model: &Llama<B>,
     prompts: &[Vec<u32>],
@@ -158,78 +158,27 @@ pub fn generate<B: Backend>(
     }
     check_inputs(model, prompts, cfg, tokenizer.is_some())?;
     let vocab = model.vocab_size();
-    let device = model.model.embed_tokens.device();
-    let b = prompts.len();
-    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let mut rng = StdRng::seed_from_u64(cfg.seed);
-
-    // Left padding; positions count real tokens only (transformers: cumsum(mask) - 1, pads at 1).
-    let mut valid: Vec<Vec<bool>> = Vec::with_capacity(b);
-    let mut ids = Vec::with_capacity(b * width);
-    let mut pos_rows = Vec::with_capacity(b);
-    for p in prompts {
-        let pad = width - p.len();
-        valid.push((0..width).map(|j| j >= pad).collect());
-        ids.extend(std::iter::repeat_n(cfg.pad_id as i64, pad).chain(p.iter().map(|&t| t as i64)));
-        pos_rows.push(
-            (0..width)
-                .map(|j| if j < pad { 1 } else { (j - pad) as i64 })
-                .collect::<Vec<_>>(),
-        );
-    }
-    let padded = valid.iter().any(|r| !r[0]);
-    // Every row's tokens and positions so far, kept only for a model whose cache may have to be rebuilt.
-    let mut history: Option<(Rows, Rows)> = model.long_rope.as_ref().map(|_| {
-        (
-            ids.chunks(width).map(<[i64]>::to_vec).collect(),
-            pos_rows.clone(),
-        )
-    });
-    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, width]), &device);
-    let mask = (padded || model.sliding_window.is_some_and(|w| width > w))
-        .then(|| causal_padding_mask::<B>(&valid, width, None, &device));
-    let ctx = model.context(positions_tensor::<B>(&pos_rows, &device), mask);
-    let mut cache = KvCache::new(model.num_layers());
-    let hidden = model.forward_hidden(input, &ctx, Some(&mut cache), None);
-    let mut last = hidden.slice([0..b, width - 1..width]);
-
-    let mut out: Vec<Generated> = (0..b)
+    let (mut state, mut last) = Decoding::prefill(model, prompts, cfg.pad_id);
+    let mut out: Vec<Generated> = (0..prompts.len())
         .map(|_| Generated {
             new_ids: vec![],
             finish: FinishReason::Length,
         })
         .collect();
-    // `active[i]` = original row of batch row i.
-    let mut active: Vec<usize> = (0..b).collect();
-    let mut next_pos: Vec<i64> = pos_rows.iter().map(|r| r[width - 1] + 1).collect();
     for step in 0..cfg.max_new_tokens {
-        let logits = model.logits(last);
-        let n = active.len();
-        let logits = logits
+        let n = state.active.len();
+        let logits = model
+            .logits(last)
             .reshape([n, vocab])
             .into_data()
             .to_vec::<f32>()
             .map_err(|e| Error::Generate(format!("reading logits: {e:?}")))?;
-        let mut keep = Vec::with_capacity(n);
-        let mut tokens = Vec::with_capacity(n);
-        for (i, &row) in active.iter().enumerate() {
+        // Batch rows that go on, and their new tokens.
+        let (mut keep, mut tokens) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for (i, &row) in state.active.iter().enumerate() {
             let tok = pick(&logits[i * vocab..(i + 1) * vocab], cfg, &mut rng);
-            let g = &mut out[row];
-            g.new_ids.push(tok);
-            let done = if cfg.eos_ids.contains(&tok) {
-                g.finish = FinishReason::Eos;
-                true
-            } else if let (Some(t), false) = (tokenizer, cfg.stop_strings.is_empty()) {
-                let text = t.decode(&g.new_ids, false)?;
-                let hit = cfg.stop_strings.iter().any(|s| text.contains(s.as_str()));
-                if hit {
-                    g.finish = FinishReason::StopString;
-                }
-                hit
-            } else {
-                false
-            };
-            if !done {
+            if !record(&mut out[row], tok, cfg, tokenizer)? {
                 keep.push(i);
                 tokens.push(tok as i64);
             }
@@ -238,50 +187,141 @@ pub fn generate<B: Backend>(
             break;
         }
         if keep.len() < n {
-            let rows = Tensor::<B, 1, Int>::from_data(
-                TensorData::new(
-                    keep.iter().map(|&i| i as i64).collect::<Vec<_>>(),
-                    [keep.len()],
-                ),
-                &device,
-            );
-            cache.select_rows(rows);
-            if let Some((ids, pos)) = history.as_mut() {
-                *ids = keep.iter().map(|&i| ids[i].clone()).collect();
-                *pos = keep.iter().map(|&i| pos[i].clone()).collect();
-            }
-            valid = keep.iter().map(|&i| valid[i].clone()).collect();
-            next_pos = keep.iter().map(|&i| next_pos[i]).collect();
-            active = keep.iter().map(|&i| active[i]).collect();
+            state.keep_rows(&keep);
         }
-        let n = active.len();
-        for row in valid.iter_mut() {
-            row.push(true);
-        }
-        let kv = valid[0].len();
-        if let Some((ids, pos)) = history.as_mut() {
-            for (i, &t) in tokens.iter().enumerate() {
-                ids[i].push(t);
-                pos[i].push(next_pos[i]);
-            }
-            if model.long_rope.as_ref().is_some_and(|l| kv == l.from + 1) {
-                (cache, last) = refill(model, ids, pos, &valid);
-                next_pos.iter_mut().for_each(|p| *p += 1);
-                continue;
-            }
-        }
-        let still_padded = valid.iter().any(|r| !r[0]);
-        let mask = (still_padded || model.sliding_window.is_some_and(|w| kv > w))
-            .then(|| causal_padding_mask::<B>(&valid, 1, None, &device));
-        let pos: Vec<Vec<i64>> = next_pos.iter().map(|&p| vec![p]).collect();
-        let ctx = model.context(positions_tensor::<B>(&pos, &device), mask);
-        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [n, 1]), &device);
-        last = model.forward_hidden(input, &ctx, Some(&mut cache), None);
-        for p in next_pos.iter_mut() {
-            *p += 1;
-        }
+        last = state.advance(model, tokens);
     }
     Ok(out)
+}
+
+/// Appends `tok` to `g` and says whether its row is done (EOS, or a stop string in the decoded text).
+fn record(
+    g: &mut Generated,
+    tok: u32,
+    cfg: &GenerationConfig,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<bool> {
+    g.new_ids.push(tok);
+    if cfg.eos_ids.contains(&tok) {
+        g.finish = FinishReason::Eos;
+        return Ok(true);
+    }
+    let (Some(t), false) = (tokenizer, cfg.stop_strings.is_empty()) else {
+        return Ok(false);
+    };
+    let text = t.decode(&g.new_ids, false)?;
+    let hit = cfg.stop_strings.iter().any(|s| text.contains(s.as_str()));
+    if hit {
+        g.finish = FinishReason::StopString;
+    }
+    Ok(hit)
+}
+
+/// The batch being decoded: which prompt each row is, its attention mask and next position, the KV
+/// cache, and (for a model whose cache may have to be rebuilt, LongRoPE) every row's tokens so far.
+struct Decoding<B: Backend> {
+    /// `active[i]` = the prompt of batch row i.
+    active: Vec<usize>,
+    /// Per row, which cached positions are real tokens (left padding is not).
+    valid: Vec<Vec<bool>>,
+    next_pos: Vec<i64>,
+    cache: KvCache<B>,
+    history: Option<(Rows, Rows)>,
+    device: B::Device,
+}
+
+impl<B: Backend> Decoding<B> {
+    /// Runs the left-padded prompts through the model: the state, and each row's last hidden state.
+    /// Positions count real tokens only (transformers: cumsum(mask) - 1, pads at 1).
+    fn prefill(model: &Llama<B>, prompts: &[Vec<u32>], pad_id: u32) -> (Self, Tensor<B, 3>) {
+        let device = model.model.embed_tokens.device();
+        let b = prompts.len();
+        let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let mut valid: Vec<Vec<bool>> = Vec::with_capacity(b);
+        let mut ids = Vec::with_capacity(b * width);
+        let mut pos_rows = Vec::with_capacity(b);
+        for p in prompts {
+            let pad = width - p.len();
+            valid.push((0..width).map(|j| j >= pad).collect());
+            ids.extend(std::iter::repeat_n(pad_id as i64, pad).chain(p.iter().map(|&t| t as i64)));
+            pos_rows.push(
+                (0..width)
+                    .map(|j| if j < pad { 1 } else { (j - pad) as i64 })
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let padded = valid.iter().any(|r| !r[0]);
+        let history = model.long_rope.as_ref().map(|_| {
+            (
+                ids.chunks(width).map(<[i64]>::to_vec).collect(),
+                pos_rows.clone(),
+            )
+        });
+        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, width]), &device);
+        let mask = (padded || model.sliding_window.is_some_and(|w| width > w))
+            .then(|| causal_padding_mask::<B>(&valid, width, None, &device));
+        let ctx = model.context(positions_tensor::<B>(&pos_rows, &device), mask);
+        let mut cache = KvCache::new(model.num_layers());
+        let hidden = model.forward_hidden(input, &ctx, Some(&mut cache), None);
+        let state = Decoding {
+            active: (0..b).collect(),
+            next_pos: pos_rows.iter().map(|r| r[width - 1] + 1).collect(),
+            valid,
+            cache,
+            history,
+            device,
+        };
+        (state, hidden.slice([0..b, width - 1..width]))
+    }
+
+    /// Keeps only batch rows `keep` (finished sequences leave the batch).
+    fn keep_rows(&mut self, keep: &[usize]) {
+        let rows: Vec<i64> = keep.iter().map(|&i| i as i64).collect();
+        let rows =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [keep.len()]), &self.device);
+        self.cache.select_rows(rows);
+        if let Some((ids, pos)) = self.history.as_mut() {
+            *ids = keep.iter().map(|&i| ids[i].clone()).collect();
+            *pos = keep.iter().map(|&i| pos[i].clone()).collect();
+        }
+        self.valid = keep.iter().map(|&i| self.valid[i].clone()).collect();
+        self.next_pos = keep.iter().map(|&i| self.next_pos[i]).collect();
+        self.active = keep.iter().map(|&i| self.active[i]).collect();
+    }
+
+    /// Feeds each row's new token through the model (one position, through the cache) and returns
+    /// the rows' hidden states.
+    fn advance(&mut self, model: &Llama<B>, tokens: Vec<i64>) -> Tensor<B, 3> {
+        let n = self.active.len();
+        for row in self.valid.iter_mut() {
+            row.push(true);
+        }
+        let kv = self.valid[0].len();
+        if let Some((ids, pos)) = self.history.as_mut() {
+            for (i, &t) in tokens.iter().enumerate() {
+                ids[i].push(t);
+                pos[i].push(self.next_pos[i]);
+            }
+            if model.long_rope.as_ref().is_some_and(|l| kv == l.from + 1) {
+                let (cache, last) = refill(model, ids, pos, &self.valid);
+                self.cache = cache;
+                self.next_pos.iter_mut().for_each(|p| *p += 1);
+                return last;
+            }
+        }
+        let still_padded = self.valid.iter().any(|r| !r[0]);
+        let device = &self.device;
+        let mask = (still_padded || model.sliding_window.is_some_and(|w| kv > w))
+            .then(|| causal_padding_mask::<B>(&self.valid, 1, None, device));
+        let pos: Vec<Vec<i64>> = self.next_pos.iter().map(|&p| vec![p]).collect();
+        let ctx = model.context(positions_tensor::<B>(&pos, device), mask);
+        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [n, 1]), device);
+        let last = model.forward_hidden(input, &ctx, Some(&mut self.cache), None);
+        for p in self.next_pos.iter_mut() {
+            *p += 1;
+        }
+        last
+    }
 }
 
 /// transformers' Phi-3 drops its cache once, when the sequence first grows past LongRoPE's original

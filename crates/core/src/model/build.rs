@@ -75,53 +75,18 @@ fn decoder_layer<B: Backend>(
     i: usize,
     parts: &mut impl Parts<B>,
 ) -> Result<DecoderLayer<B>> {
-    let (h, hd, inter) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
-    let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+    let h = cfg.hidden_size;
     let p = |rest: &str| HfNames::layer(i, rest);
-    let ab = cfg.attention_bias;
     // Checkpoint order (attention, MLP, norms): a truncated file fails at the first tensor it lacks.
-    let fused = cfg.fused_projections;
-    let (q_proj, k_proj, v_proj, qkv_proj) = if fused {
-        let qkv = parts.linear(&p("self_attn.qkv_proj"), h, q + 2 * kv, ab)?;
-        (None, None, None, Some(qkv))
-    } else {
-        (
-            Some(parts.linear(&p("self_attn.q_proj"), h, q, ab)?),
-            Some(parts.linear(&p("self_attn.k_proj"), h, kv, ab)?),
-            Some(parts.linear(&p("self_attn.v_proj"), h, kv, ab)?),
-            None,
-        )
-    };
-    let o_proj = parts.linear(&p("self_attn.o_proj"), q, h, cfg.o_bias)?;
-    let mb = cfg.mlp_bias;
-    let (gate_proj, up_proj, gate_up_proj) = if fused {
-        let gu = parts.linear(&p("mlp.gate_up_proj"), h, 2 * inter, mb)?;
-        (None, None, Some(gu))
-    } else {
-        (
-            Some(parts.linear(&p("mlp.gate_proj"), h, inter, mb)?),
-            Some(parts.linear(&p("mlp.up_proj"), h, inter, mb)?),
-            None,
-        )
-    };
-    let mlp = Mlp {
-        gate_proj,
-        up_proj,
-        gate_up_proj,
-        down_proj: parts.linear(&p("mlp.down_proj"), inter, h, mb)?,
-        act: cfg.hidden_act,
-    };
+    let mut self_attn = attention(cfg, i, parts)?;
+    let mlp = mlp(cfg, i, parts)?;
     let mut norm = |name: &str, len: usize| -> Result<RmsNorm<B>> {
         Ok(rms_norm(cfg, parts.norm(&p(name), len)?))
     };
-    let (q_norm, k_norm) = if cfg.qk_norm {
-        (
-            Some(norm("self_attn.q_norm.weight", hd)?),
-            Some(norm("self_attn.k_norm.weight", hd)?),
-        )
-    } else {
-        (None, None)
-    };
+    if cfg.qk_norm {
+        self_attn.q_norm = Some(norm("self_attn.q_norm.weight", cfg.head_dim)?);
+        self_attn.k_norm = Some(norm("self_attn.k_norm.weight", cfg.head_dim)?);
+    }
     let input_layernorm = norm("input_layernorm.weight", h)?;
     let post_attention_layernorm = norm("post_attention_layernorm.weight", h)?;
     let (pre_ff, post_ff) = if cfg.gemma_layout {
@@ -132,21 +97,6 @@ fn decoder_layer<B: Backend>(
     } else {
         (None, None)
     };
-    let self_attn = Attention {
-        q_proj,
-        k_proj,
-        v_proj,
-        qkv_proj,
-        o_proj,
-        q_norm,
-        k_norm,
-        num_heads: cfg.num_attention_heads,
-        num_kv_heads: cfg.num_key_value_heads,
-        head_dim: hd,
-        scale: cfg.query_pre_attn_scalar.map(|s| s.powf(-0.5)),
-        softcap: cfg.attn_logit_softcapping,
-        sliding: cfg.layer_type(i) == LayerType::Sliding,
-    };
     Ok(DecoderLayer {
         self_attn,
         mlp,
@@ -154,5 +104,67 @@ fn decoder_layer<B: Backend>(
         post_attention_layernorm,
         pre_feedforward_layernorm: pre_ff,
         post_feedforward_layernorm: post_ff,
+    })
+}
+
+/// Layer `i`'s attention projections (separate q/k/v, or Phi-3's fused `qkv_proj`) and settings; its
+/// q/k norms are added by the caller, in checkpoint order.
+fn attention<B: Backend>(
+    cfg: &ModelConfig,
+    i: usize,
+    parts: &mut impl Parts<B>,
+) -> Result<Attention<B>> {
+    let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+    let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+    let p = |rest: &str| HfNames::layer(i, rest);
+    let ab = cfg.attention_bias;
+    let (q_proj, k_proj, v_proj, qkv_proj) = if cfg.fused_projections {
+        let qkv = parts.linear(&p("self_attn.qkv_proj"), h, q + 2 * kv, ab)?;
+        (None, None, None, Some(qkv))
+    } else {
+        (
+            Some(parts.linear(&p("self_attn.q_proj"), h, q, ab)?),
+            Some(parts.linear(&p("self_attn.k_proj"), h, kv, ab)?),
+            Some(parts.linear(&p("self_attn.v_proj"), h, kv, ab)?),
+            None,
+        )
+    };
+    Ok(Attention {
+        q_proj,
+        k_proj,
+        v_proj,
+        qkv_proj,
+        o_proj: parts.linear(&p("self_attn.o_proj"), q, h, cfg.o_bias)?,
+        q_norm: None,
+        k_norm: None,
+        num_heads: cfg.num_attention_heads,
+        num_kv_heads: cfg.num_key_value_heads,
+        head_dim: hd,
+        scale: cfg.query_pre_attn_scalar.map(|s| s.powf(-0.5)),
+        softcap: cfg.attn_logit_softcapping,
+        sliding: cfg.layer_type(i) == LayerType::Sliding,
+    })
+}
+
+/// Layer `i`'s MLP: separate gate and up projections, or Phi-3's fused `gate_up_proj`.
+fn mlp<B: Backend>(cfg: &ModelConfig, i: usize, parts: &mut impl Parts<B>) -> Result<Mlp<B>> {
+    let (h, inter, mb) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+    let p = |rest: &str| HfNames::layer(i, rest);
+    let (gate_proj, up_proj, gate_up_proj) = if cfg.fused_projections {
+        let gu = parts.linear(&p("mlp.gate_up_proj"), h, 2 * inter, mb)?;
+        (None, None, Some(gu))
+    } else {
+        (
+            Some(parts.linear(&p("mlp.gate_proj"), h, inter, mb)?),
+            Some(parts.linear(&p("mlp.up_proj"), h, inter, mb)?),
+            None,
+        )
+    };
+    Ok(Mlp {
+        gate_proj,
+        up_proj,
+        gate_up_proj,
+        down_proj: parts.linear(&p("mlp.down_proj"), inter, h, mb)?,
+        act: cfg.hidden_act,
     })
 }

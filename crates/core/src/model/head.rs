@@ -43,30 +43,42 @@ fn target_logps_blocked<B: Backend>(
     softcap: Option<f64>,
     block: usize,
 ) -> (Tensor<B, 1>, Vec<i64>) {
-    if !w.is_require_grad() {
-        let args = (hidden, w);
-        let args = match lean_on::<B, crate::backend::Cpu>(args, targets, softcap, block, lean_cpu)
-        {
+    // The lean operation needs a frozen head; a head that requires gradients (or a backend without
+    // the operation) takes the blocks through Burn's own autodiff.
+    let (hidden, w) = match w.is_require_grad() {
+        true => (hidden, w),
+        false => match lean_any((hidden, w), targets, softcap, block) {
             Ok(y) => return y,
             Err(args) => args,
-        };
-        #[cfg(feature = "wgpu")]
-        let args =
-            match lean_on::<B, crate::backend::Wgpu>(args, targets, softcap, block, lean_wgpu) {
-                Ok(y) => return y,
-                Err(args) => args,
-            };
-        #[cfg(feature = "cuda")]
-        let args =
-            match lean_on::<B, crate::backend::Cuda>(args, targets, softcap, block, lean_cuda) {
-                Ok(y) => return y,
-                Err(args) => args,
-            };
-        let b = blocks(args.0, args.1, targets, softcap, block, false);
-        return (b.logps, b.argmax);
-    }
+        },
+    };
     let b = blocks(hidden, w, targets, softcap, block, false);
     (b.logps, b.argmax)
+}
+
+/// The lean operation when `B` is one of the autodiff backends compiled in; the tensors back otherwise.
+#[allow(clippy::type_complexity)]
+fn lean_any<B: Backend>(
+    args: (Tensor<B, 2>, Tensor<B, 2>),
+    targets: &[i64],
+    softcap: Option<f64>,
+    block: usize,
+) -> Result<(Tensor<B, 1>, Vec<i64>), (Tensor<B, 2>, Tensor<B, 2>)> {
+    let args = match lean_on::<B, crate::backend::Cpu>(args, targets, softcap, block, lean_cpu) {
+        Ok(y) => return Ok(y),
+        Err(args) => args,
+    };
+    #[cfg(feature = "wgpu")]
+    let args = match lean_on::<B, crate::backend::Wgpu>(args, targets, softcap, block, lean_wgpu) {
+        Ok(y) => return Ok(y),
+        Err(args) => args,
+    };
+    #[cfg(feature = "cuda")]
+    let args = match lean_on::<B, crate::backend::Cuda>(args, targets, softcap, block, lean_cuda) {
+        Ok(y) => return Ok(y),
+        Err(args) => args,
+    };
+    Err(args)
 }
 
 type LeanFn<I> = fn(

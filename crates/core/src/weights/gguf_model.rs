@@ -164,68 +164,15 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         path: path.clone(),
         msg,
     };
-    let arch = f
-        .get("general.architecture")
-        .and_then(GgufValue::as_str)
-        .ok_or_else(|| err("missing metadata `general.architecture`".into()))?
-        .to_string();
-    let family = match arch.as_str() {
-        "llama" => Family::Llama,
-        "qwen2" => Family::Qwen2,
-        "qwen3" => Family::Qwen3,
-        "gemma2" => Family::Gemma2,
-        "gemma3" => Family::Gemma3,
-        "phi3" => Family::Phi3,
-        other => {
-            return Err(Error::Unsupported(format!(
-                "{}: GGUF architecture `{other}`; burnish supports {SUPPORTED_GGUF_ARCHS}",
-                path.display()
-            )))
-        }
-    };
+    let (arch, family) = gguf_family(f)?;
     let key = |k: &str| format!("{arch}.{k}");
     let uint = |k: &str| f.get(&key(k)).and_then(GgufValue::as_usize);
     let need = |k: &str| uint(k).ok_or_else(|| err(format!("missing metadata `{}`", key(k))));
     let float = |k: &str| f.get(&key(k)).and_then(GgufValue::as_f64);
     let hidden_size = need("embedding_length")?;
     let heads = need("attention.head_count")?;
-    let embd = f
-        .tensor_info("token_embd.weight")
-        .ok_or_else(|| Error::MissingTensor {
-            path: path.clone(),
-            name: "token_embd.weight".into(),
-        })?;
-    // `[vocab, hidden]`; anything else (a file may claim 0 to 4 dims) cannot be an embedding.
-    let vocab_size = match embd.shape()[..] {
-        [vocab, _] => vocab,
-        ref other => {
-            return Err(err(format!(
-            "tensor `token_embd.weight` has shape {other:?}, expected [vocab_size, {hidden_size}]"
-        )))
-        }
-    };
-    if f.tensor_info("rope_freqs.weight").is_some() {
-        return Err(Error::Unsupported(format!(
-            "{}: per-frequency RoPE factors (`rope_freqs.weight`, Llama 3.1 GGUF) are not supported yet; \
-             load the HF directory instead",
-            path.display()
-        )));
-    }
-    let longrope = phi3_longrope(f, &key)?;
-    let rope_scaling = match f.get(&key("rope.scaling.type")).and_then(GgufValue::as_str) {
-        _ if longrope.is_some() => longrope,
-        None | Some("none") => None,
-        Some("linear") => Some(RopeScaling::Linear {
-            factor: float("rope.scaling.factor")
-                .ok_or_else(|| err("missing rope.scaling.factor".into()))?,
-        }),
-        Some(other) => {
-            return Err(Error::Unsupported(format!(
-                "{}: rope scaling `{other}`",
-                path.display()
-            )))
-        }
-    };
+    let vocab_size = gguf_vocab_size(f, hidden_size)?;
+    let rope_scaling = gguf_rope_scaling(f, &arch)?;
     // An id that does not fit u32 is no token id (rather than truncated into one).
     let tok_id = |k: &str| {
         f.get(&format!("tokenizer.ggml.{k}"))
@@ -284,6 +231,87 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
     };
     cfg.validate().map_err(err)?;
     Ok(cfg)
+}
+
+/// `general.architecture` and the family it is; an architecture burnish does not run is an error
+/// naming it and the supported ones.
+fn gguf_family(f: &GgufFile) -> Result<(String, Family)> {
+    let arch = f
+        .get("general.architecture")
+        .and_then(GgufValue::as_str)
+        .ok_or_else(|| Error::Config {
+            path: f.path().to_path_buf(),
+            msg: "missing metadata `general.architecture`".into(),
+        })?
+        .to_string();
+    let family = match arch.as_str() {
+        "llama" => Family::Llama,
+        "qwen2" => Family::Qwen2,
+        "qwen3" => Family::Qwen3,
+        "gemma2" => Family::Gemma2,
+        "gemma3" => Family::Gemma3,
+        "phi3" => Family::Phi3,
+        other => {
+            return Err(Error::Unsupported(format!(
+                "{}: GGUF architecture `{other}`; burnish supports {SUPPORTED_GGUF_ARCHS}",
+                f.path().display()
+            )))
+        }
+    };
+    Ok((arch, family))
+}
+
+/// The vocabulary size, from the embedding's `[vocab, hidden]` shape.
+fn gguf_vocab_size(f: &GgufFile, hidden_size: usize) -> Result<usize> {
+    let embd = f
+        .tensor_info("token_embd.weight")
+        .ok_or_else(|| Error::MissingTensor {
+            path: f.path().to_path_buf(),
+            name: "token_embd.weight".into(),
+        })?;
+    // Anything but two dims (a file may claim 0 to 4) cannot be an embedding.
+    match embd.shape()[..] {
+        [vocab, _] => Ok(vocab),
+        ref other => Err(Error::Config {
+            path: f.path().to_path_buf(),
+            msg: format!(
+                "tensor `token_embd.weight` has shape {other:?}, expected [vocab_size, {hidden_size}]"
+            ),
+        }),
+    }
+}
+
+/// RoPE scaling: Phi-3's LongRoPE, linear, or none. Llama 3.1's per-frequency factors and other
+/// schemes are refused by name.
+fn gguf_rope_scaling(f: &GgufFile, arch: &str) -> Result<Option<RopeScaling>> {
+    let key = |k: &str| format!("{arch}.{k}");
+    if f.tensor_info("rope_freqs.weight").is_some() {
+        return Err(Error::Unsupported(format!(
+            "{}: per-frequency RoPE factors (`rope_freqs.weight`, Llama 3.1 GGUF) are not supported yet; \
+             load the HF directory instead",
+            f.path().display()
+        )));
+    }
+    if let Some(long) = phi3_longrope(f, &key)? {
+        return Ok(Some(long));
+    }
+    match f.get(&key("rope.scaling.type")).and_then(GgufValue::as_str) {
+        None | Some("none") => Ok(None),
+        Some("linear") => {
+            let factor = f
+                .get(&key("rope.scaling.factor"))
+                .and_then(GgufValue::as_f64);
+            let factor = factor.ok_or_else(|| Error::Config {
+                path: f.path().to_path_buf(),
+                msg: "missing rope.scaling.factor".into(),
+            })?;
+            Ok(Some(RopeScaling::Linear { factor }))
+        }
+        Some(other) => Err(Error::Unsupported(format!(
+            "{}: rope scaling `{other}`",
+            f.path().display()
+        ))),
+    }
 }
 
 /// What Gemma scales queries by, which its GGUF files do not store: `head_dim`, except in the 27B models
