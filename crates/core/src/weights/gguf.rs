@@ -421,6 +421,35 @@ fn min_value_size(ty: u32) -> Option<u64> {
 
 fn parse(buf: &[u8]) -> Result<Parsed, String> {
     let mut r = Reader { buf, pos: 0 };
+    let (version, n_tensors, n_kv) = header(&mut r)?;
+    let metadata = read_metadata(&mut r, n_kv)?;
+    let alignment = alignment_of(&metadata)?;
+    let mut tensors: Vec<GgufTensorInfo> = Vec::with_capacity(reserve(n_tensors));
+    let mut seen_names = std::collections::HashSet::with_capacity(reserve(n_tensors));
+    for i in 0..n_tensors {
+        let info = tensor_info(&mut r).map_err(|e| format!("tensor info {i}: {e}"))?;
+        if !seen_names.insert(info.name.clone()) {
+            return Err(format!("duplicate tensor name `{}`", info.name));
+        }
+        tensors.push(info);
+    }
+    let data_offset = (r.pos as u64)
+        .div_ceil(alignment)
+        .checked_mul(alignment)
+        .ok_or("data offset overflows")?;
+    check_tensor_data(&tensors, data_offset, alignment, buf.len() as u64)?;
+    Ok(Parsed {
+        version,
+        alignment,
+        data_offset,
+        metadata,
+        tensors,
+    })
+}
+
+/// Magic, version (2 or 3, little-endian), tensor count and metadata count, the counts checked
+/// against what the rest of the file could hold.
+fn header(r: &mut Reader<'_>) -> Result<(u32, u64, u64), String> {
     let magic = r.array::<4>()?;
     if magic != GGUF_MAGIC {
         return Err(format!(
@@ -461,7 +490,11 @@ fn parse(buf: &[u8]) -> Result<Parsed, String> {
             "header claims {n_tensors} tensors, more than the {rem} remaining bytes can hold"
         ));
     }
+    Ok((version, n_tensors, n_kv))
+}
 
+/// `n_kv` metadata entries; a key may appear once.
+fn read_metadata(r: &mut Reader<'_>, n_kv: u64) -> Result<Vec<(String, GgufValue)>, String> {
     let mut metadata: Vec<(String, GgufValue)> = Vec::with_capacity(reserve(n_kv));
     let mut seen_keys = std::collections::HashSet::with_capacity(reserve(n_kv));
     for i in 0..n_kv {
@@ -477,88 +510,32 @@ fn parse(buf: &[u8]) -> Result<Parsed, String> {
         }
         metadata.push((key, value));
     }
+    Ok(metadata)
+}
 
-    let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
-        None => DEFAULT_ALIGNMENT,
+/// `general.alignment`, or the default; a power of two up to 2^30.
+fn alignment_of(metadata: &[(String, GgufValue)]) -> Result<u64, String> {
+    match metadata.iter().find(|(k, _)| k == "general.alignment") {
+        None => Ok(DEFAULT_ALIGNMENT),
         Some((_, v)) => match v.as_u64() {
-            Some(a) if a.is_power_of_two() && a <= 1 << 30 => a,
-            _ => {
-                return Err(format!(
-                    "general.alignment = {v} is not a power of two up to 2^30"
-                ))
-            }
+            Some(a) if a.is_power_of_two() && a <= 1 << 30 => Ok(a),
+            _ => Err(format!(
+                "general.alignment = {v} is not a power of two up to 2^30"
+            )),
         },
-    };
-
-    let mut tensors: Vec<GgufTensorInfo> = Vec::with_capacity(reserve(n_tensors));
-    let mut seen_names = std::collections::HashSet::with_capacity(reserve(n_tensors));
-    for i in 0..n_tensors {
-        let info = tensor_info(&mut r).map_err(|e| format!("tensor info {i}: {e}"))?;
-        if !seen_names.insert(info.name.clone()) {
-            return Err(format!("duplicate tensor name `{}`", info.name));
-        }
-        tensors.push(info);
     }
+}
 
-    let header_end = r.pos as u64;
-    let data_offset = header_end
-        .div_ceil(alignment)
-        .checked_mul(alignment)
-        .ok_or("data offset overflows")?;
-    let file_len = buf.len() as u64;
-
-    // Every tensor must be a whole number of blocks, aligned, inside the file, and not overlap another.
+/// Every tensor must be a whole number of blocks, aligned, inside the file, and not overlap another.
+fn check_tensor_data(
+    tensors: &[GgufTensorInfo],
+    data_offset: u64,
+    alignment: u64,
+    file_len: u64,
+) -> Result<(), String> {
     let mut ranges: Vec<(u64, u64, usize)> = Vec::with_capacity(tensors.len());
     for (i, t) in tensors.iter().enumerate() {
-        let ctx = || format!("tensor `{}` ({}, dims {:?})", t.name, t.dtype, t.dims);
-        let n = t
-            .dims
-            .iter()
-            .try_fold(1u64, |n, &d| n.checked_mul(d))
-            .filter(|&n| usize::try_from(n).is_ok())
-            .ok_or_else(|| format!("{}: element count overflows", ctx()))?;
-        if t.offset % alignment != 0 {
-            return Err(format!(
-                "{}: data offset {} is not a multiple of the alignment {alignment}",
-                ctx(),
-                t.offset
-            ));
-        }
-        let start = data_offset
-            .checked_add(t.offset)
-            .ok_or_else(|| format!("{}: data offset {} overflows", ctx(), t.offset))?;
-        let Some(bs) = t.dtype.block_size() else {
-            // Unknown type: the size is unknown, only the start can be checked.
-            if start > file_len {
-                return Err(format!(
-                    "{}: data starts at byte {start}, past the end of the {file_len}-byte file",
-                    ctx()
-                ));
-            }
-            continue;
-        };
-        let row = t.dims.first().copied().unwrap_or(1);
-        if row % bs as u64 != 0 {
-            return Err(format!(
-                "{}: row length {row} is not a multiple of the block size {bs}",
-                ctx()
-            ));
-        }
-        let size = t
-            .dtype
-            .bytes_for(n)
-            .ok_or_else(|| format!("{}: byte size overflows", ctx()))?;
-        let end = start
-            .checked_add(size)
-            .filter(|&e| e <= file_len)
-            .ok_or_else(|| {
-                format!(
-                    "{}: data (bytes {start}..{}) runs past the end of the {file_len}-byte file",
-                    ctx(),
-                    start as u128 + size as u128
-                )
-            })?;
-        if size > 0 {
+        if let Some((start, end)) = tensor_range(t, data_offset, alignment, file_len)? {
             ranges.push((start, end, i));
         }
     }
@@ -572,14 +549,65 @@ fn parse(buf: &[u8]) -> Result<Parsed, String> {
             ));
         }
     }
+    Ok(())
+}
 
-    Ok(Parsed {
-        version,
-        alignment,
-        data_offset,
-        metadata,
-        tensors,
-    })
+/// The bytes `start..end` of one tensor's data, checked; `None` for an empty tensor or one of a type
+/// whose size is unknown (only its start is checked).
+fn tensor_range(
+    t: &GgufTensorInfo,
+    data_offset: u64,
+    alignment: u64,
+    file_len: u64,
+) -> Result<Option<(u64, u64)>, String> {
+    let ctx = || format!("tensor `{}` ({}, dims {:?})", t.name, t.dtype, t.dims);
+    let n = t
+        .dims
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d))
+        .filter(|&n| usize::try_from(n).is_ok())
+        .ok_or_else(|| format!("{}: element count overflows", ctx()))?;
+    if !t.offset.is_multiple_of(alignment) {
+        return Err(format!(
+            "{}: data offset {} is not a multiple of the alignment {alignment}",
+            ctx(),
+            t.offset
+        ));
+    }
+    let start = data_offset
+        .checked_add(t.offset)
+        .ok_or_else(|| format!("{}: data offset {} overflows", ctx(), t.offset))?;
+    let Some(bs) = t.dtype.block_size() else {
+        if start > file_len {
+            return Err(format!(
+                "{}: data starts at byte {start}, past the end of the {file_len}-byte file",
+                ctx()
+            ));
+        }
+        return Ok(None);
+    };
+    let row = t.dims.first().copied().unwrap_or(1);
+    if !row.is_multiple_of(bs as u64) {
+        return Err(format!(
+            "{}: row length {row} is not a multiple of the block size {bs}",
+            ctx()
+        ));
+    }
+    let size = t
+        .dtype
+        .bytes_for(n)
+        .ok_or_else(|| format!("{}: byte size overflows", ctx()))?;
+    let end = start
+        .checked_add(size)
+        .filter(|&e| e <= file_len)
+        .ok_or_else(|| {
+            format!(
+                "{}: data (bytes {start}..{}) runs past the end of the {file_len}-byte file",
+                ctx(),
+                start as u128 + size as u128
+            )
+        })?;
+    Ok((size > 0).then_some((start, end)))
 }
 
 fn tensor_info(r: &mut Reader<'_>) -> Result<GgufTensorInfo, String> {
