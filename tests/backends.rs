@@ -252,13 +252,7 @@ fn seeded_sft_with_a_bf16_base_tracks_f32() {
     eprintln!("f32 {f32_run:?}\nbf16 {bf16:?}");
     assert_eq!(bf16.len(), 3);
     assert_ne!(bf16, f32_run);
-    for ((l, g), (l32, g32)) in bf16.iter().zip(&f32_run) {
-        assert!((l - l32).abs() <= 1e-2 * l32.abs(), "loss {l} vs {l32}");
-        assert!(
-            (g - g32).abs() <= 5e-2 * g32.abs(),
-            "grad norm {g} vs {g32}"
-        );
-    }
+    assert_steps_close(&bf16, &f32_run, 1e-2, 5e-2);
 }
 
 /// LoRA's A is drawn on the host from the seed and the tensor's name: the same seed gives the same
@@ -399,6 +393,23 @@ pub fn seeded_sft_with(dir: &std::path::Path, backend: &str, set: &[&str]) -> Ve
         .collect()
 }
 
+/// Each step of `got` against `want` (loss, grad norm): relative differences within `loss_tol` and
+/// `grad_tol`, and as many steps.
+fn assert_steps_close(got: &[(f64, f64)], want: &[(f64, f64)], loss_tol: f64, grad_tol: f64) {
+    assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let step = i + 1;
+        assert!(
+            (g.0 - w.0).abs() <= loss_tol * w.0.abs(),
+            "step {step}: loss {g:?} vs {w:?}"
+        );
+        assert!(
+            (g.1 - w.1).abs() <= grad_tol * w.1.abs(),
+            "step {step}: grad_norm {g:?} vs {w:?}"
+        );
+    }
+}
+
 /// Two runs with the same seed give the same steps; dropout is on (loss differs from a run
 /// without it).
 #[test]
@@ -469,26 +480,8 @@ mod wgpu {
         let tmp = tempfile::tempdir().unwrap();
         let cpu = seeded_sft(&tmp.path().join("cpu"), "cpu");
         let gpu = seeded_sft(&tmp.path().join("wgpu"), "wgpu");
-        for (i, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
-            eprintln!(
-                "step {}: loss cpu {:.6} wgpu {:.6}, grad_norm cpu {:.6} wgpu {:.6}",
-                i + 1,
-                c.0,
-                g.0,
-                c.1,
-                g.1
-            );
-            assert!(
-                (c.0 - g.0).abs() <= 1e-5 * c.0.abs(),
-                "step {}: loss {c:?} vs {g:?}",
-                i + 1
-            );
-            assert!(
-                (c.1 - g.1).abs() <= 1e-4 * c.1.abs(),
-                "step {}: grad_norm {c:?} vs {g:?}",
-                i + 1
-            );
-        }
+        eprintln!("cpu {cpu:?}\nwgpu {gpu:?}");
+        assert_steps_close(&gpu, &cpu, 1e-5, 1e-4);
         assert_eq!(gpu.len(), 3);
         // The device's memory pool is reported on wgpu, not on the CPU.
         for row in metrics(&tmp.path().join("wgpu/out-wgpu")) {
@@ -516,18 +509,7 @@ mod wgpu {
         let gpu = seeded_sft_with(&tmp.path().join("wgpu"), "wgpu", &two);
         eprintln!("cpu {cpu:?}\nwgpu x2 {gpu:?}");
         assert_eq!(gpu.len(), 3);
-        for (i, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
-            assert!(
-                (c.0 - g.0).abs() <= 1e-5 * c.0.abs(),
-                "step {}: {c:?} vs {g:?}",
-                i + 1
-            );
-            assert!(
-                (c.1 - g.1).abs() <= 1e-4 * c.1.abs(),
-                "step {}: {c:?} vs {g:?}",
-                i + 1
-            );
-        }
+        assert_steps_close(&gpu, &cpu, 1e-5, 1e-4);
     }
 
     /// Eval (generation and KL to the adapters-off base) and the merge `export` writes give the same
