@@ -2,6 +2,7 @@
 //!
 //! cargo bench --bench sft_step -- MODEL [--batch 4] [--seq 256] [--steps 3] [--rank 16]
 //!     [--backend cpu|wgpu|cuda[:N]] [--dtype f32|bf16|f16] [--shape llama-3.2-1b]
+//!     [--gradient-checkpointing]
 //! One step = forward + backward + AdamW on LoRA (all linear layers), loss on every token. The base
 //! is MODEL's weights, or with `--shape llama-3.2-1b` random weights in Llama 3.2 1B's configuration
 //! (what the GPU comparison uses; PyTorch builds the same config). GPU backends need the cargo feature.
@@ -33,6 +34,8 @@ struct Step {
     seq: usize,
     steps: usize,
     rank: usize,
+    /// `[train] gradient_checkpointing`: each decoder layer run again in the backward pass.
+    checkpointing: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         seq: flag("--seq", 256),
         steps: flag("--steps", 3),
         rank: flag("--rank", 16),
+        checkpointing: args.switch("--gradient-checkpointing"),
     };
     let report = on_device(spec, job).map_err(anyhow::Error::msg)??;
     println!("{report}");
@@ -109,6 +113,7 @@ impl OnDevice for Step {
                 max_steps: Some(steps + 1),
                 logging_steps: 1,
                 save_steps: usize::MAX,
+                gradient_checkpointing: self.checkpointing,
                 ..Default::default()
             },
             lora: lora.clone(),
@@ -134,6 +139,7 @@ impl OnDevice for Step {
         Ok(serde_json::json!({
             "impl": "burnish", "batch": batch, "seq": seq, "rank": rank, "steps": secs.len(),
             "dtype": self.dtype.name(), "shape": self.shape.as_deref().unwrap_or("file"),
+            "gradient_checkpointing": self.checkpointing,
             "step_seconds": mean, "tokens_per_s": (batch * seq) as f64 / mean, "total_seconds": total,
         }))
     }

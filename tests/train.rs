@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use burnish::trainers::{RunFile, RunOptions};
@@ -78,21 +78,7 @@ fn gradient_accumulation_is_invariant() {
         let r = RunFile::load(&run, &sets).unwrap();
         burnish::trainers::run(&r.config, &RunOptions::default()).unwrap();
         let out = tmp.path().join("out");
-        let adapter = std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&adapter).unwrap();
-        let mut w: Vec<f32> = Vec::new();
-        let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
-        names.sort();
-        for n in names {
-            w.extend(
-                st.tensor(&n)
-                    .unwrap()
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
-            );
-        }
-        results.push((losses(&out), w));
+        results.push((losses(&out), adapter_weights(&out)));
     }
     let (l0, w0) = &results[0];
     for (l, w) in &results[1..] {
@@ -108,6 +94,67 @@ fn gradient_accumulation_is_invariant() {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(d < 1e-4, "adapter weights differ by {d}");
+    }
+}
+
+/// Every weight of the run's final adapter, in name order.
+fn adapter_weights(out: &Path) -> Vec<f32> {
+    let adapter = std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&adapter).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
+    names.sort();
+    let mut w = Vec::new();
+    for n in names {
+        let t = st.tensor(&n).unwrap();
+        w.extend(
+            t.data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
+        );
+    }
+    w
+}
+
+/// `train.gradient_checkpointing` (each layer run again in the backward pass) changes memory, not the
+/// run: SFT with LoRA dropout (the masks are drawn again) and DPO (policy and adapters-off reference
+/// passes) give the same losses, gradient norms and adapter as without it.
+#[test]
+fn gradient_checkpointing_gives_the_same_run() {
+    let runs: [(&str, fn(&Path) -> PathBuf); 2] = [
+        ("sft", |d| tiny_run(d, "")),
+        ("dpo", |d| pair_run(d, "name = \"dpo\"", 20)),
+    ];
+    for (name, make) in runs {
+        let mut results = Vec::new();
+        for on in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            let sets = [
+                format!("train.gradient_checkpointing={on}"),
+                "lora.lora_dropout=0.1".into(),
+                "train.max_steps=4".into(),
+            ];
+            let r = RunFile::load(&make(tmp.path()), &sets).unwrap();
+            burnish::trainers::run(&r.config, &RunOptions::default()).unwrap();
+            let out = tmp.path().join("out");
+            let rows = metrics(&out);
+            let col =
+                |k: &str| -> Vec<f64> { rows.iter().map(|r| r[k].as_f64().unwrap()).collect() };
+            results.push((col("loss"), col("grad_norm"), adapter_weights(&out)));
+        }
+        let ((l0, g0, w0), (l1, g1, w1)) = (&results[0], &results[1]);
+        assert_eq!(l0.len(), 4, "{name}");
+        for (a, b) in l0.iter().zip(l1).chain(g0.iter().zip(g1)) {
+            assert!(
+                (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                "{name}: {l0:?} {g0:?} vs {l1:?} {g1:?}"
+            );
+        }
+        let d = w0
+            .iter()
+            .zip(w1)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d <= 1e-5, "{name}: adapter weights differ by {d}");
     }
 }
 

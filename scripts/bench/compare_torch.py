@@ -3,7 +3,7 @@
 
     python scripts/bench/compare_torch.py [--model models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf]
         [--threads 2] [--batch 4] [--seq 256] [--steps 3] [--rank 16]
-        [--device cpu|cuda] [--dtype f32|bf16] [--shape llama-3.2-1b]
+        [--device cpu|cuda] [--dtype f32|bf16] [--shape llama-3.2-1b] [--gradient-checkpointing]
 
 Same model (the GGUF, dequantized by both; or with --shape random weights in Llama 3.2 1B's config),
 same LoRA (all linear layers, r, alpha = 2r), same batch of deterministic token rows, loss on every
@@ -11,6 +11,8 @@ token, AdamW. --dtype bf16 loads the base in bf16 on both sides (PEFT keeps its 
 burnish does). Step 1 is warm-up; the mean of the remaining steps is reported. Each side runs in a
 fresh process so ru_maxrss is its own peak memory; on --device cuda the peak GPU memory of each side
 is nvidia-smi's largest reading while it ran (and PyTorch's own max_memory_allocated).
+--gradient-checkpointing turns on activation recomputation per decoder layer on both sides
+(transformers' gradient_checkpointing_enable, non-reentrant; burnish's [train] gradient_checkpointing).
 The GPU comparison of issue 18: --device cuda --dtype bf16 at 16 x 512 (SmolLM2) and
 --shape llama-3.2-1b at 8 x 1024; burnish needs a `--features cuda` build (BURNISH_BENCH_FEATURES=cuda).
 """
@@ -25,6 +27,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 path, threads, batch, seq, steps, rank = sys.argv[1], *map(int, sys.argv[2:7])
 device, dtype, shape = sys.argv[7], {"f32": torch.float32, "bf16": torch.bfloat16}[sys.argv[8]], sys.argv[9]
+checkpointing = sys.argv[10] == "1"
 torch.set_num_threads(threads)
 if shape == "llama-3.2-1b":
     from transformers import LlamaConfig
@@ -37,6 +40,9 @@ else:
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=dtype)
 model = model.to(device)
 model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM"))
+if checkpointing:
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
 model.train()
 vocab = model.config.vocab_size
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -70,14 +76,16 @@ def main():
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     ap.add_argument("--shape", choices=["file", "llama-3.2-1b"], default="file")
+    ap.add_argument("--gradient-checkpointing", action="store_true")
     a = ap.parse_args()
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
     exe = bench_binary("sft_step")
     dims = [str(a.batch), str(a.seq), str(a.steps), str(a.rank)]
     gpu = a.device == "cuda"
-    torch_r = run([sys.executable, "-c", TORCH_CHILD, a.model, str(a.threads)] + dims + [a.device, a.dtype, a.shape],
+    torch_r = run([sys.executable, "-c", TORCH_CHILD, a.model, str(a.threads)] + dims + [a.device, a.dtype, a.shape, str(int(a.gradient_checkpointing))],
                   env, gpu=gpu)
     shape = ["--shape", a.shape] if a.shape != "file" else []
+    shape += ["--gradient-checkpointing"] if a.gradient_checkpointing else []
     ours = run([exe, a.model, "--batch", dims[0], "--seq", dims[1], "--steps", dims[2], "--rank", dims[3],
                 "--backend", a.device, "--dtype", a.dtype] + shape, env, gpu=gpu)
     mem = "peak_gpu_mb" if gpu else "peak_rss_mb"
@@ -87,6 +95,7 @@ def main():
     print(f"ratio burnish/pytorch: throughput {ours['tokens_per_s'] / torch_r['tokens_per_s']:.2f}x, "
           f"memory {ours[mem] / torch_r[mem]:.2f}x")
     print(json.dumps({"threads": a.threads, "device": a.device, "dtype": a.dtype, "shape": a.shape,
+                      "gradient_checkpointing": a.gradient_checkpointing,
                       "pytorch": torch_r, "burnish": ours}))
 
 

@@ -23,5 +23,6 @@ bench() {
 # LoRA r16 all-linear, AdamW: SmolLM2 at 16 x 512, the Llama 3.2 1B shape (random weights) at 8 x 1024.
 bench compare_torch.py --device cuda --dtype bf16 --batch 16 --seq 512 --steps 5
 bench compare_torch.py --device cuda --dtype bf16 --shape llama-3.2-1b --batch 8 --seq 1024 --steps 5
+bench compare_torch.py --device cuda --dtype bf16 --shape llama-3.2-1b --batch 8 --seq 1024 --steps 5 --gradient-checkpointing
 # Generation, batch 64 (and single stream), 64 new tokens.
 bench compare_generate.py --device cuda --dtype bf16 --batch 64 --repeats 2

@@ -57,6 +57,17 @@ pub fn seed_dropout(seed: u64) {
     DROPOUT.with(|d| *d.borrow_mut() = Some(StdRng::seed_from_u64(seed)));
 }
 
+/// This thread's dropout stream as it stands (a copy), so a recomputed forward pass
+/// ([`crate::model::recompute`]) can draw the masks its first pass drew.
+pub fn dropout_state() -> Option<StdRng> {
+    DROPOUT.with(|d| d.borrow().clone())
+}
+
+/// Puts back a stream taken by [`dropout_state`].
+pub fn set_dropout_state(state: Option<StdRng>) {
+    DROPOUT.with(|d| *d.borrow_mut() = state);
+}
+
 /// Inverted dropout with a host-drawn mask: each element of `x` kept with probability `1 - p` and
 /// scaled by `1 / (1 - p)`. A no-op when `p` is 0 or the backend records no gradients (inference),
 /// as Burn's `Dropout`.

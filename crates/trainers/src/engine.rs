@@ -13,6 +13,7 @@ use burn::tensor::Tensor;
 use burnish_core::backend::{device_memory, host_f64, DeviceSpec};
 use burnish_core::burn;
 use burnish_core::model::lora::peft_key;
+use burnish_core::model::recompute;
 use burnish_core::{Llama, LoraConfig};
 use burnish_data::rng::permutation;
 use serde::{Deserialize, Serialize};
@@ -60,6 +61,10 @@ pub struct TrainConfig {
     /// `["cpu", "cpu"]` runs two workers on the CPU). Empty (default): `[model] backend` alone. Every
     /// micro-batch is split across them; the run is the one-device run (docs/distributed.md).
     pub devices: Vec<DeviceSpec>,
+    /// Keep only each decoder layer's input in the forward pass and run the layer again in the
+    /// backward pass (default false): activation memory of one layer instead of all, for about a
+    /// third more compute. Same gradients.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainConfig {
@@ -80,6 +85,7 @@ impl Default for TrainConfig {
             save_steps: 0,
             save_total_limit: 2,
             devices: Vec::new(),
+            gradient_checkpointing: false,
         }
     }
 }
@@ -295,6 +301,7 @@ pub(crate) fn run_loop<B: AutodiffBackend, M: Method<B>>(
         return Err(Error::NoTrainingRows(method.name()));
     }
     let plan = Plan::new(&cfg.train, rows);
+    model.gradient_checkpointing = cfg.train.gradient_checkpointing;
     let mut opt = AdamW::<B::InnerBackend>::new(cfg.train.adamw.clone());
     std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::Io(cfg.out_dir.clone(), e))?;
     let (start, history) = match &cfg.resume {
@@ -583,14 +590,21 @@ fn accumulate<B: AutodiffBackend, M: Method<B>>(
     let mut loss_sum = 0.0;
     let mut sums = Metrics::new();
     for batch in batches {
+        recompute::clear();
         let (loss, m) = method.loss(model, batch);
         let g = loss.clone().div_scalar(units).backward();
+        // The adapters of layers run again in the backward pass (gradient checkpointing).
+        let mut again = recompute::backward::<B>(&g);
         loss_sum += host_f64(loss.inner())[0];
         for (k, v) in m {
             *sums.entry(k).or_default() += v;
         }
         for (key, p) in params {
-            if let Some(gr) = p.val().grad(&g) {
+            let gr = match (p.val().grad(&g), again.remove(&p.id)) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            };
+            if let Some(gr) = gr {
                 let acc = match grads.remove(key) {
                     Some(prev) => prev + gr,
                     None => gr,

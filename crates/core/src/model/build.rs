@@ -62,6 +62,7 @@ impl<B: Backend> Llama<B> {
             embed_scale: cfg.gemma_layout.then(|| (h as f64).sqrt() as f32),
             final_softcap: cfg.final_logit_softcapping,
             max_position_embeddings: cfg.max_position_embeddings,
+            gradient_checkpointing: false,
         })
     }
 }

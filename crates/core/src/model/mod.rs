@@ -11,6 +11,7 @@ mod linear;
 pub mod lora;
 mod mask;
 mod norm;
+pub mod recompute;
 mod rope;
 
 pub use attend::{attend, AttendOptions};
@@ -362,6 +363,9 @@ pub struct Llama<B: Backend> {
     /// Positions the model was trained on (config.json `max_position_embeddings`); generation past it
     /// is warned about, not refused.
     pub max_position_embeddings: usize,
+    /// Training passes keep each decoder layer's input only and run the layers again in the backward
+    /// pass ([`recompute`]): less memory for about one more forward pass. Off by default.
+    pub gradient_checkpointing: bool,
 }
 
 /// LongRoPE (Phi-3): a forward pass whose largest position reaches `from` uses `inv_freq` instead of the
@@ -523,7 +527,15 @@ impl<B: Backend> Llama<B> {
         if let Some(scale) = self.embed_scale {
             x = x * scale;
         }
-        for (i, layer) in self.model.layers.iter().enumerate() {
+        let layers = &self.model.layers;
+        if self.gradient_checkpointing
+            && cache.is_none()
+            && tap.is_none()
+            && recompute::wanted(layers, &x, ctx)
+        {
+            return self.model.norm.forward(recompute::forward(layers, x, ctx));
+        }
+        for (i, layer) in layers.iter().enumerate() {
             if let Some(tap) = tap.as_mut() {
                 tap(i, &x);
             }
