@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
         seq: flag("--seq", 256),
         steps: flag("--steps", 3),
         rank: flag("--rank", 16),
-        checkpointing: args.switch("--gradient-checkpointing"),
+        checkpointing: std::env::args().any(|a| a == "--gradient-checkpointing"),
     };
     let report = on_device(spec, job).map_err(anyhow::Error::msg)??;
     println!("{report}");

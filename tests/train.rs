@@ -120,7 +120,8 @@ fn adapter_weights(out: &Path) -> Vec<f32> {
 /// passes) give the same losses, gradient norms and adapter as without it.
 #[test]
 fn gradient_checkpointing_gives_the_same_run() {
-    let runs: [(&str, fn(&Path) -> PathBuf); 2] = [
+    type MakeRun = fn(&Path) -> PathBuf;
+    let runs: [(&str, MakeRun); 2] = [
         ("sft", |d| tiny_run(d, "")),
         ("dpo", |d| pair_run(d, "name = \"dpo\"", 20)),
     ];

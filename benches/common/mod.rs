@@ -41,11 +41,6 @@ impl Args {
         ))
     }
 
-    /// Whether the bare switch `name` is given.
-    pub fn switch(&self, name: &str) -> bool {
-        self.0.iter().any(|a| a == name)
-    }
-
     pub fn flag(&self, name: &str, default: usize) -> usize {
         self.0
             .iter()
