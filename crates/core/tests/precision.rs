@@ -21,19 +21,6 @@ use burnish_core::weights::{load_llama_as, SafetensorsDir};
 use burnish_core::{ModelConfig, Precision, Pretrained, Tokenizer};
 use common::*;
 
-/// Every fixture family: Llama (untied and tied head), Qwen2 (biases), Mistral (window), Qwen3 (q/k
-/// norms), Gemma 2 (soft-caps, sandwich norms), Gemma 3 (local RoPE), Phi-3 (fused, LongRoPE).
-const MODELS: [&str; 8] = [
-    "tiny-llama",
-    "tiny-llama-tied",
-    "tiny-qwen2",
-    "tiny-mistral",
-    "tiny-qwen3",
-    "tiny-gemma2",
-    "tiny-gemma3",
-    "tiny-phi3",
-];
-
 /// Logits within this fraction of the largest |logit| of transformers' f32 reference. bf16 keeps 8
 /// significant bits (relative rounding 2^-9 ≈ 0.2% per weight), f16 11. Measured on these models:
 /// at most 3.2e-2 (bf16, Phi-3) and 4.2e-3 (f16, Phi-3).
@@ -61,7 +48,7 @@ fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
 
 #[test]
 fn every_family_runs_in_bf16_and_f16_within_tolerance_of_f32() {
-    for name in MODELS {
+    for name in FAMILIES {
         let exp = Expected::open(&fixture(&format!("{name}/expected.safetensors")));
         let want = exp.f32("logits").1;
         let f32_logits = to_vec3(load::<Cpu>(name, Precision::F32).forward(exp.ids2("input_ids")));

@@ -22,17 +22,6 @@ use std::collections::HashMap;
 
 type Ad = Autodiff<Cpu>;
 
-const MODELS: [&str; 8] = [
-    "tiny-llama",
-    "tiny-llama-tied",
-    "tiny-qwen2",
-    "tiny-mistral",
-    "tiny-qwen3",
-    "tiny-gemma2",
-    "tiny-gemma3",
-    "tiny-phi3",
-];
-
 fn model(name: &str, dropout: f64) -> Llama<Ad> {
     let dir = fixture(name);
     let cfg = ModelConfig::from_file(dir.join("config.json")).unwrap();
@@ -127,7 +116,7 @@ fn step(m: &mut Llama<Ad>, checkpoint: bool, adapters: Adapters) -> (f32, Vec<Ve
 
 #[test]
 fn recomputed_layers_give_the_recorded_gradients_in_every_family() {
-    for name in MODELS {
+    for name in FAMILIES {
         let mut plain_loss = None;
         for dropout in [0.0, 0.2] {
             let adapters = Adapters::On;

@@ -9,6 +9,20 @@ use safetensors::{Dtype, SafeTensors};
 
 pub type B = Cpu;
 
+/// Every fixture family with its own transformers reference: Llama (untied and tied head), Qwen2
+/// (biases), Mistral (window), Qwen3 (q/k norms), Gemma 2 (soft-caps, sandwich norms), Gemma 3 (local
+/// RoPE), Phi-3 (fused, LongRoPE).
+pub const FAMILIES: [&str; 8] = [
+    "tiny-llama",
+    "tiny-llama-tied",
+    "tiny-qwen2",
+    "tiny-mistral",
+    "tiny-qwen3",
+    "tiny-gemma2",
+    "tiny-gemma3",
+    "tiny-phi3",
+];
+
 pub fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
