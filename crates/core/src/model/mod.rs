@@ -364,7 +364,10 @@ pub struct Llama<B: Backend> {
     /// is warned about, not refused.
     pub max_position_embeddings: usize,
     /// Training passes keep each decoder layer's input only and run the layers again in the backward
-    /// pass ([`recompute`]): less memory for about one more forward pass. Off by default.
+    /// pass ([`recompute`]): less memory for about one more forward pass. Off by default. A loop that
+    /// turns it on must call [`recompute::backward`] after each `backward()` and add the adapter
+    /// gradients it returns (the adapters of recomputed layers get none from `backward()` itself);
+    /// burnish's training engine does.
     pub gradient_checkpointing: bool,
 }
 
