@@ -23,38 +23,6 @@ fn train(run: &Path, out: &str, devices: usize, extra: &[&str]) -> PathBuf {
     run.parent().unwrap().join(out)
 }
 
-fn column(out: &Path, key: &str) -> Vec<f64> {
-    metrics(out)
-        .iter()
-        .map(|r| r[key].as_f64().unwrap())
-        .collect()
-}
-
-/// Every adapter tensor of a run's final adapter, by name.
-fn adapter(out: &Path) -> Vec<(String, Vec<f32>)> {
-    tensors(&out.join("adapter/adapter_model.safetensors"))
-}
-
-/// The f32 tensors of a safetensors file, by name.
-fn tensors(file: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(file).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|n| {
-            let t = st.tensor(&n).unwrap();
-            let v = t
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            (n, v)
-        })
-        .collect()
-}
-
 fn assert_close(what: &str, a: &[f64], b: &[f64], tol: f64) {
     assert_eq!(a.len(), b.len(), "{what}: {a:?} vs {b:?}");
     for (x, y) in a.iter().zip(b) {

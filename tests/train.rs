@@ -78,7 +78,8 @@ fn gradient_accumulation_is_invariant() {
         let r = RunFile::load(&run, &sets).unwrap();
         burnish::trainers::run(&r.config, &RunOptions::default()).unwrap();
         let out = tmp.path().join("out");
-        results.push((losses(&out), adapter_weights(&out)));
+        let w: Vec<f32> = adapter(&out).into_iter().flat_map(|(_, v)| v).collect();
+        results.push((losses(&out), w));
     }
     let (l0, w0) = &results[0];
     for (l, w) in &results[1..] {
@@ -95,24 +96,6 @@ fn gradient_accumulation_is_invariant() {
             .fold(0f32, f32::max);
         assert!(d < 1e-4, "adapter weights differ by {d}");
     }
-}
-
-/// Every weight of the run's final adapter, in name order.
-fn adapter_weights(out: &Path) -> Vec<f32> {
-    let adapter = std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&adapter).unwrap();
-    let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
-    names.sort();
-    let mut w = Vec::new();
-    for n in names {
-        let t = st.tensor(&n).unwrap();
-        w.extend(
-            t.data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
-        );
-    }
-    w
 }
 
 /// `train.gradient_checkpointing` (each layer run again in the backward pass) changes memory, not the
@@ -137,10 +120,8 @@ fn gradient_checkpointing_gives_the_same_run() {
             let r = RunFile::load(&make(tmp.path()), &sets).unwrap();
             burnish::trainers::run(&r.config, &RunOptions::default()).unwrap();
             let out = tmp.path().join("out");
-            let rows = metrics(&out);
-            let col =
-                |k: &str| -> Vec<f64> { rows.iter().map(|r| r[k].as_f64().unwrap()).collect() };
-            results.push((col("loss"), col("grad_norm"), adapter_weights(&out)));
+            let w: Vec<f32> = adapter(&out).into_iter().flat_map(|(_, v)| v).collect();
+            results.push((column(&out, "loss"), column(&out, "grad_norm"), w));
         }
         let ((l0, g0, w0), (l1, g1, w1)) = (&results[0], &results[1]);
         assert_eq!(l0.len(), 4, "{name}");

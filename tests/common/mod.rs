@@ -118,6 +118,39 @@ pub fn metrics(out: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// One metric of every logged step of the run in `out`.
+pub fn column(out: &Path, key: &str) -> Vec<f64> {
+    metrics(out)
+        .iter()
+        .map(|r| r[key].as_f64().unwrap())
+        .collect()
+}
+
+/// Every adapter tensor of a run's final adapter, by name.
+pub fn adapter(out: &Path) -> Vec<(String, Vec<f32>)> {
+    tensors(&out.join("adapter/adapter_model.safetensors"))
+}
+
+/// The f32 tensors of a safetensors file, by name.
+pub fn tensors(file: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let t = st.tensor(&n).unwrap();
+            let v = t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            (n, v)
+        })
+        .collect()
+}
+
 pub fn losses(out: &Path) -> Vec<(u64, f64)> {
     metrics(out)
         .iter()

@@ -69,8 +69,8 @@ fn requires_grad<B: Backend, M: Module<B>>(m: &M) -> bool {
     v.0
 }
 
-/// Every weight cut from the graph; with `leaves`, those that required gradients become fresh leaves (of a
-/// new graph) that do again.
+/// Every weight cut from the graph; with `leaves`, those that required gradients become fresh
+/// leaves (of a new graph) that do again.
 struct Fresh {
     leaves: bool,
 }
@@ -137,8 +137,11 @@ pub fn backward<B: AutodiffBackend>(
     grads: &B::Gradients,
 ) -> HashMap<ParamId, Tensor<B::InnerBackend, 2>> {
     let passes = TAPE.with(|t| std::mem::take(&mut *t.borrow_mut()));
-    let stream = rng::dropout_state();
     let mut out = HashMap::new();
+    if passes.is_empty() {
+        return out; // checkpointing off: nothing to do on the training loop's every micro-batch
+    }
+    let stream = rng::dropout_state();
     for pass in passes.into_iter().rev() {
         let Ok(pass) = pass.downcast::<Pass<B>>() else {
             continue; // recorded by a model on another backend
