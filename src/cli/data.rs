@@ -97,10 +97,12 @@ fn load_model_if_needed<B: Backend>(
     if !rf.config.data.needs_model() {
         return Ok(None);
     }
-    let path = &rf.config.model.path;
+    let c = &rf.config;
+    let path = c.data.generate.model.as_ref().unwrap_or(&c.model.path);
     eprintln!("loading {} to answer prompts", path.display());
-    let dtype = rf.config.model.dtype;
-    Ok(Some(Pretrained::<B>::load_as(path, device, dtype)?))
+    Ok(Some(burnish_trainers::run::answering_model::<B>(
+        c, device,
+    )?))
 }
 
 fn preview(a: PreviewArgs) -> Result<()> {

@@ -10,7 +10,9 @@ use burnish_core::burn::tensor::backend::Backend;
 use burnish_core::{Llama, Precision, Pretrained};
 use burnish_data::RefusalConfig;
 use burnish_trainers::config::RunFile;
-use burnish_trainers::eval::{evaluate_config, summary, EvalConfig, EvalMeta, SetKind, SetSpec};
+use burnish_trainers::eval::{
+    evaluate_config, summary, EvalConfig, EvalMeta, KlRefs, SetKind, SetSpec,
+};
 use clap::Args;
 
 use super::progress::Terminal;
@@ -26,6 +28,10 @@ pub struct EvalArgs {
     /// Measure KL against this model (default: the model with the adapter off, when --adapter is given).
     #[arg(long)]
     base: Option<PathBuf>,
+    /// Also measure KL to the model this one was made from (e.g. the safety-tuned model a refusal-free
+    /// variant was made of), reported as `kl_source` beside KL to the base.
+    #[arg(long)]
+    source: Option<PathBuf>,
     /// Harmful prompts (violation rate); repeatable.
     #[arg(long)]
     harmful: Vec<PathBuf>,
@@ -98,6 +104,10 @@ fn eval_on<B: Backend>((a, s): (EvalArgs, Settings), device: &B::Device) -> Resu
         ..
     } = s;
     let (model, base) = load::<B>(&a, &model_path, merge.as_deref(), dtype, device)?;
+    let source = match &a.source {
+        Some(p) => Some(load_reference::<B>(p, "--source", &model, dtype, device)?),
+        None => None,
+    };
     if base.is_none() && cfg.kl {
         eprintln!("eval: no --base (or --adapter), so KL is not measured");
     }
@@ -111,10 +121,15 @@ fn eval_on<B: Backend>((a, s): (EvalArgs, Settings), device: &B::Device) -> Resu
             (None, Some(_)) => Some("adapter off".into()),
             (None, None) => None,
         },
+        source: a.source.as_ref().map(|p| p.display().to_string()),
+    };
+    let refs = KlRefs {
+        base: base.as_ref(),
+        source: source.as_ref(),
     };
     let report = evaluate_config(
         &model,
-        base.as_ref(),
+        refs,
         &cfg,
         &refusal,
         &a.out,
@@ -212,18 +227,7 @@ fn load<B: Backend>(
         model.model.drop_adapters(true);
     }
     let mut base = match &a.base {
-        Some(b) => {
-            let base = Pretrained::<B>::load_as(b, device, dtype)?;
-            if base.config.vocab_size != model.config.vocab_size {
-                bail!(
-                    "--base {}: vocabulary of {} tokens, the model has {}",
-                    b.display(),
-                    base.config.vocab_size,
-                    model.config.vocab_size
-                );
-            }
-            Some(base.model)
-        }
+        Some(b) => Some(load_reference::<B>(b, "--base", &model, dtype, device)?),
         None => None,
     };
     if let Some(ad) = &a.adapter {
@@ -236,4 +240,24 @@ fn load<B: Backend>(
         }
     }
     Ok((model, base))
+}
+
+/// A model KL is measured against (`flag` names it in errors): it must share the model's vocabulary.
+fn load_reference<B: Backend>(
+    path: &Path,
+    flag: &str,
+    model: &Pretrained<B>,
+    dtype: Precision,
+    device: &B::Device,
+) -> Result<Llama<B>> {
+    let reference = Pretrained::<B>::load_as(path, device, dtype)?;
+    if reference.config.vocab_size != model.config.vocab_size {
+        bail!(
+            "{flag} {}: vocabulary of {} tokens, the model has {}",
+            path.display(),
+            reference.config.vocab_size,
+            model.config.vocab_size
+        );
+    }
+    Ok(reference.model)
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Answer, DataConfig, OnError, SourceConfig};
+use crate::config::{Answer, DataConfig, OnError, Rewrite, SourceConfig};
 use crate::error::{Error, Result};
 use crate::example::{Example, Kind, PairExample, PromptExample, SftExample};
 use crate::generate::{
@@ -225,7 +225,8 @@ pub fn process_source(
     let mut pending = Vec::new();
     let mut out = Vec::new();
     let mut decide = |ex: Example, report: &mut SourceReport| -> Result<()> {
-        let o = apply(ex, src.refusal_policy, src.label_goal, detector)?;
+        let policy = cfg.policy(src, ex.kind());
+        let o = apply(ex, policy, cfg.label_goal(src), detector)?;
         *report.outcomes.entry(o.decision.reason()).or_default() += 1;
         report.kept += usize::from(o.decision.kept());
         if o.decision.kept() || keep_dropped {
@@ -242,8 +243,16 @@ pub fn process_source(
                 .map(|ex| localize(ex, src, &raw.loc))
                 .map_err(|e| e.at(&raw.loc).into())
         });
+        let converted = match (converted, src.rewrite) {
+            (Ok(ex), Some(Rewrite::Borderline)) => borderline(ex, cfg.seed, index, report.read),
+            (c, _) => c.map(Some),
+        };
         match converted {
-            Ok(ex) => {
+            Ok(None) => {
+                report.read += 1;
+                *report.outcomes.entry(NO_COUNTERPART).or_default() += 1;
+            }
+            Ok(Some(ex)) => {
                 report.read += 1;
                 if src.answer.is_some() {
                     pending.push(ex);
@@ -264,6 +273,31 @@ pub fn process_source(
         decide(ex, &mut report)?;
     }
     Ok((out, report))
+}
+
+/// The outcome line of a record `rewrite = "borderline"` found no activity in.
+pub const NO_COUNTERPART: &str = "dropped: request form not recognised (rewrite)";
+
+/// `rewrite = "borderline"`: the prompt-only record `ex`, the `i`-th of source `index`, with its last user
+/// message replaced by a safe counterpart; None when its request form is not recognised.
+fn borderline(ex: Example, seed: u64, index: usize, i: usize) -> Result<Option<Example>> {
+    let Example::Prompt(mut p) = ex else {
+        let at = ex.origin().map(|l| format!("{l}: ")).unwrap_or_default();
+        return Err(Error::Invalid(format!(
+            "{at}rewrite = \"borderline\" needs prompt-only records (harmful requests), but this record \
+             is one of the {}",
+            ex.kind().name()
+        )));
+    };
+    let Some(last) = p.messages.iter_mut().rev().find(|m| m.role == "user") else {
+        return Ok(None);
+    };
+    let Some(text) = crate::borderline::seeded_counterpart(&last.content, seed, index, i) else {
+        return Ok(None);
+    };
+    last.content = text;
+    p.category.get_or_insert_with(|| "borderline".into());
+    Ok(Some(Example::Prompt(p)))
 }
 
 /// Source-level defaults: system prompt, category, harmfulness, and the record's location.
@@ -292,7 +326,8 @@ fn localize(mut ex: Example, src: &SourceConfig, loc: &crate::error::Location) -
     if category.is_none() {
         category.clone_from(&src.category);
     }
-    *harmful = src.harmful;
+    // A rewritten source's prompts are safe counterparts of harmful ones.
+    *harmful = src.harmful.or(src.rewrite.map(|_| false));
     *origin = Some(loc.clone());
     ex
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::example::Kind;
 use crate::generate::GenerateConfig;
 use crate::read::Format;
 use crate::refusal::RefusalConfig;
@@ -46,6 +47,12 @@ pub struct DataConfig {
     /// `[data.generate]`: sampling settings for `answer = "model"`.
     #[serde(default)]
     pub generate: GenerateConfig,
+    /// "safety" or "refusal-free": which way the data teaches, for every source that does not say
+    /// otherwise. It is the default `label_goal`, and the default `refusal_policy`: "label" for preference
+    /// pairs; for SFT examples "keep" (safety) or "filter" (refusal-free). One key turns a run file into
+    /// either variant of the same model with the same data (examples/configs/refusals.toml).
+    #[serde(default)]
+    pub goal: Option<LabelGoal>,
 }
 
 impl DataConfig {
@@ -64,6 +71,7 @@ impl DataConfig {
             refusal: RefusalConfig::default(),
             refusal_templates: None,
             generate: GenerateConfig::default(),
+            goal: None,
         }
     }
 }
@@ -83,11 +91,13 @@ pub struct SourceConfig {
     /// Canonical field → column name (or dotted path such as `instances.0.output`).
     #[serde(default)]
     pub columns: Columns,
+    /// Default: from `[data] goal` (see `DataConfig::policy`), else "keep".
     #[serde(default)]
-    pub refusal_policy: RefusalPolicy,
-    /// For `refusal_policy = "label"`: "safety" (default) or "uncensor".
+    pub refusal_policy: Option<RefusalPolicy>,
+    /// For `refusal_policy = "label"`: "safety" or "refusal-free" (also spelt "uncensor"); default
+    /// `[data] goal`, else "safety".
     #[serde(default)]
-    pub label_goal: LabelGoal,
+    pub label_goal: Option<LabelGoal>,
     /// Whether this source's prompts are harmful; `label` with goal "safety" needs it.
     #[serde(default)]
     pub harmful: Option<bool>,
@@ -110,6 +120,11 @@ pub struct SourceConfig {
     /// Category for records that have none.
     #[serde(default)]
     pub category: Option<String>,
+    /// "borderline": each prompt-only record, a harmful request, is replaced by a safe request on the same
+    /// topic (burnish_data::borderline); records whose request form is not recognised are dropped and
+    /// counted. The prompts are then harmless (`harmful` defaults to false and may not be true).
+    #[serde(default)]
+    pub rewrite: Option<Rewrite>,
 }
 
 impl SourceConfig {
@@ -120,8 +135,8 @@ impl SourceConfig {
             format: None,
             schema: Schema::default(),
             columns: Columns::default(),
-            refusal_policy: RefusalPolicy::default(),
-            label_goal: LabelGoal::default(),
+            refusal_policy: None,
+            label_goal: None,
             harmful: None,
             answer: None,
             weight: one(),
@@ -129,6 +144,7 @@ impl SourceConfig {
             on_error: OnError::default(),
             system_prompt: None,
             category: None,
+            rewrite: None,
         }
     }
 }
@@ -163,14 +179,25 @@ pub enum RefusalPolicy {
     Label,
 }
 
+/// Which way refusal data teaches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LabelGoal {
-    /// Chosen = the refusal for harmful prompts, the compliant answer otherwise.
+    /// Refuse harmful requests, answer the rest: chosen = the refusal for harmful prompts, the compliant
+    /// answer otherwise.
     #[default]
     Safety,
-    /// Chosen = the compliant answer, whatever the prompt.
-    Uncensor,
+    /// Answer everything: chosen = the compliant answer, whatever the prompt; SFT refusals filtered.
+    #[serde(rename = "refusal-free", alias = "uncensor", alias = "refusal_free")]
+    RefusalFree,
+}
+
+/// `rewrite`: how a source's prompts are changed before they are answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rewrite {
+    /// A safe request on the harmful request's topic (burnish_data::borderline).
+    Borderline,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -204,6 +231,26 @@ fn one() -> f64 {
 }
 
 impl DataConfig {
+    /// The goal `label` orders `src`'s pairs for: its own `label_goal`, else `[data] goal`, else safety.
+    pub fn label_goal(&self, src: &SourceConfig) -> LabelGoal {
+        src.label_goal.or(self.goal).unwrap_or_default()
+    }
+
+    /// The refusal policy of `src` for examples of `kind`: its own `refusal_policy`; else "label" for the
+    /// pairs of `answer = "refusal_pair"` or of a run file with a `goal`; else "filter" for SFT examples
+    /// when the goal is refusal-free; else "keep".
+    pub fn policy(&self, src: &SourceConfig, kind: Kind) -> RefusalPolicy {
+        if let Some(p) = src.refusal_policy {
+            return p;
+        }
+        match (kind, self.goal) {
+            (Kind::Pair, Some(_)) => RefusalPolicy::Label,
+            (Kind::Pair, None) if src.answer == Some(Answer::RefusalPair) => RefusalPolicy::Label,
+            (Kind::Sft, Some(LabelGoal::RefusalFree)) => RefusalPolicy::Filter,
+            _ => RefusalPolicy::Keep,
+        }
+    }
+
     /// Whether some source may need the model to answer its prompts.
     pub fn needs_model(&self) -> bool {
         self.sources
@@ -252,21 +299,30 @@ impl DataConfig {
                     s.weight
                 ));
             }
-            if s.refusal_policy == RefusalPolicy::Label
-                && s.label_goal == LabelGoal::Safety
-                && s.harmful.is_none()
-            {
+            let pairs = s.answer == Some(Answer::RefusalPair);
+            // Known here to be labelled pairs; other sources labelled by `goal` are checked per record.
+            let labels = s.refusal_policy == Some(RefusalPolicy::Label)
+                || (s.refusal_policy.is_none() && pairs);
+            let harmful = s.harmful.or(s.rewrite.map(|_| false));
+            if labels && self.label_goal(s) == LabelGoal::Safety && harmful.is_none() {
                 return bad(format!(
-                    "{name}: refusal_policy = \"label\" with label_goal = \"safety\" needs `harmful = true|false` \
+                    "{name}: refusal_policy = \"label\" with goal \"safety\" needs `harmful = true|false` \
                      (is a refusal the right answer to these prompts?)"
                 ));
             }
-            let pairs = s.answer == Some(Answer::RefusalPair);
-            if s.answer.is_some() && !pairs && s.refusal_policy == RefusalPolicy::Label {
+            if s.answer.is_some() && !pairs && s.refusal_policy == Some(RefusalPolicy::Label) {
                 return bad(format!("{name}: `answer` makes SFT examples; refusal_policy = \"label\" is for preference pairs"));
             }
-            if pairs && s.refusal_policy != RefusalPolicy::Label {
+            if pairs && s.refusal_policy.is_some_and(|p| p != RefusalPolicy::Label) {
                 return bad(format!("{name}: answer = \"refusal_pair\" needs refusal_policy = \"label\" (which side of each pair is chosen depends on `label_goal` and `harmful`)"));
+            }
+            if s.answer == Some(Answer::RefusalTemplate)
+                && self.label_goal(s) == LabelGoal::RefusalFree
+            {
+                return bad(format!("{name}: answer = \"refusal_template\" teaches refusing, but the goal is \"refusal-free\" (use answer = \"refusal_pair\", which `goal` orders either way, or answer = \"model\")"));
+            }
+            if s.rewrite.is_some() && s.harmful == Some(true) {
+                return bad(format!("{name}: rewrite = \"borderline\" makes safe requests of harmful ones, so `harmful = true` contradicts it"));
             }
         }
         // The detector's own checks (empty phrases, bad regexes) name their table; add the file.

@@ -29,6 +29,11 @@ pub struct GenerateConfig {
     /// Prompts per generation batch (default 8).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Answer with this model (HF directory or GGUF, relative to the run file) instead of `[model]`:
+    /// e.g. the original model's answers when `[model]` is a safety-tuned variant being made
+    /// refusal-free, whose own answers would be refusals.
+    #[serde(default)]
+    pub model: Option<std::path::PathBuf>,
 }
 
 fn default_max_new_tokens() -> usize {
@@ -50,6 +55,7 @@ impl Default for GenerateConfig {
             top_k: 0,
             seed: 0,
             batch_size: default_batch_size(),
+            model: None,
         }
     }
 }

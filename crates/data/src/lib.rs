@@ -2,6 +2,7 @@
 //! SFT, preference and prompt-only data; chat rendering with exact assistant-only loss masks; packing;
 //! refusal detection and the policies that keep, filter or label refusals; generated data.
 
+pub mod borderline;
 pub mod build;
 pub mod config;
 pub mod encode;
@@ -16,7 +17,7 @@ pub mod rng;
 pub mod schema;
 
 pub use build::{build, write_jsonl, Dataset, Examples, SourceReport};
-pub use config::{AssistantTurns, DataConfig, SourceConfig, Truncation};
+pub use config::{AssistantTurns, DataConfig, LabelGoal, Rewrite, SourceConfig, Truncation};
 pub use encode::{
     ChatEncoder, Completion, EncodeOptions, TokenStats, TokenizedExample, TokenizedPair,
     IGNORE_INDEX,

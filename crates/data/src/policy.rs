@@ -3,7 +3,7 @@
 //! * SFT: `keep` (default), `filter` (drop examples in which an assistant turn refuses: uncensoring by
 //!   SFT), `only` (keep just those: safety SFT). Every SFT example gets `refused` filled in.
 //! * Preference pairs: `keep`, or `label`: with goal "safety", chosen = the refusing response for harmful
-//!   prompts and the compliant one otherwise; with goal "uncensor", chosen = the compliant response.
+//!   prompts and the compliant one otherwise; with goal "refusal-free", chosen = the compliant response.
 //!   Pairs where both or neither response refuses cannot be ordered this way and are dropped.
 //! * Prompts: `keep` only.
 
@@ -100,6 +100,17 @@ pub fn apply(
                     (Some(c), Some(_)) => (Decision::Dropped(DropReason::BothRefuse), Some(c)),
                     (None, None) => (Decision::Dropped(DropReason::NeitherRefuses), None),
                     (c, r) => {
+                        if goal == LabelGoal::Safety && e.harmful.is_none() {
+                            let at = e
+                                .origin
+                                .as_ref()
+                                .map(|l| format!("{l}: "))
+                                .unwrap_or_default();
+                            return Err(Error::Invalid(format!(
+                                "{at}refusal_policy = \"label\" with goal \"safety\" needs the source's \
+                                 `harmful = true|false` (is a refusal the right answer to this prompt?)"
+                            )));
+                        }
                         let want_refusal = goal == LabelGoal::Safety && e.harmful == Some(true);
                         if c.is_some() != want_refusal {
                             std::mem::swap(&mut e.chosen, &mut e.rejected);

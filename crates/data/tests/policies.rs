@@ -207,6 +207,22 @@ fn refusal_templates_make_a_safety_set_from_prompts() {
     );
 }
 
+/// How many of the first `n` AdvBench goals mention "hack" (which `Canned` refuses).
+fn hacks(advbench: &Path, n: usize) -> usize {
+    let hacks = open(advbench, None)
+        .unwrap()
+        .take(n)
+        .filter(|r| {
+            r.as_ref().unwrap().value["goal"]
+                .as_str()
+                .unwrap()
+                .contains("hack")
+        })
+        .count();
+    assert!(hacks > 0 && hacks < n);
+    hacks
+}
+
 /// Answers "I can't." to prompts mentioning "hack", a recipe otherwise.
 struct Canned;
 
@@ -235,16 +251,7 @@ fn model_answers_go_through_the_policy() {
     ));
     let mut canned = Canned;
     let d = build(&cfg, Path::new(""), Some(&mut canned)).unwrap();
-    let hacks = open(&advbench, None)
-        .unwrap()
-        .take(40)
-        .filter(|r| {
-            r.as_ref().unwrap().value["goal"]
-                .as_str()
-                .unwrap()
-                .contains("hack")
-        })
-        .count();
+    let hacks = hacks(&advbench, 40);
     assert!(hacks > 0);
     assert_eq!(
         outcomes(&d),
@@ -267,16 +274,7 @@ fn refusal_pairs_are_labelled_for_the_goal() {
         ));
         build(&cfg, Path::new(""), Some(&mut Canned)).unwrap_or_else(|e| panic!("{e}"))
     };
-    let hacks = open(&advbench, None)
-        .unwrap()
-        .take(40)
-        .filter(|r| {
-            r.as_ref().unwrap().value["goal"]
-                .as_str()
-                .unwrap()
-                .contains("hack")
-        })
-        .count();
+    let hacks = hacks(&advbench, 40);
     let refusals: Vec<String> = DEFAULT_REFUSALS.iter().map(|s| s.to_string()).collect();
     // Safety on harmful prompts: the template refusal is chosen, the compliant answer rejected; prompts
     // the model already refused cannot be ordered and are dropped.
@@ -323,14 +321,247 @@ fn refusal_pairs_are_labelled_for_the_goal() {
     };
     assert_eq!(p[0].chosen, "Sure, here you go.");
     assert_eq!(p[0].prompt, vec![Message::user("p")]);
-    // Without `label` the pair would not be ordered: a config error naming the source.
+    // Pairs are ordered by `label` whatever the source says otherwise: a config error naming the source.
+    let e = DataConfig::from_toml(
+        &source(
+            &advbench,
+            "answer = \"refusal_pair\"\nrefusal_policy = \"keep\"",
+        ),
+        Path::new("test.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("#1 (") && e.contains("needs refusal_policy = \"label\""),
+        "{e}"
+    );
+    // Unset, the policy is `label`, and a safety label needs to know whether the prompts are harmful.
     let e = DataConfig::from_toml(
         &source(&advbench, "answer = \"refusal_pair\""),
         Path::new("test.toml"),
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("needs refusal_policy = \"label\""), "{e}");
+    assert!(e.contains("needs `harmful = true|false`"), "{e}");
+}
+
+#[test]
+fn one_goal_key_makes_either_variant_from_the_same_data() {
+    let advbench = shared("advbench/harmful_behaviors.csv");
+    let harmless = shared("refusal_direction/splits/harmless_train.json");
+    let run_file = |goal: &str| {
+        format!(
+            "goal = {goal:?}\nshuffle = false\n{}{}",
+            source(
+                &advbench,
+                "answer = \"refusal_pair\"\nharmful = true\nlimit = 40"
+            ),
+            source(
+                &harmless,
+                "answer = \"refusal_pair\"\nharmful = false\nlimit = 8"
+            ),
+        )
+    };
+    let refusals: Vec<String> = DEFAULT_REFUSALS.iter().map(|s| s.to_string()).collect();
+    let hacks = hacks(&advbench, 40);
+    let mut sizes = Vec::new();
+    for goal in ["safety", "refusal-free", "uncensor"] {
+        let d = build(&config(&run_file(goal)), Path::new(""), Some(&mut Canned))
+            .unwrap_or_else(|e| panic!("{goal}: {e}"));
+        let Examples::Pairs(p) = &d.train else {
+            panic!()
+        };
+        let (harmful, safe): (Vec<_>, Vec<_>) = p.iter().partition(|e| e.harmful == Some(true));
+        assert_eq!(harmful.len(), 40 - hacks, "{goal}");
+        assert_eq!(safe.len(), 8, "{goal}");
+        let refuses = goal == "safety";
+        assert!(
+            harmful
+                .iter()
+                .all(|e| refusals.contains(&e.chosen) == refuses
+                    && refusals.contains(&e.rejected) != refuses),
+            "{goal}"
+        );
+        assert!(safe.iter().all(|e| e.chosen == "Here it is."), "{goal}");
+        sizes.push(p.len());
+    }
+    assert_eq!(sizes, [40 - hacks + 8; 3]);
+
+    // SFT on the model's own answers: refusals kept for safety, filtered for refusal-free.
+    let sft = |goal: &str| {
+        let cfg = config(&format!(
+            "goal = {goal:?}\n{}",
+            source(&advbench, "answer = \"model\"\nlimit = 40")
+        ));
+        let d = build(&cfg, Path::new(""), Some(&mut Canned)).unwrap();
+        outcomes(&d)
+    };
+    assert_eq!(sft("safety"), [("kept", 40)]);
+    assert_eq!(
+        sft("refusal-free"),
+        [("dropped: refusal (filter)", hacks), ("kept", 40 - hacks)]
+    );
+    // A source's own keys win over the goal.
+    let cfg = config(&format!(
+        "goal = \"refusal-free\"\n{}",
+        source(
+            &advbench,
+            "answer = \"model\"\nlimit = 40\nrefusal_policy = \"keep\""
+        )
+    ));
+    let d = build(&cfg, Path::new(""), Some(&mut Canned)).unwrap();
+    assert_eq!(outcomes(&d), [("kept", 40)]);
+    // Refusal templates teach refusing, which the refusal-free goal contradicts.
+    let e = DataConfig::from_toml(
+        &format!(
+            "goal = \"refusal-free\"\n{}",
+            source(&advbench, "answer = \"refusal_template\"")
+        ),
+        Path::new("run.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("run.toml") && e.contains("#1 (") && e.contains("refusal_template"),
+        "{e}"
+    );
+    // A goal labels pairs; safety needs to know whether their prompts are harmful, named per record
+    // when the source could hold any kind.
+    let e = build(
+        &config(&format!(
+            "goal = \"safety\"\n{}",
+            source(&fixture("pairs-mix.jsonl"), "")
+        )),
+        Path::new(""),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("pairs-mix.jsonl:1: refusal_policy = \"label\" with goal \"safety\" needs"),
+        "{e}"
+    );
+    let d = run(&format!(
+        "goal = \"refusal-free\"\nshuffle = false\n{}",
+        source(&fixture("pairs-mix.jsonl"), "")
+    ));
+    let Examples::Pairs(p) = &d.train else {
+        panic!()
+    };
+    // p1, p2 and p5 have one refusal each: the answer is chosen; p3 (both refuse), p4 (neither) dropped.
+    let chosen: Vec<&str> = p.iter().map(|e| e.chosen.as_str()).collect();
+    assert_eq!(
+        chosen,
+        [
+            "Sure, here is an overview.",
+            "Sure, here is an overview.",
+            "Okay, step one."
+        ]
+    );
+    let e = DataConfig::from_toml(
+        &format!("goal = \"safe\"\n{}", source(&advbench, "")),
+        Path::new("run.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("safety") && e.contains("refusal-free"), "{e}");
+}
+
+#[test]
+fn borderline_rewrite_makes_safe_requests_on_the_same_topics() {
+    let harmful = shared("refusal_direction/splits/harmful_train.json");
+    let originals: Vec<String> = open(&harmful, None)
+        .unwrap()
+        .map(|r| {
+            r.unwrap().value["instruction"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let d = run(&format!(
+        "shuffle = false\n{}",
+        source(&harmful, "rewrite = \"borderline\"")
+    ));
+    let Examples::Prompts(p) = &d.train else {
+        panic!()
+    };
+    let r = &d.sources[0];
+    let unrecognised = r
+        .outcomes
+        .get(burnish_data::build::NO_COUNTERPART)
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(r.read, originals.len());
+    assert_eq!(p.len() + unrecognised, originals.len());
+    // Most of the split's request forms are recognised (measured: the rest are bare imperatives such
+    // as "Hack into …", which name no separable activity).
+    assert!(
+        p.len() * 10 >= originals.len() * 8,
+        "{} of {}",
+        p.len(),
+        originals.len()
+    );
+    let mut i = 0;
+    for e in p {
+        let text = &e.messages.last().unwrap().content;
+        // Each rewrite is its source prompt's activity in a template: find the source in order.
+        while !shares_topic(text, &originals[i]) {
+            i += 1;
+            assert!(i < originals.len(), "no source prompt for {text:?}");
+        }
+        assert_ne!(text, &originals[i]);
+        assert_eq!(e.harmful, Some(false));
+        assert_eq!(e.category.as_deref(), Some("borderline"));
+        i += 1;
+    }
+    // Rewriting contradicts `harmful = true`, and needs prompt-only records.
+    let e = DataConfig::from_toml(
+        &source(&harmful, "rewrite = \"borderline\"\nharmful = true"),
+        Path::new("run.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("#1 (") && e.contains("harmful = true"), "{e}");
+    let e = build(
+        &config(&source(
+            &fixture("refusal-mix.jsonl"),
+            "rewrite = \"borderline\"",
+        )),
+        Path::new(""),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("refusal-mix.jsonl:1: rewrite = \"borderline\" needs prompt-only records"),
+        "{e}"
+    );
+    // The model answers the rewrites, and a safety label orders them "answer" (chosen) over a refusal.
+    let cfg = config(&format!(
+        "goal = \"safety\"\n{}",
+        source(
+            &harmful,
+            "rewrite = \"borderline\"\nanswer = \"refusal_pair\"\nlimit = 24"
+        )
+    ));
+    let d = build(&cfg, Path::new(""), Some(&mut Canned)).unwrap();
+    let Examples::Pairs(pairs) = &d.train else {
+        panic!()
+    };
+    assert!(!pairs.is_empty());
+    assert!(pairs.iter().all(|e| e.chosen == "Here it is."));
+}
+
+/// Whether the rewrite `text` holds the last two words of `original` (an activity is a suffix of its
+/// request, of at least two words, and every template keeps it whole).
+fn shares_topic(text: &str, original: &str) -> bool {
+    let words: Vec<&str> = original
+        .trim_end_matches(['?', '.'])
+        .split_whitespace()
+        .collect();
+    let tail = words[words.len().saturating_sub(2)..].join(" ");
+    text.to_lowercase().contains(&tail.to_lowercase())
 }
 
 #[test]

@@ -130,7 +130,8 @@ impl RunFile {
 
 impl RunConfig {
     /// Makes every relative path absolute against `base` (a run file's folder): the model, merged
-    /// adapter, data sources, evaluation sets and judge, reward model, `directions_from`, output dir.
+    /// adapter, data sources, the answering model, evaluation sets and judge, reward model,
+    /// `directions_from`, output dir.
     pub fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -144,6 +145,7 @@ impl RunConfig {
         };
         let optional = [
             self.model.merge_adapter.as_mut(),
+            self.data.generate.model.as_mut(),
             self.eval.judge.as_mut(),
             self.output.as_mut().map(|o| &mut o.dir),
             method_path,
@@ -172,6 +174,14 @@ impl RunConfig {
         }
         if !c.path.exists() {
             return Err(format!("`model.path`: {} does not exist", c.path.display()));
+        }
+        if let Some(m) = &self.data.generate.model {
+            if !m.exists() {
+                return Err(format!(
+                    "`data.generate.model`: {} does not exist",
+                    m.display()
+                ));
+            }
         }
         crate::eval::HazardMap::new(&self.eval.hazards)
             .map_err(|m| format!("[eval.hazards]: {m}"))?;

@@ -212,11 +212,20 @@ fn load_model<B: Backend>(m: &ModelSection, device: &B::Device) -> Result<Pretra
     Ok(model)
 }
 
-/// Stage 1: the data set. Generated answers need an inference copy of the model (on the inner
-/// backend), which is dropped before training.
+/// The model that answers `answer = "model"` / `"refusal_pair"` prompts: `[data.generate] model` when
+/// given, else `[model]` (with its `merge_adapter` merged), in `[model]`'s dtype.
+pub fn answering_model<B: Backend>(c: &RunConfig, device: &B::Device) -> Result<Pretrained<B>> {
+    match &c.data.generate.model {
+        Some(path) => Ok(Pretrained::<B>::load_as(path, device, c.model.dtype)?),
+        None => load_model::<B>(&c.model, device),
+    }
+}
+
+/// Stage 1: the data set. Generated answers need an inference copy of the answering model (on the
+/// inner backend), which is dropped before training.
 fn data_stage<B: Backend>(c: &RunConfig, progress: &dyn Progress) -> Result<burnish_data::Dataset> {
     let dataset = if c.data.needs_model() {
-        let gen = load_model::<B>(&c.model, &Default::default())?;
+        let gen = answering_model::<B>(c, &Default::default())?;
         let mut responder = ModelResponder::new(&gen, c.data.generate.clone());
         build(&c.data, Path::new(""), Some(&mut responder))?
     } else {
@@ -495,6 +504,7 @@ fn outputs<B: Backend>(
         merged_adapter: c.model.merge_adapter.clone(),
         adapter: None,
         base: Some("the model before training (adapters off)".into()),
+        source: None,
     };
     let out = out.join("eval");
     let report = evaluate_config(

@@ -90,6 +90,20 @@ impl EvalConfig {
     }
 }
 
+/// The models KL is measured against: the base (usually the original model) and, when given, the model
+/// this variant was made from (heretic's "KL to the model being uncensored").
+pub struct KlRefs<'a, B: Backend> {
+    pub base: Option<&'a Llama<B>>,
+    pub source: Option<&'a Llama<B>>,
+}
+
+impl<'a, B: Backend> From<Option<&'a Llama<B>>> for KlRefs<'a, B> {
+    /// KL to `base` alone.
+    fn from(base: Option<&'a Llama<B>>) -> Self {
+        Self { base, source: None }
+    }
+}
+
 /// How to evaluate (the `[eval]` keys of a run file, or `burnish eval`'s flags).
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
@@ -119,9 +133,9 @@ pub struct Completion {
 /// Evaluates per an `[eval]` section: loads its sets (paths as given: a run file's loader resolves
 /// them), the detector of `refusal`, and the judge, if any.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate_config<B: Backend>(
+pub fn evaluate_config<'a, B: Backend>(
     model: &Pretrained<B>,
-    base: Option<&Llama<B>>,
+    refs: impl Into<KlRefs<'a, B>>,
     cfg: &EvalConfig,
     refusal: &RefusalConfig,
     out: &Path,
@@ -147,7 +161,7 @@ pub fn evaluate_config<B: Backend>(
     };
     evaluate(
         model,
-        base,
+        refs,
         &sets,
         &opts,
         &detector,
@@ -169,11 +183,13 @@ pub fn summary(report: &EvalReport) -> String {
             .unwrap_or_default();
         s.push_str(&format!("{name}: {}/{} refused, {what}\n", v.refused, v.n));
     }
-    if let Some(kl) = &report.kl {
-        s.push_str(&format!(
-            "KL on {}: first token {:.4}, per token {:.4}\n",
-            kl.set, kl.first_token, kl.per_token
-        ));
+    for (to, kl) in [("", &report.kl), (" to the source", &report.kl_source)] {
+        if let Some(kl) = kl {
+            s.push_str(&format!(
+                "KL{to} on {}: first token {:.4}, per token {:.4}\n",
+                kl.set, kl.first_token, kl.per_token
+            ));
+        }
     }
     s
 }
@@ -277,11 +293,11 @@ impl Tally {
 }
 
 /// Evaluates `model` on `sets` and writes report.json, report.md, completions.jsonl and
-/// refusal_rates.png to `out`. `base`, when given, is what KL is measured against.
+/// refusal_rates.png to `out`. KL is measured against each model of `refs` that is given.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate<B: Backend>(
+pub fn evaluate<'a, B: Backend>(
     model: &Pretrained<B>,
-    base: Option<&Llama<B>>,
+    refs: impl Into<KlRefs<'a, B>>,
     sets: &[PromptSet],
     opts: &EvalOptions,
     detector: &RefusalDetector,
@@ -307,18 +323,21 @@ pub fn evaluate<B: Backend>(
         all.extend(rows);
     }
     let speed = tally.speed();
-    let kl = match (opts.kl, base, kl_inputs) {
-        (true, Some(base), Some((set, prompts))) => {
-            let t = Instant::now();
-            let kl = kl_report(model, base, &set, prompts, opts)?;
-            progress.message(&format!(
-                "eval: KL on {set} in {:.1}s",
-                t.elapsed().as_secs_f64()
-            ));
-            Some(kl)
-        }
-        _ => None,
+    let refs = refs.into();
+    let kl_to = |reference: Option<&Llama<B>>, what: &str| -> Result<Option<KlReport>> {
+        let (true, Some(reference), Some((set, prompts))) = (opts.kl, reference, &kl_inputs) else {
+            return Ok(None);
+        };
+        let t = Instant::now();
+        let kl = kl_report(model, reference, set, prompts.clone(), opts)?;
+        progress.message(&format!(
+            "eval: KL{what} on {set} in {:.1}s",
+            t.elapsed().as_secs_f64()
+        ));
+        Ok(Some(kl))
     };
+    let kl = kl_to(refs.base, "")?;
+    let kl_source = kl_to(refs.source, " to the source")?;
     let report = EvalReport {
         meta,
         detector: match judge {
@@ -329,6 +348,7 @@ pub fn evaluate<B: Backend>(
         sets: report_sets.into_iter().collect(),
         speed,
         kl,
+        kl_source,
         seconds: started.elapsed().as_secs_f64(),
     };
     report::write_all(out, &report, &all)?;

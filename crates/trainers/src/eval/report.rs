@@ -35,6 +35,9 @@ pub struct EvalMeta {
     /// What KL is measured against: a path, or words ("adapter off").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<String>,
+    /// The model this one was made from, when KL to it is measured too (`kl_source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl EvalMeta {
@@ -47,6 +50,7 @@ impl EvalMeta {
             ("merged_adapter", path(&self.merged_adapter)),
             ("adapter", path(&self.adapter)),
             ("base", self.base.clone()),
+            ("source", self.source.clone()),
         ]
         .into_iter()
         .filter_map(|(k, v)| Some((k, v?)))
@@ -153,6 +157,10 @@ pub struct EvalReport {
     /// Absent without a base, with `kl = false`, or without a harmless set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kl: Option<KlReport>,
+    /// KL(source ‖ model) on the same prompts: how far a variant moved from the model it was made from
+    /// (a refusal-free variant from its safety-tuned source), beside `kl` to the original.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl_source: Option<KlReport>,
     /// The whole evaluation, KL included.
     pub seconds: f64,
 }
@@ -215,6 +223,13 @@ pub fn markdown(report: &EvalReport) -> String {
         let _ = writeln!(
             md,
             "\nKL(base ‖ model) on {} ({} prompts, {} tokens): first token {:.4}, per token {:.4}",
+            kl.set, kl.n, kl.tokens, kl.first_token, kl.per_token
+        );
+    }
+    if let Some(kl) = &report.kl_source {
+        let _ = writeln!(
+            md,
+            "\nKL(source ‖ model) on {} ({} prompts, {} tokens): first token {:.4}, per token {:.4}",
             kl.set, kl.n, kl.tokens, kl.first_token, kl.per_token
         );
     }
@@ -291,6 +306,7 @@ mod tests {
                 first_token: 0.25,
                 per_token: 0.125,
             }),
+            kl_source: None,
             seconds: 3.5,
         }
     }
@@ -350,8 +366,26 @@ mod tests {
         );
         let back: EvalReport = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
-        let no_kl = EvalReport { kl: None, ..r };
+        let no_kl = EvalReport {
+            kl: None,
+            ..r.clone()
+        };
         assert!(serde_json::to_value(&no_kl).unwrap().get("kl").is_none());
+        // KL to the source comes after KL to the base, and is named in the markdown.
+        let with_source = EvalReport {
+            kl_source: r.kl.clone(),
+            meta: EvalMeta {
+                source: Some("runs/safety/merged".into()),
+                ..r.meta.clone()
+            },
+            ..r
+        };
+        let v = serde_json::to_value(&with_source).unwrap();
+        assert_eq!(keys(&v)[5..7], ["kl", "kl_source"]);
+        assert_eq!(keys(&v["meta"]), ["model", "run", "source"]);
+        assert!(
+            markdown(&with_source).contains("KL(source ‖ model) on alpha (4 prompts, 30 tokens)")
+        );
     }
 
     #[test]
