@@ -63,6 +63,40 @@ fn loss_falls_and_outputs_are_written() {
     assert_eq!(run_json["config"]["train"]["max_steps"], 8);
 }
 
+/// SFT on preference pairs learns their chosen responses: the same run as SFT on prompt/completion
+/// records holding the chosen side (so a run file whose pairs a `goal` labels can train SFT too).
+#[test]
+fn sft_on_pairs_learns_the_chosen_responses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("pairs"), tmp.path().join("sft"));
+    let run = pair_run(&a, "name = \"sft\"", 40);
+    train_cli(&run, &[]);
+    // The same records with only the chosen side, in the same order (so the same split and shuffle).
+    std::fs::create_dir_all(&b).unwrap();
+    let pairs = std::fs::read_to_string(a.join("pairs.jsonl")).unwrap();
+    let sft: String = pairs
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            format!(
+                "{}\n",
+                serde_json::json!({"prompt": v["prompt"], "completion": v["chosen"]})
+            )
+        })
+        .collect();
+    std::fs::write(b.join("chosen.jsonl"), sft).unwrap();
+    let text = std::fs::read_to_string(&run).unwrap().replace(
+        &a.join("pairs.jsonl").display().to_string(),
+        &b.join("chosen.jsonl").display().to_string(),
+    );
+    std::fs::write(b.join("run.toml"), text).unwrap();
+    train_cli(&b.join("run.toml"), &[]);
+    let (la, lb) = (losses(&a.join("out")), losses(&b.join("out")));
+    assert_eq!(la.len(), 8);
+    assert_eq!(la, lb);
+    assert_eq!(adapter(&a.join("out")), adapter(&b.join("out")));
+}
+
 /// The same data per optimizer step split 1×4, 2×2 or 4×1 gives the same losses and the same adapter.
 #[test]
 fn gradient_accumulation_is_invariant() {

@@ -29,6 +29,22 @@ pub struct PairExample {
     pub origin: Option<Location>,
 }
 
+impl PairExample {
+    /// The prompt answered by the chosen response: what SFT learns from a pair (a run file whose
+    /// pairs a `goal` labels can train either DPO or SFT on them).
+    pub fn chosen_sft(&self) -> SftExample {
+        let mut messages = self.prompt.clone();
+        messages.push(Message::assistant(self.chosen.clone()));
+        SftExample {
+            messages,
+            category: self.category.clone(),
+            harmful: self.harmful,
+            refused: None,
+            origin: self.origin.clone(),
+        }
+    }
+}
+
 /// A prompt to answer (generation, RLHF rollouts, evaluation). Ends with a user message.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PromptExample {

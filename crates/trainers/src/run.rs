@@ -284,7 +284,9 @@ fn prompts(bundle: &TokenizerBundle, examples: &[PromptExample]) -> Result<Vec<P
 /// What each method trains on, for the error when `[data]` gives something else.
 fn needs(method: &MethodConfig) -> &'static str {
     match method {
-        MethodConfig::Sft(_) => "SFT examples (prompt/completion or messages)",
+        MethodConfig::Sft(_) => {
+            "SFT examples (prompt/completion or messages), or preference pairs (the chosen side)"
+        }
         MethodConfig::Dpo(_) => "preference pairs (chosen/rejected, or answer = \"refusal_pair\")",
         MethodConfig::Reward(_) => "preference pairs (chosen/rejected)",
         MethodConfig::Ppo(_) => {
@@ -327,6 +329,15 @@ fn encode(
             let (train, stats) = encoder.encode_all_sft(t)?;
             report(&stats, "examples");
             Ok(Encoded::Sft(train, encoder.encode_all_sft(e)?.0))
+        }
+        // SFT on preference pairs learns their chosen responses.
+        (MethodConfig::Sft(_), Examples::Pairs(t), Examples::Pairs(e)) => {
+            let chosen = |v: &[burnish_data::PairExample]| -> Vec<_> {
+                v.iter().map(|p| p.chosen_sft()).collect()
+            };
+            let (train, stats) = encoder.encode_all_sft(&chosen(t))?;
+            report(&stats, "examples (the chosen side of each pair)");
+            Ok(Encoded::Sft(train, encoder.encode_all_sft(&chosen(e))?.0))
         }
         (
             MethodConfig::Dpo(_) | MethodConfig::Reward(_),
