@@ -31,8 +31,8 @@ fn quick_showcase_runs_every_step_and_resumes() {
     for v in [
         "original",
         "safety-sft",
-        "safety-dpo",
-        "uncensor-sft",
+        "safety",
+        "refusal-free",
         "uncensor-ablate",
         "safety-steer",
     ] {
@@ -49,7 +49,14 @@ fn quick_showcase_runs_every_step_and_resumes() {
     assert!(out.join("results.md").exists() && out.join("results.png").exists());
     assert!(table.contains("| hazard |"), "no hazard table:\n{table}");
     let (table2, again) = run();
-    assert_eq!(again.matches("unchanged, skipped").count(), 12, "{again}");
+    assert_eq!(again.matches("unchanged, skipped").count(), 11, "{again}");
+    // The refusal-free variant is measured against the safety-tuned model it was made from, too.
+    let report = |v: &str| -> serde_json::Value {
+        let p = out.join("eval").join(v).join("report.json");
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    assert!(report("refusal-free")["kl_source"]["first_token"].is_number());
+    assert!(report("safety")["kl_source"].is_null());
     // The resumed run reports the steps' recorded times, not its own few seconds.
     let total = |t: &str| {
         t.split("Total wall time of all steps: ")

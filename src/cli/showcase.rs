@@ -41,7 +41,6 @@ pub struct ShowcaseArgs {
 enum Kind {
     Train,
     Ablate,
-    Build,
 }
 
 struct Step {
@@ -58,9 +57,8 @@ struct Step {
 
 /// The step list. Sizes are the examples' own unless noted: the default profile trims data and trials so
 /// the whole showcase fits in 40 minutes on a 2-core CPU; `--quick` trims much further.
-fn steps(quick: bool, out: &Path, shared: &Path) -> Vec<Step> {
+fn steps(quick: bool, out: &Path, shared: &Path, original: &Path) -> Vec<Step> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    let answers = out.join("original-answers/answers.jsonl");
     let q = |full: &[&str], fast: &[&str]| if quick { s(fast) } else { s(full) };
     // The ablation and steering searches: `trials` trials on 16 validation prompts, a short evaluation.
     // They search on AdvBench and the Alpaca seed tasks, not on the sets every variant is evaluated on
@@ -98,6 +96,25 @@ fn steps(quick: bool, out: &Path, shared: &Path) -> Vec<Step> {
         v.extend(held_apart.iter().cloned());
         v
     };
+    // Both refusals.toml steps answer with the original model (the refusal-free one starts from the
+    // safety-tuned model, whose own answers to harmful prompts are refusals).
+    let refusals = [
+        vec![format!("data.generate.model={}", toml_str(original))],
+        q(
+            &[
+                "data.sources.0.limit=64",
+                "data.sources.1.limit=64",
+                "data.sources.2.limit=64",
+            ],
+            &[
+                "data.sources.0.limit=16",
+                "data.sources.1.limit=8",
+                "data.sources.2.limit=8",
+                "data.generate.max_new_tokens=16",
+            ],
+        ),
+    ]
+    .concat();
     vec![
         Step {
             name: "safety-sft",
@@ -120,47 +137,23 @@ fn steps(quick: bool, out: &Path, shared: &Path) -> Vec<Step> {
             ),
             after: vec![],
         },
+        // One run file, both directions (examples/configs/refusals.toml): the same pairs of the
+        // original's answers and refusal templates, labelled for safety, then for refusal-free.
         Step {
-            name: "safety-dpo",
+            name: "safety",
             kind: Kind::Train,
-            config: "safety-dpo.toml",
+            config: "refusals.toml",
             on: None,
-            set: q(
-                &["data.sources.0.limit=64", "data.sources.1.limit=48"],
-                &[
-                    "data.sources.0.limit=16",
-                    "data.sources.1.limit=8",
-                    "data.generate.max_new_tokens=16",
-                ],
-            ),
+            set: [refusals.clone(), s(&["data.goal=\"safety\""])].concat(),
             after: vec![],
         },
         Step {
-            name: "original-answers",
-            kind: Kind::Build,
-            config: "original-answers.toml",
-            on: None,
-            set: q(
-                &[
-                    "data.sources.0.limit=96",
-                    "data.sources.1.limit=48",
-                    "data.generate.max_new_tokens=64",
-                ],
-                &[
-                    "data.sources.0.limit=24",
-                    "data.sources.1.limit=8",
-                    "data.generate.max_new_tokens=24",
-                ],
-            ),
-            after: vec![],
-        },
-        Step {
-            name: "uncensor-sft",
+            name: "refusal-free",
             kind: Kind::Train,
-            config: "uncensor-sft.toml",
-            on: Some("safety-sft"),
-            set: vec![format!("data.sources.0.path={}", toml_str(&answers))],
-            after: vec!["original-answers"],
+            config: "refusals.toml",
+            on: Some("safety"),
+            set: [refusals, s(&["data.goal=\"refusal-free\""])].concat(),
+            after: vec![],
         },
         Step {
             name: "uncensor-ablate",
@@ -263,61 +256,67 @@ pub fn showcase(a: ShowcaseArgs) -> Result<()> {
     let model = std::path::absolute(&a.model)?;
     let configs = std::path::absolute(&a.configs)?;
     let shared = configs.join("../../../shared/data");
-    let steps = steps(a.quick, &out, &shared);
+    let steps = steps(a.quick, &out, &shared, &model);
     let profile = if a.quick { "quick" } else { "default" };
     let mut keys: std::collections::BTreeMap<&str, String> = Default::default();
     let mut seconds: std::collections::BTreeMap<String, f64> = Default::default();
-    let total = steps.len() + steps.iter().filter(|s| s.kind != Kind::Build).count();
+    let total = 2 * steps.len();
     let mut n = 0;
 
     // The original model's evaluation first: it is the baseline of every row.
     let eval_sets = |p: &str| shared.join(p).display().to_string();
     let (limit, new_tokens) = if a.quick { ("8", "16") } else { ("50", "48") };
     let model_key = key(&[model.display().to_string(), file_stamp(&model)]);
-    let evaluate = |name: &str, path: &Path, upstream: &str, n: usize| -> Result<f64> {
-        let dir = out.join("eval").join(name);
-        let k = key(&[
-            upstream.to_string(),
-            limit.into(),
-            new_tokens.into(),
-            model_key.clone(),
-        ]);
-        if let Some(s) = done(&dir, &k) {
-            eprintln!("[{n}/{}] eval {name}: unchanged, skipped", total + 1);
-            return Ok(s);
-        }
-        eprintln!("[{n}/{}] eval {name} …", total + 1);
-        let t = Instant::now();
-        std::fs::create_dir_all(&dir)?;
-        let mut args: Vec<String> =
-            vec!["eval".into(), "--model".into(), path.display().to_string()];
-        if path != model {
-            args.extend(["--base".into(), model.display().to_string()]);
-        }
-        args.extend([
-            "--harmful".into(),
-            eval_sets("refusal_direction/splits/harmful_val.json"),
-            "--benign".into(),
-            eval_sets("jailbreakbench/benign-behaviors.csv"),
-            "--harmless".into(),
-            eval_sets("refusal_direction/splits/harmless_val.json"),
-            "--limit".into(),
-            limit.into(),
-            "--max-new-tokens".into(),
-            new_tokens.into(),
-            "--out".into(),
-            dir.display().to_string(),
-        ]);
-        burnish(&args, &dir.join("log.txt"), a.backend)?;
-        let s = t.elapsed().as_secs_f64();
-        mark(&dir, &k, s)?;
-        eprintln!("    done in {}", minutes(s));
-        Ok(s)
-    };
+    // `source`: the model a variant was made from (when not the original), for KL to it.
+    let evaluate =
+        |name: &str, path: &Path, source: Option<&Path>, upstream: &str, n: usize| -> Result<f64> {
+            let dir = out.join("eval").join(name);
+            let k = key(&[
+                upstream.to_string(),
+                format!("source {source:?}"),
+                limit.into(),
+                new_tokens.into(),
+                model_key.clone(),
+            ]);
+            if let Some(s) = done(&dir, &k) {
+                eprintln!("[{n}/{}] eval {name}: unchanged, skipped", total + 1);
+                return Ok(s);
+            }
+            eprintln!("[{n}/{}] eval {name} …", total + 1);
+            let t = Instant::now();
+            std::fs::create_dir_all(&dir)?;
+            let mut args: Vec<String> =
+                vec!["eval".into(), "--model".into(), path.display().to_string()];
+            if path != model {
+                args.extend(["--base".into(), model.display().to_string()]);
+            }
+            if let Some(src) = source {
+                args.extend(["--source".into(), src.display().to_string()]);
+            }
+            args.extend([
+                "--harmful".into(),
+                eval_sets("refusal_direction/splits/harmful_val.json"),
+                "--benign".into(),
+                eval_sets("jailbreakbench/benign-behaviors.csv"),
+                "--harmless".into(),
+                eval_sets("refusal_direction/splits/harmless_val.json"),
+                "--limit".into(),
+                limit.into(),
+                "--max-new-tokens".into(),
+                new_tokens.into(),
+                "--out".into(),
+                dir.display().to_string(),
+            ]);
+            burnish(&args, &dir.join("log.txt"), a.backend)?;
+            let s = t.elapsed().as_secs_f64();
+            mark(&dir, &k, s)?;
+            eprintln!("    done in {}", minutes(s));
+            Ok(s)
+        };
     n += 1;
     seconds.insert(
         "eval:original".into(),
-        evaluate("original", &model, "original", n)?,
+        evaluate("original", &model, None, "original", n)?,
     );
 
     for step in &steps {
@@ -332,9 +331,7 @@ pub fn showcase(a: ShowcaseArgs) -> Result<()> {
             .with_context(|| format!("reading {}", config.display()))?;
         let mut set = step.set.clone();
         set.push(format!("model.path={}", toml_str(&base)));
-        if step.kind != Kind::Build {
-            set.push(format!("output.dir={}", toml_str(&dir)));
-        }
+        set.push(format!("output.dir={}", toml_str(&dir)));
         let mut parts = vec![
             step.name.to_string(),
             text,
@@ -366,13 +363,6 @@ pub fn showcase(a: ShowcaseArgs) -> Result<()> {
                     config.display().to_string(),
                     "--overwrite".into(),
                 ],
-                Kind::Build => vec![
-                    "data".into(),
-                    "build".into(),
-                    config.display().to_string(),
-                    "--out".into(),
-                    dir.join("answers.jsonl").display().to_string(),
-                ],
             };
             for s in &set {
                 args.extend(["--set".into(), s.clone()]);
@@ -383,11 +373,10 @@ pub fn showcase(a: ShowcaseArgs) -> Result<()> {
             seconds.insert(step.name.to_string(), s);
             eprintln!("    done in {}", minutes(s));
         }
-        if step.kind != Kind::Build {
-            n += 1;
-            let s = evaluate(step.name, &dir.join("merged"), &k, n)?;
-            seconds.insert(format!("eval:{}", step.name), s);
-        }
+        n += 1;
+        let source = step.on.map(|_| base.as_path());
+        let s = evaluate(step.name, &dir.join("merged"), source, &k, n)?;
+        seconds.insert(format!("eval:{}", step.name), s);
     }
     let rows = results(&out, &steps, &seconds)?;
     // Steps skipped as unchanged count with the time they took when they ran.
@@ -422,6 +411,8 @@ struct Row {
     harmless_refusal: f64,
     kl_first: Option<f64>,
     kl_token: Option<f64>,
+    /// First-token KL to the model the variant was made from, when that is not the original.
+    kl_source: Option<f64>,
     seconds: f64,
     /// Violation rate and prompt count per Llama 3 hazard category of harmful_val.
     hazards: Vec<(String, f64, u64)>,
@@ -435,19 +426,14 @@ fn results(
     let what = |name: &str| match name {
         "original" => "SmolLM2-135M-Instruct as shipped",
         "safety-sft" => "safety: SFT on refusals + own answers",
-        "safety-dpo" => "safety: DPO, refusal vs own answer",
-        "uncensor-sft" => "refusal-free: SFT of safety-sft on refusal-filtered answers",
+        "safety" => "safety: refusals.toml, RPO on refusal pairs + borderline prompts",
+        "refusal-free" => "refusal-free: refusals.toml with goal = refusal-free, from safety",
         "uncensor-ablate" => "refusal-free: refusal direction ablated from safety-sft",
         "safety-steer" => "safety: gated refusal direction added to the original",
         _ => "",
     };
     let mut names = vec!["original"];
-    names.extend(
-        steps
-            .iter()
-            .filter(|s| s.kind != Kind::Build)
-            .map(|s| s.name),
-    );
+    names.extend(steps.iter().map(|s| s.name));
     let mut rows = Vec::new();
     for name in names {
         let path = out.join("eval").join(name).join("report.json");
@@ -456,11 +442,8 @@ fn results(
                 .with_context(|| format!("reading {}", path.display()))?,
         )?;
         let set = |s: &str, k: &str| r["sets"][s][k].as_f64().unwrap_or(f64::NAN);
-        let mut secs = seconds.get(&format!("eval:{name}")).copied().unwrap_or(0.0)
+        let secs = seconds.get(&format!("eval:{name}")).copied().unwrap_or(0.0)
             + seconds.get(name).copied().unwrap_or(0.0);
-        if name == "uncensor-sft" {
-            secs += seconds.get("original-answers").copied().unwrap_or(0.0);
-        }
         rows.push(Row {
             name: name.to_string(),
             what: what(name),
@@ -469,6 +452,7 @@ fn results(
             harmless_refusal: set("harmless_val", "false_refusal_rate"),
             kl_first: r["kl"]["first_token"].as_f64(),
             kl_token: r["kl"]["per_token"].as_f64(),
+            kl_source: r["kl_source"]["first_token"].as_f64(),
             seconds: secs,
             hazards: r["sets"]["harmful_val"]["by_hazard"]
                 .as_object()
@@ -501,15 +485,16 @@ fn table(
     let mut md = format!(
         "# burnish showcase ({profile} profile)\n\nModel: `{}`. Violation rate: harmful_val (refusal_direction, HarmBench val); \
          false refusal rate: JailbreakBench benign behaviors and harmless_val (Alpaca); KL(original ‖ variant) on \
-         harmless_val. The first {limit} prompts of each set, greedy generation of {new_tokens} tokens, refusal phrases \
+         harmless_val, and first-token KL(source ‖ variant) to the model a variant was made from when that is not the \
+         original. The first {limit} prompts of each set, greedy generation of {new_tokens} tokens, refusal phrases \
          (docs/eval.md). Wall time = the variant's own steps + its evaluation.\n\n\
-         | variant | what | violation rate ↓ | false refusal (JBB benign) ↓ | false refusal (harmless) | KL first token | KL per token | wall time |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         | variant | what | violation rate ↓ | false refusal (JBB benign) ↓ | false refusal (harmless) | KL first token | KL per token | KL to source | wall time |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
         model.display()
     );
     for r in rows {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
             r.what,
             pct(r.violation),
@@ -517,6 +502,7 @@ fn table(
             pct(r.harmless_refusal),
             kl(r.kl_first),
             kl(r.kl_token),
+            r.kl_source.map_or("–".into(), |v| format!("{v:.3}")),
             minutes(r.seconds)
         ));
     }
