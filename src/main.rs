@@ -31,6 +31,9 @@ enum Cmd {
     Ablate(cli::ablate::AblateArgs),
     /// The main job: safety-tune SmolLM2, make refusal-free variants, evaluate all (burnish showcase [--quick]).
     Showcase(cli::showcase::ShowcaseArgs),
+    /// Train a run file over a grid of overrides, evaluate each trial, write the Pareto front of violation
+    /// rate vs false refusal rate: burnish sweep SWEEP.toml.
+    Sweep(cli::sweep::SweepArgs),
     /// Score responses with a trained reward model (method = "reward").
     Score(cli::score::ScoreArgs),
     /// Safety evaluation: violation and false refusal rates by hazard category, KL to a base model.
@@ -58,6 +61,7 @@ fn main() {
         Cmd::Ablate(a) => cli::ablate::ablate(a),
         Cmd::Score(a) => cli::score::score(a),
         Cmd::Showcase(a) => cli::showcase::showcase(a),
+        Cmd::Sweep(a) => cli::sweep::sweep(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", message(&e));

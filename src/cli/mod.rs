@@ -6,6 +6,8 @@ pub mod model;
 pub mod progress;
 pub mod score;
 pub mod showcase;
+pub mod steps;
+pub mod sweep;
 pub mod train;
 
 /// `on_backend!(spec, f(args: Args))` runs `f::<B>(args, &device)` on the backend and device `spec`

@@ -12,11 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use super::steps::{burnish, done, key, mark, minutes, toml_str, EvalSpec};
+
 use anyhow::{bail, Context, Result};
 use burnish_core::backend::DeviceSpec;
-use burnish_core::io::{file_stamp, Fnv64};
+use burnish_core::io::file_stamp;
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 #[derive(Args)]
 pub struct ShowcaseArgs {
@@ -182,56 +184,6 @@ fn steps(quick: bool, out: &Path, shared: &Path, original: &Path) -> Vec<Step> {
     ]
 }
 
-fn toml_str(p: &Path) -> String {
-    // A JSON string is a valid TOML basic string.
-    serde_json::to_string(&p.display().to_string()).expect("json")
-}
-
-/// A hash of the parts (each followed by 0xff): what a step's outputs depend on.
-fn key(parts: &[String]) -> String {
-    let mut h = Fnv64::new();
-    for p in parts {
-        h.write(p.as_bytes()).write(&[0xff]);
-    }
-    format!("{:016x}", h.finish())
-}
-
-/// The recorded key and seconds of a finished step, if its key matches.
-fn done(dir: &Path, k: &str) -> Option<f64> {
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("showcase-step.json")).ok()?)
-            .ok()?;
-    (v["key"] == k).then(|| v["seconds"].as_f64().unwrap_or(0.0))
-}
-
-fn mark(dir: &Path, k: &str, seconds: f64) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let v = json!({"key": k, "seconds": seconds});
-    burnish_core::io::write_atomic(&dir.join("showcase-step.json"), v.to_string().as_bytes())?;
-    Ok(())
-}
-
-/// Runs one step as `burnish ARGS [--backend B]`, its output going to `log`.
-fn burnish(args: &[String], log: &Path, backend: Option<DeviceSpec>) -> Result<()> {
-    let exe = std::env::current_exe()?;
-    let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let backend = backend.map(|b| ["--backend".to_string(), b.to_string()]);
-    let status = Command::new(exe)
-        .args(args)
-        .args(backend.iter().flatten())
-        .stdout(f.try_clone()?)
-        .stderr(f)
-        .status()?;
-    if !status.success() {
-        bail!("`burnish {}` failed; see {}", args.join(" "), log.display());
-    }
-    Ok(())
-}
-
-fn minutes(s: f64) -> String {
-    format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
-}
-
 pub fn showcase(a: ShowcaseArgs) -> Result<()> {
     let started = Instant::now();
     if !a.model.exists() {
@@ -264,8 +216,17 @@ pub fn showcase(a: ShowcaseArgs) -> Result<()> {
     let mut n = 0;
 
     // The original model's evaluation first: it is the baseline of every row.
-    let eval_sets = |p: &str| shared.join(p).display().to_string();
-    let (limit, new_tokens) = if a.quick { ("8", "16") } else { ("50", "48") };
+    let spec = EvalSpec {
+        harmful: vec![shared.join("refusal_direction/splits/harmful_val.json")],
+        benign: vec![shared.join("jailbreakbench/benign-behaviors.csv")],
+        harmless: Some(shared.join("refusal_direction/splits/harmless_val.json")),
+        limit: Some(if a.quick { 8 } else { 50 }),
+        max_new_tokens: if a.quick { 16 } else { 48 },
+    };
+    let (limit, new_tokens) = (
+        spec.limit.unwrap_or(0).to_string(),
+        spec.max_new_tokens.to_string(),
+    );
     let model_key = key(&[model.display().to_string(), file_stamp(&model)]);
     // `source`: the model a variant was made from (when not the original), for KL to it.
     let evaluate =
@@ -274,8 +235,8 @@ pub fn showcase(a: ShowcaseArgs) -> Result<()> {
             let k = key(&[
                 upstream.to_string(),
                 format!("source {source:?}"),
-                limit.into(),
-                new_tokens.into(),
+                limit.clone(),
+                new_tokens.clone(),
                 model_key.clone(),
             ]);
             if let Some(s) = done(&dir, &k) {
@@ -285,28 +246,8 @@ pub fn showcase(a: ShowcaseArgs) -> Result<()> {
             eprintln!("[{n}/{}] eval {name} …", total + 1);
             let t = Instant::now();
             std::fs::create_dir_all(&dir)?;
-            let mut args: Vec<String> =
-                vec!["eval".into(), "--model".into(), path.display().to_string()];
-            if path != model {
-                args.extend(["--base".into(), model.display().to_string()]);
-            }
-            if let Some(src) = source {
-                args.extend(["--source".into(), src.display().to_string()]);
-            }
-            args.extend([
-                "--harmful".into(),
-                eval_sets("refusal_direction/splits/harmful_val.json"),
-                "--benign".into(),
-                eval_sets("jailbreakbench/benign-behaviors.csv"),
-                "--harmless".into(),
-                eval_sets("refusal_direction/splits/harmless_val.json"),
-                "--limit".into(),
-                limit.into(),
-                "--max-new-tokens".into(),
-                new_tokens.into(),
-                "--out".into(),
-                dir.display().to_string(),
-            ]);
+            let base = (path != model).then_some(model.as_path());
+            let args = spec.args(path, base, source, &dir);
             burnish(&args, &dir.join("log.txt"), a.backend)?;
             let s = t.elapsed().as_secs_f64();
             mark(&dir, &k, s)?;
@@ -383,7 +324,7 @@ pub fn showcase(a: ShowcaseArgs) -> Result<()> {
     let steps_total: f64 = seconds.values().sum();
     let md = table(
         &rows,
-        (profile, limit, new_tokens),
+        (profile, &limit, &new_tokens),
         &model,
         steps_total,
         started.elapsed().as_secs_f64(),

@@ -29,14 +29,16 @@ pub struct Trial {
 
 /// Indices of the trials no other trial dominates.
 pub fn pareto_front(trials: &[Trial]) -> Vec<usize> {
+    let objectives: Vec<[f64; 2]> = trials.iter().map(|t| t.objectives).collect();
+    pareto_indices(&objectives)
+}
+
+/// Indices of the points (two objectives, both minimised) that no other point dominates.
+pub fn pareto_indices(points: &[[f64; 2]]) -> Vec<usize> {
     let dominates =
         |a: &[f64; 2], b: &[f64; 2]| a[0] <= b[0] && a[1] <= b[1] && (a[0] < b[0] || a[1] < b[1]);
-    (0..trials.len())
-        .filter(|&i| {
-            !trials
-                .iter()
-                .any(|t| dominates(&t.objectives, &trials[i].objectives))
-        })
+    (0..points.len())
+        .filter(|&i| !points.iter().any(|p| dominates(p, &points[i])))
         .collect()
 }
 

@@ -1,0 +1,103 @@
+//! Steps that run as their own `burnish` processes and record a key of their inputs, so that a second
+//! invocation skips what is done and resumes what is not (`burnish showcase`, `burnish sweep`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use burnish_core::backend::DeviceSpec;
+use burnish_core::io::Fnv64;
+use serde_json::{json, Value};
+
+/// `p` as a TOML string (for `--set key=PATH`).
+pub fn toml_str(p: &Path) -> String {
+    // A JSON string is a valid TOML basic string.
+    serde_json::to_string(&p.display().to_string()).expect("json")
+}
+
+/// A hash of the parts (each followed by 0xff): what a step's outputs depend on.
+pub fn key(parts: &[String]) -> String {
+    let mut h = Fnv64::new();
+    for p in parts {
+        h.write(p.as_bytes()).write(&[0xff]);
+    }
+    format!("{:016x}", h.finish())
+}
+
+/// The recorded key and seconds of a finished step, if its key matches.
+pub fn done(dir: &Path, k: &str) -> Option<f64> {
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("showcase-step.json")).ok()?)
+            .ok()?;
+    (v["key"] == k).then(|| v["seconds"].as_f64().unwrap_or(0.0))
+}
+
+pub fn mark(dir: &Path, k: &str, seconds: f64) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let v = json!({"key": k, "seconds": seconds});
+    burnish_core::io::write_atomic(&dir.join("showcase-step.json"), v.to_string().as_bytes())?;
+    Ok(())
+}
+
+/// Runs one step as `burnish ARGS [--backend B]`, its output going to `log`.
+pub fn burnish(args: &[String], log: &Path, backend: Option<DeviceSpec>) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let backend = backend.map(|b| ["--backend".to_string(), b.to_string()]);
+    let status = Command::new(exe)
+        .args(args)
+        .args(backend.iter().flatten())
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .status()?;
+    if !status.success() {
+        bail!("`burnish {}` failed; see {}", args.join(" "), log.display());
+    }
+    Ok(())
+}
+
+pub fn minutes(s: f64) -> String {
+    format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+}
+
+/// The prompt sets and options of a step's `burnish eval`.
+#[derive(Clone, Debug)]
+pub struct EvalSpec {
+    pub harmful: Vec<PathBuf>,
+    pub benign: Vec<PathBuf>,
+    pub harmless: Option<PathBuf>,
+    /// Prompts per set at most.
+    pub limit: Option<usize>,
+    pub max_new_tokens: usize,
+}
+
+impl EvalSpec {
+    /// `burnish eval` arguments for `model` (KL to `base` and to `source` when given), into `out`.
+    pub fn args(
+        &self,
+        model: &Path,
+        base: Option<&Path>,
+        source: Option<&Path>,
+        out: &Path,
+    ) -> Vec<String> {
+        let mut args = vec!["eval".to_string()];
+        let mut add = |flag: &str, p: &Path| args.extend([flag.into(), p.display().to_string()]);
+        add("--model", model);
+        base.into_iter().for_each(|b| add("--base", b));
+        source.into_iter().for_each(|s| add("--source", s));
+        self.harmful.iter().for_each(|p| add("--harmful", p));
+        self.benign.iter().for_each(|p| add("--benign", p));
+        self.harmless.iter().for_each(|p| add("--harmless", p));
+        add("--out", out);
+        if let Some(n) = self.limit {
+            args.extend(["--limit".into(), n.to_string()]);
+        }
+        args.extend(["--max-new-tokens".into(), self.max_new_tokens.to_string()]);
+        args
+    }
+
+    /// What the evaluation depends on besides the model, for a step's key.
+    pub fn key_part(&self) -> String {
+        format!("{self:?}")
+    }
+}

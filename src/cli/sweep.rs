@@ -1,0 +1,357 @@
+//! `burnish sweep SWEEP.toml`: trains one run file over a grid of overrides, evaluates every trial on
+//! validation prompt sets, and writes the Pareto front of violation rate against false refusal rate
+//! (`<out>/sweep.md`, `<out>/pareto.png`, `<out>/trials.jsonl`). Recipes are found by measurement: a
+//! user lists what to vary (method, learning rate, data mix, ...) and reads off the trade-off.
+//!
+//! Each trial runs as its own `burnish train` and `burnish eval` process and records a key of its
+//! inputs, like the showcase's steps; re-running skips finished trials, so an interrupted sweep resumes
+//! and a grid that grows only runs its new points.
+//!
+//! ```toml
+//! config = "refusals.toml"            # the run file every trial trains (relative to this file)
+//! out = "../../runs/sweep"            # default: sweep-<name> beside this file
+//! set = ["data.goal=safety"]          # overrides of every trial (as --set)
+//!
+//! [[grid]]                            # every combination of the axes' values is a trial
+//! key = "train.learning_rate"
+//! values = [2e-4, 5e-4]
+//!
+//! [eval]                              # validation sets (never the test sets a variant is judged on)
+//! harmful = ["../../../shared/data/refusal_direction/splits/harmful_val.json"]
+//! benign = ["../../../shared/data/jailbreakbench/benign-behaviors.csv"]
+//! harmless = "../../../shared/data/refusal_direction/splits/harmless_val.json"
+//! limit = 50
+//! max_new_tokens = 48
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burnish_core::backend::DeviceSpec;
+use burnish_trainers::ablate::search::pareto_indices;
+use burnish_trainers::RunFile;
+use clap::Args;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::steps::{burnish, done, key, mark, minutes, EvalSpec};
+
+#[derive(Args)]
+pub struct SweepArgs {
+    /// The sweep file (TOML): `config`, `set`, `[[grid]]`, `[eval]` (docs/sweep.md).
+    sweep: PathBuf,
+    /// Output directory (default: the file's `out`, else `sweep-<name>` beside it).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Run every trial on cpu, wgpu, wgpu:N, cuda or cuda:N.
+    #[arg(long)]
+    backend: Option<DeviceSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SweepFile {
+    config: PathBuf,
+    #[serde(default)]
+    out: Option<PathBuf>,
+    #[serde(default)]
+    set: Vec<String>,
+    grid: Vec<Axis>,
+    eval: EvalSection,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Axis {
+    key: String,
+    values: Vec<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvalSection {
+    #[serde(default)]
+    harmful: Vec<PathBuf>,
+    #[serde(default)]
+    benign: Vec<PathBuf>,
+    #[serde(default)]
+    harmless: Option<PathBuf>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default = "default_new_tokens")]
+    max_new_tokens: usize,
+}
+
+fn default_new_tokens() -> usize {
+    48
+}
+
+/// One point of the grid: its overrides, as `key=value` strings.
+struct Trial {
+    name: String,
+    set: Vec<String>,
+}
+
+/// A finished trial's numbers (a line of trials.jsonl).
+struct Measured {
+    trial: Trial,
+    violation: f64,
+    false_refusal: f64,
+    harmless_refusal: f64,
+    kl_first: f64,
+    train_seconds: f64,
+}
+
+pub fn sweep(a: SweepArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.sweep)
+        .with_context(|| format!("reading {}", a.sweep.display()))?;
+    let file: SweepFile = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", a.sweep.display(), e.to_string().trim_end()))?;
+    let dir = std::path::absolute(a.sweep.parent().unwrap_or(Path::new(".")))?;
+    let stem = a.sweep.file_stem().unwrap_or_default().to_string_lossy();
+    let out = match (&a.out, &file.out) {
+        (Some(o), _) => std::path::absolute(o)?,
+        (None, Some(o)) => dir.join(o),
+        (None, None) => dir.join(format!("sweep-{stem}")),
+    };
+    let spec = eval_spec(&file.eval, &dir, &a.sweep)?;
+    let config = dir.join(&file.config);
+    let config_text = std::fs::read_to_string(&config).with_context(|| {
+        format!(
+            "{}: config: reading {}",
+            a.sweep.display(),
+            config.display()
+        )
+    })?;
+    let trials = grid(&file, &a.sweep)?;
+    std::fs::create_dir_all(&out)?;
+    let mut measured = Vec::new();
+    for (i, trial) in trials.into_iter().enumerate() {
+        let n = i + 1;
+        let label = format!("[{n}] {} ({})", trial.name, trial.set.join(", "));
+        let run = |t| run_trial(t, &label, &config, &config_text, &spec, &out, a.backend);
+        let at = || format!("{}: trial {label}", a.sweep.display());
+        measured.push(run(trial).with_context(at)?);
+    }
+    let md = report(&measured, &out)?;
+    println!("{md}");
+    eprintln!("wrote {}", out.join("sweep.md").display());
+    Ok(())
+}
+
+/// The `[eval]` section with its paths made absolute; at least one harmful set and one benign or
+/// harmless set, or there is no trade-off to measure.
+fn eval_spec(e: &EvalSection, dir: &Path, file: &Path) -> Result<EvalSpec> {
+    if e.harmful.is_empty() || (e.benign.is_empty() && e.harmless.is_none()) {
+        bail!(
+            "{}: [eval] needs `harmful` sets and `benign` sets or a `harmless` set (the two sides of \
+             the trade-off)",
+            file.display()
+        );
+    }
+    let abs = |p: &PathBuf| dir.join(p);
+    Ok(EvalSpec {
+        harmful: e.harmful.iter().map(abs).collect(),
+        benign: e.benign.iter().map(abs).collect(),
+        harmless: e.harmless.as_ref().map(abs),
+        limit: e.limit,
+        max_new_tokens: e.max_new_tokens,
+    })
+}
+
+/// Every combination of the axes' values, the first axis varying slowest, after the common `set`.
+fn grid(file: &SweepFile, path: &Path) -> Result<Vec<Trial>> {
+    if file.grid.is_empty() {
+        bail!("{}: no [[grid]] axes", path.display());
+    }
+    let mut trials = vec![Vec::<String>::new()];
+    for (i, axis) in file.grid.iter().enumerate() {
+        if axis.values.is_empty() {
+            bail!(
+                "{}: [[grid]] #{} ({}) has no values",
+                path.display(),
+                i + 1,
+                axis.key
+            );
+        }
+        trials = trials
+            .into_iter()
+            .flat_map(|t| {
+                axis.values.iter().map(move |v| {
+                    let mut t = t.clone();
+                    t.push(format!("{}={v}", axis.key));
+                    t
+                })
+            })
+            .collect();
+    }
+    Ok(trials
+        .into_iter()
+        .enumerate()
+        .map(|(i, point)| Trial {
+            name: format!("t{i:02}"),
+            set: file.set.iter().cloned().chain(point).collect(),
+        })
+        .collect())
+}
+
+/// Trains and evaluates one trial, or reads it back when its key says it is done.
+fn run_trial(
+    trial: Trial,
+    label: &str,
+    config: &Path,
+    config_text: &str,
+    spec: &EvalSpec,
+    out: &Path,
+    backend: Option<DeviceSpec>,
+) -> Result<Measured> {
+    let dir = out.join(&trial.name);
+    // The run file as this trial sees it: a bad override fails here, before any training.
+    let run = RunFile::load(config, &trial.set)?;
+    let base = run.config.model.path.clone();
+    let k = key(&[
+        config_text.to_string(),
+        trial.set.join("\n"),
+        spec.key_part(),
+        format!("{base:?}"),
+    ]);
+    let seconds = match done(&dir, &k) {
+        Some(s) => {
+            eprintln!("{label}: unchanged, skipped");
+            s
+        }
+        None => {
+            eprintln!("{label} …");
+            let t = Instant::now();
+            std::fs::create_dir_all(&dir)?;
+            let mut args = vec![
+                "train".to_string(),
+                config.display().to_string(),
+                "--overwrite".into(),
+            ];
+            let output = format!("output.dir={}", super::steps::toml_str(&dir));
+            for s in trial.set.iter().chain([&output]) {
+                args.extend(["--set".into(), s.clone()]);
+            }
+            args.extend([
+                "--set".into(),
+                "output.save=[\"adapter\", \"merged\"]".into(),
+            ]);
+            burnish(&args, &dir.join("train-log.txt"), backend)?;
+            let train = t.elapsed().as_secs_f64();
+            let eval = dir.join("eval");
+            let e = spec.args(&dir.join("merged"), Some(&base), None, &eval);
+            burnish(&e, &dir.join("eval-log.txt"), backend)?;
+            mark(&dir, &k, train)?;
+            eprintln!(
+                "    done in {} (training {})",
+                minutes(t.elapsed().as_secs_f64()),
+                minutes(train)
+            );
+            train
+        }
+    };
+    measure(trial, &dir.join("eval/report.json"), seconds)
+}
+
+fn measure(trial: Trial, report: &Path, train_seconds: f64) -> Result<Measured> {
+    let r: Value = serde_json::from_str(
+        &std::fs::read_to_string(report)
+            .with_context(|| format!("reading {}", report.display()))?,
+    )?;
+    // Rates pooled over the sets of a kind (each set's rate weighted by its prompts).
+    let pooled = |kind: &str| -> f64 {
+        let sets = r["sets"].as_object().into_iter().flatten().map(|(_, s)| s);
+        let (n, refused) = sets
+            .filter(|s| s["kind"] == kind)
+            .fold((0.0, 0.0), |(n, x), s| {
+                (
+                    n + s["n"].as_f64().unwrap_or(0.0),
+                    x + s["refused"].as_f64().unwrap_or(0.0),
+                )
+            });
+        if n > 0.0 {
+            refused / n
+        } else {
+            f64::NAN
+        }
+    };
+    Ok(Measured {
+        trial,
+        violation: 1.0 - pooled("harmful"),
+        false_refusal: pooled("benign"),
+        harmless_refusal: pooled("harmless"),
+        kl_first: r["kl"]["first_token"].as_f64().unwrap_or(f64::NAN),
+        train_seconds,
+    })
+}
+
+/// sweep.md, trials.jsonl and pareto.png; the trade-off is violation rate against the benign sets'
+/// false refusal rate (the harmless sets' when there are no benign ones).
+fn report(m: &[Measured], out: &Path) -> Result<String> {
+    let fr = |x: &Measured| {
+        if x.false_refusal.is_nan() {
+            x.harmless_refusal
+        } else {
+            x.false_refusal
+        }
+    };
+    let points: Vec<[f64; 2]> = m.iter().map(|x| [x.violation, fr(x)]).collect();
+    let front = pareto_indices(&points);
+    // The front's point with the lowest sum of the two rates, then the lowest KL.
+    let best = front.iter().copied().min_by(|&i, &j| {
+        let s = |k: usize| (points[k][0] + points[k][1], m[k].kl_first);
+        s(i).partial_cmp(&s(j)).unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let pct = |x: f64| {
+        if x.is_nan() {
+            "–".into()
+        } else {
+            format!("{:.1}%", 100.0 * x)
+        }
+    };
+    let mut md = String::from(
+        "# burnish sweep\n\n| trial | overrides | violation rate ↓ | false refusal (benign) ↓ | false refusal \
+         (harmless) ↓ | KL first token | training | Pareto |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut lines = String::new();
+    for (i, x) in m.iter().enumerate() {
+        let mark = match (best == Some(i), front.contains(&i)) {
+            (true, _) => "★ front, best sum",
+            (false, true) => "front",
+            _ => "",
+        };
+        md.push_str(&format!(
+            "| {} | `{}` | {} | {} | {} | {:.3} | {} | {mark} |\n",
+            x.trial.name,
+            x.trial.set.join("`, `"),
+            pct(x.violation),
+            pct(x.false_refusal),
+            pct(x.harmless_refusal),
+            x.kl_first,
+            minutes(x.train_seconds),
+        ));
+        let row = json!({
+            "trial": x.trial.name, "set": x.trial.set, "violation_rate": x.violation,
+            "false_refusal_rate": x.false_refusal, "harmless_refusal_rate": x.harmless_refusal,
+            "kl_first_token": x.kl_first, "train_seconds": x.train_seconds, "pareto": front.contains(&i),
+        });
+        lines.push_str(&format!("{row}\n"));
+    }
+    md.push_str(
+        "\nPareto: no other trial has both a lower violation rate and a lower false refusal rate. Trial \
+         outputs and evaluations: `<trial>/` and `<trial>/eval/`.\n",
+    );
+    burnish_core::io::write_atomic(&out.join("sweep.md"), md.as_bytes())?;
+    burnish_core::io::write_atomic(&out.join("trials.jsonl"), lines.as_bytes())?;
+    let xy: Vec<(f64, f64)> = points.iter().map(|p| (p[0], p[1])).collect();
+    burnish_trainers::plot::pareto(
+        &out.join("pareto.png"),
+        &xy,
+        &front,
+        best.unwrap_or(usize::MAX),
+        ("violation rate", "false refusal rate"),
+    )?;
+    Ok(md)
+}

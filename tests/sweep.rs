@@ -1,0 +1,104 @@
+//! `burnish sweep` on the tiny model: every grid point trains and is evaluated, the table marks the
+//! Pareto front, a second run skips every trial, and a bad sweep file is named with what is wrong.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn sweep(file: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_burnish"))
+        .arg("sweep")
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn sweep_trains_every_grid_point_and_marks_the_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_run(tmp.path(), "");
+    let prompts = tmp.path().join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"prompt\": \"say the cat\"}\n{\"prompt\": \"say a dog\"}\n",
+    )
+    .unwrap();
+    let file = tmp.path().join("grid.toml");
+    std::fs::write(
+        &file,
+        "config = \"run.toml\"\nset = [\"train.max_steps=2\"]\n\
+         [[grid]]\nkey = \"train.learning_rate\"\nvalues = [1e-3, 1e-2]\n\
+         [[grid]]\nkey = \"lora.r\"\nvalues = [2, 4]\n\
+         [eval]\nharmful = [\"prompts.jsonl\"]\nharmless = \"prompts.jsonl\"\nmax_new_tokens = 4\n",
+    )
+    .unwrap();
+    let o = sweep(&file);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let table = String::from_utf8_lossy(&o.stdout);
+    let out = tmp.path().join("sweep-grid");
+    let trials: Vec<serde_json::Value> = std::fs::read_to_string(out.join("trials.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(trials.len(), 4);
+    // The first axis varies slowest; the common overrides come first.
+    assert_eq!(
+        trials[1]["set"],
+        serde_json::json!(["train.max_steps=2", "train.learning_rate=0.001", "lora.r=4"])
+    );
+    for (i, t) in trials.iter().enumerate() {
+        let dir = out.join(format!("t{i:02}"));
+        assert!(dir.join("merged").exists() && dir.join("eval/report.json").exists());
+        let run: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
+        assert_eq!(run["config"]["train"]["max_steps"], 2, "{t}");
+        assert!(t["violation_rate"].is_number() && t["kl_first_token"].is_number());
+    }
+    // The front is exactly the trials no other beats on both rates.
+    let rate = |t: &serde_json::Value| {
+        [
+            t["violation_rate"].as_f64().unwrap(),
+            t["harmless_refusal_rate"].as_f64().unwrap(),
+        ]
+    };
+    for t in &trials {
+        let dominated = trials.iter().any(|u| {
+            let (a, b) = (rate(u), rate(t));
+            a[0] <= b[0] && a[1] <= b[1] && (a[0] < b[0] || a[1] < b[1])
+        });
+        assert_eq!(t["pareto"], !dominated, "{t}");
+    }
+    assert!(
+        table.contains("★ front, best sum") && out.join("pareto.png").exists(),
+        "{table}"
+    );
+    // A second run only reads the results back.
+    let again = sweep(&file);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(err.matches("unchanged, skipped").count(), 4, "{err}");
+    assert_eq!(String::from_utf8_lossy(&again.stdout), table);
+
+    // Mistakes are named: an unknown key in the file, a bad override of the run file, no trade-off.
+    for (text, want) in [
+        ("config = \"run.toml\"\ngird = []\n", "unknown field `gird`"),
+        (
+            "config = \"run.toml\"\n[[grid]]\nkey = \"train.learnin_rate\"\nvalues = [1]\n\
+             [eval]\nharmful = [\"prompts.jsonl\"]\nharmless = \"prompts.jsonl\"\n",
+            "learnin_rate",
+        ),
+        (
+            "config = \"run.toml\"\n[[grid]]\nkey = \"lora.r\"\nvalues = [2]\n[eval]\nharmful = [\"prompts.jsonl\"]\n",
+            "[eval] needs",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let o = sweep(&file);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want) && err.contains("grid.toml"), "{err}");
+    }
+}
