@@ -1,12 +1,14 @@
 //! `burnish showcase [--quick]`: the project's main job. From the example configs it safety-tunes
-//! SmolLM2 (SFT and DPO), makes refusal-free variants of the safety-tuned model (ablation and SFT), steers
-//! the original to refuse, and evaluates every variant the same way: violation rate on harmful_val by
-//! hazard category, false refusal rate on the JailbreakBench benign set and on harmless_val, and KL to the
-//! original on harmless_val. Writes `<out>/results.md` and `<out>/results.png`.
+//! SmolLM2 and makes a refusal-free variant of the safety-tuned model from one run file
+//! (examples/configs/refusals.toml, its `goal` key set either way), ablates the safety-tuned model's
+//! refusal direction, steers the original to refuse, and evaluates every variant the same way: violation
+//! rate on harmful_val by hazard category, false refusal rate on the JailbreakBench benign set and on
+//! harmless_val, KL to the original on harmless_val, and KL to the model a variant was made from. Writes
+//! `<out>/results.md` and `<out>/results.png`.
 //!
-//! Each step runs as its own `burnish` process (train, ablate, data build, eval) and records a key of its
-//! inputs (config text, overrides, upstream keys, model file); re-running skips steps whose key is
-//! unchanged, so an interrupted showcase resumes where it stopped.
+//! Each step runs as its own `burnish` process (train, ablate, eval) and records a key of its inputs
+//! (config text, overrides, upstream keys, model file); re-running skips steps whose key is unchanged, so
+//! an interrupted showcase resumes where it stopped.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -104,9 +106,9 @@ fn steps(quick: bool, out: &Path, shared: &Path, original: &Path) -> Vec<Step> {
         vec![format!("data.generate.model={}", toml_str(original))],
         q(
             &[
-                "data.sources.0.limit=64",
-                "data.sources.1.limit=64",
-                "data.sources.2.limit=64",
+                "data.sources.0.limit=80",
+                "data.sources.1.limit=80",
+                "data.sources.2.limit=80",
             ],
             &[
                 "data.sources.0.limit=16",
@@ -118,27 +120,6 @@ fn steps(quick: bool, out: &Path, shared: &Path, original: &Path) -> Vec<Step> {
     ]
     .concat();
     vec![
-        Step {
-            name: "safety-sft",
-            kind: Kind::Train,
-            config: "safety-sft.toml",
-            on: None,
-            set: q(
-                // Two harmless answers per refusal: 96 + 64 over-refused (84% of JailbreakBench benign).
-                &[
-                    "data.sources.0.limit=64",
-                    "data.sources.1.limit=128",
-                    "data.generate.max_new_tokens=64",
-                ],
-                &[
-                    "data.sources.0.limit=24",
-                    "data.sources.1.limit=16",
-                    "data.generate.max_new_tokens=24",
-                    "train.batch_size=8",
-                ],
-            ),
-            after: vec![],
-        },
         // One run file, both directions (examples/configs/refusals.toml): the same pairs of the
         // original's answers and refusal templates, labelled for safety, then for refusal-free.
         Step {
@@ -161,7 +142,7 @@ fn steps(quick: bool, out: &Path, shared: &Path, original: &Path) -> Vec<Step> {
             name: "uncensor-ablate",
             kind: Kind::Ablate,
             config: "uncensor-ablate.toml",
-            on: Some("safety-sft"),
+            on: Some("safety"),
             set: search(12),
             after: vec![],
         },
@@ -175,11 +156,11 @@ fn steps(quick: bool, out: &Path, shared: &Path, original: &Path) -> Vec<Step> {
                 search(10),
                 vec![format!(
                     "method.directions_from={}",
-                    toml_str(&out.join("safety-sft/merged"))
+                    toml_str(&out.join("safety/merged"))
                 )],
             ]
             .concat(),
-            after: vec!["safety-sft"],
+            after: vec!["safety"],
         },
     ]
 }
@@ -366,10 +347,9 @@ fn results(
 ) -> Result<Vec<Row>> {
     let what = |name: &str| match name {
         "original" => "SmolLM2-135M-Instruct as shipped",
-        "safety-sft" => "safety: SFT on refusals + own answers",
-        "safety" => "safety: refusals.toml, RPO on refusal pairs + borderline prompts",
+        "safety" => "safety: refusals.toml, SFT on refusals, borderline and harmless answers",
         "refusal-free" => "refusal-free: refusals.toml with goal = refusal-free, from safety",
-        "uncensor-ablate" => "refusal-free: refusal direction ablated from safety-sft",
+        "uncensor-ablate" => "refusal-free: refusal direction ablated from safety",
         "safety-steer" => "safety: gated refusal direction added to the original",
         _ => "",
     };
