@@ -15,6 +15,20 @@ fn config(toml: &str) -> DataConfig {
     DataConfig::from_toml(toml, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The error of a run file's `[data]` that does not validate, read as `run.toml`.
+fn config_err(toml: &str) -> String {
+    DataConfig::from_toml(toml, Path::new("run.toml"))
+        .unwrap_err()
+        .to_string()
+}
+
+/// The error of building a data set that fails (no model to answer with).
+fn build_err(toml: &str) -> String {
+    build(&config(toml), Path::new(""), None)
+        .unwrap_err()
+        .to_string()
+}
+
 fn run(toml: &str) -> Dataset {
     build(&config(toml), Path::new(""), None).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -129,13 +143,7 @@ fn label_orders_pairs_by_refusal_and_goal() {
         );
     }
     // Policies for the wrong kind of data are errors naming the record.
-    let e = build(
-        &config(&source(&pairs, "refusal_policy = \"filter\"")),
-        Path::new(""),
-        None,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = build_err(&source(&pairs, "refusal_policy = \"filter\""));
     assert!(
         e.starts_with(
             "tests/fixtures/pairs-mix.jsonl:1: refusal_policy = \"filter\" applies to SFT examples"
@@ -191,16 +199,10 @@ fn refusal_templates_make_a_safety_set_from_prompts() {
     };
     assert!(c.iter().all(|e| ["No.", "Nope."].contains(&last_answer(e))));
     // `answer` needs prompt-only records.
-    let e = build(
-        &config(&source(
-            &fixture("refusal-mix.jsonl"),
-            "answer = \"refusal_template\"",
-        )),
-        Path::new(""),
-        None,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = build_err(&source(
+        &fixture("refusal-mix.jsonl"),
+        "answer = \"refusal_template\"",
+    ));
     assert!(
         e.contains("refusal-mix.jsonl:1: `answer` needs prompt-only records"),
         "{e}"
@@ -322,26 +324,16 @@ fn refusal_pairs_are_labelled_for_the_goal() {
     assert_eq!(p[0].chosen, "Sure, here you go.");
     assert_eq!(p[0].prompt, vec![Message::user("p")]);
     // Pairs are ordered by `label` whatever the source says otherwise: a config error naming the source.
-    let e = DataConfig::from_toml(
-        &source(
-            &advbench,
-            "answer = \"refusal_pair\"\nrefusal_policy = \"keep\"",
-        ),
-        Path::new("test.toml"),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = config_err(&source(
+        &advbench,
+        "answer = \"refusal_pair\"\nrefusal_policy = \"keep\"",
+    ));
     assert!(
         e.contains("#1 (") && e.contains("needs refusal_policy = \"label\""),
         "{e}"
     );
     // Unset, the policy is `label`, and a safety label needs to know whether the prompts are harmful.
-    let e = DataConfig::from_toml(
-        &source(&advbench, "answer = \"refusal_pair\""),
-        Path::new("test.toml"),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = config_err(&source(&advbench, "answer = \"refusal_pair\""));
     assert!(e.contains("needs `harmful = true|false`"), "{e}");
 }
 
@@ -412,31 +404,20 @@ fn one_goal_key_makes_either_variant_from_the_same_data() {
     let d = build(&cfg, Path::new(""), Some(&mut Canned)).unwrap();
     assert_eq!(outcomes(&d), [("kept", 40)]);
     // Refusal templates teach refusing, which the refusal-free goal contradicts.
-    let e = DataConfig::from_toml(
-        &format!(
-            "goal = \"refusal-free\"\n{}",
-            source(&advbench, "answer = \"refusal_template\"")
-        ),
-        Path::new("run.toml"),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = config_err(&format!(
+        "goal = \"refusal-free\"\n{}",
+        source(&advbench, "answer = \"refusal_template\"")
+    ));
     assert!(
         e.contains("run.toml") && e.contains("#1 (") && e.contains("refusal_template"),
         "{e}"
     );
     // A goal labels pairs; safety needs to know whether their prompts are harmful, named per record
     // when the source could hold any kind.
-    let e = build(
-        &config(&format!(
-            "goal = \"safety\"\n{}",
-            source(&fixture("pairs-mix.jsonl"), "")
-        )),
-        Path::new(""),
-        None,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = build_err(&format!(
+        "goal = \"safety\"\n{}",
+        source(&fixture("pairs-mix.jsonl"), "")
+    ));
     assert!(
         e.contains("pairs-mix.jsonl:1: refusal_policy = \"label\" with goal \"safety\" needs"),
         "{e}"
@@ -458,12 +439,7 @@ fn one_goal_key_makes_either_variant_from_the_same_data() {
             "Okay, step one."
         ]
     );
-    let e = DataConfig::from_toml(
-        &format!("goal = \"safe\"\n{}", source(&advbench, "")),
-        Path::new("run.toml"),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = config_err(&format!("goal = \"safe\"\n{}", source(&advbench, "")));
     assert!(e.contains("safety") && e.contains("refusal-free"), "{e}");
 }
 
@@ -516,23 +492,15 @@ fn borderline_rewrite_makes_safe_requests_on_the_same_topics() {
         i += 1;
     }
     // Rewriting contradicts `harmful = true`, and needs prompt-only records.
-    let e = DataConfig::from_toml(
-        &source(&harmful, "rewrite = \"borderline\"\nharmful = true"),
-        Path::new("run.toml"),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = config_err(&source(
+        &harmful,
+        "rewrite = \"borderline\"\nharmful = true",
+    ));
     assert!(e.contains("#1 (") && e.contains("harmful = true"), "{e}");
-    let e = build(
-        &config(&source(
-            &fixture("refusal-mix.jsonl"),
-            "rewrite = \"borderline\"",
-        )),
-        Path::new(""),
-        None,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = build_err(&source(
+        &fixture("refusal-mix.jsonl"),
+        "rewrite = \"borderline\"",
+    ));
     assert!(
         e.contains("refusal-mix.jsonl:1: rewrite = \"borderline\" needs prompt-only records"),
         "{e}"
