@@ -355,3 +355,60 @@ fn report(m: &[Measured], out: &Path) -> Result<String> {
     )?;
     Ok(md)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped sweep files parse, name real sets, and span their whole grid.
+    #[test]
+    fn example_sweeps_parse_into_their_grids() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sweeps");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let file: SweepFile = toml::from_str(&std::fs::read_to_string(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let spec = eval_spec(&file.eval, &dir, &path).unwrap();
+            for set in spec
+                .harmful
+                .iter()
+                .chain(&spec.benign)
+                .chain(&spec.harmless)
+            {
+                assert!(
+                    set.exists(),
+                    "{}: {} is missing",
+                    path.display(),
+                    set.display()
+                );
+            }
+            assert!(dir.join(&file.config).exists(), "{}", path.display());
+            let trials = grid(&file, &path).unwrap();
+            let want: usize = file.grid.iter().map(|a| a.values.len()).product();
+            assert_eq!(trials.len(), want);
+        }
+    }
+
+    #[test]
+    fn grid_values_render_as_set_overrides() {
+        let file: SweepFile = toml::from_str(
+            "config = \"r.toml\"\n[[grid]]\nkey = \"a.b\"\nvalues = [1, \"x\"]\n\
+             [[grid]]\nkey = \"c\"\nvalues = [2e-4, true]\n[eval]\nharmful = [\"h\"]\nharmless = \"s\"\n",
+        )
+        .unwrap();
+        let sets: Vec<Vec<String>> = grid(&file, Path::new("s.toml"))
+            .unwrap()
+            .into_iter()
+            .map(|t| t.set)
+            .collect();
+        assert_eq!(
+            sets,
+            [
+                ["a.b=1", "c=0.0002"],
+                ["a.b=1", "c=true"],
+                ["a.b=\"x\"", "c=0.0002"],
+                ["a.b=\"x\"", "c=true"]
+            ]
+        );
+    }
+}
