@@ -329,7 +329,7 @@ pub fn evaluate<'a, B: Backend>(
             return Ok(None);
         };
         let t = Instant::now();
-        let kl = kl_report(model, reference, set, prompts.clone(), opts)?;
+        let kl = kl_report(model, reference, set, prompts, opts)?;
         progress.message(&format!(
             "eval: KL{what} on {set} in {:.1}s",
             t.elapsed().as_secs_f64()
@@ -413,7 +413,7 @@ fn kl_report<B: Backend>(
     model: &Pretrained<B>,
     base: &Llama<B>,
     set: &str,
-    prompts: Vec<Vec<u32>>,
+    prompts: &[Vec<u32>],
     opts: &EvalOptions,
 ) -> Result<KlReport> {
     let cfg = GenerationConfig {
