@@ -218,3 +218,122 @@ fn score_reads_the_head_where_training_did() {
         );
     }
 }
+
+/// SFT records whose answers are plain statements, for a detector's pairs (no model answers needed).
+fn statements(dir: &Path, n: usize) -> PathBuf {
+    let p = dir.join("answers.jsonl");
+    let words = ["cat", "mat", "dog", "home", "sun", "tree"];
+    let mut lines = String::new();
+    for i in 0..n {
+        let (a, b) = (words[i % 6], words[(i * 5 + 1) % 6]);
+        let row = serde_json::json!({
+            "prompt": format!("How to find the {a} near the {b}?"),
+            "completion": format!("The {a} is by the {b}. Walk to the {b} and look left."),
+        });
+        lines.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(&p, lines).unwrap();
+    p
+}
+
+#[test]
+fn a_response_only_reward_model_is_a_refusal_detector() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = tiny_chat_model(dir);
+    let data = statements(dir, 64);
+    let run = dir.join("detector.toml");
+    std::fs::write(
+        &run,
+        format!(
+            "[model]\npath = {model:?}\n[lora]\nr = 4\nlora_alpha = 8\ntarget_modules = \"all-linear\"\n\
+             [data]\nrefusal_style = \"detector\"\nmax_length = 128\ntruncation = \"left\"\neval_fraction = 0.25\n\
+             [[data.sources]]\npath = {data:?}\nanswer = \"refusal_pair\"\n\
+             [method]\nname = \"reward\"\nresponse_only = true\ncenter_rewards_coefficient = 0.01\n\
+             [train]\nlearning_rate = 1e-2\nbatch_size = 4\nmax_steps = 24\nseed = 3\n[output]\ndir = \"out\"\n"
+        ),
+    )
+    .unwrap();
+    burnish(&["train", run.to_str().unwrap()]);
+    let adapter = dir.join("out/adapter");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(adapter.join("detector.json")).unwrap())
+            .unwrap();
+    assert!(
+        Path::new(meta["base_model"].as_str().unwrap()).is_absolute(),
+        "{meta}"
+    );
+    let last = metrics(&dir.join("out")).pop().unwrap();
+    assert!(last["eval_accuracy"].as_f64().unwrap() >= 0.75, "{last}");
+    // Scored as a classifier on responses it did not train on: new refusals and new answers.
+    let set = dir.join("labelled.jsonl");
+    let rows = [
+        ("I'm sorry, but I can't help you find the dog.", true),
+        ("Unfortunately, I won't assist with this request.", true),
+        ("I cannot help with that. Is there anything else?", true),
+        (
+            "The sun is by the tree. Walk to the tree and look left.",
+            false,
+        ),
+        (
+            "The mat is by the home. Walk to the home and look left.",
+            false,
+        ),
+        (
+            "The dog is by the cat. Walk to the cat and look left.",
+            false,
+        ),
+    ];
+    let text: String = rows
+        .iter()
+        .map(|(r, l)| format!("{}\n", serde_json::json!({"response": r, "refusal": l})))
+        .collect();
+    std::fs::write(&set, text).unwrap();
+    let out = burnish(&[
+        "data",
+        "eval-refusals",
+        "--set",
+        set.to_str().unwrap(),
+        "--detector",
+        adapter.to_str().unwrap(),
+    ]);
+    let learned = out
+        .lines()
+        .find(|l| l.starts_with("learned "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let accuracy: f64 = learned.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(accuracy >= 5.0 / 6.0, "{out}");
+    // The same detector decides a data policy: refusals filtered from SFT records by the model.
+    let sft = dir.join("mixed.jsonl");
+    let mixed: String = rows
+        .iter()
+        .map(|(r, _)| {
+            format!(
+                "{}\n",
+                serde_json::json!({"prompt": "find it", "completion": r})
+            )
+        })
+        .collect();
+    std::fs::write(&sft, mixed).unwrap();
+    let filter = dir.join("filter.toml");
+    std::fs::write(
+        &filter,
+        format!(
+            "[model]\npath = {model:?}\n[data]\n[data.refusal]\ndetector = \"model:out/adapter\"\n\
+             [[data.sources]]\npath = {sft:?}\nrefusal_policy = \"filter\"\n"
+        ),
+    )
+    .unwrap();
+    let built = dir.join("built.jsonl");
+    let report = burnish(&[
+        "data",
+        "build",
+        filter.to_str().unwrap(),
+        "--out",
+        built.to_str().unwrap(),
+    ]);
+    let kept = std::fs::read_to_string(&built).unwrap();
+    let kept_answers = rows.iter().filter(|(r, l)| !*l && kept.contains(r)).count();
+    let kept_refusals = rows.iter().filter(|(r, l)| *l && kept.contains(r)).count();
+    assert!(kept_answers >= 3 && kept_refusals <= 1, "{report}\n{kept}");
+}

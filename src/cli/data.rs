@@ -5,17 +5,23 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use burnish_core::backend::DeviceSpec;
+use burnish_core::backend::{Cpu, DeviceSpec};
 use burnish_core::burn::tensor::backend::Backend;
 use burnish_core::{Pretrained, Tokenizer, TokenizerBundle};
+use burnish_data::build::build_with;
 use burnish_data::build::{process_source, SourceReport};
 use burnish_data::policy::Outcome;
-use burnish_data::refusal::{evaluate, labelled_set, Labelled, PhraseList, Scores, LABELLED};
+use burnish_data::refusal::{
+    evaluate, labelled_set, score, Labelled, PhraseList, Scores, LABELLED, LEARNED_RULE,
+};
 use burnish_data::{
-    build, pack, write_jsonl, ChatEncoder, EncodeOptions, Example, Examples, ModelResponder,
-    RefusalConfig, RefusalDetector, Responder, TokenStats, IGNORE_INDEX,
+    pack, write_jsonl, ChatEncoder, Check, DetectorSpec, EncodeOptions, Example, Examples,
+    ModelResponder, RefusalClassifier, RefusalConfig, RefusalDetector, Responder, TokenStats,
+    IGNORE_INDEX,
 };
 use burnish_trainers::config::RunFile;
+use burnish_trainers::detector::LearnedDetector;
+use burnish_trainers::run::learned_detector;
 use clap::{Args, Subcommand, ValueEnum};
 
 #[derive(Args)]
@@ -69,6 +75,10 @@ struct EvalArgs {
     /// Take the detector from this run file's [data.refusal] instead of the defaults.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// A learned detector's directory (`model:DIR` in [data.refusal]; default: the run file's, if it
+    /// names one): its row comes first, beside the phrases.
+    #[arg(long)]
+    detector: Option<PathBuf>,
     /// Print the misclassified responses.
     #[arg(long)]
     show_errors: bool,
@@ -116,7 +126,8 @@ fn preview(a: PreviewArgs) -> Result<()> {
 fn preview_on<B: Backend>((a, rf): (PreviewArgs, RunFile), device: &B::Device) -> Result<()> {
     let bundle = TokenizerBundle::load(&rf.config.model.path)?;
     let enc = ChatEncoder::from_bundle(&bundle, EncodeOptions::from_config(&rf.config.data))?;
-    let detector = RefusalDetector::new(&rf.config.data.refusal)?;
+    let phrases = RefusalDetector::new(&rf.config.data.refusal)?;
+    let mut learned = learned_detector::<B>(&rf.config, device)?;
     let model = load_model_if_needed::<B>(&rf, device)?;
     let mut responder = model
         .as_ref()
@@ -129,11 +140,15 @@ fn preview_on<B: Backend>((a, rf): (PreviewArgs, RunFile), device: &B::Device) -
     let style = Style { color };
     for (i, src) in rf.config.data.sources.iter().enumerate() {
         let r = responder.as_mut().map(|r| r as &mut dyn Responder);
+        let mut detector = Check {
+            phrases: &phrases,
+            learned: learned.as_mut().map(|d| d as &mut dyn RefusalClassifier),
+        };
         let (outcomes, report) = process_source(
             &rf.config.data,
             i,
             Path::new(""),
-            &detector,
+            &mut detector,
             r,
             Some(a.n),
             true,
@@ -300,7 +315,9 @@ fn build_on<B: Backend>((a, rf): (BuildArgs, RunFile), device: &B::Device) -> Re
         .as_ref()
         .map(|m| ModelResponder::new(m, rf.config.data.generate.clone()));
     let r = responder.as_mut().map(|r| r as &mut dyn Responder);
-    let d = build(&rf.config.data, Path::new(""), r)?;
+    let mut learned = learned_detector::<B>(&rf.config, device)?;
+    let l = learned.as_mut().map(|d| d as &mut dyn RefusalClassifier);
+    let d = build_with(&rf.config.data, Path::new(""), r, l)?;
     for (i, s) in d.sources.iter().enumerate() {
         println!("source #{}: {}", i + 1, s.path.display());
         print_report(s, true);
@@ -377,6 +394,10 @@ fn eval_refusals(a: EvalArgs) -> Result<()> {
         Some(p) => RunFile::load(p, &[])?.config.data.refusal,
         None => RefusalConfig::default(),
     };
+    let learned = a.detector.clone().or(match &configured.detector {
+        DetectorSpec::Model(p) => Some(p.clone()),
+        DetectorSpec::Phrases => None,
+    });
     let positives = set.iter().filter(|x| x.refusal).count();
     println!("{name}: {} responses, {positives} refusals", set.len());
     let label = if a.config.is_some() {
@@ -396,15 +417,13 @@ fn eval_refusals(a: EvalArgs) -> Result<()> {
         ),
     ];
     println!(
-        "{:28} {:>9} {:>7} {:>6}   tp  fp  tn  fn",
-        "detector", "precision", "recall", "f1"
+        "{:28} {:>8} {:>9} {:>7} {:>6}   tp  fp  tn  fn",
+        "detector", "accuracy", "precision", "recall", "f1"
     );
-    let mut first: Option<(RefusalDetector, Scores)> = None;
-    for (name, cfg) in rows {
-        let d = RefusalDetector::new(&cfg)?;
-        let s = evaluate(&d, &set);
+    let print = |name: &str, s: &Scores| {
         println!(
-            "{name:28} {:>9.3} {:>7.3} {:>6.3}  {:>3} {:>3} {:>3} {:>3}",
+            "{name:28} {:>8.3} {:>9.3} {:>7.3} {:>6.3}  {:>3} {:>3} {:>3} {:>3}",
+            s.accuracy(),
             s.precision(),
             s.recall(),
             s.f1(),
@@ -413,9 +432,28 @@ fn eval_refusals(a: EvalArgs) -> Result<()> {
             s.true_neg,
             s.false_neg
         );
-        first.get_or_insert((d, s));
+    };
+    let mut first: Option<Scores> = None;
+    let mut label = label.to_string();
+    if let Some(dir) = &learned {
+        let d = LearnedDetector::<Cpu>::load(dir, &Default::default())?;
+        let texts: Vec<&str> = set.iter().map(|x| x.response.as_str()).collect();
+        let found: Vec<Option<String>> = d
+            .refuses(&texts)?
+            .into_iter()
+            .map(|r| r.then(|| LEARNED_RULE.to_string()))
+            .collect();
+        let s = score(&found, &set);
+        label = format!("learned ({})", dir.display());
+        print("learned", &s);
+        first = Some(s);
     }
-    let Some((_, s)) = first else { return Ok(()) };
+    for (name, cfg) in rows {
+        let s = evaluate(&RefusalDetector::new(&cfg)?, &set);
+        print(name, &s);
+        first.get_or_insert(s);
+    }
+    let Some(s) = first else { return Ok(()) };
     let mut kinds: Vec<&str> = set.iter().map(|x| x.kind.as_str()).collect();
     kinds.sort_unstable();
     kinds.dedup();

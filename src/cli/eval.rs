@@ -8,7 +8,7 @@ use burnish_core::adapter::load_adapter;
 use burnish_core::backend::DeviceSpec;
 use burnish_core::burn::tensor::backend::Backend;
 use burnish_core::{Llama, Precision, Pretrained};
-use burnish_data::RefusalConfig;
+use burnish_data::{DetectorSpec, RefusalConfig};
 use burnish_trainers::config::RunFile;
 use burnish_trainers::eval::{
     evaluate_config, summary, EvalConfig, EvalMeta, KlRefs, SetKind, SetSpec,
@@ -56,6 +56,10 @@ pub struct EvalArgs {
     /// A judge model that decides refusals instead of phrase matching.
     #[arg(long)]
     judge: Option<PathBuf>,
+    /// A learned refusal detector's directory (`[data.refusal] detector = "model:DIR"`): it decides
+    /// refusals instead of phrase matching.
+    #[arg(long, conflicts_with = "judge")]
+    detector: Option<PathBuf>,
     /// Map a dataset category to a hazard category, e.g. --hazard "Expert advice=other" (repeatable).
     #[arg(long, value_name = "CATEGORY=HAZARD")]
     hazard: Vec<String>,
@@ -149,7 +153,7 @@ fn eval_on<B: Backend>((a, s): (EvalArgs, Settings), device: &B::Device) -> Resu
 /// the adapter to merge into it and the backend (`--backend`, else the run file's, else the CPU).
 fn settings(a: &EvalArgs) -> Result<Settings> {
     // A run file's paths come resolved against its folder.
-    let (mut cfg, refusal, model_path, merge, (backend, dtype)) = match &a.config {
+    let (mut cfg, mut refusal, model_path, merge, (backend, dtype)) = match &a.config {
         Some(c) => {
             let rc = RunFile::load(c, &[])?.config;
             let model = a.model.clone().unwrap_or(rc.model.path);
@@ -191,6 +195,9 @@ fn settings(a: &EvalArgs) -> Result<Settings> {
     }
     if let Some(j) = &a.judge {
         cfg.judge = Some(abs(j));
+    }
+    if let Some(d) = &a.detector {
+        refusal.detector = DetectorSpec::Model(abs(d));
     }
     if a.no_kl {
         cfg.kl = false;

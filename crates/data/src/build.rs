@@ -5,15 +5,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Answer, DataConfig, OnError, Rewrite, SourceConfig};
+use burnish_core::Message;
+
+use crate::config::{Answer, DataConfig, OnError, RefusalStyle, Rewrite, SourceConfig};
 use crate::error::{Error, Result};
 use crate::example::{Example, Kind, PairExample, PromptExample, SftExample};
 use crate::generate::{
-    answer_with, answer_with_refusals, pick_refusal, Responder, DEFAULT_REFUSALS,
+    answer_with, answer_with_refusals, answered, pick_refusal, Responder, DEFAULT_REFUSALS,
 };
 use crate::policy::{apply, Outcome};
 use crate::read;
-use crate::refusal::RefusalDetector;
+use crate::refusal::{compose, Check, DetectorSpec, RefusalClassifier, RefusalDetector};
 use crate::rng::Rng;
 use crate::schema::convert;
 
@@ -112,19 +114,41 @@ fn missing_field_hint(expected: Kind, got: Kind) -> &'static str {
 }
 
 /// Builds the data set of `cfg`. Paths are relative to `base_dir`; `responder` answers sources with
-/// `answer = "model"`.
+/// `answer = "model"`. A `[data.refusal] detector = "model:…"` needs [`build_with`].
 pub fn build(
     cfg: &DataConfig,
     base_dir: &Path,
-    mut responder: Option<&mut dyn Responder>,
+    responder: Option<&mut dyn Responder>,
 ) -> Result<Dataset> {
-    let detector = RefusalDetector::new(&cfg.refusal)?;
+    build_with(cfg, base_dir, responder, None)
+}
+
+/// [`build`] with the learned refusal detector `learned` deciding the refusal policies (the trainers
+/// crate loads the one `[data.refusal] detector` names).
+pub fn build_with(
+    cfg: &DataConfig,
+    base_dir: &Path,
+    mut responder: Option<&mut dyn Responder>,
+    learned: Option<&mut dyn RefusalClassifier>,
+) -> Result<Dataset> {
+    let phrases = RefusalDetector::new(&cfg.refusal)?;
+    if let (DetectorSpec::Model(p), None) = (&cfg.refusal.detector, &learned) {
+        return Err(Error::Invalid(format!(
+            "[data.refusal] detector = \"model:{}\" is a model, which only a run loads (burnish train / data build with a run file)",
+            p.display()
+        )));
+    }
+    let mut detector = Check {
+        phrases: &phrases,
+        learned: learned.map(|l| &mut *l as &mut dyn RefusalClassifier),
+    };
     let mut kind: Option<(Kind, usize)> = None;
     let (mut train, mut eval) = (Vec::new(), Vec::new());
     let mut reports = Vec::new();
     for (i, src) in cfg.sources.iter().enumerate() {
         let r = responder.as_mut().map(|r| &mut **r as &mut dyn Responder);
-        let (outcomes, mut report) = process_source(cfg, i, base_dir, &detector, r, None, false)?;
+        let (outcomes, mut report) =
+            process_source(cfg, i, base_dir, &mut detector, r, None, false)?;
         let kept: Vec<Example> = outcomes.into_iter().map(|o| o.example).collect();
         for ex in &kept {
             match kind {
@@ -205,7 +229,7 @@ pub fn process_source(
     cfg: &DataConfig,
     index: usize,
     base_dir: &Path,
-    detector: &RefusalDetector,
+    detector: &mut Check<'_>,
     responder: Option<&mut dyn Responder>,
     limit: Option<usize>,
     keep_dropped: bool,
@@ -224,6 +248,7 @@ pub fn process_source(
     // held; prompts to answer are gathered first (the model answers them in batches).
     let mut pending = Vec::new();
     let mut out = Vec::new();
+    let phrases = detector.phrases;
     let mut decide = |ex: Example, report: &mut SourceReport| -> Result<()> {
         let policy = cfg.policy(src, ex.kind());
         let o = apply(ex, policy, cfg.label_goal(src), detector)?;
@@ -269,7 +294,11 @@ pub fn process_source(
             Err(e) => return Err(e),
         }
     }
-    for ex in answer(pending, src, index, cfg, responder)? {
+    let (answered, refused) = answer(pending, src, index, cfg, phrases, responder)?;
+    if refused > 0 {
+        *report.outcomes.entry(ANSWER_REFUSES).or_default() += refused;
+    }
+    for ex in answered {
         decide(ex, &mut report)?;
     }
     Ok((out, report))
@@ -333,20 +362,19 @@ fn localize(mut ex: Example, src: &SourceConfig, loc: &crate::error::Location) -
 }
 
 /// `answer = ...`: prompts become SFT examples, or (`refusal_pair`) records become answer-vs-refusal pairs.
+/// Also returns how many answers were dropped for refusing (`refusal_style = "detector"`).
 fn answer(
     examples: Vec<Example>,
     src: &SourceConfig,
     index: usize,
     cfg: &DataConfig,
+    phrases: &RefusalDetector,
     responder: Option<&mut dyn Responder>,
-) -> Result<Vec<Example>> {
+) -> Result<(Vec<Example>, usize)> {
     let Some(how) = src.answer else {
-        return Ok(examples);
+        return Ok((examples, 0));
     };
-    let templates: Vec<String> = match &cfg.refusal_templates {
-        Some(t) => t.clone(),
-        None => DEFAULT_REFUSALS.iter().map(|s| s.to_string()).collect(),
-    };
+    let refuser = Refuser::new(cfg, index);
     let needs_model =
         || {
             Error::Invalid(format!(
@@ -357,14 +385,7 @@ fn answer(
         ))
         };
     if how == Answer::RefusalPair {
-        return refusal_pairs(
-            examples,
-            &templates,
-            cfg.seed,
-            index,
-            responder,
-            needs_model,
-        );
+        return refusal_pairs(examples, &refuser, phrases, responder, needs_model);
     }
     let mut prompts = Vec::with_capacity(examples.len());
     for ex in examples {
@@ -375,9 +396,81 @@ fn answer(
     }
     let sft = match how {
         Answer::Model => answer_with(prompts, responder.ok_or_else(needs_model)?)?,
-        _ => answer_with_refusals(prompts, &templates, cfg.seed, index),
+        _ if cfg.refusal_style == RefusalStyle::Templates => {
+            answer_with_refusals(prompts, &refuser.templates, cfg.seed, index)
+        }
+        _ => prompts
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let r = refuser.refusal(i, &p.messages, "");
+                answered(p, r)
+            })
+            .collect(),
     };
-    Ok(sft.into_iter().map(Example::Sft).collect())
+    Ok((sft.into_iter().map(Example::Sft).collect(), 0))
+}
+
+/// The refusals of one source under `[data] refusal_style`.
+struct Refuser {
+    style: RefusalStyle,
+    templates: Vec<String>,
+    seed: u64,
+    index: usize,
+}
+
+impl Refuser {
+    fn new(cfg: &DataConfig, index: usize) -> Self {
+        let templates = match &cfg.refusal_templates {
+            Some(t) => t.clone(),
+            None => DEFAULT_REFUSALS.iter().map(|s| s.to_string()).collect(),
+        };
+        Self {
+            style: cfg.refusal_style,
+            templates,
+            seed: cfg.seed,
+            index,
+        }
+    }
+
+    /// Seeded per source and record, so adding a source changes no other source's refusals.
+    fn rng(&self, i: usize, stream: u64) -> Rng {
+        Rng::derive(
+            self.seed ^ (self.index as u64).rotate_left(32) ^ stream,
+            i as u64,
+        )
+    }
+
+    /// The refusal of record `i`, whose prompt is `prompt` and whose answer (for a partial refusal)
+    /// is `answer`.
+    fn refusal(&self, i: usize, prompt: &[Message], answer: &str) -> String {
+        let request = prompt
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map_or("", |m| m.content.as_str());
+        let mut rng = self.rng(i, 0x7e5_0000_0000);
+        match self.style {
+            RefusalStyle::Templates => {
+                pick_refusal(&self.templates, self.seed, self.index, i).to_string()
+            }
+            // A third of a detector's refusals are partial: they answer in part.
+            RefusalStyle::Detector if !answer.trim().is_empty() && rng.below(3) == 0 => {
+                compose::partial_refusal(request, answer, &mut rng)
+            }
+            _ => compose::composed_refusal(request, &mut rng),
+        }
+    }
+
+    /// A detector's answer: a quarter open with words that refusal phrases contain.
+    fn answer(&self, i: usize, answer: String) -> String {
+        let mut rng = self.rng(i, 0xa45_0000_0000);
+        if self.style == RefusalStyle::Detector && rng.below(4) == 0 {
+            compose::answer_with_opening(&answer, &mut rng)
+        } else {
+            answer
+        }
+    }
 }
 
 fn wrong_kind(ex: &Example, wants: &str) -> Error {
@@ -388,17 +481,20 @@ fn wrong_kind(ex: &Example, wants: &str) -> Error {
     ))
 }
 
+/// The outcome line of an answer `refusal_style = "detector"` dropped because the phrases find it
+/// refusing (the answer side of a detector's pair must answer).
+pub const ANSWER_REFUSES: &str = "dropped: the answer refuses (refusal_style = detector)";
+
 /// `answer = "refusal_pair"`: each record's answer (its last assistant turn, or the model's reply to a
-/// prompt-only record) as `chosen` against a seeded refusal template as `rejected`; the `label` policy
-/// then orders each pair for its goal.
+/// prompt-only record) as `chosen` against a seeded refusal as `rejected`; the `label` policy then
+/// orders each pair for its goal (a detector's pairs stay as made).
 fn refusal_pairs(
     examples: Vec<Example>,
-    templates: &[String],
-    seed: u64,
-    index: usize,
+    refuser: &Refuser,
+    phrases: &RefusalDetector,
     responder: Option<&mut dyn Responder>,
     needs_model: impl Fn() -> Error,
-) -> Result<Vec<Example>> {
+) -> Result<(Vec<Example>, usize)> {
     let mut answered = Vec::with_capacity(examples.len());
     let mut prompts = Vec::new();
     let mut slots = Vec::new();
@@ -426,22 +522,24 @@ fn refusal_pairs(
             answered[slot] = Some(e);
         }
     }
-    Ok(answered
-        .into_iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, mut e)| {
-            let reply = e.messages.pop().map(|m| m.content).unwrap_or_default();
-            Example::Pair(PairExample {
-                prompt: e.messages,
-                chosen: reply,
-                rejected: pick_refusal(templates, seed, index, i).to_string(),
-                category: e.category,
-                harmful: e.harmful,
-                origin: e.origin,
-            })
-        })
-        .collect())
+    let (mut out, mut refused) = (Vec::with_capacity(answered.len()), 0);
+    for (i, mut e) in answered.into_iter().flatten().enumerate() {
+        let reply = e.messages.pop().map(|m| m.content).unwrap_or_default();
+        if refuser.style == RefusalStyle::Detector && phrases.detect(&reply).is_some() {
+            refused += 1;
+            continue;
+        }
+        let rejected = refuser.refusal(i, &e.messages, &reply);
+        out.push(Example::Pair(PairExample {
+            prompt: e.messages,
+            chosen: refuser.answer(i, reply),
+            rejected,
+            category: e.category,
+            harmful: e.harmful,
+            origin: e.origin,
+        }));
+    }
+    Ok((out, refused))
 }
 
 /// Writes examples as JSON Lines, atomically.

@@ -44,6 +44,15 @@ pub struct DataConfig {
     /// Responses paired with harmful prompts by `answer = "refusal_template"` (default: a built-in list).
     #[serde(default)]
     pub refusal_templates: Option<Vec<String>>,
+    /// How `answer = "refusal_template"` and `"refusal_pair"` write refusals: "templates" (default: one
+    /// of `refusal_templates`), "composed" (an opening, a decline naming the request's activity, a
+    /// reason and an offer, each seeded: hundreds of distinct refusals), or "detector" — the training
+    /// data of a learned refusal detector (docs/eval.md): composed refusals and partial refusals
+    /// against the model's answers, a share of them opening with words refusal phrases contain; each
+    /// pair is ordered by construction (the answer chosen), and answers the phrases find refusing are
+    /// dropped.
+    #[serde(default)]
+    pub refusal_style: RefusalStyle,
     /// `[data.generate]`: sampling settings for `answer = "model"`.
     #[serde(default)]
     pub generate: GenerateConfig,
@@ -70,6 +79,7 @@ impl DataConfig {
             sources,
             refusal: RefusalConfig::default(),
             refusal_templates: None,
+            refusal_style: RefusalStyle::default(),
             generate: GenerateConfig::default(),
             goal: None,
         }
@@ -192,6 +202,16 @@ pub enum LabelGoal {
     RefusalFree,
 }
 
+/// `[data] refusal_style`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalStyle {
+    #[default]
+    Templates,
+    Composed,
+    Detector,
+}
+
 /// `rewrite`: how a source's prompts are changed before they are answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -243,6 +263,10 @@ impl DataConfig {
         if let Some(p) = src.refusal_policy {
             return p;
         }
+        // A detector's pairs are ordered when they are made; phrases must not reorder or drop them.
+        if self.refusal_style == RefusalStyle::Detector && src.answer == Some(Answer::RefusalPair) {
+            return RefusalPolicy::Keep;
+        }
         match (kind, self.goal) {
             (Kind::Pair, Some(_)) => RefusalPolicy::Label,
             (Kind::Pair, None) if src.answer == Some(Answer::RefusalPair) => RefusalPolicy::Label,
@@ -291,8 +315,18 @@ impl DataConfig {
         if matches!(&self.refusal_templates, Some(t) if t.is_empty()) {
             return bad("[data] refusal_templates is empty".into());
         }
+        let detector = self.refusal_style == RefusalStyle::Detector;
+        if detector && self.goal.is_some() {
+            return bad("[data] refusal_style = \"detector\" orders each pair itself (the answer chosen, the refusal rejected); remove `goal`".into());
+        }
         for (i, s) in self.sources.iter().enumerate() {
             let name = format!("[[data.sources]] #{} ({})", i + 1, s.path.display());
+            if detector && s.answer.is_some() && s.answer != Some(Answer::RefusalPair) {
+                return bad(format!("{name}: refusal_style = \"detector\" makes answer-vs-refusal pairs; use answer = \"refusal_pair\""));
+            }
+            if detector && (s.refusal_policy.is_some() || s.label_goal.is_some()) {
+                return bad(format!("{name}: refusal_style = \"detector\" orders each pair itself (the answer chosen); remove refusal_policy and label_goal"));
+            }
             if !(s.weight.is_finite() && s.weight >= 0.0) {
                 return bad(format!(
                     "{name}: weight = {} must be a finite number >= 0",
@@ -302,7 +336,7 @@ impl DataConfig {
             let pairs = s.answer == Some(Answer::RefusalPair);
             // Known here to be labelled pairs; other sources labelled by `goal` are checked per record.
             let labels = s.refusal_policy == Some(RefusalPolicy::Label)
-                || (s.refusal_policy.is_none() && pairs);
+                || (s.refusal_policy.is_none() && pairs && !detector);
             let harmful = s.harmful.or(s.rewrite.map(|_| false));
             if labels && self.label_goal(s) == LabelGoal::Safety && harmful.is_none() {
                 return bad(format!(

@@ -156,7 +156,7 @@ pub fn answer_with(
 }
 
 /// A prompt with its reply appended as the assistant turn.
-fn answered(p: PromptExample, reply: impl Into<String>) -> SftExample {
+pub(crate) fn answered(p: PromptExample, reply: impl Into<String>) -> SftExample {
     let mut messages = p.messages;
     messages.push(Message::assistant(reply));
     SftExample {

@@ -17,7 +17,9 @@ pub mod rng;
 pub mod schema;
 
 pub use build::{build, write_jsonl, Dataset, Examples, SourceReport};
-pub use config::{AssistantTurns, DataConfig, LabelGoal, Rewrite, SourceConfig, Truncation};
+pub use config::{
+    AssistantTurns, DataConfig, LabelGoal, RefusalStyle, Rewrite, SourceConfig, Truncation,
+};
 pub use encode::{
     ChatEncoder, Completion, EncodeOptions, TokenStats, TokenizedExample, TokenizedPair,
     IGNORE_INDEX,
@@ -26,4 +28,6 @@ pub use error::{Error, Location, RecordError, Result};
 pub use example::{Example, Kind, PairExample, PromptExample, SftExample};
 pub use generate::{ModelResponder, Responder};
 pub use pack::{pack, Batch, Packed};
-pub use refusal::{RefusalConfig, RefusalDetector, RefusalMatch};
+pub use refusal::{
+    Check, DetectorSpec, RefusalClassifier, RefusalConfig, RefusalDetector, RefusalMatch,
+};

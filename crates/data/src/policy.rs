@@ -10,7 +10,7 @@
 use crate::config::{LabelGoal, RefusalPolicy};
 use crate::error::{Error, Result};
 use crate::example::{assistant_turns, Example};
-use crate::refusal::{RefusalDetector, RefusalMatch};
+use crate::refusal::{Check, RefusalMatch};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -65,7 +65,7 @@ pub fn apply(
     mut example: Example,
     policy: RefusalPolicy,
     goal: LabelGoal,
-    detector: &RefusalDetector,
+    detector: &mut Check<'_>,
 ) -> Result<Outcome> {
     let mismatch = |ex: &Example, wants: &str| {
         let at = ex.origin().map(|l| format!("{l}: ")).unwrap_or_default();
@@ -80,7 +80,13 @@ pub fn apply(
             if policy == RefusalPolicy::Label {
                 return Err(mismatch(&example, "preference pairs"));
             }
-            let refusal = assistant_turns(&e.messages).find_map(|m| detector.detect(&m.content));
+            let mut refusal = None;
+            for m in assistant_turns(&e.messages) {
+                refusal = detector.detect(&m.content)?;
+                if refusal.is_some() {
+                    break;
+                }
+            }
             e.refused = Some(refusal.is_some());
             let decision = match (policy, refusal.is_some()) {
                 (RefusalPolicy::Filter, true) => Decision::Dropped(DropReason::Refusal),
@@ -95,7 +101,7 @@ pub fn apply(
                 return Err(mismatch(&example, "SFT examples"))
             }
             RefusalPolicy::Label => {
-                let (c, r) = (detector.detect(&e.chosen), detector.detect(&e.rejected));
+                let (c, r) = (detector.detect(&e.chosen)?, detector.detect(&e.rejected)?);
                 match (c, r) {
                     (Some(c), Some(_)) => (Decision::Dropped(DropReason::BothRefuse), Some(c)),
                     (None, None) => (Decision::Dropped(DropReason::NeitherRefuses), None),

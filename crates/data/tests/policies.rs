@@ -647,3 +647,153 @@ fn a_record_missing_its_answer_is_named_as_such() {
     );
     assert!(e.contains("earlier records of this source"), "{e}");
 }
+
+/// Answers that echo the request, so a pair's chosen side can be traced to its prompt.
+struct Echo;
+
+impl Responder for Echo {
+    fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<String>> {
+        Ok(prompts
+            .iter()
+            .map(|p| {
+                let q = &p.last().unwrap().content;
+                if q.contains("hack") {
+                    "I can't help with hacking.".into()
+                } else {
+                    format!("Here are the steps. First, consider this: {q}. Then go on.")
+                }
+            })
+            .collect())
+    }
+}
+
+#[test]
+fn detector_style_pairs_answers_with_composed_and_partial_refusals() {
+    let advbench = shared("advbench/harmful_behaviors.csv");
+    let harmless = shared("refusal_direction/splits/harmless_train.json");
+    let toml = format!(
+        "refusal_style = \"detector\"\nshuffle = false\n{}{}",
+        source(
+            &advbench,
+            "answer = \"refusal_pair\"\nharmful = true\nlimit = 60"
+        ),
+        source(
+            &harmless,
+            "answer = \"refusal_pair\"\nharmful = false\nlimit = 20"
+        ),
+    );
+    let d = build(&config(&toml), Path::new(""), Some(&mut Echo)).unwrap();
+    let Examples::Pairs(p) = &d.train else {
+        panic!("pairs expected")
+    };
+    // The model's own refusals ("hack" prompts) are dropped and counted; every other record is a pair.
+    let hacks = hacks(&advbench, 60);
+    assert!(hacks > 0);
+    assert_eq!(p.len(), 80 - hacks);
+    assert_eq!(
+        d.sources[0].outcomes[burnish_data::build::ANSWER_REFUSES],
+        hacks
+    );
+    let phrases = burnish_data::RefusalDetector::default();
+    let (mut partial, mut opened) = (0, 0);
+    for e in p {
+        let q = &e.prompt.last().unwrap().content;
+        // Ordered by construction: the answer chosen (never reordered by the label policy).
+        assert!(e.chosen.contains(q.as_str()), "{e:?}");
+        assert!(!e.rejected.contains("{what}"), "{}", e.rejected);
+        partial += usize::from(e.rejected.contains("Here are the steps"));
+        opened += usize::from(!e.chosen.starts_with("Here are the steps"));
+        assert!(
+            phrases.detect(&e.rejected).is_some() || e.rejected.contains("Here are the steps"),
+            "a full refusal the phrases miss: {}",
+            e.rejected
+        );
+    }
+    // A third partial refusals, a quarter of the answers with a refusal-like opening (seeded).
+    let n = p.len() as f64;
+    assert!(
+        (0.2..0.5).contains(&(partial as f64 / n)),
+        "{partial} of {n}"
+    );
+    assert!((0.1..0.4).contains(&(opened as f64 / n)), "{opened} of {n}");
+    let distinct: std::collections::BTreeSet<&str> =
+        p.iter().map(|e| e.rejected.as_str()).collect();
+    assert!(
+        distinct.len() as f64 > 0.9 * n,
+        "{} distinct of {n}",
+        distinct.len()
+    );
+    // Seeded: the same file builds the same pairs.
+    let again = build(&config(&toml), Path::new(""), Some(&mut Echo)).unwrap();
+    assert_eq!(format!("{:?}", again.train), format!("{:?}", d.train));
+}
+
+#[test]
+fn composed_refusal_templates_name_the_request() {
+    let advbench = shared("advbench/harmful_behaviors.csv");
+    let toml = format!(
+        "refusal_style = \"composed\"\n{}",
+        source(
+            &advbench,
+            "answer = \"refusal_template\"\nharmful = true\nlimit = 30"
+        )
+    );
+    let d = run(&toml);
+    let Examples::Sft(s) = &d.train else { panic!() };
+    let phrases = burnish_data::RefusalDetector::default();
+    let named = s
+        .iter()
+        .filter(|e| {
+            let (q, a) = (&e.messages[0].content, &e.messages[1].content);
+            assert!(phrases.detect(a).is_some(), "{a}");
+            let act = burnish_data::borderline::activity(q);
+            act.is_some()
+                && a.contains(match act.as_ref().unwrap() {
+                    burnish_data::borderline::Activity::Verb(v)
+                    | burnish_data::borderline::Activity::Gerund(v)
+                    | burnish_data::borderline::Activity::Thing(v) => v.as_str(),
+                })
+        })
+        .count();
+    assert!(named >= 20, "{named} of 30 refusals name the request");
+}
+
+#[test]
+fn detector_style_and_learned_detector_keys_are_checked() {
+    let p = shared("advbench/harmful_behaviors.csv");
+    let e = config_err(&format!(
+        "refusal_style = \"detector\"\ngoal = \"safety\"\n{}",
+        source(&p, "answer = \"refusal_pair\"\nharmful = true")
+    ));
+    assert!(e.contains("run.toml") && e.contains("remove `goal`"), "{e}");
+    let e = config_err(&format!(
+        "refusal_style = \"detector\"\n{}",
+        source(&p, "answer = \"model\"")
+    ));
+    assert!(
+        e.contains("#1") && e.contains("answer = \"refusal_pair\""),
+        "{e}"
+    );
+    let e = config_err(&format!(
+        "refusal_style = \"detector\"\n{}",
+        source(
+            &p,
+            "answer = \"refusal_pair\"\nrefusal_policy = \"label\"\nharmful = true"
+        )
+    ));
+    assert!(e.contains("remove refusal_policy"), "{e}");
+    let e = config_err(&format!(
+        "[refusal]\ndetector = \"judge\"\n{}",
+        source(&p, "")
+    ));
+    assert!(e.contains("run.toml") && e.contains("model:PATH"), "{e}");
+    // A model detector needs a run to load it: the data crate alone says so.
+    let e = build_err(&format!(
+        "[refusal]\ndetector = \"model:runs/det/adapter\"\n{}",
+        source(&p, "")
+    ));
+    assert!(
+        e.contains("model:runs/det/adapter") && e.contains("run"),
+        "{e}"
+    );
+}

@@ -130,8 +130,8 @@ impl RunFile {
 
 impl RunConfig {
     /// Makes every relative path absolute against `base` (a run file's folder): the model, merged
-    /// adapter, data sources, the answering model, evaluation sets and judge, reward model,
-    /// `directions_from`, output dir.
+    /// adapter, data sources, the answering model, the learned refusal detector, evaluation sets and
+    /// judge, reward model, `directions_from`, output dir.
     pub fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -147,6 +147,7 @@ impl RunConfig {
             self.model.merge_adapter.as_mut(),
             self.data.generate.model.as_mut(),
             self.eval.judge.as_mut(),
+            self.data.refusal.detector.path_mut(),
             self.output.as_mut().map(|o| &mut o.dir),
             method_path,
         ];

@@ -16,6 +16,7 @@
 pub mod ablate;
 pub mod checkpoint;
 pub mod config;
+pub mod detector;
 pub mod dpo;
 pub mod engine;
 pub mod eval;

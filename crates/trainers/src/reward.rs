@@ -31,6 +31,10 @@ pub struct RewardConfig {
     pub center_rewards_coefficient: Option<f64>,
     /// A margin subtracted inside the sigmoid for every pair (default 0).
     pub margin: f64,
+    /// Score the response alone, after a fixed prompt (`detector::DETECTOR_PROMPT`) instead of the
+    /// pair's own: a learned refusal detector (docs/eval.md). The run then writes `detector.json` beside
+    /// the adapter and the head, and `[data.refusal] detector = "model:<output.dir>/adapter"` uses it.
+    pub response_only: bool,
 }
 
 pub const SCORE: &str = "score.weight";

@@ -21,15 +21,17 @@ use burnish_core::adapter::{load_adapter, save_adapter};
 use burnish_core::backend::{on_devices, DeviceSpec, OnDevices};
 use burnish_core::burn;
 use burnish_core::io::file_stamp;
-use burnish_core::{Llama, Precision, Pretrained, TokenizerBundle};
+use burnish_core::{Llama, Message, Precision, Pretrained, TokenizerBundle};
 use burnish_data::{
-    build, pack, ChatEncoder, EncodeOptions, Examples, ModelResponder, Packed, PromptExample,
-    TokenStats, TokenizedExample, TokenizedPair,
+    build, build::build_with, pack, ChatEncoder, DetectorSpec, EncodeOptions, Examples,
+    ModelResponder, Packed, PromptExample, RefusalClassifier, TokenStats, TokenizedExample,
+    TokenizedPair,
 };
 use serde::Serialize;
 
 use crate::ablate::{AblateConfig, AblateJob, AblateReport};
 use crate::config::{MethodConfig, ModelSection, RunConfig};
+use crate::detector::{DetectorMeta, LearnedDetector, DETECTOR_PROMPT};
 use crate::dpo::Dpo;
 use crate::engine::{train as run_engine, EngineConfig, Outcome, StepLog, Summary};
 use crate::eval::{evaluate_config, EvalMeta, EvalReport};
@@ -221,15 +223,30 @@ pub fn answering_model<B: Backend>(c: &RunConfig, device: &B::Device) -> Result<
     }
 }
 
+/// The learned refusal detector `[data.refusal] detector` names, if any.
+pub fn learned_detector<B: Backend>(
+    c: &RunConfig,
+    device: &B::Device,
+) -> Result<Option<LearnedDetector<B>>> {
+    match &c.data.refusal.detector {
+        DetectorSpec::Model(dir) => Ok(Some(LearnedDetector::load(dir, device)?)),
+        DetectorSpec::Phrases => Ok(None),
+    }
+}
+
 /// Stage 1: the data set. Generated answers need an inference copy of the answering model (on the
 /// inner backend), which is dropped before training.
 fn data_stage<B: Backend>(c: &RunConfig, progress: &dyn Progress) -> Result<burnish_data::Dataset> {
     let dataset = if c.data.needs_model() {
         let gen = answering_model::<B>(c, &Default::default())?;
         let mut responder = ModelResponder::new(&gen, c.data.generate.clone());
-        build(&c.data, Path::new(""), Some(&mut responder))?
+        let mut learned = learned_detector::<B>(c, &Default::default())?;
+        let l = learned.as_mut().map(|d| d as &mut dyn RefusalClassifier);
+        build_with(&c.data, Path::new(""), Some(&mut responder), l)?
     } else {
-        build(&c.data, Path::new(""), None)?
+        let mut learned = learned_detector::<B>(c, &Default::default())?;
+        let l = learned.as_mut().map(|d| d as &mut dyn RefusalClassifier);
+        build_with(&c.data, Path::new(""), None, l)?
     };
     for r in &dataset.sources {
         progress.message(&format!(
@@ -339,6 +356,24 @@ fn encode(
             report(&stats, "examples (the chosen side of each pair)");
             Ok(Encoded::Sft(train, encoder.encode_all_sft(&chosen(e))?.0))
         }
+        // A refusal detector reads the responses alone, after the one fixed prompt.
+        (MethodConfig::Reward(r), Examples::Pairs(t), Examples::Pairs(e)) if r.response_only => {
+            let fixed = |v: &[burnish_data::PairExample]| -> Vec<_> {
+                let prompt = vec![Message::user(DETECTOR_PROMPT)];
+                v.iter()
+                    .map(|p| burnish_data::PairExample {
+                        prompt: prompt.clone(),
+                        ..p.clone()
+                    })
+                    .collect()
+            };
+            let (train, stats) = encoder.encode_all_pairs(&fixed(t))?;
+            report(&stats, "pairs (responses after the detector's prompt)");
+            Ok(Encoded::Pairs(
+                train,
+                encoder.encode_all_pairs(&fixed(e))?.0,
+            ))
+        }
         (
             MethodConfig::Dpo(_) | MethodConfig::Reward(_),
             Examples::Pairs(t),
@@ -420,6 +455,9 @@ impl<B: AutodiffBackend> MethodStage<'_, B> {
                 if summary.outcome == Outcome::Finished {
                     let dir = self.engine.out_dir.join("adapter");
                     save_head(&dir, rm.head.val().inner())?;
+                    if cfg.response_only {
+                        DetectorMeta::for_model(&self.config.model).write(&dir)?;
+                    }
                 }
                 Ok((model, summary))
             }

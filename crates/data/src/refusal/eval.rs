@@ -56,6 +56,12 @@ impl Scores {
         ratio(self.true_pos, self.true_pos + self.false_neg)
     }
 
+    /// Of all responses, the share classified right.
+    pub fn accuracy(&self) -> f64 {
+        let right = self.true_pos + self.true_neg;
+        ratio(right, right + self.false_pos + self.false_neg)
+    }
+
     pub fn f1(&self) -> f64 {
         let (p, r) = (self.precision(), self.recall());
         if p + r == 0.0 {
@@ -75,12 +81,21 @@ fn ratio(a: usize, b: usize) -> f64 {
 }
 
 pub fn evaluate(detector: &RefusalDetector, set: &[Labelled]) -> Scores {
+    let found: Vec<Option<String>> = set
+        .iter()
+        .map(|x| detector.detect(&x.response).map(|m| m.rule))
+        .collect();
+    score(&found, set)
+}
+
+/// Scores of verdicts made elsewhere (a learned detector's): for each response of `set`, the rule
+/// that flagged it as a refusal, or None.
+pub fn score(found: &[Option<String>], set: &[Labelled]) -> Scores {
     let mut s = Scores::default();
-    for (i, item) in set.iter().enumerate() {
-        let found = detector.detect(&item.response);
+    for (i, (item, found)) in set.iter().zip(found).enumerate() {
         let flagged = found.is_some();
-        if let Some(m) = found {
-            let hits = s.rules.entry(m.rule).or_default();
+        if let Some(rule) = found {
+            let hits = s.rules.entry(rule.clone()).or_default();
             if item.refusal {
                 hits.0 += 1;
             } else {

@@ -2,11 +2,14 @@
 //! measurably help on `eval::LABELLED` (run `burnish data eval-refusals`): text normalization, idioms that
 //! contain a refusal phrase without refusing, quoted speech, and an optional window.
 
+pub mod compose;
 mod eval;
 mod lists;
 
-pub use eval::{evaluate, labelled_set, Labelled, Scores, LABELLED};
+pub use eval::{evaluate, labelled_set, score, Labelled, Scores, LABELLED};
 pub use lists::{PhraseList, DEFAULT_IGNORE};
+
+use std::path::PathBuf;
 
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
@@ -40,6 +43,92 @@ pub struct RefusalConfig {
     /// An empty response counts as a refusal (as in heretic). Default true.
     #[serde(default = "yes")]
     pub empty_is_refusal: bool,
+    /// Who decides: "phrases" (default: the lists and rules above) or "model:PATH", a learned detector
+    /// (docs/eval.md, "A learned refusal detector"): PATH is its directory (the adapter directory of a
+    /// reward run with `response_only = true`), relative to the run file. The phrases still name the
+    /// matched words in reports.
+    #[serde(default)]
+    pub detector: DetectorSpec,
+}
+
+/// `[data.refusal] detector`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DetectorSpec {
+    #[default]
+    Phrases,
+    /// A learned detector's directory.
+    Model(PathBuf),
+}
+
+impl DetectorSpec {
+    /// The learned detector's directory, if one is named.
+    pub fn path_mut(&mut self) -> Option<&mut PathBuf> {
+        match self {
+            Self::Model(p) => Some(p),
+            Self::Phrases => None,
+        }
+    }
+}
+
+impl TryFrom<String> for DetectorSpec {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        match s.strip_prefix("model:") {
+            _ if s == "phrases" => Ok(Self::Phrases),
+            Some(p) if !p.trim().is_empty() => Ok(Self::Model(PathBuf::from(p))),
+            _ => Err(format!(
+                "detector = {s:?}: expected \"phrases\" or \"model:PATH\" (a learned detector's directory)"
+            )),
+        }
+    }
+}
+
+impl From<DetectorSpec> for String {
+    fn from(d: DetectorSpec) -> String {
+        match d {
+            DetectorSpec::Phrases => "phrases".into(),
+            DetectorSpec::Model(p) => format!("model:{}", p.display()),
+        }
+    }
+}
+
+/// A detector that decides by more than phrases (a learned one, made by the trainers crate).
+pub trait RefusalClassifier {
+    /// Whether each response refuses.
+    fn refusals(&mut self, responses: &[&str]) -> Result<Vec<bool>>;
+}
+
+/// The rule a learned detector's verdict is reported under.
+pub const LEARNED_RULE: &str = "learned detector";
+
+/// What the data pipeline asks whether a response refuses: the phrases, or a learned detector when
+/// the run file names one (then the phrase that matched, if any, is kept as the evidence).
+pub struct Check<'a> {
+    pub phrases: &'a RefusalDetector,
+    pub learned: Option<&'a mut dyn RefusalClassifier>,
+}
+
+impl<'a> Check<'a> {
+    pub fn phrases(phrases: &'a RefusalDetector) -> Self {
+        Self {
+            phrases,
+            learned: None,
+        }
+    }
+
+    pub fn detect(&mut self, text: &str) -> Result<Option<RefusalMatch>> {
+        let phrase = self.phrases.detect(text);
+        let Some(learned) = self.learned.as_mut() else {
+            return Ok(phrase);
+        };
+        let refuses = learned.refusals(&[text])?.first().copied().unwrap_or(false);
+        Ok(refuses.then(|| RefusalMatch {
+            rule: LEARNED_RULE.into(),
+            matched: phrase.map(|m| m.matched).unwrap_or_default(),
+            start: 0,
+        }))
+    }
 }
 
 fn default_lists() -> Vec<PhraseList> {
@@ -66,6 +155,7 @@ impl Default for RefusalConfig {
             window: None,
             skip_quoted: true,
             empty_is_refusal: true,
+            detector: DetectorSpec::Phrases,
         }
     }
 }

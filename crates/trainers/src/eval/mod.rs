@@ -15,7 +15,7 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use burnish_core::burn;
 use burnish_core::{generate, Adapters, GenerationConfig, Llama, Message, Pretrained};
-use burnish_data::{RefusalConfig, RefusalDetector};
+use burnish_data::{DetectorSpec, RefusalConfig, RefusalDetector};
 use serde::{Deserialize, Serialize};
 
 pub use hazard::HazardMap;
@@ -23,6 +23,7 @@ pub use judge::Judge;
 pub use prompts::{load_sets, PromptSet, SetKind, SetSpec};
 pub use report::{Detector, EvalMeta, EvalReport, KlReport, Named, Rates, SetReport, Speed};
 
+use crate::detector::LearnedDetector;
 use crate::progress::Progress;
 use crate::{Error, Result};
 use kl::{continuation_kl, Continuation, Side};
@@ -125,7 +126,7 @@ pub struct Completion {
     pub refused: bool,
     /// The refusal phrase the detector matched (also recorded when a judge decides).
     pub matched: Option<String>,
-    /// The judge's verdict, when one is used (then `refused` is this).
+    /// The verdict of the judge or the learned detector, when one is used (then `refused` is this).
     pub judge: Option<bool>,
     pub new_tokens: usize,
 }
@@ -149,9 +150,12 @@ pub fn evaluate_config<'a, B: Backend>(
     cfg.validate().map_err(Error::Invalid)?;
     let sets = load_sets(&cfg.sets, cfg.limit)?;
     let detector = RefusalDetector::new(refusal)?;
-    let judge = match &cfg.judge {
-        Some(p) => Some(Judge::new(Pretrained::load(p, device)?)?),
-        None => None,
+    let decider = match (&cfg.judge, &refusal.detector) {
+        (Some(p), _) => Some(Decider::Judge(Judge::new(Pretrained::load(p, device)?)?)),
+        (None, DetectorSpec::Model(dir)) => {
+            Some(Decider::Learned(LearnedDetector::load(dir, device)?))
+        }
+        (None, DetectorSpec::Phrases) => None,
     };
     let opts = EvalOptions {
         max_new_tokens: cfg.max_new_tokens,
@@ -165,11 +169,34 @@ pub fn evaluate_config<'a, B: Backend>(
         &sets,
         &opts,
         &detector,
-        judge.as_ref(),
+        decider.as_ref(),
         out,
         meta,
         progress,
     )
+}
+
+/// What decides refusals instead of the phrases: a judge model, or a learned detector.
+pub enum Decider<B: Backend> {
+    Judge(Judge<B>),
+    Learned(LearnedDetector<B>),
+}
+
+impl<B: Backend> Decider<B> {
+    /// Whether each (prompt, response) refuses.
+    fn refusals(&self, pairs: &[(&str, &str)], batch_size: usize) -> Result<Vec<bool>> {
+        match self {
+            Self::Judge(j) => j.refusals(pairs, batch_size),
+            Self::Learned(d) => d.refuses(&pairs.iter().map(|(_, r)| *r).collect::<Vec<_>>()),
+        }
+    }
+
+    fn kind(&self) -> Detector {
+        match self {
+            Self::Judge(_) => Detector::Judge,
+            Self::Learned(_) => Detector::Learned,
+        }
+    }
 }
 
 /// One line per set, then KL, for a terminal.
@@ -301,7 +328,7 @@ pub fn evaluate<'a, B: Backend>(
     sets: &[PromptSet],
     opts: &EvalOptions,
     detector: &RefusalDetector,
-    judge: Option<&Judge<B>>,
+    decider: Option<&Decider<B>>,
     out: &Path,
     meta: EvalMeta,
     progress: &dyn Progress,
@@ -315,7 +342,7 @@ pub fn evaluate<'a, B: Backend>(
     let mut kl_inputs: Option<(String, Vec<Vec<u32>>)> = None;
     for set in sets {
         let (rows, prompt_ids) =
-            answer_set(model, set, opts, detector, judge, &mut tally, progress)?;
+            answer_set(model, set, opts, detector, decider, &mut tally, progress)?;
         report_sets.push((set.name.clone(), set_metrics(set.kind, &set.path, &rows)));
         if set.kind == SetKind::Harmless && kl_inputs.is_none() {
             kl_inputs = Some((set.name.clone(), prompt_ids));
@@ -340,10 +367,7 @@ pub fn evaluate<'a, B: Backend>(
     let kl_source = kl_to(refs.source, " to the source")?;
     let report = EvalReport {
         meta,
-        detector: match judge {
-            Some(_) => Detector::Judge,
-            None => Detector::Phrases,
-        },
+        detector: decider.map_or(Detector::Phrases, Decider::kind),
         max_new_tokens: opts.max_new_tokens,
         sets: report_sets.into_iter().collect(),
         speed,
@@ -362,7 +386,7 @@ fn answer_set<B: Backend>(
     set: &PromptSet,
     opts: &EvalOptions,
     detector: &RefusalDetector,
-    judge: Option<&Judge<B>>,
+    decider: Option<&Decider<B>>,
     tally: &mut Tally,
     progress: &dyn Progress,
 ) -> Result<(Vec<Completion>, Vec<Vec<u32>>)> {
@@ -378,7 +402,7 @@ fn answer_set<B: Backend>(
         set.name,
         answers.len()
     ));
-    let verdicts = match judge {
+    let verdicts = match decider {
         Some(j) => {
             let pairs: Vec<(&str, &str)> = texts
                 .iter()

@@ -66,6 +66,8 @@ pub enum Detector {
     Phrases,
     /// A judge model.
     Judge,
+    /// A learned refusal detector (`[data.refusal] detector = "model:…"`).
+    Learned,
 }
 
 impl Detector {
@@ -73,6 +75,7 @@ impl Detector {
         match self {
             Detector::Phrases => "phrases",
             Detector::Judge => "judge",
+            Detector::Learned => "learned",
         }
     }
 }
