@@ -462,10 +462,16 @@ impl Refuser {
         }
     }
 
-    /// A detector's answer: a quarter open with words that refusal phrases contain.
+    /// A detector's answer: cut to a seeded length at a sentence end (refusals are short, so a
+    /// detector that saw only whole answers would learn length), and for a quarter opening with
+    /// words that refusal phrases contain.
     fn answer(&self, i: usize, answer: String) -> String {
+        if self.style != RefusalStyle::Detector {
+            return answer;
+        }
         let mut rng = self.rng(i, 0xa45_0000_0000);
-        if self.style == RefusalStyle::Detector && rng.below(4) == 0 {
+        let answer = compose::excerpt(&answer, [60, 100, 160, 240, 400, 10_000][rng.below(6)]);
+        if rng.below(4) == 0 {
             compose::answer_with_opening(&answer, &mut rng)
         } else {
             answer

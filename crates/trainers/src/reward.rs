@@ -203,6 +203,55 @@ impl<B: AutodiffBackend> Reward<B> {
     }
 }
 
+impl<B: AutodiffBackend> Reward<B> {
+    /// A refusal detector's threshold (`response_only`): the score that best separates the chosen
+    /// sides (answers) from the rejected ones (refusals) of the eval split, or of the training split
+    /// when there is none. The pairwise loss orders the two sides of a pair but fixes no absolute level.
+    pub fn calibrate(&self, model: &Llama<B::InnerBackend>) -> f32 {
+        let pairs: Vec<&TokenizedPair> = if self.eval.is_empty() {
+            self.train.iter().collect()
+        } else {
+            self.eval.iter().collect()
+        };
+        let head = self.head.val().inner();
+        let (mut answers, mut refusals) = (Vec::new(), Vec::new());
+        for chunk in pairs.chunks(self.eval_batch_size) {
+            let r = host_f32(rewards(model, head.clone(), &pair_rows(chunk, self.pad_id)));
+            answers.extend_from_slice(&r[..chunk.len()]);
+            refusals.extend_from_slice(&r[chunk.len()..]);
+        }
+        best_threshold(&answers, &refusals)
+    }
+}
+
+/// The threshold t that classifies the most scores right (`above` ≥ t, `below` < t): the midpoint of the
+/// widest gap among the best cuts of the sorted scores.
+pub fn best_threshold(above: &[f32], below: &[f32]) -> f32 {
+    let mut all: Vec<(f32, bool)> = above
+        .iter()
+        .map(|&s| (s, true))
+        .chain(below.iter().map(|&s| (s, false)))
+        .collect();
+    if all.is_empty() {
+        return 0.0;
+    }
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Cut i: the first i scores are called "below". Right = belows before the cut + aboves after it.
+    let mut right = above.len();
+    let mut best = (right, f32::NEG_INFINITY, all[0].0 - 1.0);
+    for i in 1..=all.len() {
+        right = if all[i - 1].1 { right - 1 } else { right + 1 };
+        let (t, gap) = match all.get(i) {
+            Some(&(next, _)) => (0.5 * (all[i - 1].0 + next), next - all[i - 1].0),
+            None => (all[i - 1].0 + 1.0, f32::NEG_INFINITY),
+        };
+        if right > best.0 || (right == best.0 && gap > best.1) {
+            best = (right, gap, t);
+        }
+    }
+    best.2
+}
+
 impl<B: AutodiffBackend> Method<B> for Reward<B> {
     type Batch = RewardBatch;
 
@@ -301,6 +350,18 @@ pub fn load_head<B: Backend>(dir: &Path, device: &B::Device) -> Result<Tensor<B,
 mod tests {
     use super::*;
     use burnish_core::backend::Cpu;
+
+    #[test]
+    fn threshold_separates_the_best_it_can() {
+        // Separable: the midpoint of the gap between the classes.
+        assert_eq!(best_threshold(&[1.0, 2.0, 3.0], &[-2.0, -1.0]), 0.0);
+        // One refusal above two answers: the cut that misclassifies one, at the widest such gap.
+        let t = best_threshold(&[-1.0, 0.5, 4.0], &[-3.0, -2.5, 1.0]);
+        assert!(t > -2.5 && t < -1.0, "{t}");
+        assert_eq!(best_threshold(&[], &[]), 0.0);
+        assert!(best_threshold(&[5.0], &[]) <= 5.0);
+        assert!(best_threshold(&[], &[5.0]) > 5.0);
+    }
 
     #[test]
     fn loss_matches_hand_computation() {

@@ -456,7 +456,18 @@ impl<B: AutodiffBackend> MethodStage<'_, B> {
                     let dir = self.engine.out_dir.join("adapter");
                     save_head(&dir, rm.head.val().inner())?;
                     if cfg.response_only {
-                        DetectorMeta::for_model(&self.config.model).write(&dir)?;
+                        let mut meta = DetectorMeta::for_model(&self.config.model);
+                        meta.threshold = rm.calibrate(&model.valid());
+                        self.progress.message(&format!(
+                            "detector: threshold {:.3} (best accuracy on the {} split's responses)",
+                            meta.threshold,
+                            if rm.eval.is_empty() {
+                                "training"
+                            } else {
+                                "eval"
+                            }
+                        ));
+                        meta.write(&dir)?;
                     }
                 }
                 Ok((model, summary))

@@ -151,10 +151,12 @@ pub fn evaluate_config<'a, B: Backend>(
     let sets = load_sets(&cfg.sets, cfg.limit)?;
     let detector = RefusalDetector::new(refusal)?;
     let decider = match (&cfg.judge, &refusal.detector) {
-        (Some(p), _) => Some(Decider::Judge(Judge::new(Pretrained::load(p, device)?)?)),
-        (None, DetectorSpec::Model(dir)) => {
-            Some(Decider::Learned(LearnedDetector::load(dir, device)?))
-        }
+        (Some(p), _) => Some(Decider::Judge(Box::new(Judge::new(Pretrained::load(
+            p, device,
+        )?)?))),
+        (None, DetectorSpec::Model(dir)) => Some(Decider::Learned(Box::new(
+            LearnedDetector::load(dir, device)?,
+        ))),
         (None, DetectorSpec::Phrases) => None,
     };
     let opts = EvalOptions {
@@ -178,8 +180,8 @@ pub fn evaluate_config<'a, B: Backend>(
 
 /// What decides refusals instead of the phrases: a judge model, or a learned detector.
 pub enum Decider<B: Backend> {
-    Judge(Judge<B>),
-    Learned(LearnedDetector<B>),
+    Judge(Box<Judge<B>>),
+    Learned(Box<LearnedDetector<B>>),
 }
 
 impl<B: Backend> Decider<B> {
