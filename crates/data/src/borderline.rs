@@ -214,10 +214,12 @@ fn find_word(lower: &str, frame: &str) -> Option<usize> {
         .find(|&at| at == 0 || lower.as_bytes()[at - 1] == b' ')
 }
 
-/// Lower-cases the first letter unless the first word looks like a name or acronym ("I", "AI", "DNA").
-fn lower_first(s: &str) -> String {
+/// Lower-cases the first letter unless the first word looks like a name or acronym ("AI", "DNA") or is
+/// the pronoun "I" ("I", "I'm", "I'd": a composed refusal's clause after an opening keeps it).
+pub(crate) fn lower_first(s: &str) -> String {
     let first = s.split(' ').next().unwrap_or("");
-    if first.chars().filter(|c| c.is_uppercase()).count() > 1 || first == "I" {
+    let pronoun = first == "I" || first.starts_with("I'");
+    if first.chars().filter(|c| c.is_uppercase()).count() > 1 || pronoun {
         return s.to_string();
     }
     let mut c = s.chars();

@@ -10,9 +10,7 @@ use burnish_core::Message;
 use crate::config::{Answer, DataConfig, OnError, RefusalStyle, Rewrite, SourceConfig};
 use crate::error::{Error, Result};
 use crate::example::{Example, Kind, PairExample, PromptExample, SftExample};
-use crate::generate::{
-    answer_with, answer_with_refusals, answered, pick_refusal, Responder, DEFAULT_REFUSALS,
-};
+use crate::generate::{answer_with, answered, pick_refusal, Responder, DEFAULT_REFUSALS};
 use crate::policy::{apply, Outcome};
 use crate::read;
 use crate::refusal::{compose, Check, DetectorSpec, RefusalClassifier, RefusalDetector};
@@ -396,9 +394,6 @@ fn answer(
     }
     let sft = match how {
         Answer::Model => answer_with(prompts, responder.ok_or_else(needs_model)?)?,
-        _ if cfg.refusal_style == RefusalStyle::Templates => {
-            answer_with_refusals(prompts, &refuser.templates, cfg.seed, index)
-        }
         _ => prompts
             .into_iter()
             .enumerate()

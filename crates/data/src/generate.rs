@@ -167,17 +167,3 @@ pub(crate) fn answered(p: PromptExample, reply: impl Into<String>) -> SftExample
         origin: p.origin,
     }
 }
-
-/// Pairs each prompt with a seeded refusal template.
-pub fn answer_with_refusals(
-    prompts: Vec<PromptExample>,
-    templates: &[String],
-    seed: u64,
-    source: usize,
-) -> Vec<SftExample> {
-    prompts
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| answered(p, pick_refusal(templates, seed, source, i)))
-        .collect()
-}

@@ -237,16 +237,14 @@ pub fn learned_detector<B: Backend>(
 /// Stage 1: the data set. Generated answers need an inference copy of the answering model (on the
 /// inner backend), which is dropped before training.
 fn data_stage<B: Backend>(c: &RunConfig, progress: &dyn Progress) -> Result<burnish_data::Dataset> {
+    let mut learned = learned_detector::<B>(c, &Default::default())?;
+    let learned = learned.as_mut().map(|d| d as &mut dyn RefusalClassifier);
     let dataset = if c.data.needs_model() {
         let gen = answering_model::<B>(c, &Default::default())?;
         let mut responder = ModelResponder::new(&gen, c.data.generate.clone());
-        let mut learned = learned_detector::<B>(c, &Default::default())?;
-        let l = learned.as_mut().map(|d| d as &mut dyn RefusalClassifier);
-        build_with(&c.data, Path::new(""), Some(&mut responder), l)?
+        build_with(&c.data, Path::new(""), Some(&mut responder), learned)?
     } else {
-        let mut learned = learned_detector::<B>(c, &Default::default())?;
-        let l = learned.as_mut().map(|d| d as &mut dyn RefusalClassifier);
-        build_with(&c.data, Path::new(""), None, l)?
+        build_with(&c.data, Path::new(""), None, learned)?
     };
     for r in &dataset.sources {
         progress.message(&format!(

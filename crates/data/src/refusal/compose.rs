@@ -7,7 +7,7 @@
 //! answer"), which are still answers. Written for burnish from how refusals are built, not taken from
 //! any evaluation set.
 
-use crate::borderline::{activity, Activity};
+use crate::borderline::{activity, lower_first, Activity};
 use crate::rng::Rng;
 
 const OPENINGS: &[&str] = &[
@@ -237,18 +237,6 @@ fn floor_boundary(s: &str, mut i: usize) -> usize {
         i -= 1;
     }
     i
-}
-
-fn lower_first(s: &str) -> String {
-    // "I can't" keeps its capital: the pronoun is always upper case.
-    if s.starts_with("I ") || s.starts_with("I'") {
-        return s.to_string();
-    }
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_lowercase().chain(c).collect(),
-        None => String::new(),
-    }
 }
 
 #[cfg(test)]
