@@ -17,7 +17,6 @@ use burnish_core::{Llama, Message, Precision, Pretrained};
 use burnish_data::{ChatEncoder, EncodeOptions, RefusalClassifier};
 use serde::{Deserialize, Serialize};
 
-use crate::config::ModelSection;
 use crate::reward::{load_head, score_exchanges};
 use crate::{Error, Result};
 
@@ -43,13 +42,14 @@ pub struct DetectorMeta {
 }
 
 impl DetectorMeta {
-    /// The meta of a detector trained on `[model]` `m`.
-    pub fn for_model(m: &ModelSection) -> Self {
+    /// The meta of a detector trained on the base model at `path` (with `merge_adapter` merged in),
+    /// loaded as `dtype`; the threshold is 0 until calibrated.
+    pub fn for_model(path: &Path, merge_adapter: Option<&Path>, dtype: Precision) -> Self {
         let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         Self {
-            base_model: abs(&m.path),
-            merge_adapter: m.merge_adapter.as_deref().map(abs),
-            dtype: m.dtype,
+            base_model: abs(path),
+            merge_adapter: merge_adapter.map(abs),
+            dtype,
             prompt: DETECTOR_PROMPT.into(),
             threshold: 0.0,
         }

@@ -8,10 +8,11 @@
 //!
 //! 1. `progress`, `loss`, `optim`, `plot`, `checkpoint`, `output`, `logps`
 //! 2. `method`, `engine` (the loop and its `[train]` section)
-//! 3. `eval` (`[eval]`), `sft`, `dpo`, `reward`, `ppo`
-//! 4. `ablate` (uses `eval`)
-//! 5. `config` (the run file: every section)
-//! 6. `run` (the stages)
+//! 3. `sft`, `dpo`, `reward`, `ppo`
+//! 4. `detector` (a reward model as a refusal detector), then `eval` (`[eval]`; may use it)
+//! 5. `ablate` (uses `eval`)
+//! 6. `config` (the run file: every section)
+//! 7. `run` (the stages)
 
 pub mod ablate;
 pub mod checkpoint;

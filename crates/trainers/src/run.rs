@@ -454,7 +454,9 @@ impl<B: AutodiffBackend> MethodStage<'_, B> {
                     let dir = self.engine.out_dir.join("adapter");
                     save_head(&dir, rm.head.val().inner())?;
                     if cfg.response_only {
-                        let mut meta = DetectorMeta::for_model(&self.config.model);
+                        let m = &self.config.model;
+                        let merged = m.merge_adapter.as_deref();
+                        let mut meta = DetectorMeta::for_model(&m.path, merged, m.dtype);
                         meta.threshold = rm.calibrate(&model.valid());
                         self.progress.message(&format!(
                             "detector: threshold {:.3} (best accuracy on the {} split's responses)",
