@@ -168,8 +168,8 @@ def evaluate(a, model, out):
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     r = json.load(open(out / "report.json"))
     sets = r["sets"]
-    harmful = next(v for k, v in sets.items() if "harmful" in k)["overall"]
-    harmless = next(v for k, v in sets.items() if "harmless" in k)["overall"]
+    harmful = next(v for k, v in sets.items() if v.get("kind") == "harmful")
+    harmless = next(v for k, v in sets.items() if v.get("kind") != "harmful")
     return {
         "harmful_refused": harmful["refusal_rate"],
         "harmless_refused": harmless["refusal_rate"],
