@@ -188,11 +188,16 @@ def main():
     ap.add_argument("--prompts", type=int, default=128, help="harmful and harmless prompts for the directions")
     ap.add_argument("--val", type=int, default=24, help="validation prompts of each kind for the search")
     ap.add_argument("--kl-target", type=float, default=0.1)
+    ap.add_argument("--reuse-burnish", action="store_true",
+                    help="keep OUT/burnish from an earlier run of this script (its wall time is then not known)")
     a = ap.parse_args()
     out = Path(a.out).resolve()
     (out / "heretic-work").mkdir(parents=True, exist_ok=True)
     results = {}
-    secs = run_burnish(a, out / "burnish")
+    if a.reuse_burnish and (out / "burnish/merged/config.json").exists():
+        secs = None
+    else:
+        secs = run_burnish(a, out / "burnish")
     results["burnish"] = dict(seconds=secs, **evaluate(a, out / "burnish/merged", out / "eval-burnish"))
     secs, chosen, front = run_heretic(a, out / "heretic-work", str(out / "heretic"))
     results["heretic"] = dict(seconds=secs, chosen=chosen, front=front,
@@ -203,8 +208,9 @@ def main():
     print("|---|---|---|---|---|")
     for k in ["burnish", "heretic"]:
         r = results[k]
+        wall = "–" if r["seconds"] is None else f"{r['seconds'] / 60:.1f} min"
         print(f"| {k} | {100 * r['harmful_refused']:.1f}% | {100 * r['harmless_refused']:.1f}% | "
-              f"{r['kl_source']:.3f} | {r['seconds'] / 60:.1f} min |")
+              f"{r['kl_source']:.3f} | {wall} |")
 
 
 if __name__ == "__main__":
