@@ -168,8 +168,8 @@ def evaluate(a, model, out):
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     r = json.load(open(out / "report.json"))
     sets = r["sets"]
-    harmful = next(v for k, v in sets.items() if v.get("kind") == "harmful")
-    harmless = next(v for k, v in sets.items() if v.get("kind") != "harmful")
+    harmful = next(v for v in sets.values() if v.get("kind") == "harmful")
+    harmless = next(v for v in sets.values() if v.get("kind") != "harmful")
     return {
         "harmful_refused": harmful["refusal_rate"],
         "harmless_refused": harmless["refusal_rate"],
@@ -194,7 +194,9 @@ def main():
     out = Path(a.out).resolve()
     (out / "heretic-work").mkdir(parents=True, exist_ok=True)
     results = {}
-    if a.reuse_burnish and (out / "burnish/merged/config.json").exists():
+    if a.reuse_burnish:
+        if not (out / "burnish/merged/config.json").exists():
+            sys.exit(f"--reuse-burnish: {out / 'burnish/merged'} holds no model from an earlier run")
         secs = None
     else:
         secs = run_burnish(a, out / "burnish")
