@@ -12,6 +12,26 @@ pub type Wgpu = burn::backend::Wgpu;
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda;
 
+/// Keeps memory the process frees for its next allocations instead of handing it back to the kernel
+/// (glibc's allocator; elsewhere nothing changes). A training step frees and allocates the same
+/// activation-sized buffers every step; under glibc's defaults the larger ones come back from the
+/// kernel as fresh pages, zeroed page by page on first touch: ~8% of a CPU SFT step in page faults
+/// (perf, docs/benchmarks.md). Buffers above 32 MiB (glibc's limit for this setting) are still
+/// mapped per allocation. Memory freed after a peak stays with the process. [`on_devices`] calls it
+/// for the CPU backend; idempotent.
+pub fn retain_freed_memory() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only changes allocator parameters; it is called before the backend's
+        // threads start (and glibc serialises it against allocations anyway).
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        }
+    });
+}
+
 /// Backend names accepted by the CLI and configs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -166,7 +186,10 @@ pub fn on_devices<J: OnDevices>(specs: &[DeviceSpec], job: J) -> Result<J::Outpu
         ));
     }
     Ok(match first.kind {
-        BackendKind::Cpu => job.run::<Autodiff<Cpu>>(vec![CpuDevice::default(); specs.len()]),
+        BackendKind::Cpu => {
+            retain_freed_memory();
+            job.run::<Autodiff<Cpu>>(vec![CpuDevice::default(); specs.len()])
+        }
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => job.run::<Autodiff<Wgpu>>(
             specs
