@@ -14,11 +14,13 @@ pub type Cuda = burn::backend::Cuda;
 
 /// Keeps memory the process frees for its next allocations instead of handing it back to the kernel
 /// (glibc's allocator; elsewhere nothing changes). A training step frees and allocates the same
-/// activation-sized buffers every step; under glibc's defaults the larger ones come back from the
-/// kernel as fresh pages, zeroed page by page on first touch: ~8% of a CPU SFT step in page faults
-/// (perf, docs/benchmarks.md). Buffers above 32 MiB (glibc's limit for this setting) are still
-/// mapped per allocation. Memory freed after a peak stays with the process. [`on_devices`] calls it
-/// for the CPU backend; idempotent.
+/// activation-sized buffers every step; under glibc's defaults the large ones (above its mmap
+/// threshold, which cannot be raised past 32 MiB, while a layer's attention scores at 1 × 1024 are
+/// 38 MB) are mapped per allocation and come back from the kernel as fresh pages, zeroed page by page
+/// on first touch: 8–12% of a CPU SFT step in page faults (perf, docs/benchmarks.md). So no mappings
+/// (`M_MMAP_MAX = 0`: the heap serves every size) and no trimming of the heap's top. Peak memory is
+/// unchanged (measured: the same peak RSS at 4 × 256 and 1 × 1024); memory freed after a peak stays
+/// with the process. [`on_devices`] calls it for the CPU backend; idempotent.
 pub fn retain_freed_memory() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -26,7 +28,7 @@ pub fn retain_freed_memory() {
         // SAFETY: mallopt only changes allocator parameters; it is called before the backend's
         // threads start (and glibc serialises it against allocations anyway).
         unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_MMAP_MAX, 0);
             libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         }
     });
