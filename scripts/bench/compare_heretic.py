@@ -17,6 +17,9 @@ from (`--source`). Writes OUT/compare.json and prints a Markdown table.
         --heretic /path/to/venv/bin/heretic [--trials 40]
 
 heretic needs torch and transformers (pip install heretic-llm==1.4.0); it runs on the CPU here.
+An interrupted comparison resumes: the same command again continues heretic's study from its checkpoint
+in OUT/heretic-work/checkpoints (its wall time then counts only the resumed part), and
+--reuse-burnish skips burnish's search.
 """
 
 import argparse
@@ -133,6 +136,12 @@ def run_heretic(a, work, save):
             continue
         if "Path to the folder" in buf[-40:]:
             send(save)
+        elif "How would you like to proceed?" in buf[-400:]:
+            # An earlier run of the same model left its study checkpoint (heretic-work/checkpoints):
+            # "Continue the previous run" (or, when it finished, "Show the results"), so an
+            # interrupted comparison resumes its trials instead of starting again.
+            send(1)
+            buf = ""
         elif state == "pick":
             front = [dict(choice=int(c), trial=int(n), refusals=int(r), of=int(o), kl=float(k))
                      for c, n, r, o, k in TRIAL.findall(buf)]
