@@ -285,6 +285,71 @@ mod tests {
         assert_eq!(device_memory(&CpuDevice::default()), None);
     }
 
+    /// The vendored burn-flex's patched paths (vendor/burn-flex/PATCHES.md) against the same
+    /// arithmetic on the host, at a size above the threading threshold (128K elements): in-place and
+    /// allocating element-wise ops split over threads, a product with a permuted operand, and the
+    /// head-merge copy of a permuted view.
+    #[test]
+    fn patched_cpu_paths_match_host_arithmetic() {
+        use burn::tensor::{Tensor, TensorData};
+        let d = CpuDevice::default();
+        let (b, s, h, e) = (4, 64, 9, 64); // 147,456 elements
+        let n = b * s * h * e;
+        let xs: Vec<f32> = (0..n).map(|i| (i % 97) as f32 * 0.01 - 0.3).collect();
+        let ys: Vec<f32> = (0..n).map(|i| (i % 89) as f32 * 0.02 - 0.7).collect();
+        let x = || Tensor::<Cpu, 4>::from_data(TensorData::new(xs.clone(), [b, s, h, e]), &d);
+        let y = || Tensor::<Cpu, 4>::from_data(TensorData::new(ys.clone(), [b, h, s, e]), &d);
+        let values = |t: Tensor<Cpu, 4>| t.into_data().to_vec::<f32>().unwrap();
+        // [b, s, h, e] viewed as [b, h, s, e]: element (i, j, k, l) of the view is x[i, k, j, l].
+        let permuted = |i: usize| {
+            let (l, k, j, i0) = (i % e, i / e % s, i / (e * s) % h, i / (e * s * h));
+            xs[((i0 * s + k) * h + j) * e + l]
+        };
+        let close = |got: Vec<f32>, want: &dyn Fn(usize) -> f32, what: &str| {
+            assert_eq!(got.len(), n, "{what}");
+            for (i, g) in got.iter().enumerate() {
+                let w = want(i);
+                assert!(
+                    (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+                    "{what}[{i}]: {g} vs {w}"
+                );
+            }
+        };
+        close(
+            values(x() + y().swap_dims(1, 2)),
+            &|i| {
+                xs[i] + {
+                    let (l, j, k, i0) = (i % e, i / e % h, i / (e * h) % s, i / (e * h * s));
+                    ys[((i0 * h + j) * s + k) * e + l]
+                }
+            },
+            "in-place add",
+        );
+        close(values(x().exp()), &|i| xs[i].exp(), "in-place exp");
+        let shared = x();
+        close(
+            values(shared.clone().exp()),
+            &|i| xs[i].exp(),
+            "allocating exp",
+        );
+        close(
+            values(shared.clone() * 3.0),
+            &|i| xs[i] * 3.0,
+            "allocating scalar product",
+        );
+        close(
+            values(x().swap_dims(1, 2) * y()),
+            &|i| permuted(i) * ys[i],
+            "permuted product",
+        );
+        let merged = x().swap_dims(1, 2).reshape([b * h, s * e]);
+        close(
+            values(merged.reshape([b, h, s, e])),
+            &permuted,
+            "head merge copy",
+        );
+    }
+
     #[test]
     fn device_specs_parse_and_print() {
         let cpu: DeviceSpec = "cpu".parse().unwrap();
