@@ -445,12 +445,32 @@ fn causal_rows<B: Backend>(
     t: usize,
     device: &B::Device,
 ) -> Tensor<B, 4, Bool> {
-    let offset = t - s;
-    let n = rows.len();
-    let data: Vec<bool> = rows
-        .flat_map(|r| (0..t).map(move |k| k > offset + r % s))
-        .collect();
-    Tensor::from_data(TensorData::new(data, [1, 1, n, t]), device)
+    // Every layer of a pass asks for the same rows (3M booleans at SmolLM2 1 × 1024, built on the
+    // host): the last few masks are kept per thread and copied instead of rebuilt.
+    thread_local! {
+        static CAUSAL: std::cell::RefCell<Vec<((usize, usize, usize, usize), TensorData)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    const KEEP: usize = 8;
+    let key = (rows.start, rows.end, s, t);
+    let data = CAUSAL.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some((_, data)) = cache.iter().find(|(k, _)| *k == key) {
+            return data.clone();
+        }
+        let offset = t - s;
+        let n = rows.len();
+        let mask: Vec<bool> = rows
+            .flat_map(|r| (0..t).map(move |k| k > offset + r % s))
+            .collect();
+        let data = TensorData::new(mask, [1, 1, n, t]);
+        if cache.len() == KEEP {
+            cache.remove(0);
+        }
+        cache.push((key, data.clone()));
+        data
+    });
+    Tensor::from_data(data, device)
 }
 
 #[cfg(test)]

@@ -35,8 +35,8 @@ pub fn binary_op<F32Op, F64Op>(
     simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    F32Op: Fn(f32, f32) -> f32 + Copy,
-    F64Op: Fn(f64, f64) -> f64 + Copy,
+    F32Op: Fn(f32, f32) -> f32 + Copy + Send + Sync,
+    F64Op: Fn(f64, f64) -> f64 + Copy + Send + Sync,
 {
     debug_assert_eq!(lhs.dtype(), rhs.dtype(), "binary_op: dtype mismatch");
 
@@ -67,7 +67,7 @@ fn binary_op_f32<Op>(
     simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    Op: Fn(f32, f32) -> f32,
+    Op: Fn(f32, f32) -> f32 + Send + Sync,
 {
     // Permuted lhs + broadcast rhs (e.g. `x.permute(...) - mean`):
     // the generic path would walk the permuted lhs with a scalar
@@ -288,6 +288,53 @@ fn run_broadcast_pattern_f32(
     simd_op: BinaryOp,
     pattern: BroadcastView,
 ) {
+    // burnish patch: whole rows per thread for large tensors (RMSNorm's and softmax's per-row
+    // scalars, shared weight rows), each chunk run as the same pattern over fewer rows.
+    #[cfg(feature = "rayon")]
+    {
+        let (outer, row_len) = match pattern {
+            BroadcastView::SharedRow { outer_count, row_len, .. }
+            | BroadcastView::PerRowScalar { outer_count, row_len, .. } => (outer_count, row_len),
+        };
+        let total = outer * row_len;
+        if total >= crate::ops::ELEMENTWISE_PARALLEL_FROM && outer > 1 && row_len > 0 {
+            use rayon::prelude::*;
+            let threads = rayon::current_num_threads().max(1);
+            let rows = outer.div_ceil(threads);
+            dst[..total]
+                .par_chunks_mut(rows * row_len)
+                .enumerate()
+                .for_each(|(i, chunk)| {
+                    let outer_count = chunk.len() / row_len;
+                    let part = match pattern {
+                        BroadcastView::SharedRow { rhs_row_offset, .. } => BroadcastView::SharedRow {
+                            outer_count,
+                            row_len,
+                            rhs_row_offset,
+                        },
+                        BroadcastView::PerRowScalar { rhs_scalar_base, .. } => {
+                            BroadcastView::PerRowScalar {
+                                outer_count,
+                                row_len,
+                                rhs_scalar_base: rhs_scalar_base + i * rows,
+                            }
+                        }
+                    };
+                    run_broadcast_pattern_serial_f32(chunk, rhs_storage, simd_op, part);
+                });
+            return;
+        }
+    }
+    run_broadcast_pattern_serial_f32(dst, rhs_storage, simd_op, pattern)
+}
+
+#[cfg(feature = "simd")]
+fn run_broadcast_pattern_serial_f32(
+    dst: &mut [f32],
+    rhs_storage: &[f32],
+    simd_op: BinaryOp,
+    pattern: BroadcastView,
+) {
     match pattern {
         BroadcastView::SharedRow {
             outer_count,
@@ -353,7 +400,7 @@ fn binary_op_f32<Op>(
     _simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    Op: Fn(f32, f32) -> f32,
+    Op: Fn(f32, f32) -> f32 + Send + Sync,
 {
     binary_op_typed(lhs, rhs, op)
 }
@@ -362,7 +409,7 @@ where
 pub(crate) fn binary_op_typed<E, Op>(mut lhs: FlexTensor, rhs: &FlexTensor, op: Op) -> FlexTensor
 where
     E: Element + bytemuck::Pod,
-    Op: Fn(E, E) -> E,
+    Op: Fn(E, E) -> E + Send + Sync,
 {
     let rhs_storage: &[E] = rhs.storage();
 
@@ -375,9 +422,12 @@ where
     {
         let lhs_storage: &mut [E] = lhs.storage_mut();
         let r_slice = &rhs_storage[r_start..r_end];
-        for (l, &r) in lhs_storage[..l_end].iter_mut().zip(r_slice) {
-            *l = op(*l, r);
-        }
+        // burnish patch: split across threads for large tensors.
+        crate::ops::par_zip_chunks_mut(&mut lhs_storage[..l_end], r_slice, |ls, rs| {
+            for (l, &r) in ls.iter_mut().zip(rs) {
+                *l = op(*l, r);
+            }
+        });
         return lhs;
     }
 
@@ -392,13 +442,9 @@ where
     ) {
         // Both contiguous (but lhs not at offset 0)
         (Some((l_start, l_end)), Some((r_start, r_end))) => {
-            let l_slice = &lhs_storage[l_start..l_end];
-            let r_slice = &rhs_storage[r_start..r_end];
-            l_slice
-                .iter()
-                .zip(r_slice)
-                .map(|(&a, &b)| op(a, b))
-                .collect()
+            // burnish patch: on threads for large tensors (autodiff keeps its operands, so most
+            // products of a training step take this allocating path, not the in-place one).
+            crate::ops::par_map2(&lhs_storage[l_start..l_end], &rhs_storage[r_start..r_end], &op)
         }
         // Fast path for 2D non-contiguous (common for transpose)
         _ if lhs.layout().num_dims() == 2 => {
@@ -537,7 +583,7 @@ fn make_tensor<E: bytemuck::Pod + Send + Sync>(
 /// Supports all integer dtypes: I64, I32, I16, I8, U64, U32, U16, U8.
 pub fn int_binary_op<Op>(lhs: FlexTensor, rhs: FlexTensor, op: Op) -> FlexTensor
 where
-    Op: Fn(i64, i64) -> i64 + Copy,
+    Op: Fn(i64, i64) -> i64 + Copy + Send + Sync,
 {
     debug_assert_eq!(lhs.dtype(), rhs.dtype(), "int_binary_op: dtype mismatch");
 

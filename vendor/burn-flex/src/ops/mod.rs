@@ -77,6 +77,26 @@ pub(crate) fn par_map<A: Sync, B: Send>(src: &[A], f: impl Fn(&A) -> B + Sync + 
     src.iter().map(f).collect()
 }
 
+/// burnish patch: `f(a[i], b[i])` into a new vector (same lengths), in parallel for large slices.
+pub(crate) fn par_map2<A: Copy + Sync, B: Copy + Sync, C: Send>(
+    a: &[A],
+    b: &[B],
+    f: &(impl Fn(A, B) -> C + Sync + Send),
+) -> alloc::vec::Vec<C> {
+    debug_assert_eq!(a.len(), b.len());
+    #[cfg(feature = "rayon")]
+    if a.len() >= ELEMENTWISE_PARALLEL_FROM {
+        use rayon::prelude::*;
+        let mut out = alloc::vec::Vec::with_capacity(a.len());
+        a.par_iter()
+            .zip(b.par_iter())
+            .map(|(&x, &y)| f(x, y))
+            .collect_into_vec(&mut out);
+        return out;
+    }
+    a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
+}
+
 /// Wrapper for raw mutable pointers that can be sent across rayon threads.
 ///
 /// # Safety
