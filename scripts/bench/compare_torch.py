@@ -4,6 +4,7 @@
     python scripts/bench/compare_torch.py [--model models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf]
         [--threads 2] [--batch 4] [--seq 256] [--steps 3] [--rank 16]
         [--device cpu|cuda] [--dtype f32|bf16] [--shape llama-3.2-1b] [--gradient-checkpointing]
+        [--repeat N]
 
 Same model (the GGUF, dequantized by both; or with --shape random weights in Llama 3.2 1B's config),
 same LoRA (all linear layers, r, alpha = 2r), same batch of deterministic token rows, loss on every
@@ -16,7 +17,7 @@ is nvidia-smi's largest reading while it ran (and PyTorch's own max_memory_alloc
 The GPU comparison of issue 18: --device cuda --dtype bf16 at 16 x 512 (SmolLM2) and
 --shape llama-3.2-1b at 8 x 1024; burnish needs a `--features cuda` build (BURNISH_BENCH_FEATURES=cuda).
 """
-import argparse, json, os, subprocess, sys
+import argparse, json, os, statistics, subprocess, sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, bench_binary, run  # noqa: E402
@@ -77,26 +78,36 @@ def main():
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     ap.add_argument("--shape", choices=["file", "llama-3.2-1b"], default="file")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run both sides this many times, alternating, and report every pair and the "
+                         "median ratio (a shared machine's speed drifts between runs)")
     a = ap.parse_args()
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
     exe = bench_binary("sft_step")
     dims = [str(a.batch), str(a.seq), str(a.steps), str(a.rank)]
     gpu = a.device == "cuda"
-    torch_r = run([sys.executable, "-c", TORCH_CHILD, a.model, str(a.threads)] + dims + [a.device, a.dtype, a.shape, str(int(a.gradient_checkpointing))],
-                  env, gpu=gpu)
     shape = ["--shape", a.shape] if a.shape != "file" else []
     shape += ["--gradient-checkpointing"] if a.gradient_checkpointing else []
-    ours = run([exe, a.model, "--batch", dims[0], "--seq", dims[1], "--steps", dims[2], "--rank", dims[3],
-                "--backend", a.device, "--dtype", a.dtype] + shape, env, gpu=gpu)
     mem = "peak_gpu_mb" if gpu else "peak_rss_mb"
-    for r in (torch_r, ours):
-        print(f"{r['impl']:13s}: {r['tokens_per_s']:7.1f} tokens/s ({r['step_seconds']:.2f} s/step), "
-              f"{mem} {r[mem]:.0f} MB")
-    print(f"ratio burnish/pytorch: throughput {ours['tokens_per_s'] / torch_r['tokens_per_s']:.2f}x, "
-          f"memory {ours[mem] / torch_r[mem]:.2f}x")
+    pairs = []
+    for _ in range(a.repeat):
+        torch_r = run([sys.executable, "-c", TORCH_CHILD, a.model, str(a.threads)] + dims
+                      + [a.device, a.dtype, a.shape, str(int(a.gradient_checkpointing))], env, gpu=gpu)
+        ours = run([exe, a.model, "--batch", dims[0], "--seq", dims[1], "--steps", dims[2], "--rank", dims[3],
+                    "--backend", a.device, "--dtype", a.dtype] + shape, env, gpu=gpu)
+        for r in (torch_r, ours):
+            print(f"{r['impl']:13s}: {r['tokens_per_s']:7.1f} tokens/s ({r['step_seconds']:.2f} s/step), "
+                  f"{mem} {r[mem]:.0f} MB")
+        print(f"ratio burnish/pytorch: throughput {ours['tokens_per_s'] / torch_r['tokens_per_s']:.2f}x, "
+              f"memory {ours[mem] / torch_r[mem]:.2f}x", flush=True)
+        pairs.append({"pytorch": torch_r, "burnish": ours})
+    ratios = sorted(p["burnish"]["tokens_per_s"] / p["pytorch"]["tokens_per_s"] for p in pairs)
+    if len(pairs) > 1:
+        print(f"median throughput ratio of {len(pairs)} pairs: {statistics.median(ratios):.2f}x "
+              f"(range {ratios[0]:.2f}-{ratios[-1]:.2f})")
     print(json.dumps({"threads": a.threads, "device": a.device, "dtype": a.dtype, "shape": a.shape,
-                      "gradient_checkpointing": a.gradient_checkpointing,
-                      "pytorch": torch_r, "burnish": ours}))
+                      "gradient_checkpointing": a.gradient_checkpointing, **pairs[-1],
+                      "pairs": pairs, "median_ratio": statistics.median(ratios)}))
 
 
 if __name__ == "__main__":
