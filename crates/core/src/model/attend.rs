@@ -447,9 +447,10 @@ fn causal_rows<B: Backend>(
 ) -> Tensor<B, 4, Bool> {
     // Every layer of a pass asks for the same rows (3M booleans at SmolLM2 1 × 1024, built on the
     // host): the last few masks are kept per thread and copied instead of rebuilt.
+    /// (first row, end row, s, t) and the mask's data.
+    type Masks = Vec<((usize, usize, usize, usize), TensorData)>;
     thread_local! {
-        static CAUSAL: std::cell::RefCell<Vec<((usize, usize, usize, usize), TensorData)>> =
-            const { std::cell::RefCell::new(Vec::new()) };
+        static CAUSAL: std::cell::RefCell<Masks> = const { std::cell::RefCell::new(Vec::new()) };
     }
     const KEEP: usize = 8;
     let key = (rows.start, rows.end, s, t);
