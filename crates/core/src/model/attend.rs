@@ -29,7 +29,7 @@ use burn::tensor::{activation, Bool, Tensor, TensorData, TensorPrimitive};
 /// of one block of recomputed scores when it keeps none: 16M f32 values, 64 MB. Below it the
 /// probabilities are kept (SmolLM2 at 4×256: 9 MB a layer; at 1×1024: 38 MB) and the backward pass
 /// recomputes nothing; above it (SmolLM2 at 1×2048: 151 MB a layer) they are recomputed, a block at a
-/// time. At 1×1024 keeping them took a step from 11.9 s to 9.6 s for 1.1 GB more peak memory (3.2 GB).
+/// time. At 1×1024 keeping them took a step from 11.0 s to 9.6 s for 1.1 GB more peak memory (3.2 GB).
 const BLOCK_SCORES: usize = 1 << 24;
 
 /// What attention computes besides Q, K, V and the mask.
