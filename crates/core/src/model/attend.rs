@@ -23,7 +23,9 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{activation, Bool, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Bool, Tensor, TensorPrimitive};
+
+use super::scores::{self, Masked};
 
 /// Score elements (`[batch, kv_heads, rows, keys]`) a layer may keep for its backward pass, and the size
 /// of one block of recomputed scores when it keeps none: 16M f32 values, 64 MB. Below it the
@@ -334,7 +336,7 @@ fn fold_mask<B: Backend>(mask: Tensor<B, 4, Bool>, g: usize, rows: usize) -> Ten
 }
 
 /// Softmax probabilities of the query rows `range` (`qb` is those rows, `kt` the keys transposed):
-/// scale, soft-cap, mask (the folded mask's rows, or causal), softmax over the keys.
+/// scale, soft-cap, mask (the folded mask's rows, or causal), softmax over the keys (scores.rs).
 fn probabilities<B: Backend>(
     qb: Tensor<B, 4>,
     kt: Tensor<B, 4>,
@@ -343,24 +345,15 @@ fn probabilities<B: Backend>(
     s: usize,
     options: AttendOptions,
 ) -> Probs<B> {
-    let [b, g, n, d] = qb.dims();
-    let t = kt.dims()[3];
-    let mut scores = qb.matmul(kt) * options.scale(d);
-    let tanh = options.softcap.map(|cap| {
-        let th = (scores.clone() / cap).tanh();
-        scores = th.clone() * cap;
-        th
-    });
+    let d = qb.dims()[3];
     let masked = match mask {
-        Some(m) => {
-            let mb = m.dims()[0];
-            m.clone()
-                .slice([0..mb, 0..g, range, 0..t])
-                .expand([b, g, n, t])
-        }
-        None => causal_rows::<B>(range, s, t, &scores.device()).expand([b, g, n, t]),
+        Some(mask) => Masked::Given { mask, range },
+        None => Masked::Causal {
+            first: range.start,
+            s,
+        },
     };
-    let p = activation::softmax(scores.mask_fill(masked, f32::NEG_INFINITY), 3);
+    let (p, tanh) = scores::softmax(qb.matmul(kt), masked, options.scale(d), options.softcap);
     Probs { p, tanh }
 }
 
@@ -425,53 +418,12 @@ fn backward<B: Backend>(
         // took the CPU backend's scalar strided path (10% of a 1 × 1024 step).
         let ob = out.clone().slice([0..b, 0..g, r0..r1, 0..d]);
         let db = (dob.clone() * ob).sum_dim(3);
-        let mut ds = p * (dob.matmul(vt.clone()) - db);
-        if let Some(th) = tanh {
-            ds = ds * (th.powi_scalar(2).neg() + 1.0);
-        }
-        let ds = ds * scale;
+        let ds = scores::grads(p, dob.matmul(vt.clone()), db, tanh, scale);
         dq.push(ds.clone().matmul(k.clone()));
         dk = dk + ds.swap_dims(2, 3).matmul(qb);
     }
     let dq = Tensor::cat(dq, 2).reshape([b, h, s, d]);
     (dq, dk, dv)
-}
-
-/// `[1, 1, rows, t]`: the causal mask of folded query rows `rows` (row `r` is position `r mod s` of
-/// the last `s` of `t` positions).
-fn causal_rows<B: Backend>(
-    rows: std::ops::Range<usize>,
-    s: usize,
-    t: usize,
-    device: &B::Device,
-) -> Tensor<B, 4, Bool> {
-    // Every layer of a pass asks for the same rows (3M booleans at SmolLM2 1 × 1024, built on the
-    // host): the last few masks are kept per thread and copied instead of rebuilt.
-    /// (first row, end row, s, t) and the mask's data.
-    type Masks = Vec<((usize, usize, usize, usize), TensorData)>;
-    thread_local! {
-        static CAUSAL: std::cell::RefCell<Masks> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    const KEEP: usize = 8;
-    let key = (rows.start, rows.end, s, t);
-    let data = CAUSAL.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if let Some((_, data)) = cache.iter().find(|(k, _)| *k == key) {
-            return data.clone();
-        }
-        let offset = t - s;
-        let n = rows.len();
-        let mask: Vec<bool> = rows
-            .flat_map(|r| (0..t).map(move |k| k > offset + r % s))
-            .collect();
-        let data = TensorData::new(mask, [1, 1, n, t]);
-        if cache.len() == KEEP {
-            cache.remove(0);
-        }
-        cache.push((key, data.clone()));
-        data
-    });
-    Tensor::from_data(data, device)
 }
 
 #[cfg(test)]

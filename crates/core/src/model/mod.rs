@@ -13,6 +13,7 @@ mod mask;
 mod norm;
 pub mod recompute;
 mod rope;
+mod scores;
 
 pub use attend::{attend, AttendOptions};
 pub use build::Parts;
