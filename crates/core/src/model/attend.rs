@@ -25,6 +25,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor, TensorPrimitive};
 
+use super::blocks::{self, Block, Dims};
 use super::scores::{self, Masked};
 
 /// Score elements (`[batch, kv_heads, rows, keys]`) a layer may keep for its backward pass, and the size
@@ -199,13 +200,14 @@ struct Saved<B: Backend> {
     v: Tensor<B, 4>,
     mask: Option<Tensor<B, 4, Bool>>,
     out: Tensor<B, 4>,
-    /// The probabilities (and soft-cap tanh) when the layer's scores fit in `KEEP_SCORES`.
-    probs: Option<Probs<B>>,
+    /// The probabilities (and soft-cap tanh) of each block when the layer's scores fit in
+    /// `BLOCK_SCORES`.
+    probs: Option<Vec<Probs<B>>>,
     options: AttendOptions,
-    block: usize,
+    blocks: Vec<Block>,
 }
 
-/// Softmax probabilities `[b, g, rows, t]` in the folded layout, and `tanh(S / cap)` when soft-capped.
+/// Softmax probabilities `[b, g, block rows, keys]` of one block, and `tanh(S / cap)` when soft-capped.
 #[derive(Clone, Debug)]
 struct Probs<B: Backend> {
     p: Tensor<B, 4>,
@@ -244,16 +246,17 @@ fn lean<I: Backend, C: CheckpointStrategy>(
         .stateful();
     let out = match prep {
         OpsKind::Tracked(prep) => {
-            let [b, h, s, _] = qi.dims();
-            let [_, g, t, _] = ki.dims();
+            let dims = dims(&qi, &ki);
+            let causal = mask.is_none();
             // Small layers keep their probabilities (one score-sized tensor instead of the decomposed
             // formula's several), so the backward pass needs no recomputation; large ones recompute.
-            let (out, probs) = if b * g * (h / g * s) * t <= block {
-                let (out, probs) = forward_keeping(&qi, &ki, &vi, mask.as_ref(), options);
-                (out, Some(probs))
+            let (out, blocks, probs) = if dims.b * dims.g * dims.rows() * dims.t <= block {
+                let blocks = blocks::plan(dims, causal, None);
+                let (out, probs) = forward_keeping(&qi, &ki, &vi, mask.as_ref(), options, &blocks);
+                (out, blocks, Some(probs))
             } else {
                 let out = forward(qi.clone(), ki.clone(), vi.clone(), mask.clone(), options);
-                (out, None)
+                (out, blocks::plan(dims, causal, Some(block)), None)
             };
             let saved = Saved {
                 q: qi,
@@ -263,7 +266,7 @@ fn lean<I: Backend, C: CheckpointStrategy>(
                 out: out.clone(),
                 probs,
                 options,
-                block,
+                blocks,
             };
             prep.finish(saved, out.into_primitive().tensor())
         }
@@ -304,29 +307,49 @@ fn forward<B: Backend>(
     }
 }
 
-/// The forward pass as one block of the backward's formula, keeping the probabilities.
+/// The sizes of an attention call with queries `q` and keys `k`.
+fn dims<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>) -> Dims {
+    let [b, h, s, d] = q.dims();
+    let [_, g, t, _] = k.dims();
+    Dims {
+        b,
+        g,
+        rep: h / g,
+        s,
+        t,
+        d,
+    }
+}
+
+/// The first `keys` keys (or values) of `[b, g, t, d]`.
+fn first_keys<B: Backend>(x: &Tensor<B, 4>, keys: usize) -> Tensor<B, 4> {
+    let [b, g, _, d] = x.dims();
+    x.clone().slice([0..b, 0..g, 0..keys, 0..d])
+}
+
+/// The forward pass, block by block as the backward pass will go, keeping each block's probabilities.
 fn forward_keeping<B: Backend>(
     q: &Tensor<B, 4>,
     k: &Tensor<B, 4>,
     v: &Tensor<B, 4>,
     mask: Option<&Tensor<B, 4, Bool>>,
     options: AttendOptions,
-) -> (Tensor<B, 4>, Probs<B>) {
-    let [b, h, s, d] = q.dims();
-    let g = k.dims()[1];
-    let rows = h / g * s;
+    blocks: &[Block],
+) -> (Tensor<B, 4>, Vec<Probs<B>>) {
+    let dims = dims(q, k);
+    let (rows, Dims { b, g, d, .. }) = (dims.rows(), dims);
     let mask = mask.map(|m| fold_mask(m.clone(), g, rows));
     let qf = q.clone().reshape([b, g, rows, d]);
-    let probs = probabilities(
-        qf,
-        k.clone().swap_dims(2, 3),
-        mask.as_ref(),
-        0..rows,
-        s,
-        options,
-    );
-    let out = probs.p.clone().matmul(v.clone()).reshape([b, h, s, d]);
-    (out, probs)
+    let (mut outs, mut probs) = (Vec::new(), Vec::new());
+    for block in blocks {
+        let keys = block.keys(dims);
+        let kt = first_keys(k, keys).swap_dims(2, 3);
+        let masked = block.masked(mask.as_ref(), dims);
+        let p = probabilities(block.gather(&qf, dims), kt, masked, options);
+        outs.push(p.p.clone().matmul(first_keys(v, keys)));
+        probs.push(p);
+    }
+    (blocks::scatter(outs, blocks, dims), probs)
 }
 
 /// A `[b, heads, s, t]` mask as `[b, g, rep·s, t]`, the folded layout's rows.
@@ -335,24 +358,15 @@ fn fold_mask<B: Backend>(mask: Tensor<B, 4, Bool>, g: usize, rows: usize) -> Ten
     mask.reshape([mb, g, rows, t])
 }
 
-/// Softmax probabilities of the query rows `range` (`qb` is those rows, `kt` the keys transposed):
-/// scale, soft-cap, mask (the folded mask's rows, or causal), softmax over the keys (scores.rs).
+/// Softmax probabilities of a block's query rows `qb` against the keys it reads (`kt`, transposed):
+/// scale, soft-cap, mask, softmax over the keys (scores.rs).
 fn probabilities<B: Backend>(
     qb: Tensor<B, 4>,
     kt: Tensor<B, 4>,
-    mask: Option<&Tensor<B, 4, Bool>>,
-    range: std::ops::Range<usize>,
-    s: usize,
+    masked: Masked<'_, B>,
     options: AttendOptions,
 ) -> Probs<B> {
     let d = qb.dims()[3];
-    let masked = match mask {
-        Some(mask) => Masked::Given { mask, range },
-        None => Masked::Causal {
-            first: range.start,
-            s,
-        },
-    };
     let (p, tanh) = scores::softmax(qb.matmul(kt), masked, options.scale(d), options.softcap);
     Probs { p, tanh }
 }
@@ -371,9 +385,10 @@ impl<B: Backend> Backward<B, 3> for LeanAttention {
     }
 }
 
-/// Gradients of Q, K and V, one block of query rows at a time in the folded layout `[b, g, rep·s, ·]`
-/// (one block when the probabilities were kept): `dV += Pᵀ·dO`, `dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O))`,
-/// through the soft-cap (`1 − tanh²`) and the scale, `dQ = dS·K`, `dK += dSᵀ·Q`.
+/// Gradients of Q, K and V, block by block in the folded layout `[b, g, rep·s, ·]`, each block
+/// against the keys it reads (blocks.rs): `dV += Pᵀ·dO`, `dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O))` through
+/// the soft-cap and the scale (scores.rs), `dQ = dS·K`, `dK += dSᵀ·Q`. The probabilities are the kept
+/// ones, or recomputed per block.
 fn backward<B: Backend>(
     saved: Saved<B>,
     dout: Tensor<B, 4>,
@@ -384,46 +399,46 @@ fn backward<B: Backend>(
         v,
         mask,
         out,
-        mut probs,
+        probs,
         options,
-        block,
+        blocks,
     } = saved;
-    let [b, h, s, d] = q.dims();
-    let [_, g, t, _] = k.dims();
-    let rows = h / g * s;
+    let dims = dims(&q, &k);
+    let (rows, Dims { b, g, t, d, .. }) = (dims.rows(), dims);
     let scale = options.scale(d);
-    let q = q.reshape([b, g, rows, d]);
-    let dout = dout.reshape([b, g, rows, d]);
-    let out = out.reshape([b, g, rows, d]);
+    let fold = |x: Tensor<B, 4>| x.reshape([b, g, rows, d]);
+    let (q, dout, out) = (fold(q), fold(dout), fold(out));
     let mask = mask.map(|m| fold_mask(m, g, rows));
-    let (kt, vt) = (k.clone().swap_dims(2, 3), v.clone().swap_dims(2, 3));
-    let step = match probs {
-        Some(_) => rows,
-        None => (block / (b * g * t).max(1)).clamp(1, rows),
-    };
+    let mut kept = probs.map(Vec::into_iter);
     let device = q.device();
     let mut dk = Tensor::<B, 4>::zeros([b, g, t, d], &device);
     let mut dv = Tensor::<B, 4>::zeros([b, g, t, d], &device);
-    let mut dq = Vec::with_capacity(rows.div_ceil(step));
-    for r0 in (0..rows).step_by(step) {
-        let r1 = (r0 + step).min(rows);
-        let qb = q.clone().slice([0..b, 0..g, r0..r1, 0..d]);
-        let dob = dout.clone().slice([0..b, 0..g, r0..r1, 0..d]);
-        let Probs { p, tanh } = probs.take().unwrap_or_else(|| {
-            probabilities(qb.clone(), kt.clone(), mask.as_ref(), r0..r1, s, options)
-        });
-        dv = dv + p.clone().swap_dims(2, 3).matmul(dob.clone());
+    let mut dq = Vec::with_capacity(blocks.len());
+    for block in &blocks {
+        let (kb, vb) = (
+            first_keys(&k, block.keys(dims)),
+            first_keys(&v, block.keys(dims)),
+        );
+        let (qb, dob) = (block.gather(&q, dims), block.gather(&dout, dims));
+        let Probs { p, tanh } = match kept.as_mut() {
+            Some(kept) => kept
+                .next()
+                .expect("one kept block of probabilities per block"),
+            None => {
+                let masked = block.masked(mask.as_ref(), dims);
+                probabilities(qb.clone(), kb.clone().swap_dims(2, 3), masked, options)
+            }
+        };
+        dv = blocks::add_keys(dv, p.clone().swap_dims(2, 3).matmul(dob.clone()));
         // rowsum(dO ⊙ O) of the block's rows, computed per block: a slice of a whole-layer
         // `[b, g, rows, 1]` is strided whenever b · g > 1, and subtracting it broadcast over the keys
         // took the CPU backend's scalar strided path (10% of a 1 × 1024 step).
-        let ob = out.clone().slice([0..b, 0..g, r0..r1, 0..d]);
-        let db = (dob.clone() * ob).sum_dim(3);
-        let ds = scores::grads(p, dob.matmul(vt.clone()), db, tanh, scale);
-        dq.push(ds.clone().matmul(k.clone()));
-        dk = dk + ds.swap_dims(2, 3).matmul(qb);
+        let delta = (dob.clone() * block.gather(&out, dims)).sum_dim(3);
+        let ds = scores::grads(p, dob.matmul(vb.swap_dims(2, 3)), delta, tanh, scale);
+        dq.push(ds.clone().matmul(kb));
+        dk = blocks::add_keys(dk, ds.swap_dims(2, 3).matmul(qb));
     }
-    let dq = Tensor::cat(dq, 2).reshape([b, h, s, d]);
-    (dq, dk, dv)
+    (blocks::scatter(dq, &blocks, dims), dk, dv)
 }
 
 #[cfg(test)]
@@ -457,7 +472,11 @@ mod tests {
     /// Output and Q/K/V gradients of the lean op against Burn's decomposed attention, in several
     /// blocks, with grouped-query heads, masks, soft-capping and a custom scale.
     fn check(mask: bool, softcap: Option<f64>, scale: Option<f64>, block: usize) {
-        let (b, h, g, s, d) = (2, 4, 2, 7, 8);
+        check_len(7, mask, softcap, scale, block)
+    }
+
+    fn check_len(s: usize, mask: bool, softcap: Option<f64>, scale: Option<f64>, block: usize) {
+        let (b, h, g, d) = (2, 4, 2, 8);
         let q = random([b, h, s, d], 1);
         let k = random([b, g, s, d], 2);
         let v = random([b, g, s, d], 3);
@@ -500,6 +519,11 @@ mod tests {
         check(false, None, None, usize::MAX);
         // 2·2·7 = 28 score elements per folded row: blocks of 2 rows, the last one short.
         check(false, None, None, 28 * 2 * 2);
+        // Longer than one causal block: kept, the second block reads all keys, the first fewer; and
+        // recomputed in blocks of 3 positions.
+        let s = blocks::CAUSAL_POSITIONS + 5;
+        check_len(s, false, None, None, usize::MAX);
+        check_len(s, false, Some(3.0), Some(0.2), 2 * 2 * 2 * s * 3);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! attention and MLP (Gemma), soft-capping (Gemma 2), sliding layers with their own RoPE (Mistral, Gemma).
 
 mod attend;
+mod blocks;
 mod build;
 mod edit;
 mod head;

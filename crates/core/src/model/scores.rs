@@ -18,9 +18,14 @@ use rayon::prelude::*;
 
 /// Which keys each score row may not attend to.
 pub(super) enum Masked<'a, B: Backend> {
-    /// Causal attention: row `r` of the block is query position `(first + r) mod s` of the last `s`
-    /// of the `t` keys (grouped-query heads folded into the rows repeat the positions).
-    Causal { first: usize, s: usize },
+    /// Causal attention: row `r` of the block's `n` rows is query position
+    /// `first + (r mod period)` (grouped-query heads folded into the rows repeat the positions), which
+    /// reads the first `offset + position + 1` keys.
+    Causal {
+        first: usize,
+        period: usize,
+        offset: usize,
+    },
     /// The folded mask `[1 or b, g, rows, t]`, true = masked; the block is rows `range` of it.
     Given {
         mask: &'a Tensor<B, 4, Bool>,
@@ -85,9 +90,11 @@ fn decomposed_softmax<B: Backend>(
                 .slice([0..mb, 0..g, range, 0..t])
                 .expand([b, g, n, t])
         }
-        Masked::Causal { first, s } => {
-            causal_rows::<B>(first..first + n, s, t, &scores.device()).expand([b, g, n, t])
-        }
+        Masked::Causal {
+            first,
+            period,
+            offset,
+        } => causal_rows::<B>(n, first, period, offset, t, &scores.device()).expand([b, g, n, t]),
     };
     let p = activation::softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
     (p, tanh)
@@ -107,18 +114,19 @@ fn decomposed_grads<B: Backend>(
     ds * scale
 }
 
-/// `[1, 1, rows, t]`: the causal mask of folded query rows `rows` (row `r` is position `r mod s` of
-/// the last `s` of `t` positions), built on the device: key `k` is masked when `k > t − s + r mod s`.
+/// `[1, 1, n, t]`: the causal mask of `n` rows (row `r` is position `first + r mod period`, which reads
+/// the first `offset + position + 1` keys), built on the device.
 fn causal_rows<B: Backend>(
-    rows: Range<usize>,
-    s: usize,
+    n: usize,
+    first: usize,
+    period: usize,
+    offset: usize,
     t: usize,
     device: &B::Device,
 ) -> Tensor<B, 4, Bool> {
-    let n = rows.len();
-    let last = Tensor::<B, 1, Int>::arange(rows.start as i64..rows.end as i64, device)
-        .remainder_scalar(s as i64)
-        .add_scalar((t - s) as i64)
+    let last = Tensor::<B, 1, Int>::arange(0..n as i64, device)
+        .remainder_scalar(period as i64)
+        .add_scalar((first + offset) as i64)
         .reshape([1, 1, n, 1]);
     let keys = Tensor::<B, 1, Int>::arange(0..t as i64, device).reshape([1, 1, 1, t]);
     keys.expand([1, 1, n, t]).greater(last.expand([1, 1, n, t]))
@@ -143,7 +151,11 @@ fn host_softmax<B: Backend>(
     };
     // The keys row `i` (of `b · g · n`) may attend to: a prefix for causal rows, a lookup otherwise.
     let limit = |i: usize| match &masked {
-        Masked::Causal { first, s } => (t - s + (first + i % n) % s + 1).min(t),
+        Masked::Causal {
+            first,
+            period,
+            offset,
+        } => (offset + first + (i % n) % period + 1).min(t),
         Masked::Given { .. } => t,
     };
     let mask_row = |i: usize| -> Option<&[bool]> {
@@ -200,6 +212,36 @@ fn softmax_row(
     limit: usize,
     given: Option<&[bool]>,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features this copy of the kernel is compiled for.
+        return unsafe { softmax_row_avx2(x, tanh, scale, cap, limit, given) };
+    }
+    softmax_row_lanes(x, tanh, scale, cap, limit, given)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_row_avx2(
+    x: &mut [f32],
+    tanh: Option<&mut [f32]>,
+    scale: f32,
+    cap: Option<f32>,
+    limit: usize,
+    given: Option<&[bool]>,
+) {
+    softmax_row_lanes(x, tanh, scale, cap, limit, given)
+}
+
+#[inline(always)]
+fn softmax_row_lanes(
+    x: &mut [f32],
+    tanh: Option<&mut [f32]>,
+    scale: f32,
+    cap: Option<f32>,
+    limit: usize,
+    given: Option<&[bool]>,
+) {
     let (live, dead) = x.split_at_mut(limit);
     dead.fill(0.0);
     match (cap, tanh) {
@@ -218,18 +260,76 @@ fn softmax_row(
             }
         }
     }
-    let max = live.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    normalise_lanes(live);
+}
+
+/// `x ← softmax(x)` over one row's live keys (all zeros when every key is masked), in lanes the
+/// compiler turns into vector registers (AVX2 where the CPU has it): the maximum and the sum accumulate in `LANES`
+/// independent partial results (a single running sum is an ordered chain it may not vectorise), and
+/// the exponential is [`exp_nonpositive`], arithmetic only (`expf` is a library call per element).
+const LANES: usize = 8;
+
+#[inline(always)]
+fn normalise_lanes(x: &mut [f32]) {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            m[l] = if c[l] > m[l] { c[l] } else { m[l] };
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&m)
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     if max == f32::NEG_INFINITY {
-        live.fill(0.0);
+        x.fill(0.0);
         return;
     }
-    let mut sum = 0.0;
-    for v in live.iter_mut() {
-        *v = (*v - max).exp();
+    let mut sums = [0f32; LANES];
+    let mut chunks = x.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            c[l] = exp_nonpositive(c[l] - max);
+            sums[l] += c[l];
+        }
+    }
+    let mut sum: f32 = 0.0;
+    for v in chunks.into_remainder() {
+        *v = exp_nonpositive(*v - max);
         sum += *v;
     }
-    let inv = 1.0 / sum;
-    live.iter_mut().for_each(|v| *v *= inv);
+    let inv = 1.0 / (sum + sums.iter().sum::<f32>());
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// `eˣ` for `x ≤ 0` (`-∞` included) to within 2 ulp: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, Cephes'
+/// degree-6 polynomial for `eʳ`, and `2ⁿ` written into the exponent bits. Below `-87.3` (where `eˣ`
+/// leaves the normal floats) it is 0, as softmax wants for masked keys.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // Adding 1.5·2²³ rounds to an integer, which then sits in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let xc = x.max(-87.3);
+    let shifted = xc * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let er = p * r * r + r + 1.0;
+    let n = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
+    let two_n = f32::from_bits(((n + 127) << 23) as u32);
+    if x < -87.3 {
+        0.0
+    } else {
+        er * two_n
+    }
 }
 
 fn host_grads<B: Backend>(
@@ -256,22 +356,42 @@ fn host_grads<B: Backend>(
         .enumerate()
         .with_min_len(ROWS_PER_TASK)
         .for_each(|(i, ds)| {
-            let (pr, d) = (&p[i * t..(i + 1) * t], delta[i]);
-            match tanh {
-                Some(th) => {
-                    let th = &th[i * t..(i + 1) * t];
-                    for ((v, &p), &th) in ds.iter_mut().zip(pr).zip(th) {
-                        *v = p * (*v - d) * (1.0 - th * th) * scale;
-                    }
-                }
-                None => {
-                    for (v, &p) in ds.iter_mut().zip(pr) {
-                        *v = p * (*v - d) * scale;
-                    }
-                }
-            }
+            let th = tanh.map(|th| &th[i * t..(i + 1) * t]);
+            grads_row(ds, &p[i * t..(i + 1) * t], delta[i], th, scale);
         });
     Tensor::from_data(data, (&device, DType::F32))
+}
+
+/// One row of `dS = P ⊙ (dP − δ) ⊙ (1 − tanh²) · scale`, in place over `dP`.
+fn grads_row(ds: &mut [f32], p: &[f32], delta: f32, tanh: Option<&[f32]>, scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features this copy of the kernel is compiled for.
+        return unsafe { grads_row_avx2(ds, p, delta, tanh, scale) };
+    }
+    grads_row_lanes(ds, p, delta, tanh, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn grads_row_avx2(ds: &mut [f32], p: &[f32], delta: f32, tanh: Option<&[f32]>, scale: f32) {
+    grads_row_lanes(ds, p, delta, tanh, scale)
+}
+
+#[inline(always)]
+fn grads_row_lanes(ds: &mut [f32], p: &[f32], delta: f32, tanh: Option<&[f32]>, scale: f32) {
+    match tanh {
+        Some(th) => {
+            for ((v, &p), &th) in ds.iter_mut().zip(p).zip(th) {
+                *v = p * (*v - delta) * (1.0 - th * th) * scale;
+            }
+        }
+        None => {
+            for (v, &p) in ds.iter_mut().zip(p) {
+                *v = p * (*v - delta) * scale;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -311,9 +431,12 @@ mod tests {
         for softcap in [None, Some(4.0)] {
             for case in 0..3 {
                 let masked = || match case {
+                    // Rows of positions 1..=5, 1, 2 (a block of 5 positions of two query heads
+                    // ends mid-way through the second).
                     0 => Masked::Causal {
-                        first: range.start,
-                        s,
+                        first: 1,
+                        period: 5,
+                        offset: t - s,
                     },
                     1 => Masked::Given {
                         mask: &mask,
@@ -345,15 +468,43 @@ mod tests {
     }
 
     #[test]
-    fn causal_rows_mask_the_future_of_each_folded_row() {
-        // 2 queries (the last 2 of 4 keys), folded twice: rows 1..4 are positions 1, 0, 1.
-        let m = causal_rows::<Cpu>(1..4, 2, 4, &Default::default());
+    fn exp_nonpositive_matches_the_library_exponential() {
+        let mut worst = 0f32;
+        for i in 0..=200_000 {
+            let x = -90.0 * i as f32 / 200_000.0;
+            let (a, b) = (exp_nonpositive(x), x.exp());
+            if x >= -87.3 {
+                worst = worst.max((a - b).abs() / b);
+            } else {
+                assert_eq!(a, 0.0, "exp({x}) at the edge of the normal floats");
+            }
+        }
+        assert!(worst < 3.0 * f32::EPSILON, "largest relative error {worst}");
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+    }
+
+    #[test]
+    fn causal_rows_mask_the_future_of_each_row() {
+        // 3 rows of positions 1, 2, 1 (period 2 from position 1), one key before the queries:
+        // position 1 reads 3 keys, position 2 all 4.
+        let m = causal_rows::<Cpu>(3, 1, 2, 1, 4, &Default::default());
         let m: Vec<bool> = m.into_data().iter::<bool>().collect();
         #[rustfmt::skip]
         let expected = [
-            false, false, false, false,
             false, false, false, true,
             false, false, false, false,
+            false, false, false, true,
+        ];
+        assert_eq!(m, expected);
+        // Period 3 from position 0, offset 0: positions 0, 1, 2.
+        let m = causal_rows::<Cpu>(3, 0, 3, 0, 4, &Default::default());
+        let m: Vec<bool> = m.into_data().iter::<bool>().collect();
+        #[rustfmt::skip]
+        let expected = [
+            false, true, true, true,
+            false, false, true, true,
+            false, false, false, true,
         ];
         assert_eq!(m, expected);
     }
