@@ -264,8 +264,8 @@ fn softmax_row_lanes(
 }
 
 /// `x ← softmax(x)` over one row's live keys (all zeros when every key is masked), in lanes the
-/// compiler turns into vector registers (AVX2 where the CPU has it): the maximum and the sum accumulate in `LANES`
-/// independent partial results (a single running sum is an ordered chain it may not vectorise), and
+/// compiler turns into vector registers (AVX2 where the CPU has it): the maximum and the sum accumulate
+/// in `LANES` independent partial results (a single running sum is an ordered chain it may not vectorise), and
 /// the exponential is [`exp_nonpositive`], arithmetic only (`expf` is a library call per element).
 const LANES: usize = 8;
 
@@ -287,20 +287,23 @@ fn normalise_lanes(x: &mut [f32]) {
         x.fill(0.0);
         return;
     }
-    let mut sums = [0f32; LANES];
+    // The sum in f64: which lane a key lands in depends on the row's length and on where its keys
+    // start, so padding the same sequence differently (two workers' shares of a batch) would round
+    // an f32 sum differently; in f64 the rounding is far below an f32 step.
+    let mut sums = [0f64; LANES];
     let mut chunks = x.chunks_exact_mut(LANES);
     for c in &mut chunks {
         for l in 0..LANES {
             c[l] = exp_nonpositive(c[l] - max);
-            sums[l] += c[l];
+            sums[l] += c[l] as f64;
         }
     }
-    let mut sum: f32 = 0.0;
+    let mut sum = 0f64;
     for v in chunks.into_remainder() {
         *v = exp_nonpositive(*v - max);
-        sum += *v;
+        sum += *v as f64;
     }
-    let inv = 1.0 / (sum + sums.iter().sum::<f32>());
+    let inv = (1.0 / (sum + sums.iter().sum::<f64>())) as f32;
     x.iter_mut().for_each(|v| *v *= inv);
 }
 
@@ -407,8 +410,10 @@ mod tests {
 
     fn assert_close(name: &str, a: Tensor<Cpu, 4>, b: Tensor<Cpu, 4>) {
         assert_eq!(a.dims(), b.dims(), "{name}: shapes");
+        let scale: f32 = b.clone().abs().max().into_scalar();
         let diff: f32 = (a - b).abs().max().into_scalar();
-        assert!(diff < 1e-6, "{name}: largest difference {diff}");
+        let rel = diff / scale.max(1e-6);
+        assert!(rel < 1e-6, "{name}: largest difference {diff}, {rel} of the largest value");
     }
 
     /// A folded mask `[mb, g, rows, t]` with a different pattern in every row, some keys masked
@@ -507,6 +512,29 @@ mod tests {
             false, false, false, true,
         ];
         assert_eq!(m, expected);
+    }
+
+    /// Two workers pad their shares of a batch to different lengths: the probabilities of a row's
+    /// real keys must not depend on how many masked keys surround them.
+    #[test]
+    fn padding_leaves_the_probabilities_unchanged() {
+        let real: Vec<f32> = (0..21)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.7)
+            .collect();
+        let row = |pad_left: usize, pad_right: usize| -> Vec<f32> {
+            let t = pad_left + real.len() + pad_right;
+            let mut x = vec![0f32; t];
+            x[pad_left..pad_left + real.len()].copy_from_slice(&real);
+            let given: Vec<bool> = (0..t)
+                .map(|k| k < pad_left || k >= pad_left + real.len())
+                .collect();
+            softmax_row(&mut x, None, 0.9, None, t, Some(&given));
+            x[pad_left..pad_left + real.len()].to_vec()
+        };
+        let unpadded = row(0, 0);
+        for (l, r) in [(3, 0), (0, 5), (7, 4), (1, 11)] {
+            assert_eq!(row(l, r), unpadded, "padded by {l} and {r}");
+        }
     }
 
     #[test]
