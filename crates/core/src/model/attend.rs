@@ -3,8 +3,10 @@
 //! keeps every intermediate `[batch, heads, seq, seq]` tensor of every layer alive until the backward pass
 //! (scores, masked scores, exponentials, probabilities). Here a layer keeps only its queries, keys,
 //! values and output (and the probabilities, when they are small); the backward rebuilds one block of
-//! query rows at a time, as memory-efficient attention does. Grouped-query attention is folded into the query axis (`[b, kv_heads, rep · seq, d]`),
-//! so keys and values are never repeated per query head in the backward pass.
+//! query rows at a time, as memory-efficient attention does. Grouped-query attention is folded into the
+//! query axis (`[b, kv_heads, rep · seq, d]`), so keys and values are never repeated per query head in
+//! the backward pass. Causal blocks read only the keys up to their last query (blocks.rs), and the
+//! passes over a block's scores are one pass each way on the CPU (scores.rs).
 //!
 //! The forward pass is the inner backend's own attention kernel (flex's flash attention on the CPU,
 //! CubeCL's on GPUs). Which backends get the lean operation is decided by type: the model is generic over

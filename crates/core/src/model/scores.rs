@@ -413,7 +413,10 @@ mod tests {
         let scale: f32 = b.clone().abs().max().into_scalar();
         let diff: f32 = (a - b).abs().max().into_scalar();
         let rel = diff / scale.max(1e-6);
-        assert!(rel < 1e-6, "{name}: largest difference {diff}, {rel} of the largest value");
+        assert!(
+            rel < 1e-6,
+            "{name}: largest difference {diff}, {rel} of the largest value"
+        );
     }
 
     /// A folded mask `[mb, g, rows, t]` with a different pattern in every row, some keys masked
@@ -491,27 +494,17 @@ mod tests {
 
     #[test]
     fn causal_rows_mask_the_future_of_each_row() {
-        // 3 rows of positions 1, 2, 1 (period 2 from position 1), one key before the queries:
-        // position 1 reads 3 keys, position 2 all 4.
-        let m = causal_rows::<Cpu>(3, 1, 2, 1, 4, &Default::default());
-        let m: Vec<bool> = m.into_data().iter::<bool>().collect();
-        #[rustfmt::skip]
-        let expected = [
-            false, false, false, true,
-            false, false, false, false,
-            false, false, false, true,
-        ];
-        assert_eq!(m, expected);
-        // Period 3 from position 0, offset 0: positions 0, 1, 2.
-        let m = causal_rows::<Cpu>(3, 0, 3, 0, 4, &Default::default());
-        let m: Vec<bool> = m.into_data().iter::<bool>().collect();
-        #[rustfmt::skip]
-        let expected = [
-            false, true, true, true,
-            false, false, true, true,
-            false, false, false, true,
-        ];
-        assert_eq!(m, expected);
+        // 3 rows against 4 keys, as (first position, period, offset).
+        let mask = |first, period, offset| -> Vec<bool> {
+            let m = causal_rows::<Cpu>(3, first, period, offset, 4, &Default::default());
+            m.into_data().iter::<bool>().collect()
+        };
+        let (o, x) = (false, true);
+        // Positions 1, 2, 1 (period 2 from position 1), one key before the queries: position 1
+        // reads 3 keys, position 2 all 4.
+        assert_eq!(mask(1, 2, 1), [o, o, o, x, o, o, o, o, o, o, o, x]);
+        // Positions 0, 1, 2 (period 3), no key before the queries.
+        assert_eq!(mask(0, 3, 0), [o, x, x, x, o, o, x, x, o, o, o, x]);
     }
 
     /// Two workers pad their shares of a batch to different lengths: the probabilities of a row's
