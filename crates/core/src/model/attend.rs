@@ -417,10 +417,8 @@ fn backward<B: Backend>(
     let mut dv = Tensor::<B, 4>::zeros([b, g, t, d], &device);
     let mut dq = Vec::with_capacity(blocks.len());
     for block in &blocks {
-        let (kb, vb) = (
-            first_keys(&k, block.keys(dims)),
-            first_keys(&v, block.keys(dims)),
-        );
+        let keys = block.keys(dims);
+        let (kb, vb) = (first_keys(&k, keys), first_keys(&v, keys));
         let (qb, dob) = (block.gather(&q, dims), block.gather(&dout, dims));
         let Probs { p, tanh } = match kept.as_mut() {
             Some(kept) => kept

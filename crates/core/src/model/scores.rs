@@ -146,7 +146,7 @@ fn host_softmax<B: Backend>(
     let mut data = scores.into_data();
     let mut tanh_data = softcap.map(|_| TensorData::new(vec![0f32; b * g * n * t], [b, g, n, t]));
     let given = match &masked {
-        Masked::Given { mask, .. } => Some(host_mask(mask)),
+        Masked::Given { mask, range } => Some(host_mask(mask, range.clone())),
         Masked::Causal { .. } => None,
     };
     // The keys row `i` (of `b · g · n`) may attend to: a prefix for causal rows, a lookup otherwise.
@@ -159,13 +159,13 @@ fn host_softmax<B: Backend>(
         Masked::Given { .. } => t,
     };
     let mask_row = |i: usize| -> Option<&[bool]> {
-        let Masked::Given { mask, range } = &masked else {
+        let Masked::Given { mask, .. } = &masked else {
             return None;
         };
-        let [mb, _, rows, _] = mask.dims();
+        let mb = mask.dims()[0];
         let (bg, r) = (i / n, i % n);
         let (bi, gi) = (bg / g, bg % g);
-        let row = ((if mb == 1 { 0 } else { bi }) * g + gi) * rows + range.start + r;
+        let row = ((if mb == 1 { 0 } else { bi }) * g + gi) * n + r;
         given.as_deref().map(|m| &m[row * t..(row + 1) * t])
     };
     let (scale, cap) = (scale as f32, softcap.map(|c| c as f32));
@@ -192,13 +192,21 @@ fn host_softmax<B: Backend>(
     (tensor(data), tanh_data.map(tensor))
 }
 
-/// The mask's booleans on the host (a copy; only padded batches pass a mask).
-fn host_mask<B: Backend>(mask: &Tensor<B, 4, Bool>) -> Vec<bool> {
-    let data = mask.clone().into_data();
+/// The booleans of the mask's rows `range` (`[1 or b, g, range, t]`) on the host: a copy of the
+/// block's rows only, not of the whole layer's mask; only padded batches pass a mask.
+fn host_mask<B: Backend>(mask: &Tensor<B, 4, Bool>, range: Range<usize>) -> Vec<bool> {
+    let [mb, g, _, t] = mask.dims();
+    let data = mask.clone().slice([0..mb, 0..g, range, 0..t]).into_data();
     match data.as_slice::<bool>() {
         Ok(m) => m.to_vec(),
         Err(_) => data.iter::<bool>().collect(),
     }
+}
+
+/// Whether the CPU runs the kernels' AVX2 + FMA copies (`#[target_feature]` below).
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
 /// One row in place: scale, soft-cap, mask (keys from `limit` on, and those `given` marks), softmax.
@@ -213,7 +221,7 @@ fn softmax_row(
     given: Option<&[bool]>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if avx2_fma() {
         // SAFETY: the CPU has the features this copy of the kernel is compiled for.
         return unsafe { softmax_row_avx2(x, tanh, scale, cap, limit, given) };
     }
@@ -368,7 +376,7 @@ fn host_grads<B: Backend>(
 /// One row of `dS = P ⊙ (dP − δ) ⊙ (1 − tanh²) · scale`, in place over `dP`.
 fn grads_row(ds: &mut [f32], p: &[f32], delta: f32, tanh: Option<&[f32]>, scale: f32) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if avx2_fma() {
         // SAFETY: the CPU has the features this copy of the kernel is compiled for.
         return unsafe { grads_row_avx2(ds, p, delta, tanh, scale) };
     }
