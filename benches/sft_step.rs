@@ -140,6 +140,7 @@ impl OnDevice for Step {
             "impl": "burnish", "batch": batch, "seq": seq, "rank": rank, "steps": secs.len(),
             "dtype": self.dtype.name(), "shape": self.shape.as_deref().unwrap_or("file"),
             "gradient_checkpointing": self.checkpointing,
+            "cpu_matmul": burnish::core::backend::cpu_matmul_library(),
             "step_seconds": mean, "tokens_per_s": (batch * seq) as f64 / mean, "total_seconds": total,
         }))
     }

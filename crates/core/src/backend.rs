@@ -34,6 +34,13 @@ pub fn retain_freed_memory() {
     });
 }
 
+/// What the CPU backend's large f32 matrix products run on: the OpenBLAS library it loaded at run
+/// time (vendor/burn-flex patch 5; `BURNISH_BLAS=off` or an absent library keeps them on the
+/// pure-Rust `gemm` crate), or `"gemm"`. Loads the library if no product has yet.
+pub fn cpu_matmul_library() -> &'static str {
+    burn_flex::ops::blas::blas_library().unwrap_or("gemm")
+}
+
 /// Backend names accepted by the CLI and configs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -190,6 +197,7 @@ pub fn on_devices<J: OnDevices>(specs: &[DeviceSpec], job: J) -> Result<J::Outpu
     Ok(match first.kind {
         BackendKind::Cpu => {
             retain_freed_memory();
+            tracing::info!("CPU matrix products on {}", cpu_matmul_library());
             job.run::<Autodiff<Cpu>>(vec![CpuDevice::default(); specs.len()])
         }
         #[cfg(feature = "wgpu")]
@@ -283,6 +291,102 @@ mod tests {
     #[test]
     fn the_cpu_backend_has_no_device_memory() {
         assert_eq!(device_memory(&CpuDevice::default()), None);
+    }
+
+    /// Patch 5's products on OpenBLAS (vendor/burn-flex/src/ops/blas.rs) against f64 sums on the host,
+    /// in the layouts training uses: a projection against a transposed weight (split by rows), a
+    /// product wider than tall (split by columns, uneven parts), a transposed left operand in a
+    /// batch (attention's `Pᵀ·dO`), and rows sliced out of a larger matrix (a leading dimension
+    /// wider than the row). Without OpenBLAS this checks `gemm` instead and says so; in CI (CI=true,
+    /// where .ci/run installs libopenblas0) OpenBLAS must have been loaded.
+    #[test]
+    fn products_on_openblas_match_host_sums() {
+        use burn::tensor::{Tensor, TensorData};
+        let lib = cpu_matmul_library();
+        if lib == "gemm" {
+            let msg = "OpenBLAS is not installed (apt-get install libopenblas0-pthread)";
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+            eprintln!("checking gemm, not OpenBLAS: {msg}");
+        }
+        let d = CpuDevice::default();
+        let values = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * 7 + seed) % 61) as f32 * 0.03 - 0.9)
+                .collect()
+        };
+        let check =
+            |got: Tensor<Cpu, 3>, a: &[f32], b: &[f32], [_, m, k, n]: [usize; 4], what: &str| {
+                // a: [batch, m, k] and b: [batch, k, n], row-major, as the host sees the operands' values.
+                let got = got.into_data().to_vec::<f32>().unwrap();
+                for (idx, g) in got.iter().enumerate() {
+                    let (j, i, z) = (idx % n, idx / n % m, idx / (n * m));
+                    let want: f64 = (0..k)
+                        .map(|t| a[(z * m + i) * k + t] as f64 * b[(z * k + t) * n + j] as f64)
+                        .sum();
+                    assert!(
+                        (*g as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
+                        "{what}[{idx}] on {lib}: {g} vs {want}"
+                    );
+                }
+            };
+        let t3 = |v: &[f32], shape: [usize; 3]| {
+            Tensor::<Cpu, 3>::from_data(TensorData::new(v.to_vec(), shape), &d)
+        };
+        let transpose = |v: &[f32], [bs, r, c]: [usize; 3]| -> Vec<f32> {
+            (0..bs * r * c)
+                .map(|i| {
+                    let (x, y, z) = (i % r, i / r % c, i / (r * c));
+                    v[(z * r + x) * c + y]
+                })
+                .collect()
+        };
+        // x [1, 300, 256] · wᵀ with w [1, 200, 256]: a projection, taller than wide.
+        let (x, w) = (values(300 * 256, 1), values(200 * 256, 2));
+        let prod = t3(&x, [1, 300, 256]).matmul(t3(&w, [1, 200, 256]).swap_dims(1, 2));
+        check(
+            prod,
+            &x,
+            &transpose(&w, [1, 200, 256]),
+            [1, 300, 256, 200],
+            "x·wᵀ",
+        );
+        // [1, 130, 300] · [1, 300, 517]: wider than tall, parts of 272 and 245 columns.
+        let (a, b) = (values(130 * 300, 3), values(300 * 517, 4));
+        check(
+            t3(&a, [1, 130, 300]).matmul(t3(&b, [1, 300, 517])),
+            &a,
+            &b,
+            [1, 130, 300, 517],
+            "wide",
+        );
+        // A batch of 3: pᵀ · o with p [3, 200, 150] (rows, keys): the left operand transposed.
+        let (p, o) = (values(3 * 200 * 150, 5), values(3 * 200 * 96, 6));
+        let prod = t3(&p, [3, 200, 150])
+            .swap_dims(1, 2)
+            .matmul(t3(&o, [3, 200, 96]));
+        check(
+            prod,
+            &transpose(&p, [3, 200, 150]),
+            &o,
+            [3, 150, 200, 96],
+            "pᵀ·o",
+        );
+        // Rows 10..310 and columns 0..256 of [1, 320, 384]: a leading dimension of 384.
+        let big = values(320 * 384, 7);
+        let rows: Vec<f32> = (10..310)
+            .flat_map(|r| big[r * 384..r * 384 + 256].to_vec())
+            .collect();
+        let (sliced, r) = (
+            t3(&big, [1, 320, 384]).slice([0..1, 10..310, 0..256]),
+            values(256 * 160, 8),
+        );
+        check(
+            sliced.matmul(t3(&r, [1, 256, 160])),
+            &rows,
+            &r,
+            [1, 300, 256, 160],
+            "sliced rows",
+        );
     }
 
     /// The vendored burn-flex's patched paths (vendor/burn-flex/PATCHES.md) against the same

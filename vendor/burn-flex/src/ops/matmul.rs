@@ -266,6 +266,12 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
 
     let parallelism = get_parallelism(m, n, k);
 
+    // burnish patch 5: large f32 products on OpenBLAS when it is installed (`blas.rs`).
+    let (out_ptr, strides) = (out_data.as_mut_ptr(), [lhs_row_stride, lhs_col_stride, rhs_row_stride, rhs_col_stride]);
+    if unsafe { try_blas(m, n, k, out_ptr, lhs_ptr, rhs_ptr, strides, parallelism) } {
+        return output;
+    }
+
     unsafe {
         gemm_call(
             m,
@@ -285,6 +291,34 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
     }
 
     output
+}
+
+/// burnish patch 5: `out = lhs · rhs` on OpenBLAS (`blas.rs`) if `T` is f32, the product is one
+/// `gemm` would have split over threads, and OpenBLAS is loaded and takes it; false (nothing written)
+/// otherwise. `strides`: lhs rows, lhs columns, rhs rows, rhs columns, in elements.
+///
+/// # Safety
+/// As [`gemm_call`]'s: the pointers address `[m, k]`, `[k, n]` and a contiguous `[m, n]`.
+#[allow(clippy::too_many_arguments, unused_variables)]
+unsafe fn try_blas<T: GemmScalar>(
+    m: usize,
+    n: usize,
+    k: usize,
+    out: *mut T,
+    lhs: *const T,
+    rhs: *const T,
+    strides: [isize; 4],
+    parallelism: gemm::Parallelism,
+) -> bool {
+    #[cfg(feature = "blas")]
+    if core::any::TypeId::of::<T>() == core::any::TypeId::of::<f32>()
+        && matches!(parallelism, gemm::Parallelism::Rayon(_))
+    {
+        let [lrs, lcs, rrs, rcs] = strides;
+        // SAFETY: T is f32, and the caller's contract.
+        return unsafe { super::blas::sgemm(m, n, k, out.cast(), lhs.cast(), lrs, lcs, rhs.cast(), rrs, rcs) };
+    }
+    false
 }
 
 /// Strided gemm call for one matrix. Wraps `gemm::gemm` with GemmScalar zero/one.
@@ -378,6 +412,12 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
     let run_one = |out_ptr: *mut T, b: usize, parallelism: gemm::Parallelism| {
         let lhs_off = lhs_start + batch_elem_offset(b, &broadcast_shape, &lhs_batch_strides);
         let rhs_off = rhs_start + batch_elem_offset(b, &broadcast_shape, &rhs_batch_strides);
+        // burnish patch 5: a large f32 matrix of the batch on OpenBLAS when installed (`blas.rs`).
+        let (lhs_ptr, rhs_ptr) = unsafe { (lhs_data.as_ptr().offset(lhs_off), rhs_data.as_ptr().offset(rhs_off)) };
+        let strides = [lhs_row_stride, lhs_col_stride, rhs_row_stride, rhs_col_stride];
+        if unsafe { try_blas(m, n, k, out_ptr, lhs_ptr, rhs_ptr, strides, parallelism) } {
+            return;
+        }
         unsafe {
             gemm_call::<T>(
                 m,
