@@ -115,8 +115,9 @@ fn operand(rows: usize, cols: usize, rs: isize, cs: isize) -> Option<(i32, i32)>
 }
 
 /// `out[m, n] = lhs[m, k] · rhs[k, n]` through OpenBLAS, `out` contiguous row-major. Returns false
-/// (doing nothing) when the product is one [`MIN_TERMS`] keeps on `gemm`, no library is loaded, the operands' layouts are
-/// not ones cblas takes, or a size does not fit cblas's `int`; the caller then uses `gemm`.
+/// (doing nothing) when the product is under [`MIN_TERMS`] or [`MIN_SIDE`], no library is loaded,
+/// the operands' layouts are not ones cblas takes, or a size does not fit cblas's `int`; the caller
+/// then uses `gemm`.
 ///
 /// # Safety
 /// The pointers must address matrices of the given shapes and element strides, `out` writable.
