@@ -1,7 +1,7 @@
 //! burnish patch 5: large f32 matrix products through OpenBLAS, loaded at run time.
 //!
 //! On the 2-core AMD EPYC (Zen 3, AVX2) where burnish's CPU speed is measured, OpenBLAS's `sgemm` ran
-//! a LoRA step's projection shapes 10-25% faster than the `gemm` crate (docs/benchmarks.md). Nothing is
+//! a LoRA step's projections and LM head faster than the `gemm` crate (docs/benchmarks.md). Nothing is
 //! linked at build time, so the pure-Rust build stays the default everywhere: the first large product
 //! looks for the shared library and, when it is absent or turned off, every product keeps going
 //! through `gemm` as upstream does.
@@ -34,10 +34,10 @@ type Sgemm = unsafe extern "C" fn(
 type SetThreads = unsafe extern "C" fn(i32);
 
 /// Products summing fewer than this many terms (`k`), or with an output side under [`MIN_SIDE`], stay
-/// on `gemm`: OpenBLAS's `sgemm` ran them slower (LoRA's rank-16 factors: 22-94 against 70-136 GFLOP/s;
-/// attention's scores over 64-wide heads: 42-70 against 50-106), and the rest faster (projections:
-/// 121-154 against 89-147; attention's `P·V` and `Pᵀ·dO`, 104-111 against 71-88), measured on the
-/// 2-core Zen 3 of docs/benchmarks.md.
+/// on `gemm`. OpenBLAS's `sgemm` ran them slower, in GFLOP/s on both cores, OpenBLAS against `gemm`:
+/// LoRA's rank-16 factors 22-94 against 53-136; attention's scores over 64-wide heads 42-95 against
+/// 50-106. It ran the rest faster: the projections 112-156 against 72-148. Measured on the 2-core
+/// Zen 3 of docs/benchmarks.md (its first table).
 const MIN_TERMS: usize = 128;
 const MIN_SIDE: usize = 64;
 
@@ -69,7 +69,9 @@ fn load() -> Option<Blas> {
         // SAFETY: the symbols are looked up with the signatures OpenBLAS's cblas.h declares.
         let symbols = unsafe {
             let sgemm = lib.get::<Sgemm>(b"cblas_sgemm\0").map(|s| *s);
-            let threads = lib.get::<SetThreads>(b"openblas_set_num_threads\0").map(|s| *s);
+            let threads = lib
+                .get::<SetThreads>(b"openblas_set_num_threads\0")
+                .map(|s| *s);
             sgemm.and_then(|s| threads.map(|t| (s, t)))
         };
         match symbols {
@@ -138,10 +140,9 @@ pub(crate) unsafe fn sgemm(
         return false;
     }
     let Some(blas) = blas() else { return false };
-    let (Some((ta, lda)), Some((tb, ldb))) = (
-        operand(m, k, lhs_rs, lhs_cs),
-        operand(k, n, rhs_rs, rhs_cs),
-    ) else {
+    let (Some((ta, lda)), Some((tb, ldb))) =
+        (operand(m, k, lhs_rs, lhs_cs), operand(k, n, rhs_rs, rhs_cs))
+    else {
         return false;
     };
     if i32::try_from(m.max(n).max(k)).is_err() {
@@ -159,7 +160,11 @@ pub(crate) unsafe fn sgemm(
         let size = chunk.min(len - start);
         let (rows, cols) = if split_rows { (size, n) } else { (m, size) };
         let (a, b, c) = if split_rows {
-            (offset(lhs, start as isize * lhs_rs), rhs, out + start * n * 4)
+            (
+                offset(lhs, start as isize * lhs_rs),
+                rhs,
+                out + start * n * 4,
+            )
         } else {
             (lhs, offset(rhs, start as isize * rhs_cs), out + start * 4)
         };
@@ -184,7 +189,11 @@ pub(crate) unsafe fn sgemm(
         };
     };
     use rayon::prelude::*;
-    (0..len).step_by(chunk).collect::<Vec<_>>().into_par_iter().for_each(run);
+    (0..len)
+        .step_by(chunk)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .for_each(run);
     true
 }
 

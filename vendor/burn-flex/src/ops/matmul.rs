@@ -267,7 +267,13 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
     let parallelism = get_parallelism(m, n, k);
 
     // burnish patch 5: large f32 products on OpenBLAS when it is installed (`blas.rs`).
-    let (out_ptr, strides) = (out_data.as_mut_ptr(), [lhs_row_stride, lhs_col_stride, rhs_row_stride, rhs_col_stride]);
+    let strides = [
+        lhs_row_stride,
+        lhs_col_stride,
+        rhs_row_stride,
+        rhs_col_stride,
+    ];
+    let out_ptr = out_data.as_mut_ptr();
     if unsafe { try_blas(m, n, k, out_ptr, lhs_ptr, rhs_ptr, strides, parallelism) } {
         return output;
     }
@@ -277,7 +283,7 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
             m,
             n,
             k,
-            out_data.as_mut_ptr(),
+            out_ptr,
             1,
             n as isize,
             lhs_ptr,
@@ -316,7 +322,20 @@ unsafe fn try_blas<T: GemmScalar>(
     {
         let [lrs, lcs, rrs, rcs] = strides;
         // SAFETY: T is f32, and the caller's contract.
-        return unsafe { super::blas::sgemm(m, n, k, out.cast(), lhs.cast(), lrs, lcs, rhs.cast(), rrs, rcs) };
+        return unsafe {
+            super::blas::sgemm(
+                m,
+                n,
+                k,
+                out.cast(),
+                lhs.cast(),
+                lrs,
+                lcs,
+                rhs.cast(),
+                rrs,
+                rcs,
+            )
+        };
     }
     false
 }
@@ -408,13 +427,23 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
 
     let per_matrix_ops = m.saturating_mul(n).saturating_mul(k);
 
+    let strides = [
+        lhs_row_stride,
+        lhs_col_stride,
+        rhs_row_stride,
+        rhs_col_stride,
+    ];
     // Closure: run gemm for one batch slice at the given pointers
     let run_one = |out_ptr: *mut T, b: usize, parallelism: gemm::Parallelism| {
         let lhs_off = lhs_start + batch_elem_offset(b, &broadcast_shape, &lhs_batch_strides);
         let rhs_off = rhs_start + batch_elem_offset(b, &broadcast_shape, &rhs_batch_strides);
         // burnish patch 5: a large f32 matrix of the batch on OpenBLAS when installed (`blas.rs`).
-        let (lhs_ptr, rhs_ptr) = unsafe { (lhs_data.as_ptr().offset(lhs_off), rhs_data.as_ptr().offset(rhs_off)) };
-        let strides = [lhs_row_stride, lhs_col_stride, rhs_row_stride, rhs_col_stride];
+        let (lhs_ptr, rhs_ptr) = unsafe {
+            (
+                lhs_data.as_ptr().offset(lhs_off),
+                rhs_data.as_ptr().offset(rhs_off),
+            )
+        };
         if unsafe { try_blas(m, n, k, out_ptr, lhs_ptr, rhs_ptr, strides, parallelism) } {
             return;
         }
@@ -426,10 +455,10 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
                 out_ptr,
                 1,
                 n as isize,
-                lhs_data.as_ptr().offset(lhs_off),
+                lhs_ptr,
                 lhs_col_stride,
                 lhs_row_stride,
-                rhs_data.as_ptr().offset(rhs_off),
+                rhs_ptr,
                 rhs_col_stride,
                 rhs_row_stride,
                 parallelism,
