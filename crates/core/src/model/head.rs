@@ -1,5 +1,5 @@
 //! Log-probabilities of target tokens through the LM head, for training losses, without holding the
-//! `[tokens, vocab]` logits. Rows are taken a block at a time (32 MB of logits), each block's logits
+//! `[tokens, vocab]` logits. Rows are taken a block at a time (256 MB of logits), each block's logits
 //! reduced to the targets' log-probabilities and the argmax, then dropped.
 //!
 //! Under autodiff (CPU, and wgpu/CUDA when compiled in) this is one operation whose backward needs
@@ -16,14 +16,19 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Int, Tensor, TensorData, TensorPrimitive};
+use rayon::prelude::*;
 
 use super::attend::cast;
 use super::linear::{matmul_t, to_dtype};
+use super::softmax::softmax;
 
-/// Logit elements of one block of rows: 8M f32 values, 32 MB (SmolLM2's 49,152-token vocabulary: 170
-/// rows a block).
-const BLOCK_LOGITS: usize = 1 << 23;
+/// Logit elements of one block of rows: 64M f32 values, 256 MB (SmolLM2's 49,152-token vocabulary:
+/// 1,365 rows a block). Each block packs the whole head matrix twice for the matrix-product kernel
+/// (`hidden · Wᵀ` and `p · W`), so small blocks cost more in packing than they save in memory: at
+/// 1 × 1024, 32 MB blocks (170 rows, six blocks) took a SmolLM2 step from 11.9 s to 13.4 s, for
+/// 330 MB less peak memory (docs/benchmarks.md).
+const BLOCK_LOGITS: usize = 1 << 26;
 
 /// The targets' log-probabilities `[n]` under `softcap(hidden · Wᵀ)` for `hidden` `[n, h]` and the
 /// head `w` `[vocab, h]`, and each row's argmax token.
@@ -216,30 +221,26 @@ fn blocks<B: Backend>(
         let t = &targets[r0..r1];
         let idx =
             Tensor::<B, 2, Int>::from_data(TensorData::new(t.to_vec(), [r1 - r0, 1]), &device);
-        let mut z = matmul_t(hidden.clone().slice(r0..r1), w.clone());
-        let tanh = softcap.map(|cap| {
-            let th = (z.clone() / cap).tanh();
-            z = th.clone() * cap;
-            th
-        });
-        let top = z.clone().argmax(1).into_data().convert::<i64>();
-        argmax.extend(top.to_vec::<i64>().expect("converted to i64"));
-        let max = z.clone().max_dim(1);
-        let lse = (z.clone() - max.clone()).exp().sum_dim(1).log() + max;
-        let zt = z.clone().gather(1, idx.clone());
-        logps.push((zt - lse.clone()).squeeze_dim::<1>(1));
+        let z = matmul_t(hidden.clone().slice(r0..r1), w.clone());
+        let rows = match on_host(&z) {
+            true => host_rows(z, t, softcap),
+            false => tensor_rows(z, idx.clone(), softcap),
+        };
+        argmax.extend(rows.argmax);
+        logps.push(rows.logps);
         if want_jac {
-            // ∂ logp / ∂ z_v = 1[v = target] − p_v, times 1 − tanh² through the soft-cap.
-            let mut p = (z - lse).exp();
-            let mut wt = w.clone().select(0, idx.clone().squeeze_dim::<1>(1));
+            // ∂ logp / ∂ z_v = 1[v = target] − p_v, times 1 − tanh² through the soft-cap (already in
+            // `rows.p`).
+            let mut wt = w.clone().select(0, idx.squeeze_dim::<1>(1));
             wt = to_dtype(wt, hidden.dtype());
-            if let Some(th) = tanh {
-                let d = th.powi_scalar(2).neg().add_scalar(1.0);
-                wt = wt * d.clone().gather(1, idx);
-                p = p * d;
+            if let Some(d) = rows.d_target {
+                wt = wt * d;
             }
             // p · W in the head's dtype (a bf16/f16 base), back to the activations' f32.
-            let pw = to_dtype(to_dtype(p, w.dtype()).matmul(w.clone()), hidden.dtype());
+            let pw = to_dtype(
+                to_dtype(rows.p, w.dtype()).matmul(w.clone()),
+                hidden.dtype(),
+            );
             jacs.push(wt - pw);
         }
     }
@@ -248,6 +249,111 @@ fn blocks<B: Backend>(
         argmax,
         jac: want_jac.then(|| Tensor::cat(jacs, 0)),
     }
+}
+
+/// One block of logits `[r, vocab]` reduced: the targets' log-probabilities `[r]`, each row's argmax,
+/// the probabilities `p` (times `1 − tanh²` under a soft-cap), and the targets' `1 − tanh²` `[r, 1]`
+/// under a soft-cap.
+struct Rows<B: Backend> {
+    logps: Tensor<B, 1>,
+    argmax: Vec<i64>,
+    p: Tensor<B, 2>,
+    d_target: Option<Tensor<B, 2>>,
+}
+
+/// The CPU backend with f32 logits: the one-pass host kernel.
+fn on_host<B: Backend>(z: &Tensor<B, 2>) -> bool {
+    std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::backend::Cpu>()
+        && z.dtype() == DType::F32
+}
+
+/// [`Rows`] as tensor operations (GPU backends, other dtypes).
+fn tensor_rows<B: Backend>(
+    mut z: Tensor<B, 2>,
+    idx: Tensor<B, 2, Int>,
+    softcap: Option<f64>,
+) -> Rows<B> {
+    let tanh = softcap.map(|cap| {
+        let th = (z.clone() / cap).tanh();
+        z = th.clone() * cap;
+        th
+    });
+    let top = z.clone().argmax(1).into_data().convert::<i64>();
+    let max = z.clone().max_dim(1);
+    let lse = (z.clone() - max.clone()).exp().sum_dim(1).log() + max;
+    let zt = z.clone().gather(1, idx.clone());
+    let logps = (zt - lse.clone()).squeeze_dim::<1>(1);
+    let mut p = (z - lse).exp();
+    let d_target = tanh.map(|th| {
+        let d = th.powi_scalar(2).neg().add_scalar(1.0);
+        p = p.clone() * d.clone();
+        d.gather(1, idx)
+    });
+    Rows {
+        logps,
+        argmax: top.to_vec::<i64>().expect("converted to i64"),
+        p,
+        d_target,
+    }
+}
+
+/// [`Rows`] on the host, one pass per row on rayon's threads in the buffer the logits' matmul wrote
+/// (the CPU backend hands a uniquely owned tensor's buffer to `into_data` and back without copying):
+/// the decomposed formula is six passes over a 256 MB block, each a fresh allocation, and an `expf`
+/// library call per logit.
+fn host_rows<B: Backend>(z: Tensor<B, 2>, targets: &[i64], softcap: Option<f64>) -> Rows<B> {
+    let [r, vocab] = z.dims();
+    let device = z.device();
+    let mut data = z.into_data();
+    let mut out = vec![(0f32, 0i64, 1f32); r];
+    let cap = softcap.map(|c| c as f32);
+    data.as_mut_slice::<f32>()
+        .expect("f32 logits")
+        .par_chunks_mut(vocab)
+        .zip(out.par_iter_mut())
+        .zip(targets.par_iter())
+        .for_each(|((x, out), &t)| *out = host_row(x, t as usize, cap));
+    let column = |v: Vec<f32>| TensorData::new(v, [r]);
+    let logps = column(out.iter().map(|o| o.0).collect());
+    let d_target = cap.map(|_| column(out.iter().map(|o| o.2).collect()));
+    Rows {
+        logps: Tensor::from_data(logps, (&device, DType::F32)),
+        argmax: out.iter().map(|o| o.1).collect(),
+        p: Tensor::from_data(data, (&device, DType::F32)),
+        d_target: d_target
+            .map(|d| Tensor::<B, 1>::from_data(d, (&device, DType::F32)).unsqueeze_dim(1)),
+    }
+}
+
+/// One row of logits `x` with target `t`, in place: `x ← p` (times `1 − tanh²` under a soft-cap `cap`).
+/// Returns the target's log-probability, the argmax (the first largest logit) and the target's
+/// `1 − tanh²`.
+fn host_row(x: &mut [f32], t: usize, cap: Option<f32>) -> (f32, i64, f32) {
+    let d: Option<Vec<f32>> = cap.map(|cap| {
+        x.iter_mut()
+            .map(|v| {
+                let th = (*v / cap).tanh();
+                *v = cap * th;
+                1.0 - th * th
+            })
+            .collect()
+    });
+    let max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let top = x.iter().position(|&v| v == max).unwrap_or(0) as i64;
+    assert!(
+        t < x.len(),
+        "target token {t} outside the head's {}-token vocabulary",
+        x.len()
+    );
+    let zt = x[t];
+    let d_target = d.as_ref().map_or(1.0, |d| d[t]);
+    let Some((max, sum)) = softmax(x) else {
+        return (f32::NEG_INFINITY, top, d_target);
+    };
+    if let Some(d) = d {
+        x.iter_mut().zip(&d).for_each(|(p, d)| *p *= d);
+    }
+    (zt - max - sum.ln() as f32, top, d_target)
 }
 
 #[cfg(test)]

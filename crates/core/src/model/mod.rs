@@ -15,6 +15,7 @@ mod norm;
 pub mod recompute;
 mod rope;
 mod scores;
+mod softmax;
 
 pub use attend::{attend, AttendOptions};
 pub use build::Parts;

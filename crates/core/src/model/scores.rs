@@ -16,6 +16,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{activation, Bool, DType, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::softmax::avx2_fma;
+
 /// Which keys each score row may not attend to.
 pub(super) enum Masked<'a, B: Backend> {
     /// Causal attention: row `r` of the block's `n` rows is query position
@@ -203,12 +206,6 @@ fn host_mask<B: Backend>(mask: &Tensor<B, 4, Bool>, range: Range<usize>) -> Vec<
     }
 }
 
-/// Whether the CPU runs the kernels' AVX2 + FMA copies (`#[target_feature]` below).
-#[cfg(target_arch = "x86_64")]
-fn avx2_fma() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-}
-
 /// One row in place: scale, soft-cap, mask (keys from `limit` on, and those `given` marks), softmax.
 /// The tanh of keys from `limit` on stays zero: their probabilities are zero, so the backward pass
 /// never uses it.
@@ -268,79 +265,7 @@ fn softmax_row_lanes(
             }
         }
     }
-    normalise_lanes(live);
-}
-
-/// `x ← softmax(x)` over one row's live keys (all zeros when every key is masked), in lanes the
-/// compiler turns into vector registers (AVX2 where the CPU has it): the maximum and the sum accumulate
-/// in `LANES` independent partial results (a single running sum is an ordered chain it may not vectorise), and
-/// the exponential is [`exp_nonpositive`], arithmetic only (`expf` is a library call per element).
-const LANES: usize = 8;
-
-#[inline(always)]
-fn normalise_lanes(x: &mut [f32]) {
-    let mut m = [f32::NEG_INFINITY; LANES];
-    let mut chunks = x.chunks_exact(LANES);
-    for c in &mut chunks {
-        for l in 0..LANES {
-            m[l] = if c[l] > m[l] { c[l] } else { m[l] };
-        }
-    }
-    let max = chunks
-        .remainder()
-        .iter()
-        .chain(&m)
-        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    if max == f32::NEG_INFINITY {
-        x.fill(0.0);
-        return;
-    }
-    // The sum in f64: which lane a key lands in depends on the row's length and on where its keys
-    // start, so padding the same sequence differently (two workers' shares of a batch) would round
-    // an f32 sum differently; in f64 the rounding is far below an f32 step.
-    let mut sums = [0f64; LANES];
-    let mut chunks = x.chunks_exact_mut(LANES);
-    for c in &mut chunks {
-        for l in 0..LANES {
-            c[l] = exp_nonpositive(c[l] - max);
-            sums[l] += c[l] as f64;
-        }
-    }
-    let mut sum = 0f64;
-    for v in chunks.into_remainder() {
-        *v = exp_nonpositive(*v - max);
-        sum += *v as f64;
-    }
-    let inv = (1.0 / (sum + sums.iter().sum::<f64>())) as f32;
-    x.iter_mut().for_each(|v| *v *= inv);
-}
-
-/// `eˣ` for `x ≤ 0` (`-∞` included) to within 2 ulp: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, Cephes'
-/// degree-6 polynomial for `eʳ`, and `2ⁿ` written into the exponent bits. Below `-87.3` (where `eˣ`
-/// leaves the normal floats) it is 0, as softmax wants for masked keys.
-#[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // Adding 1.5·2²³ rounds to an integer, which then sits in the low mantissa bits.
-    const ROUND: f32 = 12_582_912.0;
-    let xc = x.max(-87.3);
-    let shifted = xc * LOG2E + ROUND;
-    let n = shifted - ROUND;
-    let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5; // Cephes: 5.0000001e-1, which is 0.5 in f32
-    let er = p * r * r + r + 1.0;
-    let n = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
-    let two_n = f32::from_bits(((n + 127) << 23) as u32);
-    if x < -87.3 {
-        0.0
-    } else {
-        er * two_n
-    }
+    super::softmax::softmax(live);
 }
 
 fn host_grads<B: Backend>(
@@ -481,23 +406,6 @@ mod tests {
                 assert_close(&format!("score gradients, {name}"), ds1, ds0);
             }
         }
-    }
-
-    #[test]
-    fn exp_nonpositive_matches_the_library_exponential() {
-        let mut worst = 0f32;
-        for i in 0..=200_000 {
-            let x = -90.0 * i as f32 / 200_000.0;
-            let (a, b) = (exp_nonpositive(x), x.exp());
-            if x >= -87.3 {
-                worst = worst.max((a - b).abs() / b);
-            } else {
-                assert_eq!(a, 0.0, "exp({x}) at the edge of the normal floats");
-            }
-        }
-        assert!(worst < 3.0 * f32::EPSILON, "largest relative error {worst}");
-        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
-        assert_eq!(exp_nonpositive(0.0), 1.0);
     }
 
     #[test]
