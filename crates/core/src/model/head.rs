@@ -1,5 +1,6 @@
 //! Log-probabilities of target tokens through the LM head, for training losses, without holding the
-//! `[tokens, vocab]` logits. Rows are taken a block at a time (256 MB of logits), each block's logits
+//! `[tokens, vocab]` logits. Rows are taken a block at a time (32 MB of logits; on the CPU, chunks of the
+//! vocabulary, `host_blocks`), each block's logits
 //! reduced to the targets' log-probabilities and the argmax, then dropped.
 //!
 //! Under autodiff (CPU, and wgpu/CUDA when compiled in) this is one operation whose backward needs
@@ -21,14 +22,12 @@ use rayon::prelude::*;
 
 use super::attend::cast;
 use super::linear::{matmul_t, to_dtype};
-use super::softmax::softmax;
+use super::softmax;
 
-/// Logit elements of one block of rows: 64M f32 values, 256 MB (SmolLM2's 49,152-token vocabulary:
-/// 1,365 rows a block). Each block packs the whole head matrix twice for the matrix-product kernel
-/// (`hidden · Wᵀ` and `p · W`), so small blocks cost more in packing than they save in memory: at
-/// 1 × 1024, 32 MB blocks (170 rows, six blocks) took a SmolLM2 step from 11.9 s to 13.4 s, for
-/// 330 MB less peak memory (docs/benchmarks.md).
-const BLOCK_LOGITS: usize = 1 << 26;
+/// Logit elements of one block of rows on the tensor path (GPUs, other dtypes): 8M f32 values, 32 MB
+/// (SmolLM2's 49,152-token vocabulary: 170 rows a block). The CPU backend's host path holds at most
+/// [`HOST_CHUNK`] at a time.
+const BLOCK_LOGITS: usize = 1 << 23;
 
 /// The targets' log-probabilities `[n]` under `softcap(hidden · Wᵀ)` for `hidden` `[n, h]` and the
 /// head `w` `[vocab, h]`, and each row's argmax token.
@@ -211,6 +210,21 @@ fn blocks<B: Backend>(
     block: usize,
     want_jac: bool,
 ) -> Blocks<B> {
+    match on_host(&hidden) && w.dtype() == DType::F32 {
+        true => host_blocks(hidden, w, targets, softcap, want_jac, block.min(HOST_CHUNK)),
+        false => tensor_blocks(hidden, w, targets, softcap, want_jac, block),
+    }
+}
+
+/// [`Blocks`] as tensor operations, a block of rows of the whole vocabulary at a time.
+fn tensor_blocks<B: Backend>(
+    hidden: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    targets: &[i64],
+    softcap: Option<f64>,
+    want_jac: bool,
+    block: usize,
+) -> Blocks<B> {
     let [n, _] = hidden.dims();
     let vocab = w.dims()[0];
     let device = hidden.device();
@@ -222,10 +236,7 @@ fn blocks<B: Backend>(
         let idx =
             Tensor::<B, 2, Int>::from_data(TensorData::new(t.to_vec(), [r1 - r0, 1]), &device);
         let z = matmul_t(hidden.clone().slice(r0..r1), w.clone());
-        let rows = match on_host(&z) {
-            true => host_rows(z, t, softcap),
-            false => tensor_rows(z, idx.clone(), softcap),
-        };
+        let rows = tensor_rows(z, idx.clone(), softcap);
         argmax.extend(rows.argmax);
         logps.push(rows.logps);
         if want_jac {
@@ -261,7 +272,7 @@ struct Rows<B: Backend> {
     d_target: Option<Tensor<B, 2>>,
 }
 
-/// The CPU backend with f32 logits: the one-pass host kernel.
+/// The CPU backend with f32 activations: the host kernels.
 fn on_host<B: Backend>(z: &Tensor<B, 2>) -> bool {
     std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::backend::Cpu>()
         && z.dtype() == DType::F32
@@ -297,63 +308,159 @@ fn tensor_rows<B: Backend>(
     }
 }
 
-/// [`Rows`] on the host, one pass per row on rayon's threads in the buffer the logits' matmul wrote
-/// (the CPU backend hands a uniquely owned tensor's buffer to `into_data` and back without copying):
-/// the decomposed formula is six passes over a 256 MB block, each a fresh allocation, and an `expf`
-/// library call per logit.
-fn host_rows<B: Backend>(z: Tensor<B, 2>, targets: &[i64], softcap: Option<f64>) -> Rows<B> {
-    let [r, vocab] = z.dims();
-    let device = z.device();
-    let mut data = z.into_data();
-    let mut out = vec![(0f32, 0i64, 1f32); r];
+/// Logit elements of one host chunk: 4M f32 values, 16 MB, under glibc's 32 MB limit above which
+/// every allocation is a fresh `mmap` whose pages fault in (and are zeroed) again at every step.
+const HOST_CHUNK: usize = 1 << 22;
+
+/// [`Blocks`] on the CPU backend: the logits of a block of rows are computed a chunk of the vocabulary
+/// at a time, with a running maximum and sum per row (online softmax, as flash attention does over
+/// keys), and `Σ_v p_v · W[v]` accumulated over the chunks, rescaled when a row's maximum moves. So
+/// the head matrix is packed once for the matrix-product kernel per block of rows (row blocks of the
+/// whole vocabulary pack it per block: six times at 1 × 1024 with 32 MB blocks), and no chunk is
+/// larger than 16 MB (a 256 MB block page-faulted in at every step: 4.5% of a step). Each chunk is one
+/// pass per row on rayon's threads, in the buffer the logits' matmul wrote (the CPU backend hands a
+/// uniquely owned tensor's buffer to `into_data` and back without copying), with the vector
+/// exponential of softmax.rs.
+fn host_blocks<B: Backend>(
+    hidden: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    targets: &[i64],
+    softcap: Option<f64>,
+    want_jac: bool,
+    chunk: usize,
+) -> Blocks<B> {
+    let n = hidden.dims()[0];
+    let vocab = w.dims()[0];
+    let device = hidden.device();
+    // Rows a block: at 4,096, a 16 MB chunk is 1,024 tokens of the vocabulary.
+    let rows = n.clamp(1, 4096);
+    let step = (chunk / rows).clamp(1, vocab.max(1));
     let cap = softcap.map(|c| c as f32);
-    data.as_mut_slice::<f32>()
-        .expect("f32 logits")
-        .par_chunks_mut(vocab)
-        .zip(out.par_iter_mut())
-        .zip(targets.par_iter())
-        .for_each(|((x, out), &t)| *out = host_row(x, t as usize, cap));
-    let column = |v: Vec<f32>| TensorData::new(v, [r]);
-    let logps = column(out.iter().map(|o| o.0).collect());
-    let d_target = cap.map(|_| column(out.iter().map(|o| o.2).collect()));
-    Rows {
-        logps: Tensor::from_data(logps, (&device, DType::F32)),
-        argmax: out.iter().map(|o| o.1).collect(),
-        p: Tensor::from_data(data, (&device, DType::F32)),
-        d_target: d_target
-            .map(|d| Tensor::<B, 1>::from_data(d, (&device, DType::F32)).unsqueeze_dim(1)),
+    let (mut logps, mut jacs, mut argmax) = (Vec::new(), Vec::new(), Vec::with_capacity(n));
+    for r0 in (0..n).step_by(rows) {
+        let r1 = (r0 + rows).min(n);
+        let hb = hidden.clone().slice(r0..r1);
+        let mut state: Vec<RowState> = targets[r0..r1]
+            .iter()
+            .map(|&t| RowState::new(t as usize, vocab))
+            .collect();
+        let mut acc: Option<Tensor<B, 2>> = None;
+        for v0 in (0..vocab).step_by(step) {
+            let v1 = (v0 + step).min(vocab);
+            let wc = w.clone().slice(v0..v1);
+            let mut data = matmul_t(hb.clone(), wc.clone()).into_data();
+            let alpha: Vec<f32> = data
+                .as_mut_slice::<f32>()
+                .expect("f32 logits")
+                .par_chunks_mut(v1 - v0)
+                .zip(state.par_iter_mut())
+                .map(|(x, st)| st.chunk(x, v0, cap))
+                .collect();
+            if want_jac {
+                let e = Tensor::<B, 2>::from_data(data, (&device, DType::F32)).matmul(wc);
+                acc = Some(match acc {
+                    None => e,
+                    Some(acc) => acc * column::<B>(alpha, &device) + e,
+                });
+            }
+        }
+        let f32s = |f: fn(&RowState) -> f32| column::<B>(state.iter().map(f).collect(), &device);
+        logps.push(f32s(RowState::logp).squeeze_dim::<1>(1));
+        argmax.extend(state.iter().map(|st| st.top as i64));
+        if let Some(acc) = acc {
+            let idx = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(targets[r0..r1].to_vec(), [r1 - r0]),
+                &device,
+            );
+            let wt = w.clone().select(0, idx) * f32s(|st| st.d_target);
+            let inv_sum = f32s(|st| (1.0 / st.sum) as f32);
+            jacs.push(wt - acc * inv_sum);
+        }
+    }
+    Blocks {
+        logps: Tensor::cat(logps, 0),
+        argmax,
+        jac: want_jac.then(|| Tensor::cat(jacs, 0)),
     }
 }
 
-/// One row of logits `x` with target `t`, in place: `x ← p` (times `1 − tanh²` under a soft-cap `cap`).
-/// Returns the target's log-probability, the argmax (the first largest logit) and the target's
-/// `1 − tanh²`.
-fn host_row(x: &mut [f32], t: usize, cap: Option<f32>) -> (f32, i64, f32) {
-    let d: Option<Vec<f32>> = cap.map(|cap| {
-        x.iter_mut()
-            .map(|v| {
-                let th = (*v / cap).tanh();
-                *v = cap * th;
-                1.0 - th * th
-            })
-            .collect()
-    });
-    let max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let top = x.iter().position(|&v| v == max).unwrap_or(0) as i64;
-    assert!(
-        t < x.len(),
-        "target token {t} outside the head's {}-token vocabulary",
-        x.len()
-    );
-    let zt = x[t];
-    let d_target = d.as_ref().map_or(1.0, |d| d[t]);
-    let Some((max, sum)) = softmax(x) else {
-        return (f32::NEG_INFINITY, top, d_target);
-    };
-    if let Some(d) = d {
-        x.iter_mut().zip(&d).for_each(|(p, d)| *p *= d);
+/// `[r, 1]` from `r` values.
+fn column<B: Backend>(v: Vec<f32>, device: &B::Device) -> Tensor<B, 2> {
+    let r = v.len();
+    Tensor::from_data(TensorData::new(v, [r, 1]), (device, DType::F32))
+}
+
+/// One row's online softmax over the chunks of the vocabulary seen so far.
+struct RowState {
+    target: usize,
+    /// The largest (soft-capped) logit so far, and the first token that has it.
+    max: f32,
+    top: usize,
+    /// `Σ exp(z − max)` so far.
+    sum: f64,
+    /// The target's (soft-capped) logit and `1 − tanh²` there (1 without a soft-cap).
+    z_target: f32,
+    d_target: f32,
+}
+
+impl RowState {
+    fn new(target: usize, vocab: usize) -> Self {
+        assert!(
+            target < vocab,
+            "target token {target} outside the head's {vocab}-token vocabulary"
+        );
+        RowState {
+            target,
+            max: f32::NEG_INFINITY,
+            top: 0,
+            sum: 0.0,
+            z_target: f32::NEG_INFINITY,
+            d_target: 1.0,
+        }
     }
-    (zt - max - sum.ln() as f32, top, d_target)
+
+    /// Takes in the logits `x` of tokens `v0..`, leaving `exp(z − max) · (1 − tanh²)` in `x` (the
+    /// chunk's share of `p · W` before the division by the final sum), and returns the factor
+    /// `exp(old max − new max)` by which what was accumulated before this chunk must be rescaled.
+    fn chunk(&mut self, x: &mut [f32], v0: usize, cap: Option<f32>) -> f32 {
+        let d: Option<Vec<f32>> = cap.map(|cap| {
+            x.iter_mut()
+                .map(|v| {
+                    let th = (*v / cap).tanh();
+                    *v = cap * th;
+                    1.0 - th * th
+                })
+                .collect()
+        });
+        if (v0..v0 + x.len()).contains(&self.target) {
+            self.z_target = x[self.target - v0];
+            self.d_target = d.as_ref().map_or(1.0, |d| d[self.target - v0]);
+        }
+        let max = softmax::max(x);
+        if max == f32::NEG_INFINITY && self.max == f32::NEG_INFINITY {
+            x.fill(0.0);
+            return 0.0;
+        }
+        if max > self.max {
+            self.top = v0 + x.iter().position(|&v| v == max).unwrap_or(0);
+        }
+        let new = self.max.max(max);
+        let alpha = match self.max {
+            m if m == f32::NEG_INFINITY => 0.0,
+            m => softmax::exp_nonpositive(m - new),
+        };
+        self.sum = self.sum * alpha as f64 + softmax::exp_sum(x, new);
+        self.max = new;
+        if let Some(d) = d {
+            x.iter_mut().zip(&d).for_each(|(e, d)| *e *= d);
+        }
+        alpha
+    }
+
+    /// `log p(target) = z_target − max − ln Σ`.
+    fn logp(&self) -> f32 {
+        self.z_target - self.max - self.sum.ln() as f32
+    }
 }
 
 #[cfg(test)]
@@ -427,6 +534,31 @@ mod tests {
     fn matches_the_full_logits_through_a_softcap() {
         check(Some(2.0), 1 << 20);
         check(Some(2.0), 3 * 23);
+    }
+
+    /// The host path (chunks of the vocabulary, online softmax) against the tensor path (blocks of
+    /// rows), with and without a soft-cap, in several chunks and in one.
+    #[test]
+    fn host_chunks_match_the_tensor_blocks() {
+        let device = Default::default();
+        let (n, h, v) = (10, 8, 23);
+        let hidden = Tensor::<Cpu, 2>::random([n, h], Distribution::Normal(0.0, 2.0), &device);
+        let w = Tensor::<Cpu, 2>::random([v, h], Distribution::Normal(0.0, 2.0), &device);
+        let targets: Vec<i64> = (0..n as i64).map(|i| (i * 5 + 1) % v as i64).collect();
+        for softcap in [None, Some(3.0)] {
+            let want = tensor_blocks(hidden.clone(), w.clone(), &targets, softcap, true, 3 * v);
+            for chunk in [n * 4, n * 7, n * v] {
+                let got = host_blocks(hidden.clone(), w.clone(), &targets, softcap, true, chunk);
+                let name = format!("softcap {softcap:?}, chunk {chunk}");
+                assert!(
+                    max_diff(got.logps, want.logps.clone()) < 1e-5,
+                    "{name}: logps"
+                );
+                assert_eq!(got.argmax, want.argmax, "{name}: argmax");
+                let (a, b) = (got.jac.unwrap(), want.jac.clone().unwrap());
+                assert!(max_diff(a, b) < 1e-5, "{name}: jacobian");
+            }
+        }
     }
 
     #[test]

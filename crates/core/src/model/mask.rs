@@ -62,3 +62,54 @@ pub fn window_band<B: Backend>(
         .collect();
     Tensor::from_data(TensorData::new(data, [1, 1, q_len, kv_len]), device)
 }
+
+/// Whether `mask` (`[batch, 1, q_len, kv_len]`, true = masked) masks exactly the future of each of the
+/// last `q_len` positions and nothing else: what attention without a mask computes.
+pub fn plain_causal<B: Backend>(mask: &Tensor<B, 4, Bool>) -> bool {
+    let [b, h, q, kv] = mask.dims();
+    if h != 1 || q > kv {
+        return false;
+    }
+    let offset = kv - q;
+    let data: Vec<bool> = (0..q)
+        .flat_map(|i| (0..kv).map(move |k| k > offset + i))
+        .collect();
+    let causal =
+        Tensor::<B, 4, Bool>::from_data(TensorData::new(data, [1, 1, q, kv]), &mask.device());
+    let same = mask.clone().equal(causal.expand([b, 1, q, kv])).all();
+    same.into_data().iter::<bool>().next().unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cpu;
+
+    #[test]
+    fn plain_causal_masks_are_told_from_padded_and_packed_ones() {
+        let d = Default::default();
+        let full = vec![vec![true; 5]; 2];
+        assert!(plain_causal(&causal_padding_mask::<Cpu>(
+            &full, 5, None, &d
+        )));
+        // The last 2 of 5 positions (a prefill after a cached prefix).
+        assert!(plain_causal(&causal_padding_mask::<Cpu>(
+            &full, 2, None, &d
+        )));
+        let padded = vec![vec![true; 5], vec![false, true, true, true, true]];
+        assert!(!plain_causal(&causal_padding_mask::<Cpu>(
+            &padded, 5, None, &d
+        )));
+        assert!(!plain_causal(&causal_padding_mask::<Cpu>(
+            &full,
+            5,
+            Some(2),
+            &d
+        )));
+        assert!(!plain_causal(&segment_mask::<Cpu>(
+            &[vec![0, 0, 1, 1, 1]],
+            &d
+        )));
+        assert!(plain_causal(&segment_mask::<Cpu>(&[vec![3; 4]], &d)));
+    }
+}

@@ -18,12 +18,45 @@ const LANES: usize = 8;
 /// where its elements start, so padding the same sequence differently (two workers' shares of a
 /// batch) would round an f32 sum differently; in f64 the rounding is far below an f32 step.
 pub(super) fn softmax(x: &mut [f32]) -> Option<(f32, f64)> {
+    let max = max(x);
+    if max == f32::NEG_INFINITY {
+        x.fill(0.0);
+        return None;
+    }
+    let sum = exp_sum(x, max);
+    let inv = (1.0 / sum) as f32;
+    scale(x, inv);
+    Some((max, sum))
+}
+
+/// The largest element (`-∞` for an empty row or one of `-∞`s).
+pub(super) fn max(x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if avx2_fma() {
-        // SAFETY: the CPU has the features these kernels are compiled for.
-        return unsafe { avx2::softmax(x) };
+        // SAFETY: the CPU has the features this kernel is compiled for.
+        return unsafe { avx2::max(x) };
     }
-    softmax_lanes(x)
+    max_lanes(x)
+}
+
+/// `x ← exp(x − shift)` for `shift ≥ max(x)`; returns the sum, accumulated in f64.
+pub(super) fn exp_sum(x: &mut [f32], shift: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU has the features this kernel is compiled for.
+        return unsafe { avx2::exp_sum(x, shift) };
+    }
+    exp_sum_lanes(x, shift)
+}
+
+/// `x ← x · f`.
+pub(super) fn scale(x: &mut [f32], f: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU has the features this kernel is compiled for.
+        return unsafe { avx2::scale(x, f) };
+    }
+    x.iter_mut().for_each(|v| *v *= f);
 }
 
 /// Whether the CPU runs the AVX2 + FMA kernels.
@@ -32,7 +65,7 @@ pub(super) fn avx2_fma() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
-fn softmax_lanes(x: &mut [f32]) -> Option<(f32, f64)> {
+fn max_lanes(x: &[f32]) -> f32 {
     let mut m = [f32::NEG_INFINITY; LANES];
     let mut chunks = x.chunks_exact(LANES);
     for c in &mut chunks {
@@ -40,32 +73,28 @@ fn softmax_lanes(x: &mut [f32]) -> Option<(f32, f64)> {
             m[l] = if c[l] > m[l] { c[l] } else { m[l] };
         }
     }
-    let max = chunks
+    chunks
         .remainder()
         .iter()
         .chain(&m)
-        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    if max == f32::NEG_INFINITY {
-        x.fill(0.0);
-        return None;
-    }
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+}
+
+fn exp_sum_lanes(x: &mut [f32], shift: f32) -> f64 {
     let mut sums = [0f64; LANES];
     let mut chunks = x.chunks_exact_mut(LANES);
     for c in &mut chunks {
         for l in 0..LANES {
-            c[l] = exp_nonpositive(c[l] - max);
+            c[l] = exp_nonpositive(c[l] - shift);
             sums[l] += c[l] as f64;
         }
     }
     let mut sum = 0f64;
     for v in chunks.into_remainder() {
-        *v = exp_nonpositive(*v - max);
+        *v = exp_nonpositive(*v - shift);
         sum += *v as f64;
     }
-    let sum = sum + sums.iter().sum::<f64>();
-    let inv = (1.0 / sum) as f32;
-    x.iter_mut().for_each(|v| *v *= inv);
-    Some((max, sum))
+    sum + sums.iter().sum::<f64>()
 }
 
 /// `eˣ` for `x ≤ 0` (`-∞` included) to within 2 ulp: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, Cephes'
@@ -114,17 +143,12 @@ mod avx2 {
 
     use super::{EXP_MIN, LN2_HI, LN2_LO, P, ROUND};
 
-    /// [`super::softmax`] eight lanes at a time. The last `len mod 8` elements go through the same
-    /// vector code, padded with `-∞`, so every element's exponential is the same arithmetic whatever its
-    /// position in the row.
+    /// [`super::exp_sum`] eight lanes at a time. The last `len mod 8` elements go through the same
+    /// vector code, padded with `-∞`, so every element's exponential is the same arithmetic whatever
+    /// its position in the row.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn softmax(x: &mut [f32]) -> Option<(f32, f64)> {
-        let max = max(x);
-        if max == f32::NEG_INFINITY {
-            x.fill(0.0);
-            return None;
-        }
-        let shift = _mm256_set1_ps(max);
+    pub(super) fn exp_sum(x: &mut [f32], shift: f32) -> f64 {
+        let shift = _mm256_set1_ps(shift);
         let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
         let mut chunks = x.chunks_exact_mut(8);
         for c in &mut chunks {
@@ -152,14 +176,12 @@ mod avx2 {
             _mm256_storeu_pd(lanes.as_mut_ptr(), lo);
             _mm256_storeu_pd(lanes.as_mut_ptr().add(4), hi);
         }
-        let sum: f64 = lanes.iter().sum();
-        scale(x, (1.0 / sum) as f32);
-        Some((max, sum))
+        lanes.iter().sum()
     }
 
     /// The largest element (`-∞` for an empty row or one of `-∞`s).
     #[target_feature(enable = "avx2,fma")]
-    fn max(x: &[f32]) -> f32 {
+    pub(super) fn max(x: &[f32]) -> f32 {
         let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
         let mut chunks = x.chunks_exact(8);
         for c in &mut chunks {
@@ -177,7 +199,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    fn scale(x: &mut [f32], f: f32) {
+    pub(super) fn scale(x: &mut [f32], f: f32) {
         let fv = _mm256_set1_ps(f);
         let mut chunks = x.chunks_exact_mut(8);
         for c in &mut chunks {
@@ -287,12 +309,21 @@ mod tests {
             let max = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
             let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
             let want: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp() / sum).collect();
-            let mut kernels: Vec<(&str, fn(&mut [f32]) -> Option<(f32, f64)>)> =
-                vec![("lanes", softmax_lanes)];
+            let lanes = |x: &mut [f32]| {
+                let max = max_lanes(x);
+                if max == f32::NEG_INFINITY {
+                    x.fill(0.0);
+                    return None;
+                }
+                let sum = exp_sum_lanes(x, max);
+                x.iter_mut().for_each(|v| *v *= (1.0 / sum) as f32);
+                Some((max, sum))
+            };
+            let mut kernels: Vec<(&str, &dyn Fn(&mut [f32]) -> Option<(f32, f64)>)> =
+                vec![("lanes", &lanes)];
             #[cfg(target_arch = "x86_64")]
             if avx2_fma() {
-                // SAFETY: AVX2 + FMA checked.
-                kernels.push(("avx2", |x| unsafe { avx2::softmax(x) }));
+                kernels.push(("avx2", &softmax));
             }
             for (name, kernel) in kernels {
                 let mut x = row.clone();
