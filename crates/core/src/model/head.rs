@@ -317,7 +317,8 @@ const HOST_CHUNK: usize = 1 << 22;
 /// keys), and `Σ_v p_v · W[v]` accumulated over the chunks, rescaled when a row's maximum moves. So
 /// the head matrix is packed once for the matrix-product kernel per block of rows (row blocks of the
 /// whole vocabulary pack it per block: six times at 1 × 1024 with 32 MB blocks), and no chunk is
-/// larger than 16 MB (a 256 MB block page-faulted in at every step: 4.5% of a step). Each chunk is one
+/// larger than 16 MB (256 MB blocks, which also pack the head once, cost 330 MB more peak memory at
+/// 1 × 1024; glibc serves allocations above 32 MB with fresh pages every time). Each chunk is one
 /// pass per row on rayon's threads, in the buffer the logits' matmul wrote (the CPU backend hands a
 /// uniquely owned tensor's buffer to `into_data` and back without copying), with the vector
 /// exponential of softmax.rs.
