@@ -247,6 +247,9 @@ mod avx2 {
 mod tests {
     use super::*;
 
+    /// A softmax under test: the row in place, its maximum and sum (None when all masked).
+    type Kernel = dyn Fn(&mut [f32]) -> Option<(f32, f64)>;
+
     /// `f` applied to `x` against the library exponential over [-90, 0].
     fn check_exp(f: impl Fn(&[f32]) -> Vec<f32>) {
         let x: Vec<f32> = (0..=200_000)
@@ -319,8 +322,7 @@ mod tests {
                 x.iter_mut().for_each(|v| *v *= (1.0 / sum) as f32);
                 Some((max, sum))
             };
-            let mut kernels: Vec<(&str, &dyn Fn(&mut [f32]) -> Option<(f32, f64)>)> =
-                vec![("lanes", &lanes)];
+            let mut kernels: Vec<(&str, &Kernel)> = vec![("lanes", &lanes)];
             #[cfg(target_arch = "x86_64")]
             if avx2_fma() {
                 kernels.push(("avx2", &softmax));
