@@ -207,3 +207,91 @@ fn constant_steering_exports_an_mlp_bias_checkpoint() {
         .val();
     assert!(bias.abs().sum().into_scalar() > 0.0);
 }
+
+fn f32s(st: &safetensors::SafeTensors, name: &str) -> Vec<f32> {
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn gated_subtraction_removes_the_candidate_where_its_gate_opens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_file(tmp.path(), "subtract", "u");
+    // A KL target no trial can miss, so the choice is the fewest refusals (then the lowest KL).
+    let text = std::fs::read_to_string(&run).unwrap().replace(
+        "mode = \"subtract\"",
+        "mode = \"subtract\"\nkl_target = 1e9",
+    );
+    std::fs::write(&run, text).unwrap();
+    ablate(&run);
+    let out = tmp.path().join("u");
+    // The same export as gated steering: one more MLP unit, in HF and GGUF.
+    let base = json(&tmp.path().join("tiny-chat/config.json"));
+    let cfg = json(&out.join("merged/config.json"));
+    assert_eq!(
+        cfg["intermediate_size"].as_u64().unwrap(),
+        base["intermediate_size"].as_u64().unwrap() + 1
+    );
+    Pretrained::<Cpu>::load(out.join("model.gguf"), &Default::default()).unwrap();
+    // The stored vector is the chosen layer's candidate scaled by −scale.
+    let report = json(&out.join("report.json"));
+    assert_eq!(report["mode"], "subtract");
+    let p = &report["chosen"]["info"]["params"];
+    let (layer, scale) = (
+        p["layer"].as_f64().unwrap().round() as usize,
+        p["scale"].as_f64().unwrap(),
+    );
+    let bytes = std::fs::read(out.join("direction.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let v = f32s(&st, "direction");
+    let hidden = v.len();
+    let cand = &f32s(&st, "candidates")[layer * hidden..][..hidden];
+    for (x, c) in v.iter().zip(cand) {
+        assert!(
+            (x + scale as f32 * c).abs() <= 1e-5 * (1.0 + c.abs()),
+            "{x} vs −{scale}·{c}"
+        );
+    }
+    assert!(st.tensor("gate_weight").is_ok());
+    // Ablation's objectives and choice: harmful refusals, then first-token KL.
+    let trials: Vec<serde_json::Value> = std::fs::read_to_string(out.join("trials.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let key = |t: &serde_json::Value| {
+        let o = &t["objectives"];
+        (o[0].as_f64().unwrap(), o[1].as_f64().unwrap())
+    };
+    for t in &trials {
+        assert!(t["info"]["kl"].is_number());
+    }
+    let best = trials
+        .iter()
+        .map(key)
+        .min_by(|a, b| a.partial_cmp(b).unwrap())
+        .unwrap();
+    assert_eq!(key(&report["chosen"]), best);
+}
+
+#[test]
+fn subtraction_without_its_gate_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_file(tmp.path(), "subtract", "n");
+    let text = std::fs::read_to_string(&run)
+        .unwrap()
+        .replace("mode = \"subtract\"", "mode = \"subtract\"\ngate = false");
+    std::fs::write(&run, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_burnish"))
+        .arg("ablate")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("always gated"), "{err}");
+}

@@ -3,7 +3,8 @@
 
 Both make a refusal-free copy of one (safety-tuned) model:
 - burnish: `burnish train examples/configs/uncensor-ablate.toml` (directions from the first N harmful /
-  harmless training prompts, a search of T trials validated on V AdvBench / Alpaca-seed prompts);
+  harmless training prompts, a search of T trials validated on V AdvBench / Alpaca-seed prompts), or
+  with `--config examples/configs/uncensor-subtract.toml` its gated subtraction on the same terms;
 - heretic (PyPI `heretic-llm`, AGPL-3.0: run as a program here, never copied): the same prompts as its
   good/bad prompts and evaluation prompts, the same T trials (its Optuna TPE after the same number of
   startup trials), everything else at heretic's defaults. Its interactive menu is driven through its
@@ -14,7 +15,10 @@ harmful_val (39), false refusals on harmless_val (first 50), first-token KL to t
 from (`--source`). Writes OUT/compare.json and prints a Markdown table.
 
     python3 scripts/bench/compare_heretic.py --model runs/refusals/merged --out runs/compare-heretic \
-        --heretic /path/to/venv/bin/heretic [--trials 40]
+        --heretic /path/to/venv/bin/heretic [--trials 40] [--config examples/configs/uncensor-subtract.toml]
+
+`--heretic none` runs and measures burnish alone (e.g. a second burnish method beside a heretic result
+measured earlier on the same model; compare.json then has no heretic entry).
 
 heretic needs torch and transformers (pip install heretic-llm==1.4.0); it runs on the CPU here.
 An interrupted comparison resumes: the same command again continues heretic's study from its checkpoint
@@ -61,7 +65,7 @@ def run_burnish(a, out):
         f"eval.sets.1.path={json.dumps(str(SHARED / 'alpaca/seed_tasks.jsonl'))}",
     ]
     args = [
-        a.burnish, "train", str(ROOT / "examples/configs/uncensor-ablate.toml"), "--overwrite",
+        a.burnish, "train", str(Path(a.config).resolve()), "--overwrite",
         "--set", f"model.path={json.dumps(str(Path(a.model).resolve()))}",
         "--set", f"output.dir={json.dumps(str(out))}",
         "--set", f"method.trials={a.trials}",
@@ -192,6 +196,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--heretic", required=True, help="the heretic executable")
     ap.add_argument("--burnish", default=str(ROOT / "target/release/burnish"))
+    ap.add_argument("--config", default=str(ROOT / "examples/configs/uncensor-ablate.toml"),
+                    help="burnish's run file (an ablate method: mode ablate or subtract)")
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--startup", type=int, default=12)
     ap.add_argument("--prompts", type=int, default=128, help="harmful and harmless prompts for the directions")
@@ -210,14 +216,15 @@ def main():
     else:
         secs = run_burnish(a, out / "burnish")
     results["burnish"] = dict(seconds=secs, **evaluate(a, out / "burnish/merged", out / "eval-burnish"))
-    secs, chosen, front = run_heretic(a, out / "heretic-work", str(out / "heretic"))
-    results["heretic"] = dict(seconds=secs, chosen=chosen, front=front,
-                              **evaluate(a, out / "heretic", out / "eval-heretic"))
+    if a.heretic != "none":
+        secs, chosen, front = run_heretic(a, out / "heretic-work", str(out / "heretic"))
+        results["heretic"] = dict(seconds=secs, chosen=chosen, front=front,
+                                  **evaluate(a, out / "heretic", out / "eval-heretic"))
     results["settings"] = vars(a)
     (out / "compare.json").write_text(json.dumps(results, indent=2))
     print("| tool | harmful_val refused | harmless_val refused | KL to source (first token) | wall time |")
     print("|---|---|---|---|---|")
-    for k in ["burnish", "heretic"]:
+    for k in [k for k in ["burnish", "heretic"] if k in results]:
         r = results[k]
         wall = "–" if r["seconds"] is None else f"{r['seconds'] / 60:.1f} min"
         print(f"| {k} | {100 * r['harmful_refused']:.1f}% | {100 * r['harmless_refused']:.1f}% | "

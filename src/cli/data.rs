@@ -375,6 +375,23 @@ fn print_tokens(s: &TokenStats, max: usize, rows: Option<usize>) {
     }
 }
 
+/// The share of (refusal, non-refusal) pairs a detector's scores order right (lower for the refusal;
+/// ties count half): how well the scores separate the classes at any threshold.
+fn ranking_auc(scores: &[f32], refusal: &[bool]) -> f64 {
+    let (mut right, mut pairs) = (0.0, 0usize);
+    for (r, _) in scores.iter().zip(refusal).filter(|(_, &y)| y) {
+        for (a, _) in scores.iter().zip(refusal).filter(|(_, &y)| !y) {
+            pairs += 1;
+            right += match r.total_cmp(a) {
+                std::cmp::Ordering::Less => 1.0,
+                std::cmp::Ordering::Equal => 0.5,
+                std::cmp::Ordering::Greater => 0.0,
+            };
+        }
+    }
+    right / pairs.max(1) as f64
+}
+
 fn eval_refusals(a: EvalArgs) -> Result<()> {
     let (set, name): (Vec<Labelled>, String) = match &a.set {
         Some(p) => {
@@ -434,18 +451,27 @@ fn eval_refusals(a: EvalArgs) -> Result<()> {
         );
     };
     let mut first: Option<Scores> = None;
+    let mut learned_scores: Option<Vec<f32>> = None;
     let mut label = label.to_string();
     if let Some(dir) = &learned {
         let d = LearnedDetector::<Cpu>::load(dir, &Default::default())?;
         let texts: Vec<&str> = set.iter().map(|x| x.response.as_str()).collect();
-        let found: Vec<Option<String>> = d
-            .refuses(&texts)?
-            .into_iter()
-            .map(|r| r.then(|| LEARNED_RULE.to_string()))
+        let scores = d.scores(&texts)?;
+        let found: Vec<Option<String>> = scores
+            .iter()
+            .map(|&x| (x < d.meta.threshold).then(|| LEARNED_RULE.to_string()))
             .collect();
         let s = score(&found, &set);
+        learned_scores = Some(scores.clone());
         label = format!("learned ({})", dir.display());
         print("learned", &s);
+        let labels: Vec<bool> = set.iter().map(|x| x.refusal).collect();
+        println!(
+            "{:28} ranking AUC {:.3} (threshold {:.3}; the AUC does not depend on it)",
+            "",
+            ranking_auc(&scores, &labels),
+            d.meta.threshold
+        );
         first = Some(s);
     }
     for (name, cfg) in rows {
@@ -483,8 +509,32 @@ fn eval_refusals(a: EvalArgs) -> Result<()> {
             } else {
                 "false refusal"
             };
-            println!("  [{said}, {}] {:?}", x.kind, x.response);
+            match &learned_scores {
+                Some(v) => println!("  [{said}, {}, score {:.2}] {:?}", x.kind, v[i], x.response),
+                None => println!("  [{said}, {}] {:?}", x.kind, x.response),
+            }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ranking_auc;
+
+    #[test]
+    fn ranking_auc_counts_ordered_pairs() {
+        // Refusals score low: both below both answers → 1; one answer below one refusal → 3/4.
+        assert_eq!(
+            ranking_auc(&[-2.0, -1.0, 1.0, 2.0], &[true, true, false, false]),
+            1.0
+        );
+        assert_eq!(
+            ranking_auc(&[-2.0, 1.5, 1.0, 2.0], &[true, true, false, false]),
+            0.75
+        );
+        // A tie counts half; reversed scores give 0.
+        assert_eq!(ranking_auc(&[0.0, 0.0], &[true, false]), 0.5);
+        assert_eq!(ranking_auc(&[3.0, -3.0], &[true, false]), 0.0);
+    }
 }

@@ -12,6 +12,11 @@ pub enum Mode {
     Ablate,
     /// Add it at one layer (safety): activation addition, baked in as an MLP bias.
     Steer,
+    /// Subtract it at one layer where the model's own refusal direction is active (uncensor, staying
+    /// close): the gated unit of `steer` with the vector negated, searched for the fewest refusals at
+    /// first-token KL ≤ `kl_target`, as ablation is. Prompts the model would answer anyway leave the
+    /// gate shut, so they keep the unedited model's predictions.
+    Subtract,
 }
 
 impl std::fmt::Display for Mode {
@@ -19,6 +24,7 @@ impl std::fmt::Display for Mode {
         f.write_str(match self {
             Mode::Ablate => "ablate",
             Mode::Steer => "steer",
+            Mode::Subtract => "subtract",
         })
     }
 }
@@ -37,7 +43,7 @@ pub enum Positions {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AblateConfig {
-    /// `ablate` (default) or `steer`.
+    /// `ablate` (default), `steer` or `subtract`.
     pub mode: Mode,
     /// Where activations are read: `last` (default) or `post_instruction`.
     pub positions: Positions,
@@ -52,7 +58,7 @@ pub struct AblateConfig {
     pub refusal_tokens: Vec<String>,
     /// `steer`: add the vector only where the model's own harmful-vs-harmless direction says the prompt
     /// is harmful — conditional activation steering, baked in as one gated MLP unit (default true);
-    /// false adds it at every position (a constant bias).
+    /// false adds it at every position (a constant bias). `subtract` is always gated.
     pub gate: bool,
     /// Run Arditi et al.'s selection before the search (default true); it seeds the search's first
     /// trial. It costs three batched forwards per candidate layer; the search also moves over the
@@ -73,8 +79,8 @@ pub struct AblateConfig {
     pub seed: u64,
     /// New tokens per search generation (default 24: refusals show in the first tokens).
     pub max_new_tokens: usize,
-    /// `ablate`: the chosen trial has the fewest refusals among those with first-token KL ≤ this
-    /// (default 0.2).
+    /// `ablate`, `subtract`: the chosen trial has the fewest refusals among those with first-token KL ≤
+    /// this (default 0.2).
     pub kl_target: f64,
     /// `steer`: the chosen trial has the most harmful refusals among those refusing at most this share
     /// of harmless prompts (default 0.1).
@@ -131,6 +137,9 @@ impl AblateConfig {
             return Err(
                 "[method] trials = 0 applies the selected direction: it needs select = true".into(),
             );
+        }
+        if self.mode == Mode::Subtract && !self.gate {
+            return Err("[method] mode = \"subtract\" is always gated: remove gate = false".into());
         }
         if self.startup_trials > self.trials && self.trials > 0 {
             return Err("[method] startup_trials must not exceed trials".into());

@@ -1,7 +1,8 @@
 //! The edit a search point describes, and the space of those points. Ablation: a direction interpolated
 //! between layers (parameter 0, a fractional layer index) removed with one strength kernel for the
 //! attention and one for the MLP writes. Steering: the candidate of one layer, scaled, added there —
-//! through a gated MLP unit when `gate` is on (a third parameter: the gate's threshold).
+//! through a gated MLP unit when `gate` is on (a third parameter: the gate's threshold). Subtraction:
+//! the same gated unit with the vector negated.
 
 use std::path::Path;
 
@@ -36,7 +37,19 @@ pub(super) struct Editor<'a, B: Backend> {
 
 impl<B: Backend> Editor<'_, B> {
     fn gated(&self) -> bool {
-        self.cfg.mode == Mode::Steer && self.cfg.gate
+        match self.cfg.mode {
+            Mode::Ablate => false,
+            Mode::Steer => self.cfg.gate,
+            Mode::Subtract => true,
+        }
+    }
+
+    /// Steering adds the candidate, subtraction removes it.
+    fn sign(&self) -> f64 {
+        match self.cfg.mode {
+            Mode::Subtract => -1.0,
+            _ => 1.0,
+        }
     }
 
     fn dir(&self, layer: usize) -> Vec<f64> {
@@ -59,7 +72,10 @@ impl<B: Backend> Editor<'_, B> {
     /// The search space. Ablation ranges as heretic's: the direction from 40–90% of the depth, each
     /// component's kernel peaking in the last 40% with strength 0.8–1.5; the falloff may span the whole
     /// model. Steering: a layer below `max_layer` and a scale, and for a gate its threshold, as a
-    /// fraction of the way from the harmless prompts' mean cosine to the harmful prompts'.
+    /// fraction of the way from the harmless prompts' mean cosine to the harmful prompts'. Subtraction:
+    /// the same three, the scale up to 3 (once the harmful mean is moved to the harmless one, more only
+    /// pushes it past) and the threshold from the harmless mean (0), so that harmless prompts the
+    /// model leans to refuse open the gate too.
     pub fn space(&self, selected_layer: Option<usize>, max_layer: usize) -> Space {
         let layers = self.dirs.layers;
         let last = (layers - 1) as f64;
@@ -95,6 +111,11 @@ impl<B: Backend> Editor<'_, B> {
                     first: sl.map(|l| [&[l as f64][..], &flat, &flat].concat()),
                 }
             }
+            Mode::Subtract => Space {
+                names: &["layer", "scale", "threshold"],
+                ranges: vec![steer_layer, range(0.25, 3.0), range(0.0, 0.9)],
+                first: sl.map(|l| vec![l.max(1) as f64, 1.0, 0.5]),
+            },
             Mode::Steer if self.gated() => Space {
                 names: &["layer", "scale", "threshold"],
                 ranges: vec![steer_layer, range(0.25, 6.0), range(0.1, 0.9)],
@@ -131,9 +152,13 @@ impl<B: Backend> Editor<'_, B> {
                     self.cfg.norm_preserving,
                 )
             }
-            Mode::Steer => {
+            Mode::Steer | Mode::Subtract => {
                 let l = params[0].round() as usize;
-                let v: Vec<f64> = self.dir(l).iter().map(|&x| x * params[1]).collect();
+                let v: Vec<f64> = self
+                    .dir(l)
+                    .iter()
+                    .map(|&x| self.sign() * x * params[1])
+                    .collect();
                 match self.dirs.condition(l) {
                     Some(c) => {
                         gate::steer_gated(self.model, l, &v, &c, params[2]).map_err(Into::into)
@@ -153,14 +178,14 @@ impl<B: Backend> Editor<'_, B> {
         Some(c.accuracy(c.threshold(params[2])))
     }
 
-    /// The direction the edit removes (unit) or the vector it adds (scaled).
+    /// The direction the edit removes (unit) or the vector it adds (scaled; negative for subtraction).
     fn vector(&self, params: &[f64]) -> Vec<f32> {
         match self.cfg.mode {
             Mode::Ablate => unit(&self.interpolated(params[0])),
-            Mode::Steer => self
+            Mode::Steer | Mode::Subtract => self
                 .dir(params[0].round() as usize)
                 .iter()
-                .map(|&x| (x * params[1]) as f32)
+                .map(|&x| (self.sign() * x * params[1]) as f32)
                 .collect(),
         }
     }
@@ -193,7 +218,7 @@ impl<B: Backend> Editor<'_, B> {
             ),
         ];
         let l = params[0].round() as usize;
-        if let (Some(c), Mode::Steer) = (self.dirs.condition(l), self.cfg.mode) {
+        if let (Some(c), true) = (self.dirs.condition(l), self.gated()) {
             // From the vector as stored above (f32), as the run has always written it.
             let v: Vec<f64> = vector.iter().map(|&x| f64::from(x)).collect();
             let (g, b, d) = gate::unit_weights(self.model, l, &v, &c, params[2]);
@@ -207,6 +232,10 @@ impl<B: Backend> Editor<'_, B> {
                 "steer (added vector, gated by an MLP unit of the previous layer)"
             }
             (Mode::Steer, false) => "steer (added vector)",
+            (Mode::Subtract, _) => {
+                "subtract (added vector, the negated candidate, gated by an MLP unit of the previous \
+                 layer)"
+            }
         };
         burnish_core::weights::write_safetensors(
             path,

@@ -1,5 +1,6 @@
-//! Refusal-direction ablation ("abliteration", Arditi et al. 2024; heretic's kernel and search) and its
-//! inverse, activation addition (steering a model to refuse). `method.name = "ablate"`, run by
+//! Refusal-direction ablation ("abliteration", Arditi et al. 2024; heretic's kernel and search), its
+//! inverse, activation addition (steering a model to refuse), and gated subtraction (removing refusal
+//! only where the model's refusal direction is active). `method.name = "ablate"`, run by
 //! `burnish ablate CONFIG` or `burnish train CONFIG`, or from code with [`run`]:
 //!
 //! 1. mean residual streams on the `[data]` prompts (train split), harmful and harmless, at the
@@ -221,7 +222,9 @@ fn search_stage<B: Backend>(
         &front,
         chosen.index,
         match ctx.cfg.mode {
-            Mode::Ablate => ("first-token KL (harmless)", "refusal rate (harmful)"),
+            Mode::Ablate | Mode::Subtract => {
+                ("first-token KL (harmless)", "refusal rate (harmful)")
+            }
             Mode::Steer => ("refusal rate (harmless)", "1 − refusal rate (harmful)"),
         },
     )?;
@@ -281,10 +284,11 @@ fn run_trials<B: Backend>(
 }
 
 /// The trial to apply: the best first objective (then second) among the trials within the bound on
-/// the second — KL for ablation, harmless refusals for steering — else the smallest second objective.
+/// the second — KL for ablation and subtraction, harmless refusals for steering — else the smallest
+/// second objective.
 fn choose(cfg: &AblateConfig, trials: &[Trial]) -> Trial {
     let bound = match cfg.mode {
-        Mode::Ablate => cfg.kl_target,
+        Mode::Ablate | Mode::Subtract => cfg.kl_target,
         Mode::Steer => cfg.max_false_refusal,
     };
     let better = |a: &&Trial, b: &&Trial| {

@@ -118,7 +118,12 @@ impl Directions {
         };
         let src = source.as_ref().map_or(&model.model, |s| &s.model);
         let (harmful, harmless) = (&prompts.harmful, &prompts.harmless);
-        let own = (cfg.mode == Mode::Steer && cfg.gate).then(|| {
+        let gated = match cfg.mode {
+            Mode::Ablate => false,
+            Mode::Steer => cfg.gate,
+            Mode::Subtract => true,
+        };
+        let own = gated.then(|| {
             let acts = |p: &[Vec<u32>]| activations(&model.model, p, npos, pad, cfg.batch_size);
             (acts(harmful), acts(harmless))
         });
@@ -259,12 +264,12 @@ impl<B: Backend> Ctx<'_, B> {
         s.iter().sum::<f64>() / s.len().max(1) as f64
     }
 
-    /// The search's two objectives for `m` (both minimised) and what they came from. Ablation: harmful
-    /// refusals and KL; steering: harmful compliance and harmless refusals.
+    /// The search's two objectives for `m` (both minimised) and what they came from. Ablation and
+    /// subtraction: harmful refusals and KL; steering: harmful compliance and harmless refusals.
     pub fn measure(&self, m: &Llama<B>) -> Result<([f64; 2], Measured)> {
         let rr = self.refusal_rate(m, &self.harmful_val)?;
         Ok(match self.cfg.mode {
-            Mode::Ablate => {
+            Mode::Ablate | Mode::Subtract => {
                 let kl = self.kl(m);
                 let info = Measured {
                     refusal_rate: rr,

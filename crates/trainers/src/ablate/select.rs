@@ -80,7 +80,8 @@ pub(super) fn select<B: Backend>(
     let candidates = score(ctx, dirs, max_layer)?;
     let (selected, filter) = match ctx.cfg.mode {
         Mode::Ablate => pick_ablate(&candidates, ctx.cfg.kl_bound),
-        Mode::Steer => pick_steer(&candidates),
+        // Subtraction removes what steering adds: the direction that induces refusal best.
+        Mode::Steer | Mode::Subtract => pick_steer(&candidates),
     };
     Ok(Selection {
         candidates,
@@ -136,7 +137,7 @@ fn score<B: Backend>(
                         induce_score: induce(&ctx.harmless_val)?,
                     })
                 }
-                Mode::Steer => Scores::Steer(SteerScores {
+                Mode::Steer | Mode::Subtract => Scores::Steer(SteerScores {
                     induce_score: induce(&ctx.harmless_val)?,
                     induce_harmful_score: induce(&ctx.harmful_val)?,
                 }),
