@@ -39,9 +39,20 @@ pub fn mark(dir: &Path, k: &str, seconds: f64) -> Result<()> {
     Ok(())
 }
 
+/// The running binary, for its steps. On Linux `/proc/self/exe`: when a rebuild replaces the file during
+/// a long showcase or sweep, `current_exe` names a deleted path (a step then failed with "No such file
+/// or directory"), while `/proc/self/exe` still runs the very code of this process.
+fn own_exe() -> std::io::Result<PathBuf> {
+    let proc = Path::new("/proc/self/exe");
+    if cfg!(target_os = "linux") && proc.exists() {
+        return Ok(proc.to_path_buf());
+    }
+    std::env::current_exe()
+}
+
 /// Runs one step as `burnish ARGS [--backend B]`, its output going to `log`.
 pub fn burnish(args: &[String], log: &Path, backend: Option<DeviceSpec>) -> Result<()> {
-    let exe = std::env::current_exe()?;
+    let exe = own_exe()?;
     let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let backend = backend.map(|b| ["--backend".to_string(), b.to_string()]);
     let status = Command::new(exe)
@@ -99,5 +110,15 @@ impl EvalSpec {
     /// What the evaluation depends on besides the model, for a step's key.
     pub fn key_part(&self) -> String {
         format!("{self:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn steps_run_the_binary_that_is_running() {
+        let own = std::fs::canonicalize(super::own_exe().unwrap()).unwrap();
+        let current = std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(own, current);
     }
 }

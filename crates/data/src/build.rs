@@ -483,7 +483,8 @@ fn wrong_kind(ex: &Example, wants: &str) -> Error {
 }
 
 /// The outcome line of an answer `refusal_style = "detector"` dropped because the phrases find it
-/// refusing (the answer side of a detector's pair must answer).
+/// refusing (the answer side of a detector's pair must answer) but not in its first sentence. Replies
+/// that refuse from the start are kept as the refusal side of a pair instead (`own_pairs`).
 pub const ANSWER_REFUSES: &str = "dropped: the answer refuses (refusal_style = detector)";
 
 /// `answer = "refusal_pair"`: each record's answer (its last assistant turn, or the model's reply to a
@@ -524,10 +525,15 @@ fn refusal_pairs(
         }
     }
     let (mut out, mut refused) = (Vec::with_capacity(answered.len()), 0);
+    let mut own_refusals = Vec::new();
     for (i, mut e) in answered.into_iter().flatten().enumerate() {
         let reply = e.messages.pop().map(|m| m.content).unwrap_or_default();
         if refuser.style == RefusalStyle::Detector && phrases.detect(&reply).is_some() {
-            refused += 1;
+            if opens_with_refusal(phrases, &reply) {
+                own_refusals.push((e, reply));
+            } else {
+                refused += 1;
+            }
             continue;
         }
         let rejected = refuser.refusal(i, &e.messages, &reply);
@@ -540,7 +546,41 @@ fn refusal_pairs(
             origin: e.origin,
         }));
     }
+    refused += own_pairs(&mut out, own_refusals);
     Ok((out, refused))
+}
+
+/// A reply the phrases flag whose first sentence already refuses: a refusal in the model's own words,
+/// checked twice (a reply that only mentions a phrase later is more often an answer that quotes one).
+fn opens_with_refusal(phrases: &RefusalDetector, reply: &str) -> bool {
+    phrases.detect(&compose::excerpt(reply, 120)).is_some()
+}
+
+/// `refusal_style = "detector"`: the model's own refusals become the refusal side of more pairs, each
+/// beside another record's answer (in turn), so the detector also sees refusals worded as the model
+/// words them and not only composed ones. Returns how many had no answer to stand beside (dropped).
+fn own_pairs(out: &mut Vec<Example>, own: Vec<(SftExample, String)>) -> usize {
+    let answers: Vec<String> = out
+        .iter()
+        .filter_map(|x| match x {
+            Example::Pair(p) => Some(p.chosen.clone()),
+            _ => None,
+        })
+        .collect();
+    if answers.is_empty() {
+        return own.len();
+    }
+    for (k, (e, reply)) in own.into_iter().enumerate() {
+        out.push(Example::Pair(PairExample {
+            prompt: e.messages,
+            chosen: answers[k % answers.len()].clone(),
+            rejected: reply,
+            category: e.category,
+            harmful: e.harmful,
+            origin: e.origin,
+        }));
+    }
+    0
 }
 
 /// Writes examples as JSON Lines, atomically.

@@ -686,17 +686,25 @@ fn detector_style_pairs_answers_with_composed_and_partial_refusals() {
     let Examples::Pairs(p) = &d.train else {
         panic!("pairs expected")
     };
-    // The model's own refusals ("hack" prompts) are dropped and counted; every other record is a pair.
+    // The model's own refusals ("hack" prompts) are the refusal side of their own pairs, beside other
+    // records' answers (in turn); every other record is an answer paired with a composed refusal.
     let hacks = hacks(&advbench, 60);
-    assert!(hacks > 0);
-    assert_eq!(p.len(), 80 - hacks);
-    assert_eq!(
-        d.sources[0].outcomes[burnish_data::build::ANSWER_REFUSES],
-        hacks
-    );
+    assert_eq!(p.len(), 80);
+    assert!(!d.sources[0]
+        .outcomes
+        .contains_key(burnish_data::build::ANSWER_REFUSES));
+    let (own, p): (Vec<_>, Vec<_>) = p
+        .iter()
+        .partition(|e| e.rejected == "I can't help with hacking.");
+    assert_eq!(own.len(), hacks);
+    for (k, e) in own.iter().enumerate() {
+        assert!(e.prompt.last().unwrap().content.contains("hack"));
+        assert_eq!(e.chosen, p[k].chosen, "answers stand beside them in turn");
+        assert!(e.harmful == Some(true));
+    }
     let phrases = burnish_data::RefusalDetector::default();
     let (mut partial, mut opened) = (0, 0);
-    for e in p {
+    for e in &p {
         let q = &e.prompt.last().unwrap().content;
         // Ordered by construction: the answer chosen (never reordered by the label policy), cut to a
         // seeded length at a sentence end, perhaps after an opening.
