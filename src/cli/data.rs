@@ -459,10 +459,9 @@ fn eval_refusals(a: EvalArgs) -> Result<()> {
         let scores = d.scores(&texts)?;
         let found: Vec<Option<String>> = scores
             .iter()
-            .map(|&x| (x < d.meta.threshold).then(|| LEARNED_RULE.to_string()))
+            .map(|&x| d.is_refusal(x).then(|| LEARNED_RULE.to_string()))
             .collect();
         let s = score(&found, &set);
-        learned_scores = Some(scores.clone());
         label = format!("learned ({})", dir.display());
         print("learned", &s);
         let labels: Vec<bool> = set.iter().map(|x| x.refusal).collect();
@@ -472,6 +471,7 @@ fn eval_refusals(a: EvalArgs) -> Result<()> {
             ranking_auc(&scores, &labels),
             d.meta.threshold
         );
+        learned_scores = Some(scores);
         first = Some(s);
     }
     for (name, cfg) in rows {

@@ -122,10 +122,18 @@ impl<B: Backend> LearnedDetector<B> {
         )
     }
 
-    /// Whether each response refuses (its score is below the threshold).
+    /// Whether a response with this score refuses (the score is below the threshold).
+    pub fn is_refusal(&self, score: f32) -> bool {
+        score < self.meta.threshold
+    }
+
+    /// Whether each response refuses.
     pub fn refuses(&self, responses: &[&str]) -> Result<Vec<bool>> {
-        let t = self.meta.threshold;
-        Ok(self.scores(responses)?.into_iter().map(|s| s < t).collect())
+        Ok(self
+            .scores(responses)?
+            .into_iter()
+            .map(|s| self.is_refusal(s))
+            .collect())
     }
 }
 

@@ -121,6 +121,16 @@ impl Default for AblateConfig {
 }
 
 impl AblateConfig {
+    /// Whether the edit goes through the gated MLP unit (and so needs the edited model's own
+    /// activations for its condition): steering with `gate`, subtraction always.
+    pub fn gated(&self) -> bool {
+        match self.mode {
+            Mode::Ablate => false,
+            Mode::Steer => self.gate,
+            Mode::Subtract => true,
+        }
+    }
+
     pub fn validate(&self) -> std::result::Result<(), String> {
         if !(0.0 < self.max_layer_fraction && self.max_layer_fraction <= 1.0) {
             return Err("[method] max_layer_fraction must be in (0, 1]".into());

@@ -37,19 +37,20 @@ pub(super) struct Editor<'a, B: Backend> {
 
 impl<B: Backend> Editor<'_, B> {
     fn gated(&self) -> bool {
-        match self.cfg.mode {
-            Mode::Ablate => false,
-            Mode::Steer => self.cfg.gate,
-            Mode::Subtract => true,
-        }
+        self.cfg.gated()
     }
 
-    /// Steering adds the candidate, subtraction removes it.
-    fn sign(&self) -> f64 {
-        match self.cfg.mode {
+    /// Steering and subtraction: the vector added at the trial's layer, the candidate scaled (negated
+    /// for subtraction, which removes what steering adds).
+    fn added(&self, params: &[f64]) -> Vec<f64> {
+        let sign = match self.cfg.mode {
             Mode::Subtract => -1.0,
             _ => 1.0,
-        }
+        };
+        self.dir(params[0].round() as usize)
+            .iter()
+            .map(|&x| sign * x * params[1])
+            .collect()
     }
 
     fn dir(&self, layer: usize) -> Vec<f64> {
@@ -154,11 +155,7 @@ impl<B: Backend> Editor<'_, B> {
             }
             Mode::Steer | Mode::Subtract => {
                 let l = params[0].round() as usize;
-                let v: Vec<f64> = self
-                    .dir(l)
-                    .iter()
-                    .map(|&x| self.sign() * x * params[1])
-                    .collect();
+                let v = self.added(params);
                 match self.dirs.condition(l) {
                     Some(c) => {
                         gate::steer_gated(self.model, l, &v, &c, params[2]).map_err(Into::into)
@@ -182,11 +179,7 @@ impl<B: Backend> Editor<'_, B> {
     fn vector(&self, params: &[f64]) -> Vec<f32> {
         match self.cfg.mode {
             Mode::Ablate => unit(&self.interpolated(params[0])),
-            Mode::Steer | Mode::Subtract => self
-                .dir(params[0].round() as usize)
-                .iter()
-                .map(|&x| (self.sign() * x * params[1]) as f32)
-                .collect(),
+            Mode::Steer | Mode::Subtract => self.added(params).iter().map(|&x| x as f32).collect(),
         }
     }
 

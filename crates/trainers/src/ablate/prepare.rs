@@ -118,12 +118,7 @@ impl Directions {
         };
         let src = source.as_ref().map_or(&model.model, |s| &s.model);
         let (harmful, harmless) = (&prompts.harmful, &prompts.harmless);
-        let gated = match cfg.mode {
-            Mode::Ablate => false,
-            Mode::Steer => cfg.gate,
-            Mode::Subtract => true,
-        };
-        let own = gated.then(|| {
+        let own = cfg.gated().then(|| {
             let acts = |p: &[Vec<u32>]| activations(&model.model, p, npos, pad, cfg.batch_size);
             (acts(harmful), acts(harmless))
         });
