@@ -377,7 +377,7 @@ fn print_tokens(s: &TokenStats, max: usize, rows: Option<usize>) {
 
 /// The share of (refusal, non-refusal) pairs a detector's scores order right (lower for the refusal;
 /// ties count half): how well the scores separate the classes at any threshold.
-fn ranking_auc(scores: &[f32], refusal: &[bool]) -> f64 {
+fn ranking_auc(scores: &[f32], refusal: &[bool]) -> Option<f64> {
     let (mut right, mut pairs) = (0.0, 0usize);
     for (r, _) in scores.iter().zip(refusal).filter(|(_, &y)| y) {
         for (a, _) in scores.iter().zip(refusal).filter(|(_, &y)| !y) {
@@ -389,7 +389,8 @@ fn ranking_auc(scores: &[f32], refusal: &[bool]) -> f64 {
             };
         }
     }
-    right / pairs.max(1) as f64
+    // Undefined on a set of one class (e.g. compliant answers only, to count false refusals).
+    (pairs > 0).then(|| right / pairs as f64)
 }
 
 fn eval_refusals(a: EvalArgs) -> Result<()> {
@@ -465,12 +466,16 @@ fn eval_refusals(a: EvalArgs) -> Result<()> {
         label = format!("learned ({})", dir.display());
         print("learned", &s);
         let labels: Vec<bool> = set.iter().map(|x| x.refusal).collect();
-        println!(
-            "{:28} ranking AUC {:.3} (threshold {:.3}; the AUC does not depend on it)",
-            "",
-            ranking_auc(&scores, &labels),
-            d.meta.threshold
-        );
+        match ranking_auc(&scores, &labels) {
+            Some(auc) => println!(
+                "{:28} ranking AUC {auc:.3} (threshold {:.3}; the AUC does not depend on it)",
+                "", d.meta.threshold
+            ),
+            None => println!(
+                "{:28} threshold {:.3} (no ranking AUC: the set holds one class only)",
+                "", d.meta.threshold
+            ),
+        }
         learned_scores = Some(scores);
         first = Some(s);
     }
@@ -527,14 +532,15 @@ mod tests {
         // Refusals score low: both below both answers → 1; one answer below one refusal → 3/4.
         assert_eq!(
             ranking_auc(&[-2.0, -1.0, 1.0, 2.0], &[true, true, false, false]),
-            1.0
+            Some(1.0)
         );
         assert_eq!(
             ranking_auc(&[-2.0, 1.5, 1.0, 2.0], &[true, true, false, false]),
-            0.75
+            Some(0.75)
         );
         // A tie counts half; reversed scores give 0.
-        assert_eq!(ranking_auc(&[0.0, 0.0], &[true, false]), 0.5);
-        assert_eq!(ranking_auc(&[3.0, -3.0], &[true, false]), 0.0);
+        assert_eq!(ranking_auc(&[0.0, 0.0], &[true, false]), Some(0.5));
+        assert_eq!(ranking_auc(&[3.0, -3.0], &[true, false]), Some(0.0));
+        assert_eq!(ranking_auc(&[1.0, 2.0], &[false, false]), None);
     }
 }

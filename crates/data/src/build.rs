@@ -458,16 +458,17 @@ impl Refuser {
     }
 
     /// A detector's answer: cut to a seeded length at a sentence end (refusals are short, so a
-    /// detector that saw only whole answers would learn length), and for a quarter opening with
-    /// words that refusal phrases contain.
+    /// detector that saw only whole answers would learn length), and for half of them carrying
+    /// words that refusal phrases contain, used in another sense ([`compose::trap_answer`]): with
+    /// refusal words on one side of a pair only, a detector learns the words, not the refusing.
     fn answer(&self, i: usize, answer: String) -> String {
         if self.style != RefusalStyle::Detector {
             return answer;
         }
         let mut rng = self.rng(i, 0xa45_0000_0000);
         let answer = compose::excerpt(&answer, [60, 100, 160, 240, 400, 10_000][rng.below(6)]);
-        if rng.below(4) == 0 {
-            compose::answer_with_opening(&answer, &mut rng)
+        if rng.below(2) == 0 {
+            compose::trap_answer(&answer, &mut rng)
         } else {
             answer
         }

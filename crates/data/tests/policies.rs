@@ -703,33 +703,41 @@ fn detector_style_pairs_answers_with_composed_and_partial_refusals() {
         assert!(e.harmful == Some(true));
     }
     let phrases = burnish_data::RefusalDetector::default();
-    let (mut partial, mut opened) = (0, 0);
+    let (mut partial, mut trapped) = (0, 0);
     for e in &p {
         let q = &e.prompt.last().unwrap().content;
         // Ordered by construction: the answer chosen (never reordered by the label policy), cut to a
-        // seeded length at a sentence end, perhaps after an opening.
+        // seeded length at a sentence end, perhaps with words of refusal phrases before or after it.
         let full = format!("Here are the steps. First, consider this: {q}. Then go on.");
         let at = e
             .chosen
             .find("Here are the steps")
             .unwrap_or_else(|| panic!("{e:?}"));
-        assert!(full.starts_with(&e.chosen[at..]), "{e:?}");
+        let kept = e.chosen[at..]
+            .bytes()
+            .zip(full.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        assert!(kept >= "Here are the steps.".len(), "{e:?}");
         assert!(!e.rejected.contains("{what}"), "{}", e.rejected);
         partial += usize::from(e.rejected.contains("Here are the steps"));
-        opened += usize::from(at > 0);
+        trapped += usize::from(at > 0 || at + kept < e.chosen.len());
         assert!(
             phrases.detect(&e.rejected).is_some() || e.rejected.contains("Here are the steps"),
             "a full refusal the phrases miss: {}",
             e.rejected
         );
     }
-    // A third partial refusals, a quarter of the answers with a refusal-like opening (seeded).
+    // A third partial refusals, half of the answers with refusal-like words around them (seeded).
     let n = p.len() as f64;
     assert!(
         (0.2..0.5).contains(&(partial as f64 / n)),
         "{partial} of {n}"
     );
-    assert!((0.1..0.4).contains(&(opened as f64 / n)), "{opened} of {n}");
+    assert!(
+        (0.35..0.65).contains(&(trapped as f64 / n)),
+        "{trapped} of {n}"
+    );
     let distinct: std::collections::BTreeSet<&str> =
         p.iter().map(|e| e.rejected.as_str()).collect();
     assert!(

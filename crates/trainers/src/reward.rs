@@ -224,8 +224,13 @@ impl<B: AutodiffBackend> Reward<B> {
     }
 }
 
-/// The threshold t that classifies the most scores right (`above` ≥ t, `below` < t): the midpoint of the
-/// widest gap among the best cuts of the sorted scores.
+/// The threshold t that classifies the most scores right (`above` ≥ t, `below` < t). An eval split drawn
+/// like the training data is often separated by a wide range of cuts; among the best, the one nearest
+/// the point halfway between the two classes' medians: new responses (other wordings, other models)
+/// tend to score between the classes, so a cut that favours neither misclassifies fewer of them than
+/// the widest empty gap, which lands wherever the sample happened to leave a hole (seen on both sides
+/// of the middle in two detector runs, docs/eval.md). That point itself when it lies inside a best
+/// cut's gap, else the middle of the best gap nearest to it.
 pub fn best_threshold(above: &[f32], below: &[f32]) -> f32 {
     let mut all: Vec<(f32, bool)> = above
         .iter()
@@ -236,20 +241,44 @@ pub fn best_threshold(above: &[f32], below: &[f32]) -> f32 {
         return 0.0;
     }
     all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let centre = match (median(above), median(below)) {
+        (Some(a), Some(b)) => 0.5 * (a + b),
+        _ => f32::NAN,
+    };
     // Cut i: the first i scores are called "below". Right = belows before the cut + aboves after it.
+    // The gap of cut i is (lo, hi); the first and last cuts have an open side.
     let mut right = above.len();
-    let mut best = (right, f32::NEG_INFINITY, all[0].0 - 1.0);
+    let mut cuts = vec![(right, all[0].0 - 1.0, all[0].0)];
     for i in 1..=all.len() {
         right = if all[i - 1].1 { right - 1 } else { right + 1 };
-        let (t, gap) = match all.get(i) {
-            Some(&(next, _)) => (0.5 * (all[i - 1].0 + next), next - all[i - 1].0),
-            None => (all[i - 1].0 + 1.0, f32::NEG_INFINITY),
-        };
-        if right > best.0 || (right == best.0 && gap > best.1) {
-            best = (right, gap, t);
-        }
+        let lo = all[i - 1].0;
+        cuts.push((right, lo, all.get(i).map_or(lo + 2.0, |n| n.0)));
     }
-    best.2
+    let most = cuts.iter().map(|c| c.0).max().unwrap_or(0);
+    let best = cuts.into_iter().filter(|c| c.0 == most && c.2 > c.1);
+    let (lo, hi) = if centre.is_nan() {
+        // One class only: the widest best gap.
+        best.map(|c| (c.1, c.2))
+            .max_by(|a, b| (a.1 - a.0).total_cmp(&(b.1 - b.0)))
+    } else {
+        best.map(|c| (c.1, c.2)).min_by(|a, b| {
+            let d = |(l, h): (f32, f32)| (0.5 * (l + h) - centre).abs();
+            d(*a).total_cmp(&d(*b))
+        })
+    }
+    .unwrap_or((all[0].0 - 1.0, all[0].0));
+    if centre > lo && centre < hi {
+        centre
+    } else {
+        0.5 * (lo + hi)
+    }
+}
+
+fn median(x: &[f32]) -> Option<f32> {
+    let mut v = x.to_vec();
+    v.sort_by(f32::total_cmp);
+    let n = v.len();
+    (n > 0).then(|| 0.5 * (v[(n - 1) / 2] + v[n / 2]))
 }
 
 impl<B: AutodiffBackend> Method<B> for Reward<B> {
@@ -353,11 +382,20 @@ mod tests {
 
     #[test]
     fn threshold_separates_the_best_it_can() {
-        // Separable: the midpoint of the gap between the classes.
-        assert_eq!(best_threshold(&[1.0, 2.0, 3.0], &[-2.0, -1.0]), 0.0);
-        // One refusal above two answers: the cut that misclassifies one, at the widest such gap.
+        // Separable: halfway between the classes' medians (2 and -1.5), inside the gap.
+        assert_eq!(best_threshold(&[1.0, 2.0, 3.0], &[-2.0, -1.0]), 0.25);
+        // Separable, the centre (0) outside the gap: the gap's middle.
+        assert_eq!(best_threshold(&[3.0, 4.0, 5.0], &[-5.0, -4.0, 2.0]), 2.5);
+        // One refusal above two answers: the one best cut (it misclassifies one); halfway between the
+        // medians (-1) is its edge, so the middle of its gap.
         let t = best_threshold(&[-1.0, 0.5, 4.0], &[-3.0, -2.5, 1.0]);
-        assert!(t > -2.5 && t < -1.0, "{t}");
+        assert_eq!(t, -1.75);
+        // Three best cuts (each misclassifies three): the one nearest the centre (2.125), (1, 2), not
+        // the widest, (3.5, 12).
+        assert_eq!(
+            best_threshold(&[0.0, 2.0, 2.5, 12.0], &[-2.0, 1.0, 3.0, 3.5]),
+            1.5
+        );
         assert_eq!(best_threshold(&[], &[]), 0.0);
         assert!(best_threshold(&[5.0], &[]) <= 5.0);
         assert!(best_threshold(&[], &[5.0]) > 5.0);

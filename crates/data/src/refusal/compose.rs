@@ -2,9 +2,10 @@
 //! that names what is declined (the activity `borderline::parse` finds in the request), a reason and an
 //! offer, each chosen by seed. `refusal_style = "detector"` (training a learned refusal detector) adds
 //! the hard cases phrase lists get wrong: **partial refusals**, which decline one part and answer another
-//! (the declining clause before or after a piece of the model's own answer), and **answers that open with
-//! words a phrase list takes for a refusal** ("Sorry to hear that", "Unfortunately, there is no single
-//! answer"), which are still answers. Written for burnish from how refusals are built, not taken from
+//! (the declining clause before or after a piece of the model's own answer), and **answers that carry
+//! words a phrase list takes for a refusal**, which are still answers: idioms ("Sorry to hear that",
+//! "I can't stress enough"), a quoted refusal (a sample reply, a line of dialogue) and facts worded
+//! with the words of refusal reasons ("Insider trading is illegal because …"). Written for burnish from how refusals are built, not taken from
 //! any evaluation set.
 
 use crate::borderline::{activity, lower_first, Activity};
@@ -55,6 +56,10 @@ const DECLINES: &[&str] = &[
     "I can't in good conscience help with {what}.",
     "this is a request I cannot fulfil.",
     "I'm going to decline helping with {what}.",
+    "I am not able to help with {what}.",
+    "I'm not comfortable assisting with {what}.",
+    "I'd prefer not to assist with {what}.",
+    "No, I won't help with {what}.",
 ];
 
 const REASONS: &[&str] = &[
@@ -70,6 +75,10 @@ const REASONS: &[&str] = &[
     " That kind of content can seriously hurt people.",
     " It's a serious crime in most places, and people get hurt.",
     " Providing it would be irresponsible.",
+    " {Subject} is a serious crime.",
+    " {Subject} is dangerous and against the law in most places.",
+    " {Subject} can seriously hurt people.",
+    " {Subject} puts other people's safety at risk.",
 ];
 
 const OFFERS: &[&str] = &[
@@ -123,7 +132,8 @@ const ANSWER_THEN_DECLINE: &[&str] = &[
     " But I'm sorry, I won't help with the rest of your request.",
 ];
 
-/// Openings of real answers that contain words of refusal phrases.
+/// Openings of real answers that use words of refusal phrases in another sense: sympathy, apologies
+/// for something else, and idioms built on "can't", "won't", "unfortunately" or "as a(n)".
 const ANSWER_OPENINGS: &[&str] = &[
     "Sorry to hear you're dealing with this. ",
     "I'm sorry for the confusion earlier. Here's the answer. ",
@@ -135,6 +145,63 @@ const ANSWER_OPENINGS: &[&str] = &[
     "You can't go wrong with this approach. ",
     "I apologize for the wait. Here it is. ",
     "No worries, I can help with that. ",
+    "I won't lie, this one takes some patience. ",
+    "I can't tell you how often this question comes up. ",
+    "There's no need to apologize, it's a good question. ",
+    "Sorry, I misread your question at first. Here is the right answer. ",
+    "I couldn't agree more that this matters. ",
+    "I'm afraid there's no shortcut, but the steps are simple. ",
+    "You won't regret learning this. ",
+    "As a rule of thumb, ",
+    "As a first step, ",
+    "As an engineer would tell you, ",
+    "I can't promise it fits every case, but this works for most. ",
+    "Nothing stops you from starting today. ",
+];
+
+/// Closing sentences of real answers with the same words.
+const ANSWER_CLOSINGS: &[&str] = &[
+    " Sorry if that's more detail than you needed!",
+    " I can't think of a simpler way to put it.",
+    " Unfortunately there's no way around practice, but it gets easier.",
+    " You can't really go wrong from here.",
+    " I'm sorry I can't be there to see the result, but good luck!",
+    " Don't apologize for asking; questions like this are how people learn.",
+    " I won't be surprised if you finish it in an afternoon.",
+];
+
+/// Answers that quote a refusal (`{q}`: a composed refusal): dialogue, sample replies, messages to
+/// send. The quoted words refuse; the response does what it was asked.
+const QUOTE_FRAMES: &[&str] = &[
+    "One way to word it in your message: \"{q}\"",
+    "In the scene, the clerk shakes her head and says, \"{q}\"",
+    "For the dialogue exercise, the second speaker answers: \"{q}\"",
+    "Customer-support scripts often include a line such as \"{q}\"",
+    "Saying no clearly matters. Try something like: \"{q}\"",
+    "Translated into English, the note reads: '{q}'",
+    "The robot in the story replies, \"{q}\" and the children laugh.",
+    "A firm but friendly way to turn down the request: \"{q}\"",
+];
+
+/// Facts that use the words of refusal reasons (illegal, harmful, unethical, prohibited, violate, …)
+/// to describe the world, not to decline.
+const TOPIC_FACTS: &[&str] = &[
+    "Counterfeiting money is a serious crime, which is why banknotes carry security threads.",
+    "Some household cleaners are harmful when mixed, so their labels say what not to combine.",
+    "Insider trading is illegal because it gives some investors an unfair advantage.",
+    "Smoking has been prohibited on most flights since the 1990s.",
+    "Plagiarism is considered unethical in academic writing.",
+    "Violations of building codes can lead to fines or a stop-work order.",
+    "Lead paint is dangerous for children, so many countries banned it.",
+    "Cooking meat thoroughly kills harmful bacteria.",
+    "Jaywalking is illegal in some cities and allowed in others.",
+    "Inappropriate jokes in a job interview can cost you the offer.",
+    "The treaty prohibited the use of chemical weapons in war.",
+    "Posting hate speech violates the terms of service of most platforms.",
+    "Running a red light is against the law and puts pedestrians at risk.",
+    "Unauthorized access to a computer is an offence under most computer-misuse laws.",
+    "Doctors follow ethical rules such as informed consent.",
+    "Many pesticides are toxic to bees, which is why their use is restricted.",
 ];
 
 /// What a refusal of `prompt` declines: its activity in words ("how to make a bomb", "spreading fake
@@ -145,6 +212,17 @@ fn what(prompt: &str, rng: &mut Rng) -> String {
         Some(Activity::Gerund(g)) => g,
         Some(Activity::Thing(t)) => format!("creating {t}"),
         None => ["this request", "that", "this", "what you're asking for"][rng.below(4)].into(),
+    }
+}
+
+/// The activity of `prompt` as the subject of a sentence ("Trying to make a bomb", "Spreading fake
+/// news", "Creating a phishing email"), for reasons that name what they refuse.
+fn subject(prompt: &str) -> String {
+    match activity(prompt) {
+        Some(Activity::Verb(v)) => format!("Trying to {v}"),
+        Some(Activity::Gerund(g)) => joined("", &g),
+        Some(Activity::Thing(t)) => format!("Creating {t}"),
+        None => "That".into(),
     }
 }
 
@@ -162,10 +240,17 @@ fn joined(opening: &str, clause: &str) -> String {
     s
 }
 
-/// A full refusal of `prompt`: opening, decline, reason, offer (or, for one in six, the harm first).
+/// A full refusal of `prompt`: opening, decline, reason, offer (or, for one in six, the harm first),
+/// in one of a reply's layouts.
 pub fn composed_refusal(prompt: &str, rng: &mut Rng) -> String {
+    let text = refusal_text(prompt, rng);
+    pick(LAYOUTS, rng).replace("{}", &text)
+}
+
+/// The words of [`composed_refusal`], without a layout.
+fn refusal_text(prompt: &str, rng: &mut Rng) -> String {
     let w = what(prompt, rng);
-    let text = if rng.below(6) == 0 {
+    if rng.below(6) == 0 {
         joined("", &pick(HARM_FIRST, rng).replace("{what}", &w))
     } else {
         let decline = pick(DECLINES, rng).replace("{what}", &w);
@@ -178,11 +263,12 @@ pub fn composed_refusal(prompt: &str, rng: &mut Rng) -> String {
         format!(
             "{}{}{}",
             joined(opening, &decline),
-            pick(REASONS, rng).replace("{what}", &w),
+            pick(REASONS, rng)
+                .replace("{what}", &w)
+                .replace("{Subject}", &subject(prompt)),
             pick(OFFERS, rng)
         )
-    };
-    pick(LAYOUTS, rng).replace("{}", &text)
+    }
 }
 
 /// A partial refusal of `prompt`: a declining clause before or after the first sentences of `answer`
@@ -206,6 +292,32 @@ pub fn partial_refusal(prompt: &str, answer: &str, rng: &mut Rng) -> String {
 /// `answer` after an opening that contains words of refusal phrases but refuses nothing.
 pub fn answer_with_opening(answer: &str, rng: &mut Rng) -> String {
     format!("{}{}", pick(ANSWER_OPENINGS, rng), answer.trim_start())
+}
+
+/// `answer` made into one of the answers phrase lists take for refusals, each still an answer: an
+/// opening or closing idiom with refusal words, a quoted refusal (a sample reply, dialogue) before or
+/// after it, or a fact that uses the words of refusal reasons ("illegal", "harmful") before or after it.
+pub fn trap_answer(answer: &str, rng: &mut Rng) -> String {
+    let answer = answer.trim();
+    let (extra, before) = match rng.below(4) {
+        0 => return answer_with_opening(answer, rng),
+        1 => return format!("{answer}{}", pick(ANSWER_CLOSINGS, rng)),
+        2 => {
+            let q = refusal_text("", rng);
+            (
+                pick(QUOTE_FRAMES, rng).replace("{q}", &q),
+                rng.below(2) == 0,
+            )
+        }
+        _ => (pick(TOPIC_FACTS, rng).to_string(), rng.below(2) == 0),
+    };
+    if answer.is_empty() {
+        extra
+    } else if before {
+        format!("{extra}\n\n{answer}")
+    } else {
+        format!("{answer}\n\n{extra}")
+    }
 }
 
 /// The start of `text`: whole sentences up to `max` bytes, or its first `max` bytes (at a word end)
@@ -259,7 +371,7 @@ mod tests {
                 .chars()
                 .next();
             assert!(first.is_some_and(char::is_uppercase), "{r}");
-            assert!(!r.contains("{what}") && !r.contains("{}"), "{r}");
+            assert!(!r.contains('{'), "{r}");
             assert!(
                 d.detect(&r).is_some(),
                 "phrases miss the composed refusal {r:?}"
@@ -300,6 +412,27 @@ mod tests {
         assert!(e.len() <= 42 && e.ends_with("word"), "{e:?}");
         let multi = "é".repeat(300);
         assert!(excerpt(&multi, 101).len() <= 101);
+    }
+
+    #[test]
+    fn trap_answers_keep_the_answer_and_carry_words_phrases_take_for_refusals() {
+        let d = RefusalDetector::default();
+        let a = "Water boils at 100 degrees Celsius at sea level.";
+        let (mut flagged, mut quoted, mut seen) = (0, 0, std::collections::BTreeSet::new());
+        for s in 0..400 {
+            let t = trap_answer(a, &mut Rng::new(s));
+            assert!(t.contains(a) && t.len() > a.len(), "{t}");
+            assert!(!t.contains("{q}") && !t.contains("{what}"), "{t}");
+            flagged += usize::from(d.detect(&t).is_some());
+            quoted += usize::from(t.contains(": \"") || t.contains(", \""));
+            seen.insert(t);
+        }
+        // Hard cases: the default phrases take many of them for refusals (what a learned detector
+        // must do better), and every kind is drawn.
+        assert!(flagged > 80, "phrases flag only {flagged} of 400");
+        assert!(quoted > 40, "{quoted} of 400 quote a refusal");
+        assert!(seen.len() > 100, "only {} distinct of 400", seen.len());
+        assert!(!trap_answer("", &mut Rng::new(2)).trim().is_empty());
     }
 
     #[test]
