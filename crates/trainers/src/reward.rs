@@ -246,7 +246,8 @@ pub fn best_threshold(above: &[f32], below: &[f32]) -> f32 {
         _ => f32::NAN,
     };
     // Cut i: the first i scores are called "below". Right = belows before the cut + aboves after it.
-    // The gap of cut i is (lo, hi); the first and last cuts have an open side.
+    // The gap of cut i is (lo, hi); the first and last cuts have an open side. A cut between equal
+    // scores has no gap and no threshold can make it, so it is not counted.
     let mut right = above.len();
     let mut cuts = vec![(right, all[0].0 - 1.0, all[0].0)];
     for i in 1..=all.len() {
@@ -254,8 +255,9 @@ pub fn best_threshold(above: &[f32], below: &[f32]) -> f32 {
         let lo = all[i - 1].0;
         cuts.push((right, lo, all.get(i).map_or(lo + 2.0, |n| n.0)));
     }
+    cuts.retain(|c| c.2 > c.1);
     let most = cuts.iter().map(|c| c.0).max().unwrap_or(0);
-    let best = cuts.into_iter().filter(|c| c.0 == most && c.2 > c.1);
+    let best = cuts.into_iter().filter(|c| c.0 == most);
     let (lo, hi) = if centre.is_nan() {
         // One class only: the widest best gap.
         best.map(|c| (c.1, c.2))
@@ -396,6 +398,8 @@ mod tests {
             best_threshold(&[0.0, 2.0, 2.5, 12.0], &[-2.0, 1.0, 3.0, 3.5]),
             1.5
         );
+        // Ties: an answer and a refusal of equal score cannot be split; the best cut that can be made.
+        assert_eq!(best_threshold(&[1.0, 1.0, 3.0], &[1.0, 1.0, -1.0]), 0.0);
         assert_eq!(best_threshold(&[], &[]), 0.0);
         assert!(best_threshold(&[5.0], &[]) <= 5.0);
         assert!(best_threshold(&[], &[5.0]) > 5.0);

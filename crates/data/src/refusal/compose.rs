@@ -5,8 +5,8 @@
 //! (the declining clause before or after a piece of the model's own answer), and **answers that carry
 //! words a phrase list takes for a refusal**, which are still answers: idioms ("Sorry to hear that",
 //! "I can't stress enough"), a quoted refusal (a sample reply, a line of dialogue) and facts worded
-//! with the words of refusal reasons ("Insider trading is illegal because …"). Written for burnish from how refusals are built, not taken from
-//! any evaluation set.
+//! with the words of refusal reasons ("Insider trading is illegal because …"). Written for burnish from
+//! how refusals are built, not taken from any evaluation set.
 
 use crate::borderline::{activity, lower_first, Activity};
 use crate::rng::Rng;
@@ -299,18 +299,16 @@ pub fn answer_with_opening(answer: &str, rng: &mut Rng) -> String {
 /// after it, or a fact that uses the words of refusal reasons ("illegal", "harmful") before or after it.
 pub fn trap_answer(answer: &str, rng: &mut Rng) -> String {
     let answer = answer.trim();
-    let (extra, before) = match rng.below(4) {
+    let extra = match rng.below(4) {
         0 => return answer_with_opening(answer, rng),
         1 => return format!("{answer}{}", pick(ANSWER_CLOSINGS, rng)),
         2 => {
             let q = refusal_text("", rng);
-            (
-                pick(QUOTE_FRAMES, rng).replace("{q}", &q),
-                rng.below(2) == 0,
-            )
+            pick(QUOTE_FRAMES, rng).replace("{q}", &q)
         }
-        _ => (pick(TOPIC_FACTS, rng).to_string(), rng.below(2) == 0),
+        _ => pick(TOPIC_FACTS, rng).to_string(),
     };
+    let before = rng.below(2) == 0;
     if answer.is_empty() {
         extra
     } else if before {
@@ -422,7 +420,7 @@ mod tests {
         for s in 0..400 {
             let t = trap_answer(a, &mut Rng::new(s));
             assert!(t.contains(a) && t.len() > a.len(), "{t}");
-            assert!(!t.contains("{q}") && !t.contains("{what}"), "{t}");
+            assert!(!t.contains('{'), "{t}");
             flagged += usize::from(d.detect(&t).is_some());
             quoted += usize::from(t.contains(": \"") || t.contains(", \""));
             seen.insert(t);
