@@ -60,6 +60,9 @@ const DECLINES: &[&str] = &[
     "I'm not comfortable assisting with {what}.",
     "I'd prefer not to assist with {what}.",
     "No, I won't help with {what}.",
+    "I'm going to say no to {what}.",
+    "{what} isn't something I'm willing to do.",
+    "I'm not in a position to help with {what}.",
 ];
 
 const REASONS: &[&str] = &[
