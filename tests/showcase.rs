@@ -32,7 +32,7 @@ fn quick_showcase_runs_every_step_and_resumes() {
         "original",
         "safety",
         "refusal-free",
-        "uncensor-ablate",
+        "uncensor-subtract",
         "safety-steer",
     ] {
         assert!(

@@ -1,7 +1,7 @@
 //! `burnish showcase [--quick]`: the project's main job. From the example configs it safety-tunes
 //! SmolLM2 and makes a refusal-free variant of the safety-tuned model from one run file
-//! (examples/configs/refusals.toml, its `goal` key set either way), ablates the safety-tuned model's
-//! refusal direction, steers the original to refuse, and evaluates every variant the same way: violation
+//! (examples/configs/refusals.toml, its `goal` key set either way), subtracts the safety-tuned model's
+//! refusal direction where it is active (gated), steers the original to refuse, and evaluates every variant the same way: violation
 //! rate on harmful_val by hazard category, false refusal rate on the JailbreakBench benign set and on
 //! harmless_val, KL to the original on harmless_val, and KL to the model a variant was made from. Writes
 //! `<out>/results.md` and `<out>/results.png`.
@@ -64,7 +64,8 @@ struct Step {
 fn steps(quick: bool, out: &Path, shared: &Path, original: &Path) -> Vec<Step> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let q = |full: &[&str], fast: &[&str]| if quick { s(fast) } else { s(full) };
-    // The ablation and steering searches: `trials` trials on 16 validation prompts, a short evaluation.
+    // The subtraction and steering searches: `trials` trials (the first `startup` random) on `prompts`
+    // validation prompts per set, and a short evaluation on as many.
     // They search on AdvBench and the Alpaca seed tasks, not on the sets every variant is evaluated on
     // (harmful_val, JailbreakBench benign, harmless_val), so the edited variants' rows are not tuned to
     // their own test prompts.
@@ -78,13 +79,13 @@ fn steps(quick: bool, out: &Path, shared: &Path, original: &Path) -> Vec<Step> {
             toml_str(&shared.join("alpaca/seed_tasks.jsonl"))
         ),
     ];
-    let search = |trials: usize| -> Vec<String> {
+    let search = |trials: usize, startup: usize, prompts: usize| -> Vec<String> {
         let full = [
             format!("method.trials={trials}"),
-            "method.startup_trials=5".into(),
-            "method.val_prompts=16".into(),
+            format!("method.startup_trials={startup}"),
+            format!("method.val_prompts={prompts}"),
             "method.eval_before=false".into(),
-            "eval.limit=16".into(),
+            format!("eval.limit={prompts}"),
         ];
         let fast = [
             "method.trials=3",
@@ -138,12 +139,16 @@ fn steps(quick: bool, out: &Path, shared: &Path, original: &Path) -> Vec<Step> {
             set: [refusals, s(&["data.goal=\"refusal-free\""])].concat(),
             after: vec![],
         },
+        // Gated subtraction, not ablation: it reaches the original's refusal rate at a quarter of
+        // ablation's KL to the safety model (docs/ablate.md, "Gated subtraction on the same terms").
+        // Its trials are short (one unit in one layer), so it keeps its config's own search budget:
+        // 20 trials on 16 prompts per set left 15% of harmful_val refused (docs/results.md).
         Step {
-            name: "uncensor-ablate",
+            name: "uncensor-subtract",
             kind: Kind::Ablate,
-            config: "uncensor-ablate.toml",
+            config: "uncensor-subtract.toml",
             on: Some("safety"),
-            set: search(12),
+            set: search(30, 10, 24),
             after: vec![],
         },
         Step {
@@ -153,7 +158,7 @@ fn steps(quick: bool, out: &Path, shared: &Path, original: &Path) -> Vec<Step> {
             on: None,
             // The refusal vector comes from the safety-tuned variant (the original has none to add).
             set: [
-                search(10),
+                search(10, 5, 16),
                 vec![format!(
                     "method.directions_from={}",
                     toml_str(&out.join("safety/merged"))
@@ -349,7 +354,7 @@ fn results(
         "original" => "SmolLM2-135M-Instruct as shipped",
         "safety" => "safety: refusals.toml, SFT on refusals, borderline and harmless answers",
         "refusal-free" => "refusal-free: refusals.toml with goal = refusal-free, from safety",
-        "uncensor-ablate" => "refusal-free: refusal direction ablated from safety",
+        "uncensor-subtract" => "refusal-free: gated refusal direction subtracted from safety",
         "safety-steer" => "safety: gated refusal direction added to the original",
         _ => "",
     };
