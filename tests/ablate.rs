@@ -295,3 +295,77 @@ fn subtraction_without_its_gate_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("always gated"), "{err}");
 }
+
+/// `split = "refusals"`: the directions' two classes are what the unedited model refuses and answers,
+/// whatever the labels. Checked against the unedited model's own evaluation of the same prompts.
+#[test]
+fn refusal_split_divides_the_prompts_by_what_the_model_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_file(tmp.path(), "subtract", "r");
+    // The tiny model writes random text: a detector that calls any answer with an "e" a refusal
+    // gives both classes, each with prompts of both labels.
+    let text = std::fs::read_to_string(&run)
+        .unwrap()
+        .replace(
+            "mode = \"subtract\"",
+            "mode = \"subtract\"\nsplit = \"refusals\"",
+        )
+        .replace(
+            "[method]",
+            "[data.refusal]\nlists = []\nregexes = [\"e\"]\nempty_is_refusal = false\n[method]",
+        );
+    std::fs::write(&run, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_burnish"))
+        .arg("ablate")
+        .arg(&run)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("split by refusals"))
+        .unwrap_or_else(|| panic!("no split line:\n{err}"));
+    // "… : N refused, M answered (A labelled harmful answered, R labelled harmless refused)"
+    let nums: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit() && c != '.')
+        .filter(|w| !w.is_empty() && !w.contains('.'))
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let [refused, answered, harmful_answered, harmless_refused] = nums[nums.len() - 4..] else {
+        panic!("{line}")
+    };
+    let before = &json(&tmp.path().join("r/report.json"))["before"]["sets"];
+    let count = |set: &str| before[set]["refused"].as_u64().unwrap() as usize;
+    assert_eq!(harmful_answered, 12 - count("bad"), "{line}");
+    assert_eq!(harmless_refused, count("good"), "{line}");
+    assert_eq!(refused, count("bad") + count("good"), "{line}");
+    assert_eq!(refused + answered, 24);
+    assert!(harmful_answered > 0 && harmless_refused > 0, "{line}");
+}
+
+#[test]
+fn refusal_split_with_one_class_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_file(tmp.path(), "subtract", "o");
+    // A detector that flags nothing: the model "answers" every prompt.
+    let text = std::fs::read_to_string(&run)
+        .unwrap()
+        .replace(
+            "mode = \"subtract\"",
+            "mode = \"subtract\"\nsplit = \"refusals\"",
+        )
+        .replace(
+            "[method]",
+            "[data.refusal]\nlists = []\nempty_is_refusal = false\n[method]",
+        );
+    std::fs::write(&run, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_burnish"))
+        .arg("ablate")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("answers every [data] prompt"), "{err}");
+}

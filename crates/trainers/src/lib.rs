@@ -128,6 +128,8 @@ pub enum Error {
     UnlabelledPrompt,
     #[error("ablation needs both harmful and harmless prompts in [data] (`harmful = true` and `harmful = false` sources)")]
     OneSidedPrompts,
+    #[error("[method] split = \"refusals\": the model {0} every [data] prompt, so there is no second class (use split = \"labels\")")]
+    OneSidedRefusals(&'static str),
     #[error("ablation validates on the first {0} [[eval.sets]]; there is none")]
     NoValidationSet(crate::eval::SetKind),
     #[error("[method] directions_from {path}: {theirs:?} (layers, hidden) differs from the model's {ours:?}", path = .path.display())]

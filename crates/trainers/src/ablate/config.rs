@@ -39,6 +39,20 @@ pub enum Positions {
     PostInstruction,
 }
 
+/// How the `[data]` prompts are divided into the two classes the directions (and a gate) come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// By each source's `harmful` label (Arditi et al., heretic).
+    #[default]
+    Labels,
+    /// By what the unedited model does: the prompts whose greedy answer (`max_new_tokens`) the run's
+    /// refusal detector flags against those it answers, whatever their label. For a refusal-free edit
+    /// of a safety-tuned model, which refuses some harmless prompts and answers some harmful ones: the
+    /// direction and the gate then describe refusing, not the topic.
+    Refusals,
+}
+
 /// `[method]` with `name = "ablate"`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -47,6 +61,9 @@ pub struct AblateConfig {
     pub mode: Mode,
     /// Where activations are read: `last` (default) or `post_instruction`.
     pub positions: Positions,
+    /// The two classes of `[data]` prompts: `labels` (default, the `harmful` flags) or `refusals` (what
+    /// the unedited model refuses vs answers).
+    pub split: Split,
     /// Remove the harmless mean's component from each direction (default false).
     pub projected: bool,
     /// Keep the norm of every write vector when ablating (default false).
@@ -98,6 +115,7 @@ impl Default for AblateConfig {
         Self {
             mode: Mode::Ablate,
             positions: Positions::Last,
+            split: Split::Labels,
             projected: false,
             norm_preserving: false,
             embeddings: false,

@@ -34,7 +34,7 @@ use crate::eval::{evaluate_config, EvalConfig, EvalMeta, EvalReport};
 use crate::output::{write_model, SaveKind};
 use crate::progress::Progress;
 use crate::{Error, Result};
-pub use config::{AblateConfig, Mode, Positions};
+pub use config::{AblateConfig, Mode, Positions, Split};
 use edit::{Editor, Space};
 use output::{markdown, write_lines};
 use prepare::{Ctx, Directions, Prompts};
@@ -116,7 +116,19 @@ fn find_edit<B: Backend>(
     progress: &dyn Progress,
 ) -> Result<Found<B>> {
     let model = &job.model;
-    let prompts = Prompts::encode(cfg, model, job.prompts, job.eval)?;
+    let mut prompts = Prompts::encode(cfg, model, job.prompts, job.eval)?;
+    let t = Instant::now();
+    if cfg.split == Split::Refusals {
+        let (split, [answered, refused]) = prompts.split_by_refusal(cfg, model, job.refusal)?;
+        prompts = split;
+        progress.message(&format!(
+            "ablate: split by refusals in {:.1}s: {} refused, {} answered ({answered} labelled \
+             harmful answered, {refused} labelled harmless refused)",
+            t.elapsed().as_secs_f64(),
+            prompts.harmful.len(),
+            prompts.harmless.len(),
+        ));
+    }
     let t = Instant::now();
     let dirs = Directions::read(cfg, model, &prompts, &model.model.device())?;
     progress.message(&format!(

@@ -21,7 +21,8 @@ use crate::{Error, Result};
 
 /// The prompts, rendered with the chat template (generation prompt included) and tokenized.
 pub(super) struct Prompts {
-    /// `[data]` (train split): where the directions come from.
+    /// `[data]` (train split): where the directions come from. With `split = "refusals"`, the prompts
+    /// the unedited model refuses and those it answers instead.
     pub harmful: Vec<Vec<u32>>,
     pub harmless: Vec<Vec<u32>>,
     /// The first harmful and harmless `[[eval.sets]]`, `val_prompts` each at most: selection and search.
@@ -66,6 +67,67 @@ impl Prompts {
             harmless_val: val(SetKind::Harmless)?,
         })
     }
+}
+
+impl Prompts {
+    /// `split = "refusals"`: the `[data]` prompts re-divided by what the unedited model does with them
+    /// (refused: the first class, in place of "harmful"), whatever their labels. Also returns how many
+    /// labelled-harmful prompts it answers and labelled-harmless ones it refuses, for the log.
+    pub fn split_by_refusal<B: Backend>(
+        self,
+        cfg: &AblateConfig,
+        model: &Pretrained<B>,
+        refusal: &RefusalConfig,
+    ) -> Result<(Self, [usize; 2])> {
+        let detector = RefusalDetector::new(refusal)?;
+        let all: Vec<Vec<u32>> = self.harmful.iter().chain(&self.harmless).cloned().collect();
+        let refused = refusals(model, &model.model, &all, &detector, cfg)?;
+        let n_harmful = self.harmful.len();
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for (ids, &r) in all.into_iter().zip(&refused) {
+            if r {
+                on.push(ids)
+            } else {
+                off.push(ids)
+            }
+        }
+        let answered_harmful = refused[..n_harmful].iter().filter(|r| !**r).count();
+        let refused_harmless = refused[n_harmful..].iter().filter(|r| **r).count();
+        if on.is_empty() || off.is_empty() {
+            let what = if on.is_empty() { "answers" } else { "refuses" };
+            return Err(Error::OneSidedRefusals(what));
+        }
+        let split = Self {
+            harmful: on,
+            harmless: off,
+            ..self
+        };
+        Ok((split, [answered_harmful, refused_harmless]))
+    }
+}
+
+/// Whether `m`'s greedy answer to each prompt refuses (`detector`; `cfg.max_new_tokens` new tokens).
+fn refusals<B: Backend>(
+    model: &Pretrained<B>,
+    m: &Llama<B>,
+    prompts: &[Vec<u32>],
+    detector: &RefusalDetector,
+    cfg: &AblateConfig,
+) -> Result<Vec<bool>> {
+    let gen = burnish_core::GenerationConfig {
+        max_new_tokens: cfg.max_new_tokens,
+        eos_ids: model.eos_ids(),
+        pad_id: model.pad_id(),
+        ..Default::default() // greedy
+    };
+    let mut out = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(cfg.batch_size) {
+        for g in burnish_core::generate(m, chunk, &gen, None)? {
+            let text = model.tokenizer.decode(&g.new_ids, true)?;
+            out.push(detector.is_refusal(text.trim()));
+        }
+    }
+    Ok(out)
 }
 
 fn chat_ids<B: Backend>(model: &Pretrained<B>, messages: &[Message]) -> Result<Vec<u32>> {
@@ -230,20 +292,8 @@ impl<'a, B: Backend> Ctx<'a, B> {
 impl<B: Backend> Ctx<'_, B> {
     /// Share of `prompts` (token ids) whose greedy answer the detector flags.
     pub fn refusal_rate(&self, m: &Llama<B>, prompts: &[Vec<u32>]) -> Result<f64> {
-        let cfg = burnish_core::GenerationConfig {
-            max_new_tokens: self.cfg.max_new_tokens,
-            eos_ids: self.model.eos_ids(),
-            pad_id: self.pad,
-            ..Default::default() // greedy
-        };
-        let mut refused = 0;
-        for chunk in prompts.chunks(self.cfg.batch_size) {
-            for g in burnish_core::generate(m, chunk, &cfg, None)? {
-                let text = self.model.tokenizer.decode(&g.new_ids, true)?;
-                refused += usize::from(self.detector.is_refusal(text.trim()));
-            }
-        }
-        Ok(refused as f64 / prompts.len().max(1) as f64)
+        let refused = refusals(self.model, m, prompts, &self.detector, self.cfg)?;
+        Ok(refused.iter().filter(|r| **r).count() as f64 / prompts.len().max(1) as f64)
     }
 
     /// Mean first-token KL(unedited ‖ m) on the harmless validation prompts.
