@@ -296,30 +296,36 @@ fn subtraction_without_its_gate_is_refused() {
     assert!(err.contains("always gated"), "{err}");
 }
 
-/// `split = "refusals"`: the directions' two classes are what the unedited model refuses and answers,
-/// whatever the labels. Checked against the unedited model's own evaluation of the same prompts.
-#[test]
-fn refusal_split_divides_the_prompts_by_what_the_model_refuses() {
-    let tmp = tempfile::tempdir().unwrap();
-    let run = run_file(tmp.path(), "subtract", "r");
-    // The tiny model writes random text: a detector that calls any answer with an "e" a refusal
-    // gives both classes, each with prompts of both labels.
+/// A subtraction run with `split = "refusals"` and this `[data.refusal]` table body: its output.
+fn split_run(dir: &Path, out: &str, refusal: &str) -> std::process::Output {
+    let run = run_file(dir, "subtract", out);
     let text = std::fs::read_to_string(&run)
         .unwrap()
         .replace(
             "mode = \"subtract\"",
             "mode = \"subtract\"\nsplit = \"refusals\"",
         )
-        .replace(
-            "[method]",
-            "[data.refusal]\nlists = []\nregexes = [\"e\"]\nempty_is_refusal = false\n[method]",
-        );
+        .replace("[method]", &format!("[data.refusal]\n{refusal}\n[method]"));
     std::fs::write(&run, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_burnish"))
+    Command::new(env!("CARGO_BIN_EXE_burnish"))
         .arg("ablate")
         .arg(&run)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// `split = "refusals"`: the directions' two classes are what the unedited model refuses and answers,
+/// whatever the labels. Checked against the unedited model's own evaluation of the same prompts.
+#[test]
+fn refusal_split_divides_the_prompts_by_what_the_model_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The tiny model writes random text: a detector that calls any answer with an "e" a refusal
+    // gives both classes, each with prompts of both labels.
+    let out = split_run(
+        tmp.path(),
+        "r",
+        "lists = []\nregexes = [\"e\"]\nempty_is_refusal = false",
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let line = err
@@ -347,24 +353,8 @@ fn refusal_split_divides_the_prompts_by_what_the_model_refuses() {
 #[test]
 fn refusal_split_with_one_class_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let run = run_file(tmp.path(), "subtract", "o");
     // A detector that flags nothing: the model "answers" every prompt.
-    let text = std::fs::read_to_string(&run)
-        .unwrap()
-        .replace(
-            "mode = \"subtract\"",
-            "mode = \"subtract\"\nsplit = \"refusals\"",
-        )
-        .replace(
-            "[method]",
-            "[data.refusal]\nlists = []\nempty_is_refusal = false\n[method]",
-        );
-    std::fs::write(&run, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_burnish"))
-        .arg("ablate")
-        .arg(&run)
-        .output()
-        .unwrap();
+    let out = split_run(tmp.path(), "o", "lists = []\nempty_is_refusal = false");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("answers every [data] prompt"), "{err}");
