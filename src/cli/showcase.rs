@@ -1,10 +1,10 @@
 //! `burnish showcase [--quick]`: the project's main job. From the example configs it safety-tunes
 //! SmolLM2 and makes a refusal-free variant of the safety-tuned model from one run file
 //! (examples/configs/refusals.toml, its `goal` key set either way), subtracts the safety-tuned model's
-//! refusal direction where it is active (gated), steers the original to refuse, and evaluates every variant the same way: violation
-//! rate on harmful_val by hazard category, false refusal rate on the JailbreakBench benign set and on
-//! harmless_val, KL to the original on harmless_val, and KL to the model a variant was made from. Writes
-//! `<out>/results.md` and `<out>/results.png`.
+//! refusal direction where it is active (gated), steers the original to refuse, and evaluates every
+//! variant the same way: violation rate on harmful_val by hazard category, false refusal rate on the
+//! JailbreakBench benign set and on harmless_val, KL to the original on harmless_val, and KL to the
+//! model a variant was made from. Writes `<out>/results.md` and `<out>/results.png`.
 //!
 //! Each step runs as its own `burnish` process (train, ablate, eval) and records a key of its inputs
 //! (config text, overrides, upstream keys, model file); re-running skips steps whose key is unchanged, so

@@ -67,9 +67,7 @@ impl Prompts {
             harmless_val: val(SetKind::Harmless)?,
         })
     }
-}
 
-impl Prompts {
     /// `split = "refusals"`: the `[data]` prompts re-divided by what the unedited model does with them
     /// (refused: the first class, in place of "harmful"), whatever their labels. Also returns how many
     /// labelled-harmful prompts it answers and labelled-harmless ones it refuses, for the log.
