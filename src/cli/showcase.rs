@@ -65,7 +65,7 @@ fn steps(quick: bool, out: &Path, shared: &Path, original: &Path) -> Vec<Step> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let q = |full: &[&str], fast: &[&str]| if quick { s(fast) } else { s(full) };
     // The subtraction and steering searches: `trials` trials (the first `startup` random) on `prompts`
-    // validation prompts per set, and a short evaluation on as many.
+    // validation prompts per set, and a short evaluation on as many (or the config's own sizes).
     // They search on AdvBench and the Alpaca seed tasks, not on the sets every variant is evaluated on
     // (harmful_val, JailbreakBench benign, harmless_val), so the edited variants' rows are not tuned to
     // their own test prompts.
@@ -79,14 +79,18 @@ fn steps(quick: bool, out: &Path, shared: &Path, original: &Path) -> Vec<Step> {
             toml_str(&shared.join("alpaca/seed_tasks.jsonl"))
         ),
     ];
-    let search = |trials: usize, startup: usize, prompts: usize| -> Vec<String> {
-        let full = [
-            format!("method.trials={trials}"),
-            format!("method.startup_trials={startup}"),
-            format!("method.val_prompts={prompts}"),
-            "method.eval_before=false".into(),
-            format!("eval.limit={prompts}"),
-        ];
+    // `budget`: (trials, startup trials, prompts per set), or None for the config's own.
+    let search = |budget: Option<(usize, usize, usize)>| -> Vec<String> {
+        let full = match budget {
+            Some((trials, startup, prompts)) => vec![
+                format!("method.trials={trials}"),
+                format!("method.startup_trials={startup}"),
+                format!("method.val_prompts={prompts}"),
+                "method.eval_before=false".into(),
+                format!("eval.limit={prompts}"),
+            ],
+            None => vec!["method.eval_before=false".into()],
+        };
         let fast = [
             "method.trials=3",
             "method.startup_trials=1",
@@ -97,7 +101,7 @@ fn steps(quick: bool, out: &Path, shared: &Path, original: &Path) -> Vec<Step> {
             "data.sources.1.limit=32",
             "method.max_new_tokens=12",
         ];
-        let mut v = if quick { s(&fast) } else { full.to_vec() };
+        let mut v = if quick { s(&fast) } else { full };
         v.extend(held_apart.iter().cloned());
         v
     };
@@ -148,7 +152,7 @@ fn steps(quick: bool, out: &Path, shared: &Path, original: &Path) -> Vec<Step> {
             kind: Kind::Ablate,
             config: "uncensor-subtract.toml",
             on: Some("safety"),
-            set: search(30, 10, 24),
+            set: search(None),
             after: vec![],
         },
         Step {
@@ -158,7 +162,7 @@ fn steps(quick: bool, out: &Path, shared: &Path, original: &Path) -> Vec<Step> {
             on: None,
             // The refusal vector comes from the safety-tuned variant (the original has none to add).
             set: [
-                search(10, 5, 16),
+                search(Some((10, 5, 16))),
                 vec![format!(
                     "method.directions_from={}",
                     toml_str(&out.join("safety/merged"))

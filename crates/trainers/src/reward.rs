@@ -257,13 +257,12 @@ pub fn best_threshold(above: &[f32], below: &[f32]) -> f32 {
     }
     cuts.retain(|c| c.2 > c.1);
     let most = cuts.iter().map(|c| c.0).max().unwrap_or(0);
-    let best = cuts.into_iter().filter(|c| c.0 == most);
+    let best = cuts.into_iter().filter(|c| c.0 == most).map(|c| (c.1, c.2));
     let (lo, hi) = if centre.is_nan() {
         // One class only: the widest best gap.
-        best.map(|c| (c.1, c.2))
-            .max_by(|a, b| (a.1 - a.0).total_cmp(&(b.1 - b.0)))
+        best.max_by(|a, b| (a.1 - a.0).total_cmp(&(b.1 - b.0)))
     } else {
-        best.map(|c| (c.1, c.2)).min_by(|a, b| {
+        best.min_by(|a, b| {
             let d = |(l, h): (f32, f32)| (0.5 * (l + h) - centre).abs();
             d(*a).total_cmp(&d(*b))
         })

@@ -78,9 +78,9 @@ impl Prompts {
         refusal: &RefusalConfig,
     ) -> Result<(Self, [usize; 2])> {
         let detector = RefusalDetector::new(refusal)?;
-        let all: Vec<Vec<u32>> = self.harmful.iter().chain(&self.harmless).cloned().collect();
-        let refused = refusals(model, &model.model, &all, &detector, cfg)?;
         let n_harmful = self.harmful.len();
+        let all: Vec<Vec<u32>> = self.harmful.into_iter().chain(self.harmless).collect();
+        let refused = refusals(model, &model.model, &all, &detector, cfg)?;
         let (mut on, mut off) = (Vec::new(), Vec::new());
         for (ids, &r) in all.into_iter().zip(&refused) {
             if r {
