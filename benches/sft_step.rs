@@ -1,11 +1,12 @@
 //! LoRA SFT step throughput, printed as JSON for scripts/bench/compare_torch.py.
 //!
 //! cargo bench --bench sft_step -- MODEL [--batch 4] [--seq 256] [--steps 3] [--rank 16]
-//!     [--backend cpu|wgpu|cuda[:N]] [--dtype f32|bf16|f16] [--shape llama-3.2-1b]
+//!     [--backend cpu|wgpu|cuda[:N]] [--dtype f32|bf16|f16] [--shape llama-3.2-1b|smollm2-135m]
 //!     [--gradient-checkpointing]
 //! One step = forward + backward + AdamW on LoRA (all linear layers), loss on every token. The base
-//! is MODEL's weights, or with `--shape llama-3.2-1b` random weights in Llama 3.2 1B's configuration
-//! (what the GPU comparison uses; PyTorch builds the same config). GPU backends need the cargo feature.
+//! is MODEL's weights, or with `--shape llama-3.2-1b` / `smollm2-135m` random weights in that model's
+//! configuration (what the GPU comparison uses, on a machine without the model files; PyTorch builds the
+//! same config). GPU backends need the cargo feature.
 
 mod common;
 
@@ -25,6 +26,12 @@ pub const LLAMA_3_2_1B: &str = r#"{"model_type": "llama", "hidden_size": 2048, "
     "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "num_hidden_layers": 16,
     "vocab_size": 128256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
     "rope_theta": 500000.0, "tie_word_embeddings": true}"#;
+
+/// SmolLM2-135M's configuration (config.json of HuggingFaceTB/SmolLM2-135M-Instruct).
+pub const SMOLLM2_135M: &str = r#"{"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
+    "num_attention_heads": 9, "num_key_value_heads": 3, "num_hidden_layers": 30, "vocab_size": 49152,
+    "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
+    "tie_word_embeddings": true}"#;
 
 struct Step {
     model: String,
@@ -61,11 +68,15 @@ impl Step {
     fn base<B: AutodiffBackend>(&self, device: &B::Device) -> anyhow::Result<Llama<B>> {
         match self.shape.as_deref() {
             None => Ok(Pretrained::<B>::load_as(&self.model, device, self.dtype)?.model),
-            Some("llama-3.2-1b") => {
-                let cfg = ModelConfig::from_json(LLAMA_3_2_1B, "llama-3.2-1b".as_ref())?;
+            Some(shape) => {
+                let json = match shape {
+                    "llama-3.2-1b" => LLAMA_3_2_1B,
+                    "smollm2-135m" => SMOLLM2_135M,
+                    other => anyhow::bail!("--shape {other}: llama-3.2-1b or smollm2-135m"),
+                };
+                let cfg = ModelConfig::from_json(json, shape.as_ref())?;
                 Ok(Llama::init(&cfg, 0.02, device).with_precision(self.dtype))
             }
-            Some(other) => anyhow::bail!("--shape {other}: only llama-3.2-1b"),
         }
     }
 }

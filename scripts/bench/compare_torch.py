@@ -3,10 +3,11 @@
 
     python scripts/bench/compare_torch.py [--model models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf]
         [--threads 2] [--batch 4] [--seq 256] [--steps 3] [--rank 16]
-        [--device cpu|cuda] [--dtype f32|bf16] [--shape llama-3.2-1b] [--gradient-checkpointing]
+        [--device cpu|cuda] [--dtype f32|bf16] [--shape llama-3.2-1b|smollm2-135m] [--gradient-checkpointing]
         [--repeat N]
 
-Same model (the GGUF, dequantized by both; or with --shape random weights in Llama 3.2 1B's config),
+Same model (the GGUF, dequantized by both; or with --shape random weights in Llama 3.2 1B's or
+SmolLM2-135M's config),
 same LoRA (all linear layers, r, alpha = 2r), same batch of deterministic token rows, loss on every
 token, AdamW. --dtype bf16 loads the base in bf16 on both sides (PEFT keeps its adapters in f32, as
 burnish does). Step 1 is warm-up; the mean of the remaining steps is reported. Each side runs in a
@@ -35,6 +36,12 @@ if shape == "llama-3.2-1b":
     cfg = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_attention_heads=32, num_key_value_heads=8,
                       head_dim=64, num_hidden_layers=16, vocab_size=128256, max_position_embeddings=131072,
                       rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+elif shape == "smollm2-135m":
+    from transformers import LlamaConfig
+    cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
+                      num_hidden_layers=30, vocab_size=49152, max_position_embeddings=8192,
+                      rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True)
     model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
 else:
     d, f = path.rsplit("/", 1)
@@ -76,7 +83,7 @@ def main():
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
-    ap.add_argument("--shape", choices=["file", "llama-3.2-1b"], default="file")
+    ap.add_argument("--shape", choices=["file", "llama-3.2-1b", "smollm2-135m"], default="file")
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run both sides this many times, alternating, and report every pair and the "
