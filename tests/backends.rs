@@ -441,6 +441,7 @@ mod gpu {
 
     /// wgpu sums in another order than flex, in full f32 (measured on lavapipe: loss 6e-7, gradients
     /// 3e-6 relative).
+    #[cfg(feature = "wgpu")]
     pub const F32: Tol = Tol {
         loss: 1e-5,
         grad: 1e-4,
@@ -451,6 +452,7 @@ mod gpu {
     /// CUDA's f32 matrix products run on tensor cores in TF32 (cubek-matmul stages f32 operands as
     /// tf32 wherever the device supports it), whose 10-bit mantissa rounds each operand to ~5e-4
     /// relative. Measured on an H200 (2026-12-04): loss 1.4e-5, gradients 3.4e-3, KL 4.7e-4 relative.
+    #[cfg(feature = "cuda")]
     pub const TF32: Tol = Tol {
         loss: 1e-4,
         grad: 1e-2,
@@ -526,8 +528,12 @@ mod gpu {
             &tmp.path().join("cpu"),
             &Default::default(),
         );
-        let (gpu_text, gpu_kl, gpu_w) =
-            eval_and_merge::<B>(&model, &prompts, &tmp.path().join(label), &Default::default());
+        let (gpu_text, gpu_kl, gpu_w) = eval_and_merge::<B>(
+            &model,
+            &prompts,
+            &tmp.path().join(label),
+            &Default::default(),
+        );
         eprintln!("eval: cpu {cpu_text:?} kl {cpu_kl:?}; {label} kl {gpu_kl:?}");
         assert_eq!(cpu_text, gpu_text);
         for (c, g) in cpu_kl.iter().zip(&gpu_kl) {

@@ -214,6 +214,7 @@ fn judge_model_decides_refusals() {
 
 /// `[data.generate] model`: prompts are answered by that model, not by `[model]` (a refusal-free run
 /// from a safety-tuned model answers with the original's replies); a missing file is named by its key.
+/// With `self_first`, `[model]` answers and `model` only the prompts `[model]` refuses.
 #[test]
 fn data_is_answered_by_the_generate_model() {
     let tmp = tempfile::tempdir().unwrap();
@@ -264,6 +265,24 @@ fn data_is_answered_by_the_generate_model() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("`data.generate.model`") && err.contains("nowhere"),
+        "{err}"
+    );
+    // self_first: [model] answers first. The tiny model never refuses by the phrases, so its answers
+    // stay; a rule that flags every reply sends every prompt to `model` (kept: the policy is keep).
+    let own_first = "model = \"out/merged\"\nself_first = true";
+    assert_eq!(answers(build("e", "tiny-chat", own_first)), by_tiny);
+    let everything_refuses = format!("{own_first}\n[data.refusal]\nregexes = [\".\"]");
+    let (o, out) = build("f", "tiny-chat", &everything_refuses);
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        stdout.contains("self_first: 0 of 3 prompts answered by [model], the 3 it refused"),
+        "{stdout}"
+    );
+    assert_eq!(answers((o, out)), by_generate_model);
+    let (o, _) = build("g", "tiny-chat", "self_first = true");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("`data.generate.self_first` needs `data.generate.model`"),
         "{err}"
     );
 }

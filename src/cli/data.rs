@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use burnish_core::backend::{Cpu, DeviceSpec};
 use burnish_core::burn::tensor::backend::Backend;
-use burnish_core::{Pretrained, Tokenizer, TokenizerBundle};
+use burnish_core::{Tokenizer, TokenizerBundle};
 use burnish_data::build::build_with;
 use burnish_data::build::{process_source, SourceReport};
 use burnish_data::policy::Outcome;
@@ -16,12 +16,11 @@ use burnish_data::refusal::{
 };
 use burnish_data::{
     pack, write_jsonl, ChatEncoder, Check, DetectorSpec, EncodeOptions, Example, Examples,
-    ModelResponder, RefusalClassifier, RefusalConfig, RefusalDetector, Responder, TokenStats,
-    IGNORE_INDEX,
+    RefusalClassifier, RefusalConfig, RefusalDetector, Responder, TokenStats, IGNORE_INDEX,
 };
 use burnish_trainers::config::RunFile;
 use burnish_trainers::detector::LearnedDetector;
-use burnish_trainers::run::learned_detector;
+use burnish_trainers::run::{learned_detector, with_responder};
 use clap::{Args, Subcommand, ValueEnum};
 
 #[derive(Args)]
@@ -99,20 +98,20 @@ pub fn run(a: DataArgs) -> Result<()> {
     }
 }
 
-/// The model, loaded only when a source answers prompts with it.
-fn load_model_if_needed<B: Backend>(
-    rf: &RunFile,
-    device: &B::Device,
-) -> Result<Option<Pretrained<B>>> {
-    if !rf.config.data.needs_model() {
-        return Ok(None);
-    }
+/// Says which model answers the prompts, when a source answers prompts with one.
+fn announce_answering_model(rf: &RunFile) {
     let c = &rf.config;
-    let path = c.data.generate.model.as_ref().unwrap_or(&c.model.path);
-    eprintln!("loading {} to answer prompts", path.display());
-    Ok(Some(burnish_trainers::run::answering_model::<B>(
-        c, device,
-    )?))
+    if c.data.needs_model() {
+        let path = c.data.generate.model.as_ref().unwrap_or(&c.model.path);
+        match c.data.generate.self_first {
+            true => eprintln!(
+                "loading {} and {} (self_first) to answer prompts",
+                c.model.path.display(),
+                path.display()
+            ),
+            false => eprintln!("loading {} to answer prompts", path.display()),
+        }
+    }
 }
 
 fn preview(a: PreviewArgs) -> Result<()> {
@@ -128,42 +127,56 @@ fn preview_on<B: Backend>((a, rf): (PreviewArgs, RunFile), device: &B::Device) -
     let enc = ChatEncoder::from_bundle(&bundle, EncodeOptions::from_config(&rf.config.data))?;
     let phrases = RefusalDetector::new(&rf.config.data.refusal)?;
     let mut learned = learned_detector::<B>(&rf.config, device)?;
-    let model = load_model_if_needed::<B>(&rf, device)?;
-    let mut responder = model
-        .as_ref()
-        .map(|m| ModelResponder::new(m, rf.config.data.generate.clone()));
+    announce_answering_model(&rf);
     let color = match a.color {
         Color::Auto => std::io::stdout().is_terminal(),
         Color::Always => true,
         Color::Never => false,
     };
     let style = Style { color };
-    for (i, src) in rf.config.data.sources.iter().enumerate() {
-        let r = responder.as_mut().map(|r| r as &mut dyn Responder);
-        let mut detector = Check {
-            phrases: &phrases,
-            learned: learned.as_mut().map(|d| d as &mut dyn RefusalClassifier),
-        };
-        let (outcomes, report) = process_source(
-            &rf.config.data,
-            i,
-            Path::new(""),
-            &mut detector,
-            r,
-            Some(a.n),
-            true,
-        )?;
-        println!(
-            "{}",
-            style.header(&format!("source #{}: {}", i + 1, src.path.display()))
-        );
-        for (k, o) in outcomes.iter().enumerate() {
-            show_outcome(k + 1, o, &enc, &style)?;
+    let (_, again) = with_responder::<B, _>(&rf.config, device, |mut responder| {
+        for (i, src) in rf.config.data.sources.iter().enumerate() {
+            let r = responder.as_mut().map(|r| &mut **r as &mut dyn Responder);
+            let mut detector = Check {
+                phrases: &phrases,
+                learned: learned.as_mut().map(|d| d as &mut dyn RefusalClassifier),
+            };
+            let (outcomes, report) = process_source(
+                &rf.config.data,
+                i,
+                Path::new(""),
+                &mut detector,
+                r,
+                Some(a.n),
+                true,
+            )?;
+            println!(
+                "{}",
+                style.header(&format!("source #{}: {}", i + 1, src.path.display()))
+            );
+            for (k, o) in outcomes.iter().enumerate() {
+                show_outcome(k + 1, o, &enc, &style).map_err(|e| {
+                    burnish_trainers::Error::Invalid(format!("showing an example: {e}"))
+                })?;
+            }
+            print_report(&report, false);
+            println!();
         }
-        print_report(&report, false);
-        println!();
-    }
+        Ok(())
+    })?;
+    print_asked_again(again);
     Ok(())
+}
+
+/// The self_first line: how many prompts `[data.generate] model` answered because [model] refused.
+fn print_asked_again(again: Option<(usize, usize)>) {
+    if let Some((answered, again)) = again {
+        println!(
+            "self_first: {} of {answered} prompts answered by [model], the {again} it refused by \
+             data.generate.model",
+            answered - again
+        );
+    }
 }
 
 struct Style {
@@ -310,14 +323,13 @@ fn build_cmd(a: BuildArgs) -> Result<()> {
 
 /// `data build` with model answers generated on backend `B`.
 fn build_on<B: Backend>((a, rf): (BuildArgs, RunFile), device: &B::Device) -> Result<()> {
-    let model = load_model_if_needed::<B>(&rf, device)?;
-    let mut responder = model
-        .as_ref()
-        .map(|m| ModelResponder::new(m, rf.config.data.generate.clone()));
-    let r = responder.as_mut().map(|r| r as &mut dyn Responder);
+    announce_answering_model(&rf);
     let mut learned = learned_detector::<B>(&rf.config, device)?;
     let l = learned.as_mut().map(|d| d as &mut dyn RefusalClassifier);
-    let d = build_with(&rf.config.data, Path::new(""), r, l)?;
+    let (d, again) = with_responder::<B, _>(&rf.config, device, |r| {
+        Ok(build_with(&rf.config.data, Path::new(""), r, l)?)
+    })?;
+    print_asked_again(again);
     for (i, s) in d.sources.iter().enumerate() {
         println!("source #{}: {}", i + 1, s.path.display());
         print_report(s, true);

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::example::{PromptExample, SftExample};
+use crate::refusal::RefusalDetector;
 use crate::rng::Rng;
 
 /// `[data.generate]`.
@@ -34,6 +35,13 @@ pub struct GenerateConfig {
     /// refusal-free, whose own answers would be refusals.
     #[serde(default)]
     pub model: Option<std::path::PathBuf>,
+    /// With `model`: answer each prompt with `[model]` first, and with `model` only where `[model]`'s
+    /// reply refuses (the refusal phrases of `[data.refusal]`). A safety-tuned model being made
+    /// refusal-free then learns its own answers wherever it answers, which keeps it close to itself
+    /// (KL to the source), and the original's where it refused. Default false: every answer from
+    /// `model`. When both name the same file, each prompt is answered once.
+    #[serde(default)]
+    pub self_first: bool,
 }
 
 fn default_max_new_tokens() -> usize {
@@ -56,6 +64,7 @@ impl Default for GenerateConfig {
             seed: 0,
             batch_size: default_batch_size(),
             model: None,
+            self_first: false,
         }
     }
 }
@@ -112,6 +121,65 @@ impl<B: Backend> Responder for ModelResponder<'_, B> {
             );
         }
         Ok(out)
+    }
+}
+
+/// `[data.generate] self_first`: answers with `first`, and asks `then` only for the prompts whose
+/// reply from `first` refuses (by `detector`), in input order.
+pub struct FallbackResponder<'a> {
+    first: &'a mut dyn Responder,
+    then: &'a mut dyn Responder,
+    detector: &'a RefusalDetector,
+    /// Prompts `first` refused, which `then` answered (summed over calls).
+    pub fell_back: usize,
+    /// Prompts answered (summed over calls).
+    pub answered: usize,
+}
+
+impl<'a> FallbackResponder<'a> {
+    pub fn new(
+        first: &'a mut dyn Responder,
+        then: &'a mut dyn Responder,
+        detector: &'a RefusalDetector,
+    ) -> Self {
+        Self {
+            first,
+            then,
+            detector,
+            fell_back: 0,
+            answered: 0,
+        }
+    }
+}
+
+impl Responder for FallbackResponder<'_> {
+    fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<String>> {
+        let mut replies = self.first.respond(prompts)?;
+        let refused: Vec<usize> = (0..replies.len())
+            .filter(|&i| self.detector.detect(&replies[i]).is_some())
+            .collect();
+        if !refused.is_empty() {
+            let again: Vec<Vec<Message>> = refused.iter().map(|&i| prompts[i].clone()).collect();
+            let second = self.then.respond(&again)?;
+            if second.len() != again.len() {
+                return Err(Error::Invalid(format!(
+                    "{} replies for {} prompts",
+                    second.len(),
+                    again.len()
+                )));
+            }
+            for (&i, reply) in refused.iter().zip(second) {
+                replies[i] = reply;
+            }
+        }
+        self.fell_back += refused.len();
+        self.answered += prompts.len();
+        tracing::info!(
+            refused = refused.len(),
+            of = prompts.len(),
+            "self_first: answered by the trained model, its refusals again by data.generate.model"
+        );
+        Ok(replies)
     }
 }
 

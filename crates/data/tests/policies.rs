@@ -266,6 +266,51 @@ fn model_answers_go_through_the_policy() {
     );
 }
 
+/// Answers every prompt with "Answer from the original: PROMPT", counting the prompts it saw.
+#[derive(Default)]
+struct Original(usize);
+
+impl Responder for Original {
+    fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<String>> {
+        self.0 += prompts.len();
+        Ok(prompts
+            .iter()
+            .map(|p| format!("Answer from the original: {}", p.last().unwrap().content))
+            .collect())
+    }
+}
+
+/// `[data.generate] self_first`: the trained model's own answers stay; only the prompts it refuses
+/// are asked of the other model, and their replies land in their own slots.
+#[test]
+fn self_first_asks_the_other_model_only_where_the_first_refuses() {
+    use burnish_data::{FallbackResponder, RefusalDetector};
+    let advbench = shared("advbench/harmful_behaviors.csv");
+    let cfg = config(&source(
+        &advbench,
+        "answer = \"refusal_pair\"\nrefusal_policy = \"label\"\nlimit = 40\nlabel_goal = \"uncensor\"",
+    ));
+    let hacks = hacks(&advbench, 40);
+    let (mut first, mut then) = (Canned, Original::default());
+    let phrases = RefusalDetector::default();
+    let mut both = FallbackResponder::new(&mut first, &mut then, &phrases);
+    let d = build(&cfg, Path::new(""), Some(&mut both)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((both.fell_back, both.answered), (hacks, 40));
+    assert_eq!(then.0, hacks);
+    assert_eq!(outcomes(&d), [("kept", 40)]);
+    let Examples::Pairs(p) = &d.train else {
+        panic!()
+    };
+    for e in p {
+        let request = &e.prompt.last().unwrap().content;
+        let want = match request.contains("hack") {
+            true => format!("Answer from the original: {request}"),
+            false => "Here it is.".to_string(),
+        };
+        assert_eq!(e.chosen, want);
+    }
+}
+
 #[test]
 fn refusal_pairs_are_labelled_for_the_goal() {
     let advbench = shared("advbench/harmful_behaviors.csv");

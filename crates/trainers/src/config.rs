@@ -184,6 +184,13 @@ impl RunConfig {
                 ));
             }
         }
+        if self.data.generate.self_first && self.data.generate.model.is_none() {
+            return Err(
+                "`data.generate.self_first` needs `data.generate.model`: the model that \
+                        answers the prompts [model] refuses"
+                    .into(),
+            );
+        }
         crate::eval::HazardMap::new(&self.eval.hazards)
             .map_err(|m| format!("[eval.hazards]: {m}"))?;
         match &self.method {

@@ -24,8 +24,8 @@ use burnish_core::io::file_stamp;
 use burnish_core::{Llama, Message, Precision, Pretrained, TokenizerBundle};
 use burnish_data::{
     build, build::build_with, pack, ChatEncoder, DetectorSpec, EncodeOptions, Examples,
-    ModelResponder, Packed, PromptExample, RefusalClassifier, TokenStats, TokenizedExample,
-    TokenizedPair,
+    FallbackResponder, ModelResponder, Packed, PromptExample, RefusalClassifier, RefusalDetector,
+    Responder, TokenStats, TokenizedExample, TokenizedPair,
 };
 use serde::Serialize;
 
@@ -223,6 +223,21 @@ pub fn answering_model<B: Backend>(c: &RunConfig, device: &B::Device) -> Result<
     }
 }
 
+/// `[data.generate] self_first` with an answering model other than `[model]` (the same file answers
+/// once: asking it again where it refused would give the same reply).
+fn self_first(c: &RunConfig) -> bool {
+    let g = &c.data.generate;
+    let Some(m) = g.model.as_deref().filter(|_| g.self_first) else {
+        return false;
+    };
+    let same_file = match (m.canonicalize(), c.model.path.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => m == c.model.path,
+    };
+    // A `merge_adapter` makes [model] another model than its file.
+    !same_file || c.model.merge_adapter.is_some()
+}
+
 /// The learned refusal detector `[data.refusal] detector` names, if any.
 pub fn learned_detector<B: Backend>(
     c: &RunConfig,
@@ -234,18 +249,46 @@ pub fn learned_detector<B: Backend>(
     }
 }
 
+/// Calls `f` with what answers `[data]`'s prompts (burnish train, data build and data preview alike):
+/// nothing when no source needs a model; the answering model (`[data.generate] model`, else
+/// `[model]`); or with `self_first`, `[model]` first and the answering model only where `[model]`
+/// refuses. The second value is, for self_first, (prompts answered, prompts asked again).
+pub fn with_responder<B: Backend, T>(
+    c: &RunConfig,
+    device: &B::Device,
+    f: impl FnOnce(Option<&mut dyn Responder>) -> Result<T>,
+) -> Result<(T, Option<(usize, usize)>)> {
+    if !c.data.needs_model() {
+        return Ok((f(None)?, None));
+    }
+    let gen = answering_model::<B>(c, device)?;
+    let mut then = ModelResponder::new(&gen, c.data.generate.clone());
+    if !self_first(c) {
+        return Ok((f(Some(&mut then))?, None));
+    }
+    let own = load_model::<B>(&c.model, device)?;
+    let mut first = ModelResponder::new(&own, c.data.generate.clone());
+    let phrases = RefusalDetector::new(&c.data.refusal)?;
+    let mut both = FallbackResponder::new(&mut first, &mut then, &phrases);
+    let out = f(Some(&mut both))?;
+    Ok((out, Some((both.answered, both.fell_back))))
+}
+
 /// Stage 1: the data set. Generated answers need an inference copy of the answering model (on the
 /// inner backend), which is dropped before training.
 fn data_stage<B: Backend>(c: &RunConfig, progress: &dyn Progress) -> Result<burnish_data::Dataset> {
     let mut learned = learned_detector::<B>(c, &Default::default())?;
     let learned = learned.as_mut().map(|d| d as &mut dyn RefusalClassifier);
-    let dataset = if c.data.needs_model() {
-        let gen = answering_model::<B>(c, &Default::default())?;
-        let mut responder = ModelResponder::new(&gen, c.data.generate.clone());
-        build_with(&c.data, Path::new(""), Some(&mut responder), learned)?
-    } else {
-        build_with(&c.data, Path::new(""), None, learned)?
-    };
+    let (dataset, asked_again) = with_responder::<B, _>(c, &Default::default(), |r| {
+        Ok(build_with(&c.data, Path::new(""), r, learned)?)
+    })?;
+    if let Some((answered, again)) = asked_again {
+        progress.message(&format!(
+            "data: self_first: {} of {answered} prompts answered by [model], the {again} it refused by \
+             data.generate.model",
+            answered - again
+        ));
+    }
     for r in &dataset.sources {
         progress.message(&format!(
             "data: {} read {}, skipped {}, kept {} → train {}, eval {} {:?}",
