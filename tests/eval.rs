@@ -282,7 +282,8 @@ fn data_is_answered_by_the_generate_model() {
     let (o, _) = build("g", "tiny-chat", "self_first = true");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        !o.status.success() && err.contains("`data.generate.self_first` needs `data.generate.model`"),
+        !o.status.success()
+            && err.contains("`data.generate.self_first` needs `data.generate.model`"),
         "{err}"
     );
 }
