@@ -699,3 +699,43 @@ fn numeric_arguments_are_validated() {
     ]);
     assert!(err.contains("max_new_tokens"), "{err}");
 }
+
+/// `[method] kl_coef`: at the first step the adapters are zero, so the model is its own reference — KL
+/// 0 and plain SFT's loss; a negligible coefficient trains like plain SFT step by step (the anchored
+/// path computes the same NLL), and a large one ends far closer to the reference.
+#[test]
+fn sft_kl_anchor_keeps_the_model_near_its_reference() {
+    use burnish::trainers::{run, RunReport};
+    let tmp = tempfile::tempdir().unwrap();
+    let train = |name: &str, kl: Option<f64>| -> Vec<serde_json::Value> {
+        let dir = tmp.path().join(name);
+        let file = tiny_run(&dir, "");
+        let mut sets = vec!["method.name=\"sft\"".to_string()];
+        sets.extend(kl.map(|k| format!("method.kl_coef={k}")));
+        let rf = RunFile::load(&file, &sets).unwrap();
+        let RunReport::Trained(_) = run(&rf.config, &RunOptions::default()).unwrap() else {
+            panic!("an SFT config trains")
+        };
+        metrics(&dir.join("out"))
+    };
+    let plain = train("plain", None);
+    let faint = train("faint", Some(1e-6));
+    let strong = train("strong", Some(5.0));
+    let f = |rows: &[serde_json::Value], i: usize, k: &str| rows[i][k].as_f64().unwrap();
+    assert!(plain[0].get("kl_ref").is_none(), "{}", plain[0]);
+    assert!(f(&strong, 0, "kl_ref").abs() < 1e-9, "{}", strong[0]);
+    assert!((f(&strong, 0, "loss") - f(&plain, 0, "loss")).abs() < 1e-5 * f(&plain, 0, "loss"));
+    for i in 0..plain.len() {
+        let (a, b) = (f(&faint, i, "loss"), f(&plain, i, "loss"));
+        assert!((a - b).abs() < 1e-3 * b, "step {}: {a} vs {b}", i + 1);
+    }
+    let last = plain.len() - 1;
+    let (faint_kl, strong_kl) = (f(&faint, last, "kl_ref"), f(&strong, last, "kl_ref"));
+    eprintln!(
+        "last step's KL to the reference: kl_coef 1e-6 {faint_kl:.4}, kl_coef 5 {strong_kl:.4}"
+    );
+    assert!(
+        faint_kl > 0.0 && strong_kl < 0.5 * faint_kl,
+        "{faint_kl} vs {strong_kl}"
+    );
+}

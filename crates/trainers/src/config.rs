@@ -197,7 +197,8 @@ impl RunConfig {
             MethodConfig::Dpo(d) => d.validate(),
             MethodConfig::Ablate(a) => a.validate(),
             MethodConfig::Ppo(p) => p.validate_with(&self.train),
-            MethodConfig::Sft(_) | MethodConfig::Reward(_) => Ok(()),
+            MethodConfig::Sft(s) => s.validate(),
+            MethodConfig::Reward(_) => Ok(()),
         }
     }
 

@@ -18,14 +18,13 @@ pub struct Labelled<B: Backend> {
     pub correct: usize,
 }
 
-/// [`Labelled`] for the positions whose next token is labelled; `None` when there is none.
-/// `Adapters::Off` runs the base model (the reference of DPO and PPO). The LM head is applied at
-/// those positions only, block by block, without holding `[n, vocab]` logits (`Llama::target_logps`).
-pub fn labelled_logps<B: Backend>(
+/// Final hidden states `[n, hidden]` at the positions whose next token is labelled, those targets, and
+/// the batch row each comes from; `None` when there is none.
+pub fn labelled_hidden<B: Backend>(
     model: &Llama<B>,
     batch: &Batch,
     adapters: Adapters,
-) -> Option<Labelled<B>> {
+) -> Option<(Tensor<B, 2>, Vec<i64>, Vec<usize>)> {
     let device = model.model.embed_tokens.device();
     let (rows, targets) = shifted_targets(&batch.labels, batch.rows, batch.len);
     if rows.is_empty() {
@@ -39,15 +38,36 @@ pub fn labelled_logps<B: Backend>(
     let [b, s, h] = hidden.dims();
     let owner = rows.iter().map(|&r| r as usize / batch.len).collect();
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.clone(), [rows.len()]), &device);
-    let picked = hidden.reshape([b * s, h]).select(0, idx);
+    Some((hidden.reshape([b * s, h]).select(0, idx), targets, owner))
+}
+
+/// [`Labelled`] for the positions whose next token is labelled; `None` when there is none.
+/// `Adapters::Off` runs the base model (the reference of DPO and PPO). The LM head is applied at
+/// those positions only, block by block, without holding `[n, vocab]` logits (`Llama::target_logps`).
+pub fn labelled_logps<B: Backend>(
+    model: &Llama<B>,
+    batch: &Batch,
+    adapters: Adapters,
+) -> Option<Labelled<B>> {
+    let (picked, targets, owner) = labelled_hidden(model, batch, adapters)?;
+    Some(labelled_at(model, picked, targets, owner))
+}
+
+/// [`Labelled`] from the final hidden states at labelled positions.
+pub fn labelled_at<B: Backend>(
+    model: &Llama<B>,
+    picked: Tensor<B, 2>,
+    targets: Vec<i64>,
+    owner: Vec<usize>,
+) -> Labelled<B> {
     let (logps, argmax) = model.target_logps(picked, &targets);
     let correct = argmax.iter().zip(&targets).filter(|(p, t)| p == t).count();
-    Some(Labelled {
+    Labelled {
         logps,
         targets,
         owner,
         correct,
-    })
+    }
 }
 
 /// Sums `values` `[n]` into `rows` buckets by `owner` (a one-hot matmul: differentiable, and tiny next to

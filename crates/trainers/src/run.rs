@@ -463,7 +463,7 @@ impl<B: AutodiffBackend> MethodStage<'_, B> {
         let eval_batch_size = c.eval.batch_size.unwrap_or(c.train.batch_size);
         let hidden = model.model.embed_tokens.dims()[1];
         match (&c.method, data) {
-            (MethodConfig::Sft(_), Encoded::Sft(train, eval)) => {
+            (MethodConfig::Sft(cfg), Encoded::Sft(train, eval)) => {
                 let rows = |v: Vec<TokenizedExample>| -> Result<Vec<Packed>> {
                     Ok(if c.data.packing {
                         pack(&v, c.data.max_length)?
@@ -476,6 +476,7 @@ impl<B: AutodiffBackend> MethodStage<'_, B> {
                     eval: rows(eval)?,
                     pad_id: self.pad_id,
                     eval_batch_size,
+                    kl_coef: cfg.kl_coef,
                 };
                 self.fit(&mut sft, model)
             }

@@ -1,6 +1,7 @@
 //! Supervised fine-tuning: next-token cross entropy on assistant tokens only (the data crate's masks),
-//! optionally over packed sequences.
+//! optionally over packed sequences, optionally anchored to the model as loaded by a KL term.
 
+use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use burnish_core::burn;
@@ -8,14 +9,34 @@ use burnish_core::{Adapters, Llama};
 use burnish_data::{Batch, Packed};
 use serde::{Deserialize, Serialize};
 
-use crate::logps::labelled_logps;
+use crate::logps::{labelled_at, labelled_hidden, labelled_logps};
 use crate::loss::shifted_targets;
 use crate::method::{Method, Metrics};
 
 /// Supervised fine-tuning: cross entropy on assistant tokens (masks come from `[data]`).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct SftConfig {}
+pub struct SftConfig {
+    /// Adds `kl_coef` × KL(reference ‖ model) of the next-token distributions at every labelled
+    /// position, the reference being the model as loaded (its adapters off). Fitting greedy answers
+    /// sharpens every distribution they touch, the model's own answers included; the KL term keeps
+    /// the whole distribution where the data does not ask it to move — a refusal-free variant that
+    /// stays close to its source (docs/sft.md). Default 0: plain SFT, one forward pass.
+    #[serde(default)]
+    pub kl_coef: f64,
+}
+
+impl SftConfig {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        match self.kl_coef.is_finite() && self.kl_coef >= 0.0 {
+            true => Ok(()),
+            false => Err(format!(
+                "`method.kl_coef` = {} must be a number ≥ 0",
+                self.kl_coef
+            )),
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct Sft {
@@ -23,6 +44,40 @@ pub struct Sft {
     pub eval: Vec<Packed>,
     pub pad_id: u32,
     pub eval_batch_size: usize,
+    /// `[method] kl_coef`.
+    pub kl_coef: f64,
+}
+
+/// Summed KL(p_ref ‖ p) over rows of next-token logits `[n, vocab]`: the reference's distribution
+/// (`ref_logits`, held fixed) against the model's (`logits`). Its gradient in `logits` is
+/// softmax(logits) − softmax(ref_logits), row by row.
+pub fn kl_to_reference<B: Backend>(ref_logits: Tensor<B, 2>, logits: Tensor<B, 2>) -> Tensor<B, 1> {
+    let lp = log_softmax(ref_logits.detach(), 1);
+    let lq = log_softmax(logits, 1);
+    (lp.clone().exp() * (lp - lq)).sum()
+}
+
+/// SFT's loss with the KL anchor: summed NLL plus `kl_coef` × summed KL to the adapters-off model at
+/// the same positions (one more forward pass, without gradient, and the full vocabulary there), and
+/// the correct argmax predictions and the summed KL.
+fn anchored_nll<B: Backend>(
+    model: &Llama<B>,
+    batch: &Batch,
+    kl_coef: f64,
+) -> (Tensor<B, 1>, usize, f64) {
+    let Some((on, targets, owner)) = labelled_hidden(model, batch, Adapters::On) else {
+        return (
+            Tensor::zeros([1], &model.model.embed_tokens.device()),
+            0,
+            0.0,
+        );
+    };
+    let (off, _, _) = labelled_hidden(model, batch, Adapters::Off).expect("the same positions");
+    let logits = |h: Tensor<B, 2>| model.logits(h.unsqueeze_dim::<3>(0)).squeeze_dim::<2>(0);
+    let kl = kl_to_reference(logits(off), logits(on.clone()));
+    let kl_sum = kl.clone().into_scalar().elem::<f64>();
+    let l = labelled_at(model, on, targets, owner);
+    (l.logps.sum().neg() + kl * kl_coef, l.correct, kl_sum)
 }
 
 /// Summed NLL, target count and correct argmax predictions of a batch (adapters on, with LoRA
@@ -67,6 +122,11 @@ impl<B: AutodiffBackend> Method<B> for Sft {
     }
 
     fn loss(&self, model: &Llama<B>, batch: &Batch) -> (Tensor<B, 1>, Metrics) {
+        if self.kl_coef > 0.0 {
+            let (sum, correct, kl) = anchored_nll(model, batch, self.kl_coef);
+            let metrics = [("token_accuracy", correct as f64), ("kl_ref", kl)];
+            return (sum, metrics.map(|(k, v)| (k.to_string(), v)).into());
+        }
         let (sum, _, correct) = batch_nll(model, batch);
         (
             sum,
@@ -99,5 +159,57 @@ impl<B: AutodiffBackend> Method<B> for Sft {
                 correct as f64 / n.max(1) as f64,
             ),
         ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::activation::softmax;
+    use burnish_core::backend::{Autodiff, Cpu};
+
+    type A = Autodiff<Cpu>;
+
+    fn rows<B: Backend>(v: [[f32; 3]; 2]) -> Tensor<B, 2> {
+        Tensor::from_floats(v, &Default::default())
+    }
+
+    /// KL(p ‖ q) = Σ p (log p − log q) of two hand-computed rows, summed; 0 for equal logits.
+    #[test]
+    fn kl_to_reference_of_hand_computed_distributions() {
+        let p = [[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]];
+        let q = [[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]];
+        let kl = kl_to_reference(rows::<Cpu>(p), rows::<Cpu>(q)).into_scalar();
+        let z: f64 = [0.0f64, 1.0, 2.0].iter().map(|x| x.exp()).sum();
+        let pr: Vec<f64> = [0.0f64, 1.0, 2.0].iter().map(|x| x.exp() / z).collect();
+        let want: f64 = (0..3).map(|i| pr[i] * (pr[i] / pr[2 - i]).ln()).sum();
+        assert!((kl as f64 - want).abs() < 1e-6, "{kl} vs {want}");
+        let same = kl_to_reference(rows::<Cpu>(q), rows::<Cpu>(q)).into_scalar();
+        assert!(same.abs() < 1e-7);
+    }
+
+    /// The gradient in the model's logits is softmax(logits) − softmax(reference), row by row, and
+    /// none flows into the reference.
+    #[test]
+    fn kl_to_reference_gradient_is_the_difference_of_softmaxes() {
+        let p = [[0.5, -1.0, 2.0], [0.0, 3.0, 1.0]];
+        let q = [[1.0, 0.0, -2.0], [0.2, 0.1, 0.3]];
+        let reference = rows::<A>(p).require_grad();
+        let logits = rows::<A>(q).require_grad();
+        let grads = kl_to_reference(reference.clone(), logits.clone()).backward();
+        let got = logits
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let want = (softmax(rows::<Cpu>(q), 1) - softmax(rows::<Cpu>(p), 1))
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+        assert!(reference.grad(&grads).is_none());
     }
 }
