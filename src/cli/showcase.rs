@@ -105,8 +105,9 @@ fn steps(quick: bool, out: &Path, shared: &Path, original: &Path) -> Vec<Step> {
         v.extend(held_apart.iter().cloned());
         v
     };
-    // Both refusals.toml steps answer with the original model (the refusal-free one starts from the
-    // safety-tuned model, whose own answers to harmful prompts are refusals).
+    // Both refusals.toml steps name the original as the answering model: the safety step is the
+    // original itself; the refusal-free one starts from the safety-tuned model, which keeps its own
+    // answers and takes the original's where it refuses (refusals.toml's `self_first`).
     let refusals = [
         vec![format!("data.generate.model={}", toml_str(original))],
         q(
