@@ -115,7 +115,7 @@ impl OnDevice for Step {
             eval: vec![],
             pad_id: 0,
             eval_batch_size: batch,
-            kl_coef: 0.0,
+            config: Default::default(),
         };
         let out = std::env::temp_dir().join(format!("burnish-bench-{}", std::process::id()));
         let cfg = EngineConfig {

@@ -147,7 +147,7 @@ pub fn sft_gradients_in<B: AutodiffBackend>(
         eval: vec![],
         pad_id: 0,
         eval_batch_size: 1,
-        kl_coef: 0.0,
+        config: Default::default(),
     };
     let batch = <Sft as Method<B>>::batch(&sft, &[0, 1, 2]);
     let units = <Sft as Method<B>>::units(&sft, &batch);

@@ -298,7 +298,7 @@ mod failing_worker {
                 eval: vec![],
                 pad_id: 0,
                 eval_batch_size: 2,
-                kl_coef: 0.0,
+                config: Default::default(),
             };
             let mut method = Flaky {
                 sft,

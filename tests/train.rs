@@ -738,4 +738,41 @@ fn sft_kl_anchor_keeps_the_model_near_its_reference() {
         faint_kl > 0.0 && strong_kl < 0.5 * faint_kl,
         "{faint_kl} vs {strong_kl}"
     );
+    // "agreeing": only the positions whose target is the reference's argmax are anchored — at the
+    // first step (the model is its reference) exactly the ones it predicts right. The reference is
+    // the tiny model after a plain run, so that it predicts some targets.
+    let dir = tmp.path().join("agreeing");
+    let file = tiny_run(&dir, "save = [\"adapter\", \"merged\"]");
+    run(
+        &RunFile::load(&file, &[]).unwrap().config,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    let mut sets: Vec<String> = vec![
+        "method.name=\"sft\"".into(),
+        "method.kl_coef=5".into(),
+        "method.kl_positions=\"agreeing\"".into(),
+        format!(
+            "model.path={:?}",
+            dir.join("out/merged").display().to_string()
+        ),
+        format!(
+            "output.dir={:?}",
+            dir.join("anchored").display().to_string()
+        ),
+    ];
+    let rf = RunFile::load(&file, &sets).unwrap();
+    run(&rf.config, &RunOptions::default()).unwrap();
+    let agreeing = metrics(&dir.join("anchored"));
+    let share = f(&agreeing, 0, "kl_anchored");
+    assert!(
+        (share - f(&agreeing, 0, "token_accuracy")).abs() < 1e-9,
+        "{}",
+        agreeing[0]
+    );
+    assert!(share > 0.0 && share < 1.0, "{}", agreeing[0]);
+    assert_eq!(f(&strong, 0, "kl_anchored"), 1.0);
+    sets[2] = "method.kl_positions=\"some\"".into();
+    let e = RunFile::load(&file, &sets).unwrap_err().to_string();
+    assert!(e.contains("kl_positions") || e.contains("some"), "{e}");
 }

@@ -476,7 +476,7 @@ impl<B: AutodiffBackend> MethodStage<'_, B> {
                     eval: rows(eval)?,
                     pad_id: self.pad_id,
                     eval_batch_size,
-                    kl_coef: cfg.kl_coef,
+                    config: cfg.clone(),
                 };
                 self.fit(&mut sft, model)
             }

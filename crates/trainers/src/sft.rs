@@ -24,6 +24,21 @@ pub struct SftConfig {
     /// stays close to its source (docs/sft.md). Default 0: plain SFT, one forward pass.
     #[serde(default)]
     pub kl_coef: f64,
+    /// Where the KL term counts: "all" labelled positions (default), or "agreeing" — only those whose
+    /// target is the reference's own most likely token. There the data agrees with the source and
+    /// the anchor holds its distribution (fitting the target would only sharpen it); where the target
+    /// differs (a refused prompt's answer) the NLL moves the model unopposed.
+    #[serde(default)]
+    pub kl_positions: KlPositions,
+}
+
+/// `[method] kl_positions`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KlPositions {
+    #[default]
+    All,
+    Agreeing,
 }
 
 impl SftConfig {
@@ -44,40 +59,69 @@ pub struct Sft {
     pub eval: Vec<Packed>,
     pub pad_id: u32,
     pub eval_batch_size: usize,
-    /// `[method] kl_coef`.
-    pub kl_coef: f64,
+    /// `[method] kl_coef` and `kl_positions`.
+    pub config: SftConfig,
 }
 
-/// Summed KL(p_ref ‖ p) over rows of next-token logits `[n, vocab]`: the reference's distribution
+/// KL(p_ref ‖ p) of each row of next-token logits `[n, vocab]` → `[n]`: the reference's distribution
 /// (`ref_logits`, held fixed) against the model's (`logits`). Its gradient in `logits` is
 /// softmax(logits) − softmax(ref_logits), row by row.
-pub fn kl_to_reference<B: Backend>(ref_logits: Tensor<B, 2>, logits: Tensor<B, 2>) -> Tensor<B, 1> {
+pub fn kl_rows_to_reference<B: Backend>(
+    ref_logits: Tensor<B, 2>,
+    logits: Tensor<B, 2>,
+) -> Tensor<B, 1> {
     let lp = log_softmax(ref_logits.detach(), 1);
     let lq = log_softmax(logits, 1);
-    (lp.clone().exp() * (lp - lq)).sum()
+    (lp.clone().exp() * (lp - lq))
+        .sum_dim(1)
+        .squeeze_dim::<1>(1)
+}
+
+/// [`kl_rows_to_reference`] summed over the rows.
+pub fn kl_to_reference<B: Backend>(ref_logits: Tensor<B, 2>, logits: Tensor<B, 2>) -> Tensor<B, 1> {
+    kl_rows_to_reference(ref_logits, logits).sum()
+}
+
+/// 1 for each row whose target is the reference's most likely token, else 0 (`kl_positions =
+/// "agreeing"`).
+pub fn agreeing_rows<B: Backend>(ref_logits: Tensor<B, 2>, targets: &[i64]) -> Vec<f32> {
+    let top = ref_logits.argmax(1).into_data().convert::<i64>();
+    let top = top.to_vec::<i64>().expect("argmax as i64");
+    top.iter()
+        .zip(targets)
+        .map(|(a, t)| if a == t { 1.0 } else { 0.0 })
+        .collect()
 }
 
 /// SFT's loss with the KL anchor: summed NLL plus `kl_coef` × summed KL to the adapters-off model at
-/// the same positions (one more forward pass, without gradient, and the full vocabulary there), and
-/// the correct argmax predictions and the summed KL.
+/// the anchored positions (one more forward pass, without gradient, and the full vocabulary there);
+/// the correct argmax predictions, the summed KL and how many positions were anchored.
 fn anchored_nll<B: Backend>(
     model: &Llama<B>,
     batch: &Batch,
-    kl_coef: f64,
-) -> (Tensor<B, 1>, usize, f64) {
+    cfg: &SftConfig,
+) -> (Tensor<B, 1>, usize, f64, usize) {
     let Some((on, targets, owner)) = labelled_hidden(model, batch, Adapters::On) else {
-        return (
-            Tensor::zeros([1], &model.model.embed_tokens.device()),
-            0,
-            0.0,
-        );
+        let device = model.model.embed_tokens.device();
+        return (Tensor::zeros([1], &device), 0, 0.0, 0);
     };
     let (off, _, _) = labelled_hidden(model, batch, Adapters::Off).expect("the same positions");
     let logits = |h: Tensor<B, 2>| model.logits(h.unsqueeze_dim::<3>(0)).squeeze_dim::<2>(0);
-    let kl = kl_to_reference(logits(off), logits(on.clone()));
+    let ref_logits = logits(off);
+    let rows = kl_rows_to_reference(ref_logits.clone(), logits(on.clone()));
+    let (kl, anchored) = match cfg.kl_positions {
+        KlPositions::All => (rows.sum(), targets.len()),
+        KlPositions::Agreeing => {
+            let mask = agreeing_rows(ref_logits, &targets);
+            let n = mask.iter().filter(|&&m| m > 0.0).count();
+            let mask = Tensor::<B, 1>::from_floats(mask.as_slice(), &rows.device());
+            ((rows * mask).sum(), n)
+        }
+    };
     let kl_sum = kl.clone().into_scalar().elem::<f64>();
     let l = labelled_at(model, on, targets, owner);
-    (l.logps.sum().neg() + kl * kl_coef, l.correct, kl_sum)
+    let loss = l.logps.sum().neg() + kl * cfg.kl_coef;
+    (loss, l.correct, kl_sum, anchored)
 }
 
 /// Summed NLL, target count and correct argmax predictions of a batch (adapters on, with LoRA
@@ -122,9 +166,13 @@ impl<B: AutodiffBackend> Method<B> for Sft {
     }
 
     fn loss(&self, model: &Llama<B>, batch: &Batch) -> (Tensor<B, 1>, Metrics) {
-        if self.kl_coef > 0.0 {
-            let (sum, correct, kl) = anchored_nll(model, batch, self.kl_coef);
-            let metrics = [("token_accuracy", correct as f64), ("kl_ref", kl)];
+        if self.config.kl_coef > 0.0 {
+            let (sum, correct, kl, anchored) = anchored_nll(model, batch, &self.config);
+            let metrics = [
+                ("token_accuracy", correct as f64),
+                ("kl_ref", kl),
+                ("kl_anchored", anchored as f64),
+            ];
             return (sum, metrics.map(|(k, v)| (k.to_string(), v)).into());
         }
         let (sum, _, correct) = batch_nll(model, batch);
@@ -211,5 +259,13 @@ mod tests {
             assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
         }
         assert!(reference.grad(&grads).is_none());
+    }
+
+    /// `kl_positions = "agreeing"` anchors the rows whose target is the reference's argmax.
+    #[test]
+    fn agreeing_rows_are_those_whose_target_is_the_reference_argmax() {
+        let p = [[0.5, -1.0, 2.0], [0.0, 3.0, 1.0]];
+        assert_eq!(agreeing_rows(rows::<Cpu>(p), &[2, 0]), vec![1.0, 0.0]);
+        assert_eq!(agreeing_rows(rows::<Cpu>(p), &[0, 1]), vec![0.0, 1.0]);
     }
 }
