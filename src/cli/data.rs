@@ -20,7 +20,7 @@ use burnish_data::{
 };
 use burnish_trainers::config::RunFile;
 use burnish_trainers::detector::LearnedDetector;
-use burnish_trainers::run::{learned_detector, with_responder};
+use burnish_trainers::run::{learned_detector, self_first, with_responder};
 use clap::{Args, Subcommand, ValueEnum};
 
 #[derive(Args)]
@@ -103,7 +103,7 @@ fn announce_answering_model(rf: &RunFile) {
     let c = &rf.config;
     if c.data.needs_model() {
         let path = c.data.generate.model.as_ref().unwrap_or(&c.model.path);
-        match c.data.generate.self_first {
+        match self_first(c) {
             true => eprintln!(
                 "loading {} and {} (self_first) to answer prompts",
                 c.model.path.display(),
@@ -134,7 +134,7 @@ fn preview_on<B: Backend>((a, rf): (PreviewArgs, RunFile), device: &B::Device) -
         Color::Never => false,
     };
     let style = Style { color };
-    let (_, again) = with_responder::<B, _>(&rf.config, device, |mut responder| {
+    let (_, again) = with_responder::<B, _, anyhow::Error>(&rf.config, device, |mut responder| {
         for (i, src) in rf.config.data.sources.iter().enumerate() {
             let r = responder.as_mut().map(|r| &mut **r as &mut dyn Responder);
             let mut detector = Check {
@@ -155,28 +155,17 @@ fn preview_on<B: Backend>((a, rf): (PreviewArgs, RunFile), device: &B::Device) -
                 style.header(&format!("source #{}: {}", i + 1, src.path.display()))
             );
             for (k, o) in outcomes.iter().enumerate() {
-                show_outcome(k + 1, o, &enc, &style).map_err(|e| {
-                    burnish_trainers::Error::Invalid(format!("showing an example: {e}"))
-                })?;
+                show_outcome(k + 1, o, &enc, &style)?;
             }
             print_report(&report, false);
             println!();
         }
         Ok(())
     })?;
-    print_asked_again(again);
-    Ok(())
-}
-
-/// The self_first line: how many prompts `[data.generate] model` answered because [model] refused.
-fn print_asked_again(again: Option<(usize, usize)>) {
-    if let Some((answered, again)) = again {
-        println!(
-            "self_first: {} of {answered} prompts answered by [model], the {again} it refused by \
-             data.generate.model",
-            answered - again
-        );
+    if let Some(a) = again {
+        println!("{a}");
     }
+    Ok(())
 }
 
 struct Style {
@@ -326,10 +315,12 @@ fn build_on<B: Backend>((a, rf): (BuildArgs, RunFile), device: &B::Device) -> Re
     announce_answering_model(&rf);
     let mut learned = learned_detector::<B>(&rf.config, device)?;
     let l = learned.as_mut().map(|d| d as &mut dyn RefusalClassifier);
-    let (d, again) = with_responder::<B, _>(&rf.config, device, |r| {
+    let (d, again) = with_responder::<B, _, anyhow::Error>(&rf.config, device, |r| {
         Ok(build_with(&rf.config.data, Path::new(""), r, l)?)
     })?;
-    print_asked_again(again);
+    if let Some(a) = again {
+        println!("{a}");
+    }
     for (i, s) in d.sources.iter().enumerate() {
         println!("source #{}: {}", i + 1, s.path.display());
         print_report(s, true);

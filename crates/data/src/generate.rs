@@ -154,21 +154,13 @@ impl<'a> FallbackResponder<'a> {
 
 impl Responder for FallbackResponder<'_> {
     fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<String>> {
-        let mut replies = self.first.respond(prompts)?;
+        let mut replies = respond_all(self.first, prompts)?;
         let refused: Vec<usize> = (0..replies.len())
             .filter(|&i| self.detector.detect(&replies[i]).is_some())
             .collect();
         if !refused.is_empty() {
             let again: Vec<Vec<Message>> = refused.iter().map(|&i| prompts[i].clone()).collect();
-            let second = self.then.respond(&again)?;
-            if second.len() != again.len() {
-                return Err(Error::Invalid(format!(
-                    "{} replies for {} prompts",
-                    second.len(),
-                    again.len()
-                )));
-            }
-            for (&i, reply) in refused.iter().zip(second) {
+            for (&i, reply) in refused.iter().zip(respond_all(self.then, &again)?) {
                 replies[i] = reply;
             }
         }
@@ -202,13 +194,9 @@ pub fn pick_refusal(templates: &[String], seed: u64, source: usize, index: usize
     &templates[rng.below(templates.len())]
 }
 
-/// Answers prompts with `responder`. (`refused` is left for the refusal policy step to fill in.)
-pub fn answer_with(
-    prompts: Vec<PromptExample>,
-    responder: &mut dyn Responder,
-) -> Result<Vec<SftExample>> {
-    let msgs: Vec<Vec<Message>> = prompts.iter().map(|p| p.messages.clone()).collect();
-    let replies = responder.respond(&msgs)?;
+/// `responder`'s replies to `prompts`, checked to be one per prompt.
+fn respond_all(responder: &mut dyn Responder, prompts: &[Vec<Message>]) -> Result<Vec<String>> {
+    let replies = responder.respond(prompts)?;
     if replies.len() != prompts.len() {
         return Err(Error::Invalid(format!(
             "{} replies for {} prompts",
@@ -216,6 +204,16 @@ pub fn answer_with(
             prompts.len()
         )));
     }
+    Ok(replies)
+}
+
+/// Answers prompts with `responder`. (`refused` is left for the refusal policy step to fill in.)
+pub fn answer_with(
+    prompts: Vec<PromptExample>,
+    responder: &mut dyn Responder,
+) -> Result<Vec<SftExample>> {
+    let msgs: Vec<Vec<Message>> = prompts.iter().map(|p| p.messages.clone()).collect();
+    let replies = respond_all(responder, &msgs)?;
     Ok(prompts
         .into_iter()
         .zip(replies)

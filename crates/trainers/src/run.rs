@@ -225,7 +225,7 @@ pub fn answering_model<B: Backend>(c: &RunConfig, device: &B::Device) -> Result<
 
 /// `[data.generate] self_first` with an answering model other than `[model]` (the same file answers
 /// once: asking it again where it refused would give the same reply).
-fn self_first(c: &RunConfig) -> bool {
+pub fn self_first(c: &RunConfig) -> bool {
     let g = &c.data.generate;
     let Some(m) = g.model.as_deref().filter(|_| g.self_first) else {
         return false;
@@ -249,15 +249,36 @@ pub fn learned_detector<B: Backend>(
     }
 }
 
+/// How a self_first data set was answered: `answered` prompts, of which `again` went to
+/// `[data.generate] model` because `[model]` refused them.
+#[derive(Clone, Copy, Debug)]
+pub struct AskedAgain {
+    pub answered: usize,
+    pub again: usize,
+}
+
+impl std::fmt::Display for AskedAgain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "self_first: {} of {} prompts answered by [model], the {} it refused by \
+             data.generate.model",
+            self.answered - self.again,
+            self.answered,
+            self.again
+        )
+    }
+}
+
 /// Calls `f` with what answers `[data]`'s prompts (burnish train, data build and data preview alike):
 /// nothing when no source needs a model; the answering model (`[data.generate] model`, else
 /// `[model]`); or with `self_first`, `[model]` first and the answering model only where `[model]`
-/// refuses. The second value is, for self_first, (prompts answered, prompts asked again).
-pub fn with_responder<B: Backend, T>(
+/// refuses — then also how many prompts went to the second.
+pub fn with_responder<B: Backend, T, E: From<Error>>(
     c: &RunConfig,
     device: &B::Device,
-    f: impl FnOnce(Option<&mut dyn Responder>) -> Result<T>,
-) -> Result<(T, Option<(usize, usize)>)> {
+    f: impl FnOnce(Option<&mut dyn Responder>) -> std::result::Result<T, E>,
+) -> std::result::Result<(T, Option<AskedAgain>), E> {
     if !c.data.needs_model() {
         return Ok((f(None)?, None));
     }
@@ -268,10 +289,14 @@ pub fn with_responder<B: Backend, T>(
     }
     let own = load_model::<B>(&c.model, device)?;
     let mut first = ModelResponder::new(&own, c.data.generate.clone());
-    let phrases = RefusalDetector::new(&c.data.refusal)?;
+    let phrases = RefusalDetector::new(&c.data.refusal).map_err(Error::from)?;
     let mut both = FallbackResponder::new(&mut first, &mut then, &phrases);
     let out = f(Some(&mut both))?;
-    Ok((out, Some((both.answered, both.fell_back))))
+    let asked = AskedAgain {
+        answered: both.answered,
+        again: both.fell_back,
+    };
+    Ok((out, Some(asked)))
 }
 
 /// Stage 1: the data set. Generated answers need an inference copy of the answering model (on the
@@ -279,15 +304,11 @@ pub fn with_responder<B: Backend, T>(
 fn data_stage<B: Backend>(c: &RunConfig, progress: &dyn Progress) -> Result<burnish_data::Dataset> {
     let mut learned = learned_detector::<B>(c, &Default::default())?;
     let learned = learned.as_mut().map(|d| d as &mut dyn RefusalClassifier);
-    let (dataset, asked_again) = with_responder::<B, _>(c, &Default::default(), |r| {
+    let (dataset, asked_again) = with_responder::<B, _, Error>(c, &Default::default(), |r| {
         Ok(build_with(&c.data, Path::new(""), r, learned)?)
     })?;
-    if let Some((answered, again)) = asked_again {
-        progress.message(&format!(
-            "data: self_first: {} of {answered} prompts answered by [model], the {again} it refused by \
-             data.generate.model",
-            answered - again
-        ));
+    if let Some(a) = asked_again {
+        progress.message(&format!("data: {a}"));
     }
     for r in &dataset.sources {
         progress.message(&format!(

@@ -77,11 +77,6 @@ pub fn kl_rows_to_reference<B: Backend>(
         .squeeze_dim::<1>(1)
 }
 
-/// [`kl_rows_to_reference`] summed over the rows.
-pub fn kl_to_reference<B: Backend>(ref_logits: Tensor<B, 2>, logits: Tensor<B, 2>) -> Tensor<B, 1> {
-    kl_rows_to_reference(ref_logits, logits).sum()
-}
-
 /// 1 for each row whose target is the reference's most likely token, else 0 (`kl_positions =
 /// "agreeing"`).
 pub fn agreeing_rows<B: Backend>(ref_logits: Tensor<B, 2>, targets: &[i64]) -> Vec<f32> {
@@ -224,27 +219,33 @@ mod tests {
 
     /// KL(p ‖ q) = Σ p (log p − log q) of two hand-computed rows, summed; 0 for equal logits.
     #[test]
-    fn kl_to_reference_of_hand_computed_distributions() {
+    fn kl_rows_to_reference_of_hand_computed_distributions() {
         let p = [[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]];
         let q = [[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]];
-        let kl = kl_to_reference(rows::<Cpu>(p), rows::<Cpu>(q)).into_scalar();
+        let kl = kl_rows_to_reference(rows::<Cpu>(p), rows::<Cpu>(q))
+            .sum()
+            .into_scalar();
         let z: f64 = [0.0f64, 1.0, 2.0].iter().map(|x| x.exp()).sum();
         let pr: Vec<f64> = [0.0f64, 1.0, 2.0].iter().map(|x| x.exp() / z).collect();
         let want: f64 = (0..3).map(|i| pr[i] * (pr[i] / pr[2 - i]).ln()).sum();
         assert!((kl as f64 - want).abs() < 1e-6, "{kl} vs {want}");
-        let same = kl_to_reference(rows::<Cpu>(q), rows::<Cpu>(q)).into_scalar();
+        let same = kl_rows_to_reference(rows::<Cpu>(q), rows::<Cpu>(q))
+            .sum()
+            .into_scalar();
         assert!(same.abs() < 1e-7);
     }
 
     /// The gradient in the model's logits is softmax(logits) − softmax(reference), row by row, and
     /// none flows into the reference.
     #[test]
-    fn kl_to_reference_gradient_is_the_difference_of_softmaxes() {
+    fn kl_rows_to_reference_gradient_is_the_difference_of_softmaxes() {
         let p = [[0.5, -1.0, 2.0], [0.0, 3.0, 1.0]];
         let q = [[1.0, 0.0, -2.0], [0.2, 0.1, 0.3]];
         let reference = rows::<A>(p).require_grad();
         let logits = rows::<A>(q).require_grad();
-        let grads = kl_to_reference(reference.clone(), logits.clone()).backward();
+        let grads = kl_rows_to_reference(reference.clone(), logits.clone())
+            .sum()
+            .backward();
         let got = logits
             .grad(&grads)
             .unwrap()
