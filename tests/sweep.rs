@@ -83,9 +83,63 @@ fn sweep_trains_every_grid_point_and_marks_the_front() {
     assert_eq!(err.matches("unchanged, skipped").count(), 4, "{err}");
     assert_eq!(String::from_utf8_lossy(&again.stdout), table);
 
+    // The refusal-free front reads the same trials (the front is not part of a trial's key): refusals
+    // on the harmful set against first-token KL to the run file's [model], ★ within kl_target.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let free = tmp.path().join("free.toml");
+    std::fs::write(
+        &free,
+        format!("front = \"refusal-free\"\nkl_target = 1e9\nout = \"sweep-grid\"\n{text}"),
+    )
+    .unwrap();
+    let o = sweep(&free);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("unchanged, skipped").count(), 4, "{err}");
+    let trials: Vec<serde_json::Value> = std::fs::read_to_string(out.join("trials.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let point = |t: &serde_json::Value| {
+        [
+            1.0 - t["violation_rate"].as_f64().unwrap(),
+            t["kl_first_token"].as_f64().unwrap(),
+        ]
+    };
+    for t in &trials {
+        let dominated = trials.iter().any(|u| {
+            let (a, b) = (point(u), point(t));
+            a[0] <= b[0] && a[1] <= b[1] && (a[0] < b[0] || a[1] < b[1])
+        });
+        assert_eq!(t["pareto"], !dominated, "{t}");
+    }
+    let table = String::from_utf8_lossy(&o.stdout);
+    let fewest = trials
+        .iter()
+        .filter(|t| t["pareto"] == true)
+        .map(|t| point(t)[0])
+        .fold(f64::INFINITY, f64::min);
+    let starred = table
+        .lines()
+        .find(|l| l.contains("★ front, fewest refusals within kl_target"))
+        .unwrap_or_else(|| panic!("{table}"));
+    let name = starred.split('|').nth(1).unwrap().trim();
+    let t = trials.iter().find(|t| t["trial"] == name).unwrap();
+    assert_eq!(point(t)[0], fewest, "{table}");
+
     // Mistakes are named: an unknown key in the file, a bad override of the run file, no trade-off.
     for (text, want) in [
         ("config = \"run.toml\"\ngird = []\n", "unknown field `gird`"),
+        (
+            "config = \"run.toml\"\nfront = \"both\"\n[[grid]]\nkey = \"lora.r\"\nvalues = [2]\n\
+             [eval]\nharmful = [\"prompts.jsonl\"]\nharmless = \"prompts.jsonl\"\n",
+            "front",
+        ),
+        (
+            "config = \"run.toml\"\nkl_target = -1\n[[grid]]\nkey = \"lora.r\"\nvalues = [2]\n\
+             [eval]\nharmful = [\"prompts.jsonl\"]\nharmless = \"prompts.jsonl\"\n",
+            "kl_target",
+        ),
         (
             "config = \"run.toml\"\n[[grid]]\nkey = \"train.learnin_rate\"\nvalues = [1]\n\
              [eval]\nharmful = [\"prompts.jsonl\"]\nharmless = \"prompts.jsonl\"\n",

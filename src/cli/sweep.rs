@@ -1,7 +1,9 @@
 //! `burnish sweep SWEEP.toml`: trains one run file over a grid of overrides, evaluates every trial on
-//! validation prompt sets, and writes the Pareto front of violation rate against false refusal rate
-//! (`<out>/sweep.md`, `<out>/pareto.png`, `<out>/trials.jsonl`). Recipes are found by measurement: a
-//! user lists what to vary (method, learning rate, data mix, ...) and reads off the trade-off.
+//! validation prompt sets, and writes the Pareto front of the trade-off it names (`front`): violation
+//! rate against false refusal rate for a safety recipe, harmful prompts still refused against
+//! first-token KL to the model being tuned for a refusal-free one (`<out>/sweep.md`,
+//! `<out>/pareto.png`, `<out>/trials.jsonl`). Recipes are found by measurement: a user lists what to
+//! vary (method, learning rate, data mix, ...) and reads off the trade-off.
 //!
 //! Each trial runs as its own `burnish train` and `burnish eval` process and records a key of its
 //! inputs, like the showcase's steps; re-running skips finished trials, so an interrupted sweep resumes
@@ -24,6 +26,7 @@
 //! max_new_tokens = 48
 //! ```
 
+use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -57,8 +60,63 @@ struct SweepFile {
     out: Option<PathBuf>,
     #[serde(default)]
     set: Vec<String>,
+    /// The trade-off the report draws and picks from (default "safety").
+    #[serde(default)]
+    front: Front,
+    /// `front = "refusal-free"`: the KL a pick may spend (default 0.1, as the ablation search's).
+    #[serde(default = "default_kl_target")]
+    kl_target: f64,
     grid: Vec<Axis>,
     eval: EvalSection,
+}
+
+/// `front`: which two numbers a recipe trades.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Front {
+    /// Violation rate against false refusal rate (benign sets, else harmless ones); ★ is the front's
+    /// trial with the lowest sum of the two.
+    #[default]
+    Safety,
+    /// Harmful prompts still refused against first-token KL to the run file's `[model]` (the model
+    /// being made refusal-free); ★ is the front's trial with the fewest refusals within `kl_target`,
+    /// else its closest one — the ablation search's rule.
+    RefusalFree,
+}
+
+fn default_kl_target() -> f64 {
+    0.1
+}
+
+impl Front {
+    /// The plot's axes.
+    fn axes(self) -> (&'static str, &'static str) {
+        match self {
+            Front::Safety => ("violation rate", "false refusal rate"),
+            Front::RefusalFree => ("harmful prompts refused", "first-token KL to the source"),
+        }
+    }
+
+    /// How ★ was chosen, and what the front is, for sweep.md.
+    fn star(self) -> &'static str {
+        match self {
+            Front::Safety => "★ front, best sum",
+            Front::RefusalFree => "★ front, fewest refusals within kl_target",
+        }
+    }
+
+    fn rule(self, kl_target: f64) -> String {
+        match self {
+            Front::Safety => "Pareto: no other trial has both a lower violation rate and a lower false \
+                 refusal rate."
+                .into(),
+            Front::RefusalFree => format!(
+                "Pareto: no other trial both refuses fewer harmful prompts and is closer (first-token \
+                 KL) to the run file's [model]. ★: the fewest refusals among front trials within KL \
+                 {kl_target} (else the closest trial)."
+            ),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -108,6 +166,13 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         .with_context(|| format!("reading {}", a.sweep.display()))?;
     let file: SweepFile = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: {}", a.sweep.display(), e.to_string().trim_end()))?;
+    if !(file.kl_target.is_finite() && file.kl_target >= 0.0) {
+        bail!(
+            "{}: `kl_target` = {} must be a number ≥ 0",
+            a.sweep.display(),
+            file.kl_target
+        );
+    }
     let dir = std::path::absolute(a.sweep.parent().unwrap_or(Path::new(".")))?;
     let stem = a.sweep.file_stem().unwrap_or_default().to_string_lossy();
     let out = match (&a.out, &file.out) {
@@ -134,7 +199,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         let at = || format!("{}: trial {label}", a.sweep.display());
         measured.push(run(trial).with_context(at)?);
     }
-    let md = report(&measured, &out)?;
+    let md = report(&measured, &out, file.front, file.kl_target)?;
     println!("{md}");
     eprintln!("wrote {}", out.join("sweep.md").display());
     Ok(())
@@ -287,23 +352,51 @@ fn measure(trial: Trial, report: &Path, train_seconds: f64) -> Result<Measured> 
     })
 }
 
-/// sweep.md, trials.jsonl and pareto.png; the trade-off is violation rate against the benign sets'
-/// false refusal rate (the harmless sets' when there are no benign ones).
-fn report(m: &[Measured], out: &Path) -> Result<String> {
-    let fr = |x: &Measured| {
-        if x.false_refusal.is_nan() {
-            x.harmless_refusal
-        } else {
-            x.false_refusal
-        }
+/// The trade-off's two numbers of a trial (both lower is better).
+fn point(front: Front, x: &Measured) -> [f64; 2] {
+    match front {
+        Front::Safety if x.false_refusal.is_nan() => [x.violation, x.harmless_refusal],
+        Front::Safety => [x.violation, x.false_refusal],
+        Front::RefusalFree => [1.0 - x.violation, x.kl_first],
+    }
+}
+
+/// The starred trial among `on_front` (indices into `points`; `kl[i]` is trial i's first-token KL).
+fn pick(
+    front: Front,
+    points: &[[f64; 2]],
+    on_front: &[usize],
+    kl: &[f64],
+    kl_target: f64,
+) -> Option<usize> {
+    let argmin = |among: &[usize], key: &dyn Fn(usize) -> (f64, f64)| {
+        among
+            .iter()
+            .copied()
+            .min_by(|&i, &j| key(i).partial_cmp(&key(j)).unwrap_or(Ordering::Equal))
     };
-    let points: Vec<[f64; 2]> = m.iter().map(|x| [x.violation, fr(x)]).collect();
+    match front {
+        Front::Safety => argmin(on_front, &|k| (points[k][0] + points[k][1], kl[k])),
+        Front::RefusalFree => {
+            let within: Vec<usize> = on_front
+                .iter()
+                .copied()
+                .filter(|&k| points[k][1] <= kl_target)
+                .collect();
+            match within.is_empty() {
+                false => argmin(&within, &|k| (points[k][0], points[k][1])),
+                true => argmin(on_front, &|k| (points[k][1], points[k][0])),
+            }
+        }
+    }
+}
+
+/// sweep.md, trials.jsonl and pareto.png for the file's `front`.
+fn report(m: &[Measured], out: &Path, front_kind: Front, kl_target: f64) -> Result<String> {
+    let points: Vec<[f64; 2]> = m.iter().map(|x| point(front_kind, x)).collect();
     let front = pareto_indices(&points);
-    // The front's point with the lowest sum of the two rates, then the lowest KL.
-    let best = front.iter().copied().min_by(|&i, &j| {
-        let s = |k: usize| (points[k][0] + points[k][1], m[k].kl_first);
-        s(i).partial_cmp(&s(j)).unwrap_or(std::cmp::Ordering::Equal)
-    });
+    let kl: Vec<f64> = m.iter().map(|x| x.kl_first).collect();
+    let best = pick(front_kind, &points, &front, &kl, kl_target);
     let pct = |x: f64| {
         if x.is_nan() {
             "–".into()
@@ -318,7 +411,7 @@ fn report(m: &[Measured], out: &Path) -> Result<String> {
     let mut lines = String::new();
     for (i, x) in m.iter().enumerate() {
         let mark = match (best == Some(i), front.contains(&i)) {
-            (true, _) => "★ front, best sum",
+            (true, _) => front_kind.star(),
             (false, true) => "front",
             _ => "",
         };
@@ -339,10 +432,10 @@ fn report(m: &[Measured], out: &Path) -> Result<String> {
         });
         lines.push_str(&format!("{row}\n"));
     }
-    md.push_str(
-        "\nPareto: no other trial has both a lower violation rate and a lower false refusal rate. Trial \
-         outputs and evaluations: `<trial>/` and `<trial>/eval/`.\n",
-    );
+    md.push_str(&format!(
+        "\n{} Trial outputs and evaluations: `<trial>/` and `<trial>/eval/`.\n",
+        front_kind.rule(kl_target)
+    ));
     burnish_core::io::write_atomic(&out.join("sweep.md"), md.as_bytes())?;
     burnish_core::io::write_atomic(&out.join("trials.jsonl"), lines.as_bytes())?;
     let xy: Vec<(f64, f64)> = points.iter().map(|p| (p[0], p[1])).collect();
@@ -351,7 +444,7 @@ fn report(m: &[Measured], out: &Path) -> Result<String> {
         &xy,
         &front,
         best.unwrap_or(usize::MAX),
-        ("violation rate", "false refusal rate"),
+        front_kind.axes(),
     )?;
     Ok(md)
 }
@@ -387,6 +480,27 @@ mod tests {
             let want: usize = file.grid.iter().map(|a| a.values.len()).product();
             assert_eq!(trials.len(), want);
         }
+    }
+
+    /// ★ of a safety front: the lowest sum of the two rates; of a refusal-free front: the fewest
+    /// refusals within kl_target, else the closest trial.
+    #[test]
+    fn the_star_follows_the_fronts_rule() {
+        // (refused or violation, KL or false refusal) of four trials, all on the front.
+        let points = [[0.0, 0.21], [0.026, 0.12], [0.051, 0.08], [0.18, 0.05]];
+        let kl: Vec<f64> = points.iter().map(|p| p[1]).collect();
+        let all = [0, 1, 2, 3];
+        let free = |t| pick(Front::RefusalFree, &points, &all, &kl, t);
+        assert_eq!(free(0.1), Some(2));
+        assert_eq!(free(0.15), Some(1));
+        assert_eq!(free(1.0), Some(0));
+        assert_eq!(free(0.01), Some(3), "none within: the closest");
+        assert_eq!(pick(Front::Safety, &points, &all, &kl, 0.1), Some(2));
+        let rates = [[0.85, 0.06], [0.41, 0.56], [0.6, 0.2]];
+        assert_eq!(
+            pick(Front::Safety, &rates, &[0, 1, 2], &[0.0; 3], 0.1),
+            Some(2)
+        );
     }
 
     #[test]
