@@ -772,6 +772,22 @@ fn sft_kl_anchor_keeps_the_model_near_its_reference() {
     );
     assert!(share > 0.0 && share < 1.0, "{}", agreeing[0]);
     assert_eq!(f(&strong, 0, "kl_anchored"), 1.0);
+    // nll_examples = "disagreeing": whole examples are fitted where any of their targets is not the
+    // reference's argmax — so at least every disagreeing position (1 − accuracy at the first step),
+    // and the loss (KL 0 there) is at most the NLL of every example.
+    sets.push("method.nll_examples=\"disagreeing\"".into());
+    sets[4] = format!(
+        "output.dir={:?}",
+        dir.join("departing").display().to_string()
+    );
+    let rf = RunFile::load(&file, &sets).unwrap();
+    run(&rf.config, &RunOptions::default()).unwrap();
+    let fitted = metrics(&dir.join("departing"));
+    let (acc, share) = (f(&fitted, 0, "token_accuracy"), f(&fitted, 0, "nll_fitted"));
+    assert!(share >= 1.0 - acc - 1e-9 && share <= 1.0, "{}", fitted[0]);
+    assert!(f(&fitted, 0, "loss") <= f(&agreeing, 0, "loss") + 1e-6);
+    assert!(agreeing[0].get("nll_fitted").unwrap().as_f64() == Some(1.0));
+    sets.pop();
     sets[2] = "method.kl_positions=\"some\"".into();
     let e = RunFile::load(&file, &sets).unwrap_err().to_string();
     assert!(e.contains("kl_positions") || e.contains("some"), "{e}");

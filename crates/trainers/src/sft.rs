@@ -30,6 +30,22 @@ pub struct SftConfig {
     /// differs (a refused prompt's answer) the NLL moves the model unopposed.
     #[serde(default)]
     pub kl_positions: KlPositions,
+    /// Which examples the NLL counts: "all" (default), or "disagreeing" — only those whose target
+    /// departs somewhere (before its closing token) from the reference's own greedy choice (an
+    /// answer taken from another model where the source refused). An example that *is* the source's greedy answer teaches nothing but
+    /// sharpening, which moves the model (docs/sft.md); with `kl_coef` it is held by the anchor alone,
+    /// while a departing example is fitted whole, every token of it.
+    #[serde(default)]
+    pub nll_examples: NllExamples,
+}
+
+/// `[method] nll_examples`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NllExamples {
+    #[default]
+    All,
+    Disagreeing,
 }
 
 /// `[method] kl_positions`.
@@ -42,6 +58,11 @@ pub enum KlPositions {
 }
 
 impl SftConfig {
+    /// Whether the loss reads the adapters-off model (a second forward pass without gradient).
+    pub fn needs_reference(&self) -> bool {
+        self.kl_coef > 0.0 || self.nll_examples == NllExamples::Disagreeing
+    }
+
     pub fn validate(&self) -> std::result::Result<(), String> {
         match self.kl_coef.is_finite() && self.kl_coef >= 0.0 {
             true => Ok(()),
@@ -59,7 +80,7 @@ pub struct Sft {
     pub eval: Vec<Packed>,
     pub pad_id: u32,
     pub eval_batch_size: usize,
-    /// `[method] kl_coef` and `kl_positions`.
+    /// `[method] kl_coef`, `kl_positions` and `nll_examples`.
     pub config: SftConfig,
 }
 
@@ -88,35 +109,93 @@ pub fn agreeing_rows<B: Backend>(ref_logits: Tensor<B, 2>, targets: &[i64]) -> V
         .collect()
 }
 
-/// SFT's loss with the KL anchor: summed NLL plus `kl_coef` × summed KL to the adapters-off model at
-/// the anchored positions (one more forward pass, without gradient, and the full vocabulary there);
-/// the correct argmax predictions, the summed KL and how many positions were anchored.
-fn anchored_nll<B: Backend>(
-    model: &Llama<B>,
-    batch: &Batch,
-    cfg: &SftConfig,
-) -> (Tensor<B, 1>, usize, f64, usize) {
+/// `nll_examples = "disagreeing"`: 1 for each labelled position whose example has a position, other
+/// than its last, that does not agree with the reference (`agree[i]` = 0), else 0. `example[i]` names
+/// the example position i belongs to (its batch row and packed segment; an example's positions are
+/// consecutive). The last labelled token closes the reply (its end-of-turn token): a reply cut at
+/// `max_new_tokens` is closed where the source would have gone on, which is not a different answer.
+pub fn departing_examples(agree: &[f32], example: &[(usize, u32)]) -> Vec<f32> {
+    let last = |i: usize| example.get(i + 1) != Some(&example[i]);
+    let departing: std::collections::HashSet<(usize, u32)> = (0..example.len())
+        .filter(|&i| agree[i] == 0.0 && !last(i))
+        .map(|i| example[i])
+        .collect();
+    example
+        .iter()
+        .map(|e| if departing.contains(e) { 1.0 } else { 0.0 })
+        .collect()
+}
+
+/// The example (batch row, packed segment) of each labelled position of `batch`.
+fn example_of_targets(batch: &Batch) -> Vec<(usize, u32)> {
+    let (flat, _) = shifted_targets(&batch.labels, batch.rows, batch.len);
+    flat.iter()
+        .map(|&i| (i as usize / batch.len, batch.segment_ids[i as usize]))
+        .collect()
+}
+
+/// What the reference-reading loss measured in one batch (`metrics.jsonl`).
+struct Anchored<B: Backend> {
+    loss: Tensor<B, 1>,
+    correct: usize,
+    kl: f64,
+    anchored: usize,
+    fitted: usize,
+}
+
+/// SFT's loss against the adapters-off model: the summed NLL (of every example, or with
+/// `nll_examples = "disagreeing"` of those that depart from the reference's greedy choice) plus
+/// `kl_coef` × the summed KL to the reference at the anchored positions. One more forward pass,
+/// without gradient, and the full vocabulary at the labelled positions.
+fn anchored_nll<B: Backend>(model: &Llama<B>, batch: &Batch, cfg: &SftConfig) -> Anchored<B> {
     let Some((on, targets, owner)) = labelled_hidden(model, batch, Adapters::On) else {
-        let device = model.model.embed_tokens.device();
-        return (Tensor::zeros([1], &device), 0, 0.0, 0);
+        let loss = Tensor::zeros([1], &model.model.embed_tokens.device());
+        let (correct, kl, anchored, fitted) = (0, 0.0, 0, 0);
+        return Anchored {
+            loss,
+            correct,
+            kl,
+            anchored,
+            fitted,
+        };
     };
     let (off, _, _) = labelled_hidden(model, batch, Adapters::Off).expect("the same positions");
     let logits = |h: Tensor<B, 2>| model.logits(h.unsqueeze_dim::<3>(0)).squeeze_dim::<2>(0);
     let ref_logits = logits(off);
-    let rows = kl_rows_to_reference(ref_logits.clone(), logits(on.clone()));
-    let (kl, anchored) = match cfg.kl_positions {
-        KlPositions::All => (rows.sum(), targets.len()),
-        KlPositions::Agreeing => {
-            let mask = agreeing_rows(ref_logits, &targets);
-            let n = mask.iter().filter(|&&m| m > 0.0).count();
-            let mask = Tensor::<B, 1>::from_floats(mask.as_slice(), &rows.device());
-            ((rows * mask).sum(), n)
+    let device = ref_logits.device();
+    let weights = |w: &[f32]| Tensor::<B, 1>::from_floats(w, &device);
+    let agree = agreeing_rows(ref_logits.clone(), &targets);
+    let count = |w: &[f32]| w.iter().filter(|&&m| m > 0.0).count();
+    let kl = (cfg.kl_coef > 0.0).then(|| {
+        let rows = kl_rows_to_reference(ref_logits, logits(on.clone()));
+        match cfg.kl_positions {
+            KlPositions::All => (rows.sum(), targets.len()),
+            KlPositions::Agreeing => ((rows * weights(&agree)).sum(), count(&agree)),
+        }
+    });
+    let n = targets.len();
+    let l = labelled_at(model, on, targets, owner);
+    let (nll, fitted) = match cfg.nll_examples {
+        NllExamples::All => (l.logps.sum().neg(), n),
+        NllExamples::Disagreeing => {
+            let fit = departing_examples(&agree, &example_of_targets(batch));
+            ((l.logps * weights(&fit)).sum().neg(), count(&fit))
         }
     };
-    let kl_sum = kl.clone().into_scalar().elem::<f64>();
-    let l = labelled_at(model, on, targets, owner);
-    let loss = l.logps.sum().neg() + kl * cfg.kl_coef;
-    (loss, l.correct, kl_sum, anchored)
+    let (loss, kl, anchored) = match kl {
+        Some((kl, anchored)) => {
+            let sum = kl.clone().into_scalar().elem::<f64>();
+            (nll + kl * cfg.kl_coef, sum, anchored)
+        }
+        None => (nll, 0.0, 0),
+    };
+    Anchored {
+        loss,
+        correct: l.correct,
+        kl,
+        anchored,
+        fitted,
+    }
 }
 
 /// Summed NLL, target count and correct argmax predictions of a batch (adapters on, with LoRA
@@ -161,14 +240,15 @@ impl<B: AutodiffBackend> Method<B> for Sft {
     }
 
     fn loss(&self, model: &Llama<B>, batch: &Batch) -> (Tensor<B, 1>, Metrics) {
-        if self.config.kl_coef > 0.0 {
-            let (sum, correct, kl, anchored) = anchored_nll(model, batch, &self.config);
+        if self.config.needs_reference() {
+            let a = anchored_nll(model, batch, &self.config);
             let metrics = [
-                ("token_accuracy", correct as f64),
-                ("kl_ref", kl),
-                ("kl_anchored", anchored as f64),
+                ("token_accuracy", a.correct as f64),
+                ("kl_ref", a.kl),
+                ("kl_anchored", a.anchored as f64),
+                ("nll_fitted", a.fitted as f64),
             ];
-            return (sum, metrics.map(|(k, v)| (k.to_string(), v)).into());
+            return (a.loss, metrics.map(|(k, v)| (k.to_string(), v)).into());
         }
         let (sum, _, correct) = batch_nll(model, batch);
         (
@@ -260,6 +340,32 @@ mod tests {
             assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
         }
         assert!(reference.grad(&grads).is_none());
+    }
+
+    /// `nll_examples = "disagreeing"`: every position of an example with one disagreeing position
+    /// before its last, none of a fully agreeing one; examples are told apart by row and segment.
+    #[test]
+    fn departing_examples_cover_whole_examples() {
+        let agree = [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0];
+        let example = [
+            (0, 1),
+            (0, 1),
+            (0, 2),
+            (0, 2),
+            (1, 1),
+            (1, 1),
+            (2, 1),
+            (2, 1),
+        ];
+        assert_eq!(
+            departing_examples(&agree, &example),
+            vec![1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+        );
+        assert_eq!(departing_examples(&[1.0; 3], &example[..3]), vec![0.0; 3]);
+        // A disagreeing last token (the end-of-turn of a reply cut short) does not count.
+        let closed = [1.0, 1.0, 0.0, 1.0, 0.0];
+        let two = [(0, 1), (0, 1), (0, 1), (1, 1), (1, 1)];
+        assert_eq!(departing_examples(&closed, &two), vec![0.0; 5]);
     }
 
     /// `kl_positions = "agreeing"` anchors the rows whose target is the reference's argmax.
