@@ -59,6 +59,13 @@ struct Step {
     after: Vec<&'static str>,
 }
 
+/// The refusal-free step's method: SFT held to its source (refusals.toml's documented command).
+const ANCHOR: [&str; 3] = [
+    "method.kl_coef=1.0",
+    "method.kl_positions=\"agreeing\"",
+    "method.nll_examples=\"disagreeing\"",
+];
+
 /// The step list. Sizes are the examples' own unless noted: the default profile trims data and trials so
 /// the whole showcase fits in 40 minutes on a 2-core CPU; `--quick` trims much further.
 fn steps(quick: bool, out: &Path, shared: &Path, original: &Path) -> Vec<Step> {
@@ -141,7 +148,10 @@ fn steps(quick: bool, out: &Path, shared: &Path, original: &Path) -> Vec<Step> {
             kind: Kind::Train,
             config: "refusals.toml",
             on: Some("safety"),
-            set: [refusals, s(&["data.goal=\"refusal-free\""])].concat(),
+            // Held to the safety model (docs/sft.md, "Staying close"): only the answers it refused
+            // are fitted, its own are held by the KL anchor — #20's refusal-free bar, where fitting
+            // every answer moved it 0.21 (docs/results.md, "Refusal-free that stays close").
+            set: [refusals, s(&["data.goal=\"refusal-free\""]), s(&ANCHOR)].concat(),
             after: vec![],
         },
         // Gated subtraction, not ablation: it reaches the original's refusal rate at a quarter of
@@ -355,13 +365,17 @@ fn results(
     steps: &[Step],
     seconds: &std::collections::BTreeMap<String, f64>,
 ) -> Result<Vec<Row>> {
-    let what = |name: &str| match name {
+    let what = |name: &str| {
+        match name {
         "original" => "SmolLM2-135M-Instruct as shipped",
         "safety" => "safety: refusals.toml, SFT on refusals, borderline and harmless answers",
-        "refusal-free" => "refusal-free: refusals.toml with goal = refusal-free, from safety",
+        "refusal-free" => {
+            "refusal-free: refusals.toml with goal = refusal-free, from safety, held to it by the KL anchor"
+        }
         "uncensor-subtract" => "refusal-free: gated refusal direction subtracted from safety",
         "safety-steer" => "safety: gated refusal direction added to the original",
         _ => "",
+    }
     };
     let mut names = vec!["original"];
     names.extend(steps.iter().map(|s| s.name));
