@@ -16,6 +16,17 @@ fn sweep(file: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// Each trial is marked `pareto` exactly when no other trial beats it on both of `point`'s numbers.
+fn assert_front(trials: &[serde_json::Value], point: impl Fn(&serde_json::Value) -> [f64; 2]) {
+    for t in trials {
+        let dominated = trials.iter().any(|u| {
+            let (a, b) = (point(u), point(t));
+            a[0] <= b[0] && a[1] <= b[1] && (a[0] < b[0] || a[1] < b[1])
+        });
+        assert_eq!(t["pareto"], !dominated, "{t}");
+    }
+}
+
 #[test]
 fn sweep_trains_every_grid_point_and_marks_the_front() {
     let tmp = tempfile::tempdir().unwrap();
@@ -60,19 +71,12 @@ fn sweep_trains_every_grid_point_and_marks_the_front() {
         assert!(t["violation_rate"].is_number() && t["kl_first_token"].is_number());
     }
     // The front is exactly the trials no other beats on both rates.
-    let rate = |t: &serde_json::Value| {
+    assert_front(&trials, |t| {
         [
             t["violation_rate"].as_f64().unwrap(),
             t["harmless_refusal_rate"].as_f64().unwrap(),
         ]
-    };
-    for t in &trials {
-        let dominated = trials.iter().any(|u| {
-            let (a, b) = (rate(u), rate(t));
-            a[0] <= b[0] && a[1] <= b[1] && (a[0] < b[0] || a[1] < b[1])
-        });
-        assert_eq!(t["pareto"], !dominated, "{t}");
-    }
+    });
     assert!(
         table.contains("★ front, best sum") && out.join("pareto.png").exists(),
         "{table}"
@@ -106,13 +110,7 @@ fn sweep_trains_every_grid_point_and_marks_the_front() {
             t["kl_first_token"].as_f64().unwrap(),
         ]
     };
-    for t in &trials {
-        let dominated = trials.iter().any(|u| {
-            let (a, b) = (point(u), point(t));
-            a[0] <= b[0] && a[1] <= b[1] && (a[0] < b[0] || a[1] < b[1])
-        });
-        assert_eq!(t["pareto"], !dominated, "{t}");
-    }
+    assert_front(&trials, point);
     let table = String::from_utf8_lossy(&o.stdout);
     let fewest = trials
         .iter()

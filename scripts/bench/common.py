@@ -59,3 +59,16 @@ def _with_gpu_peak(cmd, env):
         t.join()
     r["peak_gpu_mb"] = peak[0]
     return r
+
+
+def write_result(out_dir, result):
+    """Writes `result` as OUT_DIR/result.json atomically (a temporary file, then a rename), so an
+    interrupted run never leaves a half-written file where an earlier result was."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "result.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out / "result.json")
+    print(f"wrote {out / 'result.json'}")

@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from common import write_result
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
@@ -261,10 +262,7 @@ def main():
     result = {"model": args.gguf, "sizes": {k: len(v) for k, v in sets.items()}, "probes": probes(tok, model, sets)}
     if args.finetune:
         result["finetuned"] = finetune(tok, model, sets)
-    tmp_path = out / "result.json.tmp"
-    tmp_path.write_text(json.dumps(result, indent=1))
-    tmp_path.replace(out / "result.json")
-    print(f"wrote {out / 'result.json'}")
+    write_result(out, result)
 
 
 if __name__ == "__main__":

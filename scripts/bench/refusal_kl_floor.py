@@ -27,6 +27,7 @@ import json
 from pathlib import Path
 
 import torch
+from common import write_result
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,12 +98,7 @@ def main():
             result["floor_at_original_openers"] = split.mean().item()
         print(name, json.dumps(result["models"][name]), flush=True)
     print("floor (opener mass back to the original's):", result["floor_at_original_openers"])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "result.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out / "result.json")
-    print(f"wrote {out / 'result.json'}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
