@@ -66,6 +66,10 @@ const ANCHOR: [&str; 3] = [
     "method.nll_examples=\"disagreeing\"",
 ];
 
+/// The refusal-free row's "what" in the results table.
+const REFUSAL_FREE_WHAT: &str =
+    "refusal-free: refusals.toml with goal = refusal-free, from safety, held to it by the KL anchor";
+
 /// The step list. Sizes are the examples' own unless noted: the default profile trims data and trials so
 /// the whole showcase fits in 40 minutes on a 2-core CPU; `--quick` trims much further.
 fn steps(quick: bool, out: &Path, shared: &Path, original: &Path) -> Vec<Step> {
@@ -365,17 +369,13 @@ fn results(
     steps: &[Step],
     seconds: &std::collections::BTreeMap<String, f64>,
 ) -> Result<Vec<Row>> {
-    let what = |name: &str| {
-        match name {
+    let what = |name: &str| match name {
         "original" => "SmolLM2-135M-Instruct as shipped",
         "safety" => "safety: refusals.toml, SFT on refusals, borderline and harmless answers",
-        "refusal-free" => {
-            "refusal-free: refusals.toml with goal = refusal-free, from safety, held to it by the KL anchor"
-        }
+        "refusal-free" => REFUSAL_FREE_WHAT,
         "uncensor-subtract" => "refusal-free: gated refusal direction subtracted from safety",
         "safety-steer" => "safety: gated refusal direction added to the original",
         _ => "",
-    }
     };
     let mut names = vec!["original"];
     names.extend(steps.iter().map(|s| s.name));

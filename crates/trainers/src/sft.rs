@@ -32,9 +32,10 @@ pub struct SftConfig {
     pub kl_positions: KlPositions,
     /// Which examples the NLL counts: "all" (default), or "disagreeing" — only those whose target
     /// departs somewhere (before its closing token) from the reference's own greedy choice (an
-    /// answer taken from another model where the source refused). An example that *is* the source's greedy answer teaches nothing but
-    /// sharpening, which moves the model (docs/sft.md); with `kl_coef` it is held by the anchor alone,
-    /// while a departing example is fitted whole, every token of it.
+    /// answer taken from another model where the source refused). An example that *is* the
+    /// source's greedy answer teaches nothing but sharpening, which moves the model (docs/sft.md);
+    /// with `kl_coef` it is held by the anchor alone, while a departing example is fitted whole,
+    /// every token of it.
     #[serde(default)]
     pub nll_examples: NllExamples,
 }
@@ -164,7 +165,13 @@ fn anchored_nll<B: Backend>(model: &Llama<B>, batch: &Batch, cfg: &SftConfig) ->
     let ref_logits = logits(off);
     let device = ref_logits.device();
     let weights = |w: &[f32]| Tensor::<B, 1>::from_floats(w, &device);
-    let agree = agreeing_rows(ref_logits.clone(), &targets);
+    // The reference's argmax (an [n, vocab] reduction read back to the host) only when a mask uses it.
+    let masked =
+        cfg.kl_positions == KlPositions::Agreeing || cfg.nll_examples == NllExamples::Disagreeing;
+    let agree = match masked {
+        true => agreeing_rows(ref_logits.clone(), &targets),
+        false => Vec::new(),
+    };
     let count = |w: &[f32]| w.iter().filter(|&&m| m > 0.0).count();
     let kl = (cfg.kl_coef > 0.0).then(|| {
         let rows = kl_rows_to_reference(ref_logits, logits(on.clone()));
