@@ -173,6 +173,8 @@ fn score_reads_the_head_where_training_did() {
             prompt: vec![Message::user(prompt)],
             chosen: responses[0].into(),
             rejected: responses[1].into(),
+            chosen_unfinished: false,
+            rejected_unfinished: false,
             category: None,
             harmful: None,
             origin: None,

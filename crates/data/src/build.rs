@@ -10,7 +10,7 @@ use burnish_core::Message;
 use crate::config::{Answer, DataConfig, OnError, RefusalStyle, Rewrite, SourceConfig};
 use crate::error::{Error, Result};
 use crate::example::{Example, Kind, PairExample, PromptExample, SftExample};
-use crate::generate::{answer_with, answered, pick_refusal, Responder, DEFAULT_REFUSALS};
+use crate::generate::{answer_with, answered, pick_refusal, Reply, Responder, DEFAULT_REFUSALS};
 use crate::policy::{apply, Outcome};
 use crate::read;
 use crate::refusal::{compose, Check, DetectorSpec, RefusalClassifier, RefusalDetector};
@@ -399,7 +399,7 @@ fn answer(
             .enumerate()
             .map(|(i, p)| {
                 let r = refuser.refusal(i, &p.messages, "");
-                answered(p, r)
+                answered(p, Reply::finished(r))
             })
             .collect(),
     };
@@ -542,6 +542,10 @@ fn refusal_pairs(
             prompt: e.messages,
             chosen: refuser.answer(i, reply),
             rejected,
+            // A detector's answers are excerpts presented as whole replies: were only the answers
+            // open-ended, the detector would learn the missing end of turn, not the refusing.
+            chosen_unfinished: e.unfinished && refuser.style != RefusalStyle::Detector,
+            rejected_unfinished: false,
             category: e.category,
             harmful: e.harmful,
             origin: e.origin,
@@ -576,6 +580,8 @@ fn own_pairs(out: &mut Vec<Example>, own: Vec<(SftExample, String)>) -> usize {
             prompt: e.messages,
             chosen: answers[k % answers.len()].clone(),
             rejected: reply,
+            chosen_unfinished: false,
+            rejected_unfinished: false,
             category: e.category,
             harmful: e.harmful,
             origin: e.origin,

@@ -6,7 +6,8 @@
 //!
 //! and the turn is `through[before.len()..]`, up to and including the last special token in it (the
 //! end-of-turn token: `<|im_end|>`, `<|eot_id|>`, `</s>`); template text after that (ChatML's newline) is
-//! not something the model must learn to emit. A template that renders a prefix differently from the
+//! not something the model must learn to emit. An unfinished last turn (an answer cut at
+//! `max_new_tokens`) stops before that token: its author never ended it there. A template that renders a prefix differently from the
 //! start of the whole conversation is an error, since no span can then be trusted.
 //!
 //! The text is tokenized in pieces cut at each assistant turn's start. Tokenizing it whole would let BPE
@@ -162,8 +163,13 @@ impl ChatEncoder {
     }
 
     /// The rendered conversation and the byte range of each assistant turn (its content and its
-    /// end-of-turn token).
-    pub fn render_spans(&self, messages: &[Message]) -> Result<(String, Vec<Range<usize>>)> {
+    /// end-of-turn token; the last turn without it when `unfinished`).
+    pub fn render_spans(
+        &self,
+        messages: &[Message],
+        unfinished: bool,
+    ) -> Result<(String, Vec<Range<usize>>)> {
+        let last = messages.iter().rposition(|m| m.role == "assistant");
         let full = self.template.render(messages, false)?;
         let mut spans = Vec::new();
         for (i, m) in messages.iter().enumerate() {
@@ -179,12 +185,16 @@ impl ChatEncoder {
                 )));
             }
             let turn = &through[before.len()..];
-            let end = self
+            let closing = self
                 .special
                 .iter()
-                .filter_map(|s| turn.rfind(s.as_str()).map(|p| p + s.len()))
-                .max()
-                .unwrap_or(turn.len());
+                .filter_map(|s| turn.rfind(s.as_str()).map(|p| (p + s.len(), p)))
+                .max();
+            let end = match closing {
+                Some((_, start)) if unfinished && Some(i) == last => start,
+                Some((end, _)) => end,
+                None => turn.len(),
+            };
             spans.push(before.len()..before.len() + end);
         }
         Ok((full, spans))
@@ -197,7 +207,18 @@ impl ChatEncoder {
         messages: &[Message],
         turns: AssistantTurns,
     ) -> Result<(Vec<u32>, Vec<i64>)> {
-        let (text, turn_spans) = self.render_spans(messages)?;
+        self.encode_turns(messages, turns, false)
+    }
+
+    /// [`Self::encode_messages`], with the last assistant turn `unfinished` ([`SftExample::unfinished`]):
+    /// the sequence then ends with its last content token.
+    pub fn encode_turns(
+        &self,
+        messages: &[Message],
+        turns: AssistantTurns,
+        unfinished: bool,
+    ) -> Result<(Vec<u32>, Vec<i64>)> {
+        let (text, turn_spans) = self.render_spans(messages, unfinished)?;
         // Every turn start cuts the text, whichever turns carry loss, so the ids do not depend on `turns`.
         let spans = match turns {
             AssistantTurns::All => turn_spans.clone(),
@@ -269,7 +290,7 @@ impl ChatEncoder {
     /// An SFT example, truncated to `max_length`; None when truncation leaves no loss token.
     pub fn encode_sft(&self, ex: &SftExample) -> Result<Option<TokenizedExample>> {
         let (mut ids, mut labels) = self
-            .encode_messages(&ex.messages, self.opts.assistant_turns)
+            .encode_turns(&ex.messages, self.opts.assistant_turns, ex.unfinished)
             .map_err(|e| locate(ex.origin.as_ref(), e))?;
         let max = self.opts.max_length;
         let truncated = ids.len() > max;
@@ -297,14 +318,14 @@ impl ChatEncoder {
     /// the completions are cut; with "left" the prompt loses its start first. None when a completion is
     /// left without loss tokens.
     pub fn encode_pair(&self, ex: &PairExample) -> Result<Option<TokenizedPair>> {
-        let side = |completion: &str| {
+        let side = |completion: &str, unfinished: bool| {
             let mut m = ex.prompt.clone();
             m.push(Message::assistant(completion));
-            self.encode_messages(&m, AssistantTurns::Last)
+            self.encode_turns(&m, AssistantTurns::Last, unfinished)
                 .map_err(|e| locate(ex.origin.as_ref(), e))
         };
-        let (c_ids, c_labels) = side(&ex.chosen)?;
-        let (r_ids, r_labels) = side(&ex.rejected)?;
+        let (c_ids, c_labels) = side(&ex.chosen, ex.chosen_unfinished)?;
+        let (r_ids, r_labels) = side(&ex.rejected, ex.rejected_unfinished)?;
         let first_label = |l: &[i64]| l.iter().position(|&x| x != IGNORE_INDEX).unwrap_or(l.len());
         let limit = first_label(&c_labels).min(first_label(&r_labels));
         let shared = c_ids

@@ -14,6 +14,9 @@ pub struct SftExample {
     pub harmful: Option<bool>,
     /// Set by the refusal policy step: whether an assistant turn refuses.
     pub refused: Option<bool>,
+    /// The last assistant turn was cut before its author ended it (a generated answer that reached
+    /// `max_new_tokens`): it is learned without an end-of-turn token.
+    pub unfinished: bool,
     pub origin: Option<Location>,
 }
 
@@ -24,6 +27,10 @@ pub struct PairExample {
     pub prompt: Vec<Message>,
     pub chosen: String,
     pub rejected: String,
+    /// A side cut before its author ended it (as [`SftExample::unfinished`]): scored without an
+    /// end-of-turn token.
+    pub chosen_unfinished: bool,
+    pub rejected_unfinished: bool,
     pub category: Option<String>,
     pub harmful: Option<bool>,
     pub origin: Option<Location>,
@@ -40,6 +47,7 @@ impl PairExample {
             category: self.category.clone(),
             harmful: self.harmful,
             refused: None,
+            unfinished: self.chosen_unfinished,
             origin: self.origin.clone(),
         }
     }
@@ -95,9 +103,11 @@ impl Example {
         }
     }
 
-    /// The JSON Lines record. Single-turn SFT is `{system?, prompt, completion, category?, harmful?,
-    /// refused}`, multi-turn `{messages, ...}`; pairs `{prompt, chosen, rejected, ...}`; prompts
-    /// `{prompt, ...}`, where a prompt is a string when it is one user message and a message list otherwise.
+    /// The JSON Lines record. Single-turn SFT is `{system?, prompt, completion, refused, unfinished?,
+    /// category?, harmful?}`, multi-turn `{messages, ...}`; pairs `{prompt, chosen, rejected,
+    /// chosen_unfinished?, rejected_unfinished?, ...}`; prompts `{prompt, ...}`, where a prompt is a
+    /// string when it is one user message and a message list otherwise. The `unfinished` flags are
+    /// written only when true.
     pub fn to_json(&self) -> Value {
         let mut out = Map::new();
         let (category, harmful) = match self {
@@ -115,12 +125,15 @@ impl Example {
                     }
                 }
                 out.insert("refused".into(), json!(e.refused));
+                flag(&mut out, "unfinished", e.unfinished);
                 (&e.category, e.harmful)
             }
             Example::Pair(e) => {
                 out.insert("prompt".into(), prompt_json(&e.prompt));
                 out.insert("chosen".into(), e.chosen.clone().into());
                 out.insert("rejected".into(), e.rejected.clone().into());
+                flag(&mut out, "chosen_unfinished", e.chosen_unfinished);
+                flag(&mut out, "rejected_unfinished", e.rejected_unfinished);
                 (&e.category, e.harmful)
             }
             Example::Prompt(e) => {
@@ -135,6 +148,13 @@ impl Example {
             out.insert("harmful".into(), h.into());
         }
         Value::Object(out)
+    }
+}
+
+/// `key: true` when `on`; absent otherwise, so records without cut answers read as before.
+fn flag(out: &mut Map<String, Value>, key: &str, on: bool) {
+    if on {
+        out.insert(key.into(), true.into());
     }
 }
 

@@ -2,7 +2,7 @@
 //! refusal templates chosen by seed, so a safety SFT set can be built from harmful prompts alone.
 
 use burnish_core::burn::tensor::backend::Backend;
-use burnish_core::{generate, GenerationConfig, Message, Pretrained};
+use burnish_core::{generate, FinishReason, GenerationConfig, Message, Pretrained};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -69,10 +69,30 @@ impl Default for GenerateConfig {
     }
 }
 
+/// One answer to a prompt.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reply {
+    pub text: String,
+    /// Generation stopped at `max_new_tokens`, not at an end of turn: the answer goes on past `text`.
+    /// Training then labels no end-of-turn token after it, so a model does not learn to stop
+    /// mid-sentence where the cut happened to fall.
+    pub unfinished: bool,
+}
+
+impl Reply {
+    /// An answer that ended where its author ended it.
+    pub fn finished(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            unfinished: false,
+        }
+    }
+}
+
 /// Something that answers prompts: a model, or in tests a stand-in.
 pub trait Responder {
     /// One reply per prompt, in order. Each prompt ends with a user message.
-    fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<String>>;
+    fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<Reply>>;
 }
 
 /// Answers with a loaded model and its chat template.
@@ -88,7 +108,7 @@ impl<'a, B: Backend> ModelResponder<'a, B> {
 }
 
 impl<B: Backend> Responder for ModelResponder<'_, B> {
-    fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<String>> {
+    fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<Reply>> {
         let m = self.model;
         let ids = prompts
             .iter()
@@ -97,7 +117,7 @@ impl<B: Backend> Responder for ModelResponder<'_, B> {
         // Similar lengths share a batch, so little compute goes to padding; replies return in input order.
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| ids[i].len());
-        let mut out = vec![String::new(); ids.len()];
+        let mut out = vec![Reply::default(); ids.len()];
         for (b, chunk) in order.chunks(self.cfg.batch_size.max(1)).enumerate() {
             let cfg = GenerationConfig {
                 max_new_tokens: self.cfg.max_new_tokens,
@@ -112,12 +132,24 @@ impl<B: Backend> Responder for ModelResponder<'_, B> {
             let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
             let replies = generate(&m.model, &batch, &cfg, Some(&m.tokenizer))?;
             for (&i, g) in chunk.iter().zip(replies) {
-                out[i] = m.tokenizer.decode(&g.new_ids, true)?.trim().to_string();
+                out[i] = Reply {
+                    text: m.tokenizer.decode(&g.new_ids, true)?.trim().to_string(),
+                    unfinished: g.finish == FinishReason::Length,
+                };
             }
             tracing::info!(
                 done = ((b + 1) * self.cfg.batch_size.max(1)).min(ids.len()),
                 of = ids.len(),
                 "generated"
+            );
+        }
+        let unfinished = out.iter().filter(|r| r.unfinished).count();
+        if unfinished > 0 {
+            tracing::info!(
+                unfinished,
+                of = out.len(),
+                max_new_tokens = self.cfg.max_new_tokens,
+                "answers cut at data.generate.max_new_tokens are learned without an end of turn"
             );
         }
         Ok(out)
@@ -153,10 +185,10 @@ impl<'a> FallbackResponder<'a> {
 }
 
 impl Responder for FallbackResponder<'_> {
-    fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<String>> {
+    fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<Reply>> {
         let mut replies = respond_all(self.first, prompts)?;
         let refused: Vec<usize> = (0..replies.len())
-            .filter(|&i| self.detector.detect(&replies[i]).is_some())
+            .filter(|&i| self.detector.detect(&replies[i].text).is_some())
             .collect();
         if !refused.is_empty() {
             let again: Vec<Vec<Message>> = refused.iter().map(|&i| prompts[i].clone()).collect();
@@ -195,7 +227,7 @@ pub fn pick_refusal(templates: &[String], seed: u64, source: usize, index: usize
 }
 
 /// `responder`'s replies to `prompts`, checked to be one per prompt.
-fn respond_all(responder: &mut dyn Responder, prompts: &[Vec<Message>]) -> Result<Vec<String>> {
+fn respond_all(responder: &mut dyn Responder, prompts: &[Vec<Message>]) -> Result<Vec<Reply>> {
     let replies = responder.respond(prompts)?;
     if replies.len() != prompts.len() {
         return Err(Error::Invalid(format!(
@@ -222,14 +254,15 @@ pub fn answer_with(
 }
 
 /// A prompt with its reply appended as the assistant turn.
-pub(crate) fn answered(p: PromptExample, reply: impl Into<String>) -> SftExample {
+pub(crate) fn answered(p: PromptExample, reply: Reply) -> SftExample {
     let mut messages = p.messages;
-    messages.push(Message::assistant(reply));
+    messages.push(Message::assistant(reply.text));
     SftExample {
         messages,
         category: p.category,
         harmful: p.harmful,
         refused: None,
+        unfinished: reply.unfinished,
         origin: p.origin,
     }
 }

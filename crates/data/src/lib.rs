@@ -26,7 +26,7 @@ pub use encode::{
 };
 pub use error::{Error, Location, RecordError, Result};
 pub use example::{Example, Kind, PairExample, PromptExample, SftExample};
-pub use generate::{FallbackResponder, ModelResponder, Responder};
+pub use generate::{FallbackResponder, ModelResponder, Reply, Responder};
 pub use pack::{pack, Batch, Packed};
 pub use refusal::{
     Check, DetectorSpec, RefusalClassifier, RefusalConfig, RefusalDetector, RefusalMatch,

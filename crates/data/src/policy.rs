@@ -120,6 +120,7 @@ pub fn apply(
                         let want_refusal = goal == LabelGoal::Safety && e.harmful == Some(true);
                         if c.is_some() != want_refusal {
                             std::mem::swap(&mut e.chosen, &mut e.rejected);
+                            std::mem::swap(&mut e.chosen_unfinished, &mut e.rejected_unfinished);
                             (Decision::Swapped, c.or(r))
                         } else {
                             (Decision::Kept, c.or(r))

@@ -143,6 +143,21 @@ impl<'a> Rec<'a> {
         text(name, v, false)
     }
 
+    /// A true/false field `burnish data build` writes (`unfinished`): absent or empty is false; CSV's
+    /// "true" and "false" are read as such.
+    fn flag(&self, name: &str) -> Result<bool, FieldError> {
+        match self.at(name) {
+            None => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(Value::String(s)) if s.is_empty() || s == "false" => Ok(false),
+            Some(Value::String(s)) if s == "true" => Ok(true),
+            Some(v) => Err(FieldError::new(
+                name,
+                format!("expected true or false, got {}", kind(v)),
+            )),
+        }
+    }
+
     fn category(&self) -> Result<Option<String>, FieldError> {
         match self.get(F::Category) {
             None => Ok(None),
@@ -182,12 +197,14 @@ pub fn convert(
     };
     let category = r.category()?;
     let system = r.opt_str(F::System)?;
+    let unfinished = r.flag("unfinished")?;
     let sft = |messages: Vec<Message>| {
         Example::Sft(SftExample {
             messages: with_system(messages, system.clone()),
             category: category.clone(),
             harmful: None,
             refused: None,
+            unfinished,
             origin: None,
         })
     };
@@ -235,11 +252,19 @@ pub fn convert(
         Schema::Prompt => prompt(prompt_messages(&r)?),
         Schema::Preference => {
             let (prompt, chosen, rejected) = preference(&r)?;
-            pair(with_system(prompt, system), chosen, rejected, category)?
+            let sides = [
+                (chosen, r.flag("chosen_unfinished")?),
+                (rejected, r.flag("rejected_unfinished")?),
+            ];
+            pair(with_system(prompt, system), sides, category)?
         }
         Schema::HhRlhf => {
             let (prompt, chosen, rejected) = hh_pair(&r)?;
-            pair(with_system(prompt, system), chosen, rejected, category)?
+            pair(
+                with_system(prompt, system),
+                [(chosen, false), (rejected, false)],
+                category,
+            )?
         }
         Schema::Auto => unreachable!("detect returns a concrete schema"),
     })
@@ -415,12 +440,13 @@ fn text_parts(parts: &[Value]) -> Result<String, String> {
     Ok(out)
 }
 
+/// `sides`: chosen and rejected, each with its `unfinished` flag.
 fn pair(
     prompt: Vec<Message>,
-    chosen: String,
-    rejected: String,
+    sides: [(String, bool); 2],
     category: Option<String>,
 ) -> Result<Example, FieldError> {
+    let [(chosen, chosen_unfinished), (rejected, rejected_unfinished)] = sides;
     if chosen == rejected {
         return Err(FieldError::record("chosen and rejected are identical"));
     }
@@ -428,6 +454,8 @@ fn pair(
         prompt,
         chosen,
         rejected,
+        chosen_unfinished,
+        rejected_unfinished,
         category,
         harmful: None,
         origin: None,

@@ -59,6 +59,7 @@ fn sft(messages: Vec<Message>) -> SftExample {
         category: None,
         harmful: None,
         refused: None,
+        unfinished: false,
         origin: None,
     }
 }
@@ -165,6 +166,73 @@ fn llama3_masks_are_content_plus_eot_id() {
         .collect();
     let prompt_text = tok.decode(&unlabelled, false).unwrap();
     assert!(prompt_text.ends_with("<|start_header_id|>user<|end_header_id|>\n\nThanks.<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"), "{prompt_text}");
+
+    // An unfinished last turn: trimmed content, no <|eot_id|>, and the sequence ends there.
+    let (open_ids, open_labels) = enc.encode_turns(&msgs, AssistantTurns::All, true).unwrap();
+    assert_eq!(
+        runs(tok, &open_ids, &open_labels),
+        [
+            "Hello! ✓ Ça va?<|eot_id|>",
+            "first line\nsecond {{ line }}<|eot_id|>",
+            "You're welcome."
+        ]
+    );
+    assert_eq!(open_ids[..], ids[..ids.len() - 1]);
+}
+
+/// An answer cut at `max_new_tokens` (`unfinished`) is learned up to its last token and never closed:
+/// the end-of-turn token and the template text after it are not in the sequence at all.
+#[test]
+fn unfinished_answers_carry_no_end_of_turn() {
+    let enc = chatml(opts(4096, Truncation::Right, AssistantTurns::All));
+    let closed = sft(conversation());
+    let open = SftExample {
+        unfinished: true,
+        ..closed.clone()
+    };
+    let c = enc.encode_sft(&closed).unwrap().unwrap();
+    let o = enc.encode_sft(&open).unwrap().unwrap();
+    let tok = enc.tokenizer();
+    assert_eq!(
+        runs(tok, &o.input_ids, &o.labels),
+        [
+            "Hello! ✓ Ça va?<|im_end|>",
+            "  first line\nsecond {{ line }}\n<|im_end|>",
+            "You're welcome."
+        ]
+    );
+    // The same tokens, less the closing one.
+    assert_eq!(o.input_ids[..], c.input_ids[..c.input_ids.len() - 1]);
+    assert_eq!(o.labels[..], c.labels[..c.labels.len() - 1]);
+    assert_eq!(o.loss_tokens() + 1, c.loss_tokens());
+    let text = tok.decode(&o.input_ids, false).unwrap();
+    assert!(
+        text.ends_with("<|im_start|>assistant\nYou're welcome."),
+        "{text}"
+    );
+
+    // In a pair, each side by its own flag; the shared prompt is unchanged.
+    let pair = PairExample {
+        prompt: vec![Message::user("Is the sky blue?")],
+        chosen: "Yes, on a clear day the sky".into(),
+        rejected: "I can't help with that.".into(),
+        chosen_unfinished: true,
+        rejected_unfinished: false,
+        category: None,
+        harmful: None,
+        origin: None,
+    };
+    let p = enc.encode_pair(&pair).unwrap().unwrap();
+    assert_eq!(p.prompt_ids, enc.encode_prompt(&pair.prompt).unwrap());
+    assert_eq!(
+        tok.decode(&p.chosen.ids, false).unwrap(),
+        "Yes, on a clear day the sky"
+    );
+    assert_eq!(
+        tok.decode(&p.rejected.ids, false).unwrap(),
+        "I can't help with that.<|im_end|>"
+    );
+    assert!(p.chosen.mask.iter().chain(&p.rejected.mask).all(|&m| m));
 }
 
 #[test]
@@ -227,6 +295,8 @@ fn pairs_share_the_prompt_and_mask_each_answer() {
         prompt: vec![Message::user("Is the sky blue?")],
         chosen: "Yes, on a clear day.".into(),
         rejected: "No.".into(),
+        chosen_unfinished: false,
+        rejected_unfinished: false,
         category: Some("science".into()),
         harmful: None,
         origin: None,

@@ -129,6 +129,7 @@ fn packed_logits_equal_unpacked_logits() {
                 category: None,
                 harmful: None,
                 refused: None,
+                unfinished: false,
                 origin: None,
             };
             enc.encode_sft(&ex).unwrap().unwrap()

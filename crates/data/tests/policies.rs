@@ -8,7 +8,10 @@ use burnish_core::Message;
 use burnish_data::generate::DEFAULT_REFUSALS;
 use burnish_data::read::open;
 use burnish_data::schema::{convert, Columns, Schema};
-use burnish_data::{build, write_jsonl, DataConfig, Dataset, Example, Examples, Responder, Result};
+use burnish_data::{
+    build, write_jsonl, DataConfig, Dataset, Example, Examples, Reply, Responder, Result,
+    SftExample,
+};
 use common::*;
 
 fn config(toml: &str) -> DataConfig {
@@ -229,7 +232,7 @@ fn hacks(advbench: &Path, n: usize) -> usize {
 struct Canned;
 
 impl Responder for Canned {
-    fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<String>> {
+    fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<Reply>> {
         Ok(prompts
             .iter()
             .map(|p| {
@@ -240,6 +243,7 @@ impl Responder for Canned {
                 }
                 .to_string()
             })
+            .map(Reply::finished)
             .collect())
     }
 }
@@ -271,11 +275,12 @@ fn model_answers_go_through_the_policy() {
 struct Original(usize);
 
 impl Responder for Original {
-    fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<String>> {
+    fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<Reply>> {
         self.0 += prompts.len();
         Ok(prompts
             .iter()
             .map(|p| format!("Answer from the original: {}", p.last().unwrap().content))
+            .map(Reply::finished)
             .collect())
     }
 }
@@ -671,6 +676,90 @@ fn written_records_read_back_as_the_same_examples() {
     );
 }
 
+/// Answers every prompt; the answers to prompts of odd length are cut (as at `max_new_tokens`).
+struct CutOdd;
+
+impl Responder for CutOdd {
+    fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<Reply>> {
+        Ok(prompts
+            .iter()
+            .map(|p| Reply {
+                text: "Here is how, step one:".into(),
+                unfinished: odd(p),
+            })
+            .collect())
+    }
+}
+
+fn odd(p: &[Message]) -> bool {
+    p.last().unwrap().content.len() % 2 == 1
+}
+
+/// A cut answer stays marked through the refusal policy, the label swap, and a written file read
+/// back; a bad flag is named.
+#[test]
+fn unfinished_answers_stay_marked() {
+    let advbench = shared("advbench/harmful_behaviors.csv");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let read_back = |d: &Dataset| -> Vec<Example> {
+        write_jsonl(&out, &d.train).unwrap();
+        open(&out, None)
+            .unwrap()
+            .map(|r| convert(&r.unwrap().value, Schema::Auto, &Columns::default()).unwrap())
+            .collect()
+    };
+    let sft = config(&format!(
+        "shuffle = false\n{}",
+        source(&advbench, "answer = \"model\"\nlimit = 20")
+    ));
+    let d = build(&sft, Path::new(""), Some(&mut CutOdd)).unwrap();
+    let Examples::Sft(s) = &d.train else { panic!() };
+    let cut = s.iter().filter(|e| e.unfinished).count();
+    assert!(cut > 0 && cut < s.len(), "{cut} of {}", s.len());
+    let prompt = |e: &SftExample| e.messages[..e.messages.len() - 1].to_vec();
+    assert!(s.iter().all(|e| e.unfinished == odd(&prompt(e))));
+    let back = read_back(&d);
+    for (e, b) in s.iter().zip(&back) {
+        let Example::Sft(b) = b else { panic!() };
+        assert_eq!((b.unfinished, &b.messages), (e.unfinished, &e.messages));
+    }
+    let line = d.train.to_examples()[0].to_json().to_string();
+    assert_eq!(line.contains(r#""unfinished":true"#), s[0].unfinished);
+
+    // Safety labels put the refusal first: the cut answer's flag moves with it to `rejected`.
+    let pairs = config(&format!(
+        "shuffle = false\n{}",
+        source(
+            &advbench,
+            "answer = \"refusal_pair\"\nrefusal_policy = \"label\"\nlabel_goal = \"safety\"\nharmful = true\nlimit = 20",
+        )
+    ));
+    let d = build(&pairs, Path::new(""), Some(&mut CutOdd)).unwrap();
+    let Examples::Pairs(p) = &d.train else {
+        panic!()
+    };
+    assert_eq!(p.len(), 20);
+    assert!(p
+        .iter()
+        .all(|e| !e.chosen_unfinished && e.rejected == "Here is how, step one:"));
+    assert!(p.iter().all(|e| e.rejected_unfinished == odd(&e.prompt)));
+    assert!(p.iter().any(|e| e.rejected_unfinished));
+    let back = read_back(&d);
+    for (e, b) in p.iter().zip(&back) {
+        let Example::Pair(b) = b else { panic!() };
+        assert_eq!(
+            (b.chosen_unfinished, b.rejected_unfinished),
+            (e.chosen_unfinished, e.rejected_unfinished)
+        );
+    }
+
+    let bad = serde_json::json!({"prompt": "a", "completion": "b", "unfinished": "maybe"});
+    let e = convert(bad.as_object().unwrap(), Schema::Auto, &Columns::default()).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("unfinished"));
+    assert!(e.msg.contains("expected true or false"), "{}", e.msg);
+}
+
 /// A record that lacks its answer reads as a prompt-only record; the error says what is likely
 /// missing, and does not call its own source an earlier one.
 #[test]
@@ -697,7 +786,7 @@ fn a_record_missing_its_answer_is_named_as_such() {
 struct Echo;
 
 impl Responder for Echo {
-    fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<String>> {
+    fn respond(&mut self, prompts: &[Vec<Message>]) -> Result<Vec<Reply>> {
         Ok(prompts
             .iter()
             .map(|p| {
@@ -708,6 +797,7 @@ impl Responder for Echo {
                     format!("Here are the steps. First, consider this: {q}. Then go on.")
                 }
             })
+            .map(Reply::finished)
             .collect())
     }
 }

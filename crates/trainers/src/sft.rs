@@ -113,8 +113,9 @@ pub fn agreeing_rows<B: Backend>(ref_logits: Tensor<B, 2>, targets: &[i64]) -> V
 /// `nll_examples = "disagreeing"`: 1 for each labelled position whose example has a position, other
 /// than its last, that does not agree with the reference (`agree[i]` = 0), else 0. `example[i]` names
 /// the example position i belongs to (its batch row and packed segment; an example's positions are
-/// consecutive). The last labelled token closes the reply (its end-of-turn token): a reply cut at
-/// `max_new_tokens` is closed where the source would have gone on, which is not a different answer.
+/// consecutive). The last labelled token does not count: it closes the reply, and in data that does
+/// not mark cut replies `unfinished` (files written by other tools or before the flag), a reply cut
+/// at `max_new_tokens` is closed where the source would have gone on, which is not a different answer.
 pub fn departing_examples(agree: &[f32], example: &[(usize, u32)]) -> Vec<f32> {
     let last = |i: usize| example.get(i + 1) != Some(&example[i]);
     let departing: std::collections::HashSet<(usize, u32)> = (0..example.len())
