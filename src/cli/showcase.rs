@@ -7,14 +7,14 @@
 //! model a variant was made from. Writes `<out>/results.md` and `<out>/results.png`.
 //!
 //! Each step runs as its own `burnish` process (train, ablate, eval) and records a key of its inputs
-//! (config text, overrides, upstream keys, model file); re-running skips steps whose key is unchanged, so
-//! an interrupted showcase resumes where it stopped.
+//! (the run file's parsed contents, so comments do not count; overrides, upstream keys, model file);
+//! re-running skips steps whose key is unchanged, so an interrupted showcase resumes where it stopped.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use super::steps::{burnish, done, key, mark, minutes, toml_str, EvalSpec};
+use super::steps::{burnish, config_key_text, done, key, mark, minutes, toml_str, EvalSpec};
 
 use anyhow::{bail, Context, Result};
 use burnish_core::backend::DeviceSpec;
@@ -59,9 +59,11 @@ struct Step {
     after: Vec<&'static str>,
 }
 
-/// The refusal-free step's method: SFT held to its source (refusals.toml's documented command).
+/// The refusal-free step's method: SFT held to its source (refusals.toml's documented command). β 0.5,
+/// the refusal-free sweep's ★ (docs/results.md): after answers cut at max_new_tokens stopped being
+/// labelled as ended, β 1 kept 3 of 39 harmful_val refusals, β 0.5 one, at KL 0.068 to the source.
 const ANCHOR: [&str; 3] = [
-    "method.kl_coef=1.0",
+    "method.kl_coef=0.5",
     "method.kl_positions=\"agreeing\"",
     "method.nll_examples=\"disagreeing\"",
 ];
@@ -280,7 +282,7 @@ pub fn showcase(a: ShowcaseArgs) -> Result<()> {
         set.push(format!("output.dir={}", toml_str(&dir)));
         let mut parts = vec![
             step.name.to_string(),
-            text,
+            config_key_text(&text),
             set.join("\n"),
             profile.into(),
             model_key.clone(),

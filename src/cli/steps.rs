@@ -24,6 +24,16 @@ pub fn key(parts: &[String]) -> String {
     format!("{:016x}", h.finish())
 }
 
+/// A run file's text as a step key sees it: its parsed contents, so that editing a comment or the
+/// layout does not make a finished step run again. A file that does not parse keys as written (the
+/// step then fails with the parse error).
+pub fn config_key_text(text: &str) -> String {
+    match text.parse::<toml::Table>() {
+        Ok(t) => toml::to_string(&t).unwrap_or_else(|_| text.to_string()),
+        Err(_) => text.to_string(),
+    }
+}
+
 /// The recorded key and seconds of a finished step, if its key matches.
 pub fn done(dir: &Path, k: &str) -> Option<f64> {
     let v: Value =
@@ -115,6 +125,19 @@ impl EvalSpec {
 
 #[cfg(test)]
 mod tests {
+    use super::config_key_text;
+
+    #[test]
+    fn comments_and_layout_do_not_change_a_config_key() {
+        let a = "# one\n[train]\nlearning_rate = 5e-4  # why\nepochs = 1\n";
+        let b = "[train]\n# the rate, measured\nlearning_rate   = 0.0005\n\nepochs = 1\n";
+        assert_eq!(config_key_text(a), config_key_text(b));
+        let c = "[train]\nlearning_rate = 5e-4\nepochs = 2\n";
+        assert_ne!(config_key_text(a), config_key_text(c));
+        // Not TOML: keyed as written, so two different broken files still differ.
+        assert_ne!(config_key_text("[train"), config_key_text("[train]]"));
+    }
+
     #[test]
     fn steps_run_the_binary_that_is_running() {
         let own = std::fs::canonicalize(super::own_exe().unwrap()).unwrap();

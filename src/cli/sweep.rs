@@ -38,7 +38,7 @@ use clap::Args;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::steps::{burnish, done, key, mark, minutes, EvalSpec};
+use super::steps::{burnish, config_key_text, done, key, mark, minutes, EvalSpec};
 
 #[derive(Args)]
 pub struct SweepArgs {
@@ -276,7 +276,7 @@ fn run_trial(
     let run = RunFile::load(config, &trial.set)?;
     let base = run.config.model.path.clone();
     let k = key(&[
-        config_text.to_string(),
+        config_key_text(config_text),
         trial.set.join("\n"),
         spec.key_part(),
         format!("{base:?}"),
