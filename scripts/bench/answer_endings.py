@@ -1,6 +1,7 @@
 """Where answers end: for each `burnish eval` output directory, how many answers of one set ended by
-themselves (end of turn before the token limit), how many of those ended mid-sentence, and how many
-ended near a given length (a training cut, e.g. `data.generate.max_new_tokens`).
+themselves (end of turn before the token limit), how many of those end without closing punctuation
+(mid-sentence, or a list's last item), their lengths, and how many ended near a given length (a
+training cut, e.g. `data.generate.max_new_tokens`).
 
 A model fine-tuned on generated answers that were cut at N tokens but labelled with an end-of-turn
 token learns to stop after about N tokens, often mid-sentence; evaluate it with a limit well above N
@@ -13,7 +14,7 @@ import argparse, json, os, statistics, sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-# A reply that ends with one of these (after trailing quotes, brackets and emphasis) ended a sentence.
+# A reply that ends with one of these (after trailing quotes, brackets and emphasis) is punctuated.
 SENTENCE_END = (".", "!", "?", ":", "```")
 
 
@@ -28,7 +29,7 @@ def endings(rows, limit, cut, near):
     return {
         "answers": len(rows),
         "ended": len(ended),
-        "ended_mid_sentence": sum(not ends_sentence(r["response"]) for r in ended),
+        "ended_unpunctuated": sum(not ends_sentence(r["response"]) for r in ended),
         f"ended_within_{near}_of_{cut}": sum(abs(n - cut) <= near for n in lengths),
         "median_length_ended": statistics.median(lengths) if lengths else None,
         "median_length_all": statistics.median(r["new_tokens"] for r in rows) if rows else None,

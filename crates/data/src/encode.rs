@@ -7,8 +7,9 @@
 //! and the turn is `through[before.len()..]`, up to and including the last special token in it (the
 //! end-of-turn token: `<|im_end|>`, `<|eot_id|>`, `</s>`); template text after that (ChatML's newline) is
 //! not something the model must learn to emit. An unfinished last turn (an answer cut at
-//! `max_new_tokens`) stops before that token: its author never ended it there. A template that renders a prefix differently from the
-//! start of the whole conversation is an error, since no span can then be trusted.
+//! `max_new_tokens`) stops before that token: its author never ended it there. A template that
+//! renders a prefix differently from the start of the whole conversation is an error, since no span
+//! can then be trusted.
 //!
 //! The text is tokenized in pieces cut at each assistant turn's start. Tokenizing it whole would let BPE
 //! merge the header's last characters with the reply's first ones (ChatML's `\n` and a reply starting
