@@ -189,13 +189,15 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
             config.display()
         )
     })?;
+    // Parsed once: every trial's key starts with it.
+    let config_key = config_key_text(&config_text);
     let trials = grid(&file, &a.sweep)?;
     std::fs::create_dir_all(&out)?;
     let mut measured = Vec::new();
     for (i, trial) in trials.into_iter().enumerate() {
         let n = i + 1;
         let label = format!("[{n}] {} ({})", trial.name, trial.set.join(", "));
-        let run = |t| run_trial(t, &label, &config, &config_text, &spec, &out, a.backend);
+        let run = |t| run_trial(t, &label, &config, &config_key, &spec, &out, a.backend);
         let at = || format!("{}: trial {label}", a.sweep.display());
         measured.push(run(trial).with_context(at)?);
     }
@@ -266,7 +268,7 @@ fn run_trial(
     trial: Trial,
     label: &str,
     config: &Path,
-    config_text: &str,
+    config_key: &str,
     spec: &EvalSpec,
     out: &Path,
     backend: Option<DeviceSpec>,
@@ -276,7 +278,7 @@ fn run_trial(
     let run = RunFile::load(config, &trial.set)?;
     let base = run.config.model.path.clone();
     let k = key(&[
-        config_key_text(config_text),
+        config_key.to_string(),
         trial.set.join("\n"),
         spec.key_part(),
         format!("{base:?}"),
