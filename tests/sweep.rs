@@ -154,3 +154,89 @@ fn sweep_trains_every_grid_point_and_marks_the_front() {
         assert!(!o.status.success() && err.contains(want) && err.contains("grid.toml"), "{err}");
     }
 }
+
+/// The processes whose parent is `pid` (Linux's children list of its main thread).
+#[cfg(target_os = "linux")]
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|c| c.parse().unwrap())
+        .collect()
+}
+
+/// Whether `pid` runs (exists and is not a zombie).
+#[cfg(target_os = "linux")]
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in brackets: "123 (burnish) R …".
+        Ok(stat) => stat.rsplit(')').next().unwrap().trim_start().as_bytes()[0] != b'Z',
+        Err(_) => false,
+    }
+}
+
+/// SIGTERM to a sweep stops the trial it is training too: a step runs as its own process, which used to
+/// go on training into the trial's directory with nobody waiting for it.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_terminated_sweep_takes_its_running_step_with_it() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_run(tmp.path(), "");
+    std::fs::write(
+        tmp.path().join("prompts.jsonl"),
+        "{\"prompt\": \"say the cat\"}\n",
+    )
+    .unwrap();
+    let file = tmp.path().join("long.toml");
+    // Far more steps than the test waits for: the step is still training when the sweep is stopped.
+    std::fs::write(
+        &file,
+        "config = \"run.toml\"\nset = [\"train.max_steps=1000000\"]\n\
+         [[grid]]\nkey = \"lora.r\"\nvalues = [2]\n\
+         [eval]\nharmful = [\"prompts.jsonl\"]\nharmless = \"prompts.jsonl\"\n",
+    )
+    .unwrap();
+    let mut sweep = Command::new(env!("CARGO_BIN_EXE_burnish"))
+        .arg("sweep")
+        .arg(&file)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the step trains (it has logged a step); a step that never starts fails here.
+    let metrics = tmp.path().join("sweep-long/t00/metrics.jsonl");
+    let start = Instant::now();
+    let step = loop {
+        let kids = children(sweep.id());
+        let trains = std::fs::read_to_string(&metrics).is_ok_and(|m| !m.is_empty());
+        if let (Some(&k), true) = (kids.first(), trains) {
+            break k;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the step never started training"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let killed = Command::new("kill")
+        .arg(sweep.id().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(!sweep.wait().unwrap().success());
+    let stopped = Instant::now();
+    while running(step) && stopped.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let orphaned = running(step);
+    if orphaned {
+        // Do not leave it training after the test.
+        let _ = Command::new("kill")
+            .args(["-9", &step.to_string()])
+            .status();
+    }
+    assert!(
+        !orphaned,
+        "the step (pid {step}) went on after its sweep was terminated"
+    );
+}

@@ -65,16 +65,47 @@ pub fn burnish(args: &[String], log: &Path, backend: Option<DeviceSpec>) -> Resu
     let exe = own_exe()?;
     let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let backend = backend.map(|b| ["--backend".to_string(), b.to_string()]);
-    let status = Command::new(exe)
-        .args(args)
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
         .args(backend.iter().flatten())
         .stdout(f.try_clone()?)
-        .stderr(f)
-        .status()?;
+        .stderr(f);
+    let status = dies_with_parent(&mut cmd).status()?;
     if !status.success() {
         bail!("`burnish {}` failed; see {}", args.join(" "), log.display());
     }
     Ok(())
+}
+
+/// Makes `cmd`'s process end when this one does. A step runs as its own process; without this, stopping
+/// the showcase or a sweep with SIGTERM (`kill`, a job scheduler) left the running step training and
+/// writing into its output directory with nobody waiting for it (Ctrl-C reaches the whole process group
+/// and never had that problem). Linux asks the kernel to send SIGTERM to the child when its parent
+/// thread exits — the thread that calls `status()` waits in it for the whole step, so only the
+/// process's end triggers it. Elsewhere `cmd` is unchanged.
+#[cfg(target_os = "linux")]
+fn dies_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec the closure only makes async-signal-safe system calls (prctl,
+    // getppid, _exit) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl; then no signal will come.
+            if libc::getppid() != parent {
+                libc::_exit(143);
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn dies_with_parent(cmd: &mut Command) -> &mut Command {
+    cmd
 }
 
 pub fn minutes(s: f64) -> String {
