@@ -16,6 +16,19 @@ fn sweep(file: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// The tiny run file, two prompts and the sweep file `name` over them: `grid` (its overrides and axes)
+/// and an [eval] of the prompts as both harmful and harmless.
+fn tiny_sweep(dir: &Path, name: &str, grid: &str) -> std::path::PathBuf {
+    tiny_run(dir, "");
+    let prompts = "{\"prompt\": \"say the cat\"}\n{\"prompt\": \"say a dog\"}\n";
+    std::fs::write(dir.join("prompts.jsonl"), prompts).unwrap();
+    let file = dir.join(name);
+    let eval =
+        "[eval]\nharmful = [\"prompts.jsonl\"]\nharmless = \"prompts.jsonl\"\nmax_new_tokens = 4\n";
+    std::fs::write(&file, format!("config = \"run.toml\"\n{grid}{eval}")).unwrap();
+    file
+}
+
 /// Each trial is marked `pareto` exactly when no other trial beats it on both of `point`'s numbers.
 fn assert_front(trials: &[serde_json::Value], point: impl Fn(&serde_json::Value) -> [f64; 2]) {
     for t in trials {
@@ -30,22 +43,13 @@ fn assert_front(trials: &[serde_json::Value], point: impl Fn(&serde_json::Value)
 #[test]
 fn sweep_trains_every_grid_point_and_marks_the_front() {
     let tmp = tempfile::tempdir().unwrap();
-    tiny_run(tmp.path(), "");
-    let prompts = tmp.path().join("prompts.jsonl");
-    std::fs::write(
-        &prompts,
-        "{\"prompt\": \"say the cat\"}\n{\"prompt\": \"say a dog\"}\n",
-    )
-    .unwrap();
-    let file = tmp.path().join("grid.toml");
-    std::fs::write(
-        &file,
-        "config = \"run.toml\"\nset = [\"train.max_steps=2\"]\n\
+    let file = tiny_sweep(
+        tmp.path(),
+        "grid.toml",
+        "set = [\"train.max_steps=2\"]\n\
          [[grid]]\nkey = \"train.learning_rate\"\nvalues = [1e-3, 1e-2]\n\
-         [[grid]]\nkey = \"lora.r\"\nvalues = [2, 4]\n\
-         [eval]\nharmful = [\"prompts.jsonl\"]\nharmless = \"prompts.jsonl\"\nmax_new_tokens = 4\n",
-    )
-    .unwrap();
+         [[grid]]\nkey = \"lora.r\"\nvalues = [2, 4]\n",
+    );
     let o = sweep(&file);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
@@ -182,21 +186,12 @@ fn running(pid: u32) -> bool {
 fn a_terminated_sweep_takes_its_running_step_with_it() {
     use std::time::{Duration, Instant};
     let tmp = tempfile::tempdir().unwrap();
-    tiny_run(tmp.path(), "");
-    std::fs::write(
-        tmp.path().join("prompts.jsonl"),
-        "{\"prompt\": \"say the cat\"}\n",
-    )
-    .unwrap();
-    let file = tmp.path().join("long.toml");
     // Far more steps than the test waits for: the step is still training when the sweep is stopped.
-    std::fs::write(
-        &file,
-        "config = \"run.toml\"\nset = [\"train.max_steps=1000000\"]\n\
-         [[grid]]\nkey = \"lora.r\"\nvalues = [2]\n\
-         [eval]\nharmful = [\"prompts.jsonl\"]\nharmless = \"prompts.jsonl\"\n",
-    )
-    .unwrap();
+    let file = tiny_sweep(
+        tmp.path(),
+        "long.toml",
+        "set = [\"train.max_steps=1000000\"]\n[[grid]]\nkey = \"lora.r\"\nvalues = [2]\n",
+    );
     let mut sweep = Command::new(env!("CARGO_BIN_EXE_burnish"))
         .arg("sweep")
         .arg(&file)
