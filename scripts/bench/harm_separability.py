@@ -17,11 +17,14 @@ This script measures that ceiling on the validation sets of issue #20 (docs/resu
    fitted on validation prompts.
 3. `--finetune`: the model itself as a classifier — LoRA r16 on every linear layer plus a linear head on
    the last hidden state, 2 epochs of BCE on the training prompts of (1) (~14 min on 2 cores).
+4. `--finetune-cv`: that classifier fitted on the validation sets themselves, 5-fold (3 epochs per
+   fold): the ceiling of a fine-tuned read-out when training and test prompts share one distribution.
+   A diagnosis like (2); `--no-probes` skips (1) and (2).
 
 Needs torch, transformers, peft (the venv of scripts/reference). Usage:
 
     cargo build --release
-    python scripts/bench/harm_separability.py [--finetune] [--out DIR]
+    python scripts/bench/harm_separability.py [--finetune] [--finetune-cv] [--no-probes] [--out DIR]
 """
 
 import argparse
@@ -38,6 +41,7 @@ from common import write_result
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 MODEL_DIR = ROOT / "models" / "smollm2"
+VAL = ("harmful_val", "jbb_benign", "harmless_val")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -203,7 +207,9 @@ def probes(tok, model, sets):
     return rows
 
 
-def finetune(tok, model, sets, epochs=2, lr=5e-4, batch=16):
+def lora_classifier(tok, model, pos, neg, epochs=2, lr=5e-4, batch=16):
+    """Fine-tunes `model` (LoRA r16 on every linear layer, in place) with a linear head on the last
+    hidden state to tell `pos` from `neg` prompts (BCE); returns the scoring function (logits)."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
@@ -218,7 +224,7 @@ def finetune(tok, model, sets, epochs=2, lr=5e-4, batch=16):
             out.append(head(hs[-1][:, -1, :]).squeeze(-1))
         return torch.cat(out)
 
-    data = [(p, 1.0) for p in sets["train_pos"]] + [(p, 0.0) for p in sets["train_neg"]]
+    data = [(p, 1.0) for p in pos] + [(p, 0.0) for p in neg]
     params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr)
     model.train()
@@ -233,14 +239,50 @@ def finetune(tok, model, sets, epochs=2, lr=5e-4, batch=16):
             loss.backward()
             opt.step()
     model.eval()
-    with torch.no_grad():
-        s = {k: score(sets[k]) for k in ("harmful_val", "jbb_benign", "harmless_val")}
-    row = {
+
+    @torch.no_grad()
+    def scores(prompts):
+        return score(prompts)
+
+    return scores
+
+
+def classifier_row(s):
+    return {
         "tpr_at_bounds": best_tpr(s["harmful_val"], s["jbb_benign"], s["harmless_val"]),
         "auc_harmful_vs_jbb": auc(s["harmful_val"], s["jbb_benign"]),
         "auc_harmful_vs_harmless": auc(s["harmful_val"], s["harmless_val"]),
         "at_zero": {k: (v > 0).float().mean().item() for k, v in s.items()},
     }
+
+
+def finetune(tok, model, sets):
+    score = lora_classifier(tok, model, sets["train_pos"], sets["train_neg"])
+    row = classifier_row({k: score(sets[k]) for k in VAL})
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def finetune_cv(gguf, sets, folds=5, epochs=3):
+    """The LoRA classifier fitted on the validation sets themselves, `folds`-fold: each fold trains a
+    fresh model on the other folds of harmful_val against those of JBB benign + harmless_val and scores
+    its own. The ceiling of a fine-tuned read-out when training and test prompts come from one
+    distribution — a diagnosis only; nothing shipped is fitted on validation prompts."""
+    rng = random.Random(0)
+    order = {k: rng.sample(range(len(sets[k])), len(sets[k])) for k in VAL}
+    held = {k: [] for k in VAL}
+    for f in range(folds):
+        test = {k: [sets[k][i] for i in order[k][f::folds]] for k in VAL}
+        kept = {k: set(order[k]) - set(order[k][f::folds]) for k in VAL}
+        train = {k: [sets[k][i] for i in sorted(kept[k])] for k in VAL}
+        tok, model = load_model(gguf)
+        score = lora_classifier(
+            tok, model, train["harmful_val"], train["jbb_benign"] + train["harmless_val"], epochs
+        )
+        for k in VAL:
+            held[k].append(score(test[k]))
+        print(f"fold {f + 1}/{folds} done", flush=True)
+    row = {"folds": folds, "epochs": epochs, **classifier_row({k: torch.cat(v) for k, v in held.items()})}
     print(json.dumps(row), flush=True)
     return row
 
@@ -250,6 +292,12 @@ def main():
     ap.add_argument("--burnish", default=str(ROOT / "target" / "release" / "burnish"))
     ap.add_argument("--gguf", default=str(MODEL_DIR / GGUF), help="the model probed")
     ap.add_argument("--finetune", action="store_true", help="also train the LoRA classifier")
+    ap.add_argument(
+        "--finetune-cv",
+        action="store_true",
+        help="the LoRA classifier fitted on the validation sets, cross-validated (a diagnosis)",
+    )
+    ap.add_argument("--probes", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--out", default=str(ROOT / "runs" / "harm-separability"))
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -259,9 +307,13 @@ def main():
         sets = prompt_sets(args.burnish, tmp)
     print({k: len(v) for k, v in sets.items()}, flush=True)
     tok, model = load_model(args.gguf)
-    result = {"model": args.gguf, "sizes": {k: len(v) for k, v in sets.items()}, "probes": probes(tok, model, sets)}
+    result = {"model": args.gguf, "sizes": {k: len(v) for k, v in sets.items()}}
+    if args.probes:
+        result["probes"] = probes(tok, model, sets)
     if args.finetune:
         result["finetuned"] = finetune(tok, model, sets)
+    if args.finetune_cv:
+        result["finetuned_cv"] = finetune_cv(args.gguf, sets)
     write_result(out, result)
 
 
