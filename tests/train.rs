@@ -390,48 +390,52 @@ dir = "out"
     }
 }
 
-/// Ctrl-C (SIGINT) mid-run: a checkpoint is written, the process exits with 130 (the shell's code for
-/// an interrupted command, so scripts do not take it for success), and --resume finishes.
+/// Ctrl-C (SIGINT) or SIGTERM (a scheduler preempting the job) mid-run: a checkpoint is written, the
+/// process exits with 130 (the shell's code for an interrupted command, so scripts do not take it for
+/// success), and --resume finishes.
 #[test]
-fn ctrl_c_checkpoints_and_exits_cleanly() {
-    let tmp = tempfile::tempdir().unwrap();
-    let run = tiny_run(tmp.path(), "");
-    let child = burnish()
-        .args([
-            "train",
-            run.to_str().unwrap(),
-            "--set",
-            "train.max_steps=400",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let metrics_path = tmp.path().join("out/metrics.jsonl");
-    while std::fs::read_to_string(&metrics_path).map_or(true, |t| t.lines().count() < 2) {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
-    assert!(err.contains("--resume"), "{err}");
-    let run_json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("out/run.json")).unwrap())
+fn ctrl_c_or_sigterm_checkpoints_and_exits_cleanly() {
+    for signal in ["-INT", "-TERM"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tiny_run(tmp.path(), "");
+        let child = burnish()
+            .args([
+                "train",
+                run.to_str().unwrap(),
+                "--set",
+                "train.max_steps=400",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
-    let outcome = run_json["outcome"].as_str().unwrap().to_string();
-    assert!(outcome.starts_with("interrupted at step"), "{outcome}");
-    let step: usize = outcome.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(tmp
-        .path()
-        .join(format!("out/checkpoints/step-{step:06}"))
-        .exists());
-    assert!(step < 400);
-    train_cli(&run, &["--set", "train.max_steps=400", "--resume"]);
-    assert_eq!(losses(&tmp.path().join("out")).len(), 400);
+        let metrics_path = tmp.path().join("out/metrics.jsonl");
+        while std::fs::read_to_string(&metrics_path).map_or(true, |t| t.lines().count() < 2) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let killed = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "{signal}: {err}");
+        assert!(err.contains("--resume"), "{signal}: {err}");
+        let run_json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(tmp.path().join("out/run.json")).unwrap(),
+        )
+        .unwrap();
+        let outcome = run_json["outcome"].as_str().unwrap().to_string();
+        assert!(outcome.starts_with("interrupted at step"), "{outcome}");
+        let step: usize = outcome.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(tmp
+            .path()
+            .join(format!("out/checkpoints/step-{step:06}"))
+            .exists());
+        assert!(step < 400);
+        train_cli(&run, &["--set", "train.max_steps=400", "--resume"]);
+        assert_eq!(losses(&tmp.path().join("out")).len(), 400);
+    }
 }
 
 /// The library entry point without a run file, terminal or signal handler: a `RunConfig` built in code

@@ -1,5 +1,7 @@
 //! The terminal side of a run: messages on stderr, a progress bar over optimizer steps, and Ctrl-C as
-//! the library's stop token (a second Ctrl-C quits at once).
+//! the library's stop token (a second Ctrl-C quits at once). SIGTERM and SIGHUP count as Ctrl-C: a job
+//! scheduler that preempts a run sends SIGTERM first and SIGKILL after a grace period, and a closed
+//! terminal sends SIGHUP; either way the run keeps its last step in a checkpoint.
 
 use std::sync::Mutex;
 
@@ -44,7 +46,8 @@ impl Progress for Terminal {
     }
 }
 
-/// A stop token that Ctrl-C sets: the run saves a checkpoint after the current step and returns.
+/// A stop token that Ctrl-C (or SIGTERM, SIGHUP) sets: the run saves a checkpoint after the current step
+/// and returns.
 pub fn ctrl_c_token() -> StopToken {
     let token = StopToken::new();
     let t = token.clone();
