@@ -239,12 +239,7 @@ def lora_classifier(tok, model, pos, neg, epochs=2, lr=5e-4, batch=16):
             loss.backward()
             opt.step()
     model.eval()
-
-    @torch.no_grad()
-    def scores(prompts):
-        return score(prompts)
-
-    return scores
+    return torch.no_grad()(score)
 
 
 def classifier_row(s):
@@ -273,8 +268,8 @@ def finetune_cv(gguf, sets, folds=5, epochs=3):
     held = {k: [] for k in VAL}
     for f in range(folds):
         test = {k: [sets[k][i] for i in order[k][f::folds]] for k in VAL}
-        kept = {k: set(order[k]) - set(order[k][f::folds]) for k in VAL}
-        train = {k: [sets[k][i] for i in sorted(kept[k])] for k in VAL}
+        rest = {k: sorted(i for j, i in enumerate(order[k]) if j % folds != f) for k in VAL}
+        train = {k: [sets[k][i] for i in rest[k]] for k in VAL}
         tok, model = load_model(gguf)
         score = lora_classifier(
             tok, model, train["harmful_val"], train["jbb_benign"] + train["harmless_val"], epochs
