@@ -82,7 +82,8 @@ pub fn burnish(args: &[String], log: &Path, backend: Option<DeviceSpec>) -> Resu
 /// writing into its output directory with nobody waiting for it (Ctrl-C reaches the whole process group
 /// and never had that problem). Linux asks the kernel to send SIGTERM to the child when its parent
 /// thread exits — the thread that calls `status()` waits in it for the whole step, so only the
-/// process's end triggers it. Elsewhere `cmd` is unchanged.
+/// process's end triggers it. A `train` step takes SIGTERM as Ctrl-C (progress.rs): it ends after its
+/// current optimizer step, with a checkpoint; the others end at once. Elsewhere `cmd` is unchanged.
 #[cfg(target_os = "linux")]
 fn dies_with_parent(cmd: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
